@@ -1,0 +1,213 @@
+//! Typed settings: built-in defaults < optional TOML file < `CTX__SECTION__KEY` environment variables.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+use crate::embed::fastembed::BatcherOptions;
+use crate::service::{MaintenanceOptions, ServiceOptions};
+use crate::store::graph::sqlite::Synchronous;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// Where the embedded stores keep their files.
+    pub data_dir: PathBuf,
+    pub server: ServerSettings,
+    pub embedding: EmbeddingSettings,
+    pub graph: GraphSettings,
+    pub vector: VectorSettings,
+    pub search: SearchSettings,
+    pub identity: IdentitySettings,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerSettings {
+    pub host: String,
+    pub port: u16,
+    pub request_timeout_ms: u64,
+    pub body_limit_bytes: usize,
+    /// Requests served at once; more are shed with 503 + Retry-After.
+    pub max_concurrency: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EmbeddingSettings {
+    /// Folder `scripts/setup` fills: lib/libonnxruntime.so and model/.
+    pub assets_dir: PathBuf,
+    pub sessions: usize,
+    pub max_batch: usize,
+    pub batch_window_us: u64,
+    pub max_tokens: usize,
+    pub cache_entries: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GraphSettings {
+    /// "sqlite" (embedded).
+    pub backend: String,
+    pub readers: u32,
+    pub synchronous: Synchronous,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VectorSettings {
+    /// "edge" (embedded qdrant-edge).
+    pub backend: String,
+    /// A collection definition file; the built-in collections/contexts.json when absent.
+    pub collection_file: Option<PathBuf>,
+    pub flush_interval_ms: u64,
+    pub optimize_interval_ms: u64,
+    pub optimize_min_new_points: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SearchSettings {
+    pub cache_entries: u64,
+    pub cache_ttl_ms: u64,
+    pub vector_weight: f64,
+    pub fuzzy_fallback_scan: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IdentitySettings {
+    /// The agent id of a local caller (stdio, or HTTP without authentication).
+    pub agent_id: String,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("data"),
+            server: ServerSettings::default(),
+            embedding: EmbeddingSettings::default(),
+            graph: GraphSettings::default(),
+            vector: VectorSettings::default(),
+            search: SearchSettings::default(),
+            identity: IdentitySettings::default(),
+        }
+    }
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".into(),
+            port: 8080,
+            request_timeout_ms: 30_000,
+            body_limit_bytes: 1024 * 1024,
+            max_concurrency: 512,
+        }
+    }
+}
+
+impl Default for EmbeddingSettings {
+    fn default() -> Self {
+        Self {
+            assets_dir: PathBuf::from("assets"),
+            sessions: 2,
+            max_batch: 32,
+            batch_window_us: 2000,
+            max_tokens: 256,
+            cache_entries: 20_000,
+        }
+    }
+}
+
+impl Default for GraphSettings {
+    fn default() -> Self {
+        Self { backend: "sqlite".into(), readers: 8, synchronous: Synchronous::Full }
+    }
+}
+
+impl Default for VectorSettings {
+    fn default() -> Self {
+        Self {
+            backend: "edge".into(),
+            collection_file: None,
+            flush_interval_ms: 1000,
+            optimize_interval_ms: 30_000,
+            optimize_min_new_points: 1000,
+        }
+    }
+}
+
+impl Default for SearchSettings {
+    fn default() -> Self {
+        Self { cache_entries: 10_000, cache_ttl_ms: 30_000, vector_weight: 0.7, fuzzy_fallback_scan: 2000 }
+    }
+}
+
+impl Default for IdentitySettings {
+    fn default() -> Self {
+        Self { agent_id: "local-agent".into() }
+    }
+}
+
+impl Settings {
+    /// Defaults, then the TOML file (if given), then `CTX__...` environment variables.
+    pub fn load(file: Option<&Path>) -> Result<Self, Box<figment::Error>> {
+        let mut figment = Figment::from(Serialized::defaults(Settings::default()));
+        if let Some(file) = file {
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        figment.merge(Env::prefixed("CTX__").split("__")).extract().map_err(Box::new)
+    }
+
+    pub fn batcher_options(&self) -> BatcherOptions {
+        BatcherOptions {
+            sessions: self.embedding.sessions,
+            max_batch: self.embedding.max_batch,
+            batch_window: Duration::from_micros(self.embedding.batch_window_us),
+            max_tokens: self.embedding.max_tokens,
+        }
+    }
+
+    pub fn service_options(&self) -> ServiceOptions {
+        ServiceOptions {
+            search_cache_entries: self.search.cache_entries,
+            search_cache_ttl: Duration::from_millis(self.search.cache_ttl_ms),
+            default_vector_weight: self.search.vector_weight,
+            fuzzy_fallback_scan: self.search.fuzzy_fallback_scan,
+        }
+    }
+
+    pub fn maintenance_options(&self) -> MaintenanceOptions {
+        MaintenanceOptions {
+            flush_interval: Duration::from_millis(self.vector.flush_interval_ms),
+            optimize_interval: Duration::from_millis(self.vector.optimize_interval_ms),
+            optimize_min_new_points: self.vector.optimize_min_new_points,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_bind_loopback() {
+        assert_eq!(Settings::default().server.host, "127.0.0.1");
+    }
+
+    #[test]
+    fn environment_overrides_nested_keys() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("CTX__SERVER__PORT", "9999");
+            jail.set_env("CTX__EMBEDDING__SESSIONS", "3");
+            let settings = Settings::load(None).expect("settings load");
+            assert_eq!(settings.server.port, 9999);
+            assert_eq!(settings.embedding.sessions, 3);
+            Ok(())
+        });
+    }
+}

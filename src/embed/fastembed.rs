@@ -1,0 +1,206 @@
+//! all-MiniLM-L6-v2 through fastembed and ONNX Runtime, loaded at run time from the files `scripts/setup`
+//! installs. `TextEmbedding::embed` takes `&mut self`, so a small pool of model sessions serves a
+//! micro-batcher: requests queue on a channel, the dispatcher waits for a free session, then takes up to
+//! `max_batch` queued texts (waiting at most `batch_window`) and runs them as one batch in `spawn_blocking`.
+//! Under load, batches grow by themselves while every session is busy.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use fastembed::{InitOptionsUserDefined, Pooling, TextEmbedding, TokenizerFiles, UserDefinedEmbeddingModel};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+use super::Embedder;
+use crate::error::{StoreError, StoreResult};
+use crate::metrics::Metrics;
+
+pub const DIMENSION: usize = 384;
+const SETUP_HINT: &str = "run `scripts/setup` (or set CTX__EMBEDDING__ASSETS_DIR to where it installed them)";
+
+/// Where the model files are.
+#[derive(Debug, Clone)]
+pub struct ModelAssets {
+    pub onnxruntime_library: PathBuf,
+    pub model_dir: PathBuf,
+}
+
+impl ModelAssets {
+    /// The layout `scripts/setup` creates: `lib/libonnxruntime.so` and `model/`.
+    pub fn in_dir(assets_dir: &Path) -> Self {
+        Self {
+            onnxruntime_library: assets_dir.join("lib").join("libonnxruntime.so"),
+            model_dir: assets_dir.join("model"),
+        }
+    }
+
+    fn required_files(&self) -> Vec<PathBuf> {
+        let mut files = vec![self.onnxruntime_library.clone()];
+        for name in ["model.onnx", "tokenizer.json", "config.json", "special_tokens_map.json", "tokenizer_config.json"] {
+            files.push(self.model_dir.join(name));
+        }
+        files
+    }
+
+    /// Fails with a message naming the setup command when a file is missing.
+    pub fn check(&self) -> StoreResult<()> {
+        for file in self.required_files() {
+            if !file.exists() {
+                return Err(StoreError::Unavailable(format!(
+                    "embedding asset {} is missing: {SETUP_HINT}",
+                    file.display()
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct BatcherOptions {
+    /// Model sessions (each runs one batch at a time on one intra-op thread).
+    pub sessions: usize,
+    pub max_batch: usize,
+    pub batch_window: Duration,
+    pub max_tokens: usize,
+}
+
+struct Job {
+    text: String,
+    reply: oneshot::Sender<StoreResult<Vec<f32>>>,
+}
+
+pub struct FastEmbedder {
+    jobs: mpsc::Sender<Job>,
+}
+
+fn read(path: &Path) -> StoreResult<Vec<u8>> {
+    std::fs::read(path).map_err(|e| StoreError::Unavailable(format!("cannot read {}: {e}", path.display())))
+}
+
+fn unavailable(err: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(format!("embedding model: {err}"))
+}
+
+/// ONNX Runtime is loaded once per process; later calls reuse the environment.
+fn ort_environment(library: &Path) -> StoreResult<ort::environment::Environment> {
+    static ENVIRONMENT: OnceLock<Result<ort::environment::Environment, String>> = OnceLock::new();
+    ENVIRONMENT
+        .get_or_init(|| {
+            ort::init_from(library)
+                .map_err(|e| format!("cannot load ONNX Runtime from {}: {e}", library.display()))?
+                .with_name("context-store")
+                .build()
+                .map_err(|e| e.to_string())
+        })
+        .clone()
+        .map_err(unavailable)
+}
+
+fn load_session(assets: &ModelAssets, max_tokens: usize) -> StoreResult<TextEmbedding> {
+    let dir = &assets.model_dir;
+    let tokenizer_files = TokenizerFiles {
+        tokenizer_file: read(&dir.join("tokenizer.json"))?,
+        config_file: read(&dir.join("config.json"))?,
+        special_tokens_map_file: read(&dir.join("special_tokens_map.json"))?,
+        tokenizer_config_file: read(&dir.join("tokenizer_config.json"))?,
+    };
+    let model = UserDefinedEmbeddingModel::new(read(&dir.join("model.onnx"))?, tokenizer_files)
+        .with_pooling(Pooling::Mean);
+    let options = InitOptionsUserDefined::new()
+        .with_environment(ort_environment(&assets.onnxruntime_library)?)
+        .with_max_length(max_tokens)
+        .with_intra_threads(1)
+        .with_session_config("session.intra_op.allow_spinning", "0");
+    TextEmbedding::try_new_from_user_defined(model, options).map_err(unavailable)
+}
+
+impl FastEmbedder {
+    /// Loads `options.sessions` model sessions and starts the batching dispatcher.
+    pub fn start(assets: &ModelAssets, options: BatcherOptions, metrics: Arc<Metrics>) -> StoreResult<Self> {
+        assets.check()?;
+        let sessions = options.sessions.max(1);
+        let pool: Vec<TextEmbedding> =
+            (0..sessions).map(|_| load_session(assets, options.max_tokens)).collect::<StoreResult<_>>()?;
+        let (jobs, receiver) = mpsc::channel(4096);
+        tokio::spawn(dispatch(receiver, Arc::new(Mutex::new(pool)), sessions, options, metrics));
+        Ok(Self { jobs })
+    }
+}
+
+async fn dispatch(
+    mut receiver: mpsc::Receiver<Job>,
+    pool: Arc<Mutex<Vec<TextEmbedding>>>,
+    sessions: usize,
+    options: BatcherOptions,
+    metrics: Arc<Metrics>,
+) {
+    let free = Arc::new(Semaphore::new(sessions));
+    while let Some(first) = receiver.recv().await {
+        let Ok(permit) = free.clone().acquire_owned().await else { return };
+        let mut batch = vec![first];
+        let deadline = tokio::time::Instant::now() + options.batch_window;
+        while batch.len() < options.max_batch {
+            match receiver.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(mpsc::error::TryRecvError::Disconnected) => break,
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    match tokio::time::timeout_at(deadline, receiver.recv()).await {
+                        Ok(Some(job)) => batch.push(job),
+                        Ok(None) | Err(_) => break,
+                    }
+                }
+            }
+        }
+        let pool = pool.clone();
+        let metrics = metrics.clone();
+        tokio::task::spawn_blocking(move || {
+            let texts: Vec<&str> = batch.iter().map(|job| job.text.as_str()).collect();
+            let started = Instant::now();
+            let mut session = pool.lock().unwrap_or_else(|e| e.into_inner()).pop().expect("a permit means a free session");
+            let result = session.embed(&texts, Some(texts.len()));
+            pool.lock().unwrap_or_else(|e| e.into_inner()).push(session);
+            drop(permit);
+            metrics.embed_batch_size.observe(batch.len() as f64);
+            metrics.embed_batch_latency.observe(started.elapsed().as_secs_f64());
+            match result {
+                Ok(vectors) => {
+                    for (job, vector) in batch.into_iter().zip(vectors) {
+                        let _ = job.reply.send(Ok(vector));
+                    }
+                }
+                Err(err) => {
+                    let message = err.to_string();
+                    for job in batch {
+                        let _ = job.reply.send(Err(unavailable(&message)));
+                    }
+                }
+            }
+        });
+    }
+}
+
+#[async_trait]
+impl Embedder for FastEmbedder {
+    fn dimension(&self) -> usize {
+        DIMENSION
+    }
+
+    async fn embed(&self, texts: Vec<String>) -> StoreResult<Vec<Vec<f32>>> {
+        let mut replies = Vec::with_capacity(texts.len());
+        for text in texts {
+            let (reply, receiver) = oneshot::channel();
+            self.jobs
+                .send(Job { text, reply })
+                .await
+                .map_err(|_| unavailable("the embedding dispatcher has stopped"))?;
+            replies.push(receiver);
+        }
+        let mut vectors = Vec::with_capacity(replies.len());
+        for receiver in replies {
+            vectors.push(receiver.await.map_err(|_| unavailable("the embedding worker dropped a request"))??);
+        }
+        Ok(vectors)
+    }
+}

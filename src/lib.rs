@@ -1,0 +1,15 @@
+//! context-store: a graph-and-vector context store for AI agents, served over MCP.
+//!
+//! See ARCHITECTURE.md for the code map. The request path is one pass down and one pass up:
+//! interface adapter -> `service::ContextService` -> `store` (graph, vector) and `embed`.
+
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod domain;
+pub mod embed;
+pub mod error;
+pub mod metrics;
+pub mod search;
+pub mod service;
+pub mod store;

@@ -1,0 +1,129 @@
+//! Prometheus metrics of the whole service, in one registry passed around as a value.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub tool_requests: IntCounterVec,
+    pub tool_latency: HistogramVec,
+    pub embed_cache_hits: IntCounter,
+    pub embed_cache_misses: IntCounter,
+    pub embed_batch_size: Histogram,
+    pub embed_batch_latency: Histogram,
+    pub search_cache_hits: IntCounter,
+    pub search_cache_misses: IntCounter,
+    pub backend_latency: HistogramVec,
+    pub items: IntGaugeVec,
+    pub active_connections: IntGauge,
+}
+
+fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, collector: T) -> T {
+    registry.register(Box::new(collector.clone())).expect("metric names are unique");
+    collector
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new_custom(Some("context_store".into()), None).expect("valid prefix");
+        let latency_buckets = vec![
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ];
+        Self {
+            tool_requests: register(
+                &registry,
+                IntCounterVec::new(Opts::new("tool_requests_total", "Tool calls by tool and status"), &[
+                    "tool", "status",
+                ])
+                .unwrap(),
+            ),
+            tool_latency: register(
+                &registry,
+                HistogramVec::new(
+                    HistogramOpts::new("tool_latency_seconds", "Tool call latency").buckets(latency_buckets.clone()),
+                    &["tool"],
+                )
+                .unwrap(),
+            ),
+            embed_cache_hits: register(
+                &registry,
+                IntCounter::new("embed_cache_hits_total", "Embedding cache hits").unwrap(),
+            ),
+            embed_cache_misses: register(
+                &registry,
+                IntCounter::new("embed_cache_misses_total", "Embedding cache misses").unwrap(),
+            ),
+            embed_batch_size: register(
+                &registry,
+                Histogram::with_opts(
+                    HistogramOpts::new("embed_batch_size", "Texts per model call")
+                        .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]),
+                )
+                .unwrap(),
+            ),
+            embed_batch_latency: register(
+                &registry,
+                Histogram::with_opts(
+                    HistogramOpts::new("embed_batch_latency_seconds", "Model call latency")
+                        .buckets(latency_buckets.clone()),
+                )
+                .unwrap(),
+            ),
+            search_cache_hits: register(
+                &registry,
+                IntCounter::new("search_cache_hits_total", "Search result cache hits").unwrap(),
+            ),
+            search_cache_misses: register(
+                &registry,
+                IntCounter::new("search_cache_misses_total", "Search result cache misses").unwrap(),
+            ),
+            backend_latency: register(
+                &registry,
+                HistogramVec::new(
+                    HistogramOpts::new("backend_latency_seconds", "Backend operation latency").buckets(latency_buckets),
+                    &["backend", "op"],
+                )
+                .unwrap(),
+            ),
+            items: register(
+                &registry,
+                IntGaugeVec::new(Opts::new("items", "Stored items by kind"), &["kind"]).unwrap(),
+            ),
+            active_connections: register(
+                &registry,
+                IntGauge::new("active_connections", "Open HTTP connections").unwrap(),
+            ),
+            registry,
+        }
+    }
+
+    /// Hit ratio of the embedding cache, 0 when unused.
+    pub fn embed_cache_ratio(&self) -> f64 {
+        let hits = self.embed_cache_hits.get() as f64;
+        let total = hits + self.embed_cache_misses.get() as f64;
+        if total == 0.0 { 0.0 } else { hits / total }
+    }
+
+    /// The registry in Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut buffer = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buffer)
+            .expect("text encoding cannot fail");
+        let mut text = String::from_utf8(buffer).expect("prometheus text is UTF-8");
+        text.push_str(&format!(
+            "# HELP context_store_embed_cache_hit_ratio Embedding cache hit ratio\n\
+             # TYPE context_store_embed_cache_hit_ratio gauge\ncontext_store_embed_cache_hit_ratio {}\n",
+            self.embed_cache_ratio()
+        ));
+        text
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,124 @@
+//! Fuzzy rerank: RapidFuzz-style similarity of the query against each candidate's text, fused with the
+//! vector score.
+//!
+//! The `rapidfuzz` crate offers the Indel `ratio` but not RapidFuzz's partial or token-set scorers, and a
+//! whole-string ratio of a short query against a long text is near zero. So the query is split into
+//! tokens and each token is matched to its best token in the text with `ratio`; the token scores are
+//! averaged, weighted by token length. Typos still match ("pasword" ~ "password" = 0.93).
+
+use std::collections::HashSet;
+
+use rapidfuzz::fuzz::RatioBatchComparator;
+
+/// Text beyond this many characters is not scored (the head of a context carries most of its meaning).
+const MAX_SCORED_CHARS: usize = 4096;
+
+/// Lower-cases and keeps letters and digits, with single spaces between words.
+pub fn normalise(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for word in text
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+    {
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        out.extend(word.chars().flat_map(char::to_lowercase));
+    }
+    out
+}
+
+/// A query prepared once and scored against many texts.
+pub struct FuzzyQuery {
+    tokens: Vec<(String, RatioBatchComparator<char>)>,
+    total_weight: f64,
+}
+
+impl FuzzyQuery {
+    pub fn new(normalised_query: &str) -> Self {
+        let mut seen = HashSet::new();
+        let tokens: Vec<(String, RatioBatchComparator<char>)> = normalised_query
+            .split(' ')
+            .filter(|t| !t.is_empty() && seen.insert(t.to_string()))
+            .map(|t| (t.to_string(), RatioBatchComparator::new(t.chars())))
+            .collect();
+        let total_weight = tokens.iter().map(|(t, _)| t.chars().count() as f64).sum();
+        Self { tokens, total_weight }
+    }
+
+    /// Similarity in [0, 1] of the query to a normalised text.
+    pub fn score(&self, normalised_text: &str) -> f64 {
+        if self.tokens.is_empty() || self.total_weight == 0.0 {
+            return 0.0;
+        }
+        let head = match normalised_text.char_indices().nth(MAX_SCORED_CHARS) {
+            Some((end, _)) => &normalised_text[..end],
+            None => normalised_text,
+        };
+        let words: HashSet<&str> = head.split(' ').filter(|w| !w.is_empty()).collect();
+        let mut weighted = 0.0;
+        for (token, comparator) in &self.tokens {
+            let best = if words.contains(token.as_str()) {
+                1.0
+            } else {
+                words
+                    .iter()
+                    .map(|w| comparator.similarity(w.chars()))
+                    .fold(0.0_f64, f64::max)
+            };
+            weighted += best * token.chars().count() as f64;
+        }
+        weighted / self.total_weight
+    }
+}
+
+/// Weighted sum of the vector score (cosine, clamped to [0, 1]) and the fuzzy score.
+pub fn fuse(vector_score: f64, fuzzy_score: f64, vector_weight: f64) -> f64 {
+    vector_weight * vector_score.clamp(0.0, 1.0) + (1.0 - vector_weight) * fuzzy_score
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn normalise_lowercases_and_drops_punctuation() {
+        assert_eq!(normalise("  Hello, World!  It's  "), "hello world it s");
+    }
+
+    #[test]
+    fn exact_words_score_one_and_typos_score_high() {
+        let query = FuzzyQuery::new(&normalise("reset password"));
+        assert_eq!(query.score(&normalise("How do I reset my password?")), 1.0);
+        let typo = query.score(&normalise("how to reset a pasword"));
+        assert!(typo > 0.9 && typo < 1.0, "{typo}");
+        assert!(query.score(&normalise("the weather is lovely")) < 0.6);
+    }
+
+    #[test]
+    fn empty_query_scores_zero() {
+        assert_eq!(FuzzyQuery::new("").score("anything"), 0.0);
+    }
+
+    proptest! {
+        #[test]
+        fn fuzzy_score_is_within_unit_interval(query in "[a-z ]{0,40}", text in "[a-z ]{0,200}") {
+            let score = FuzzyQuery::new(&normalise(&query)).score(&normalise(&text));
+            prop_assert!((0.0..=1.0).contains(&score));
+        }
+
+        #[test]
+        fn a_text_containing_every_query_word_scores_one(words in proptest::collection::vec("[a-z]{1,8}", 1..6), filler in "[a-z ]{0,50}") {
+            let query = words.join(" ");
+            let text = format!("{filler} {query} {filler}");
+            prop_assert_eq!(FuzzyQuery::new(&normalise(&query)).score(&normalise(&text)), 1.0);
+        }
+
+        #[test]
+        fn fused_score_is_monotonic_in_each_part(v in 0.0f64..1.0, f in 0.0f64..1.0, w in 0.0f64..1.0, dv in 0.0f64..0.5) {
+            prop_assert!(fuse(v + dv, f, w) >= fuse(v, f, w) - 1e-12);
+            prop_assert!(fuse(v, (f + dv).min(1.0), w) >= fuse(v, f, w) - 1e-12);
+        }
+    }
+}

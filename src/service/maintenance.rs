@@ -1,0 +1,141 @@
+//! Keeping the vector side durable and fast: start-up repair from the index journal, the periodic flush
+//! that lets journal entries be cleared, background HNSW optimisation, and full reindex.
+
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::ContextService;
+use crate::error::ServiceResult;
+use crate::store::VectorPoint;
+
+/// Journal entries repaired per batch.
+const REPAIR_BATCH: usize = 500;
+
+#[derive(Debug, Clone)]
+pub struct MaintenanceOptions {
+    /// How often applied vector writes are flushed (and their journal entries cleared).
+    pub flush_interval: Duration,
+    /// How often the optimizer is considered.
+    pub optimize_interval: Duration,
+    /// New points since the last optimisation that make another worthwhile.
+    pub optimize_min_new_points: u64,
+}
+
+impl Default for MaintenanceOptions {
+    fn default() -> Self {
+        Self {
+            flush_interval: Duration::from_secs(1),
+            optimize_interval: Duration::from_secs(30),
+            optimize_min_new_points: 1000,
+        }
+    }
+}
+
+impl ContextService {
+    /// Re-applies every journaled change to the vector store from the graph's current state, then flushes
+    /// and clears the journal. Returns how many entries were repaired. Run before serving.
+    pub async fn repair_pending(&self) -> ServiceResult<usize> {
+        let mut repaired = 0;
+        loop {
+            let pending = self.graph.pending_index(REPAIR_BATCH).await?;
+            if pending.is_empty() {
+                return Ok(repaired);
+            }
+            let mut ids: Vec<Uuid> = pending.iter().map(|p| p.id).collect();
+            ids.sort();
+            ids.dedup();
+            let entries = self.graph.index_entries(&ids).await?;
+            let live: std::collections::HashSet<Uuid> = entries.iter().map(|e| e.context.id).collect();
+            let gone: Vec<Uuid> = ids.iter().copied().filter(|id| !live.contains(id)).collect();
+            let points: Vec<VectorPoint> = entries
+                .into_iter()
+                .map(|e| VectorPoint { context: e.context, vector: e.embedding })
+                .collect();
+            if !points.is_empty() {
+                self.vectors.upsert(points).await?;
+            }
+            if !gone.is_empty() {
+                self.vectors.delete(&gone).await?;
+            }
+            self.vectors.flush().await?;
+            let seqs: Vec<i64> = pending.iter().map(|p| p.seq).collect();
+            self.graph.clear_pending(&seqs).await?;
+            repaired += pending.len();
+        }
+    }
+
+    /// Flushes the vector store and clears the journal entries whose writes it now holds durably.
+    pub async fn flush(&self) -> ServiceResult<usize> {
+        let taken: Vec<i64> = std::mem::take(&mut *self.applied.lock().unwrap_or_else(|e| e.into_inner()));
+        if taken.is_empty() {
+            return Ok(0);
+        }
+        if let Err(err) = self.vectors.flush().await {
+            // Put them back: they stay pending until a flush succeeds.
+            self.applied.lock().unwrap_or_else(|e| e.into_inner()).extend(&taken);
+            return Err(err.into());
+        }
+        self.graph.clear_pending(&taken).await?;
+        Ok(taken.len())
+    }
+
+    /// Rebuilds the vector side from the graph: upserts every live context's stored embedding.
+    /// `progress` is called with the number done so far.
+    pub async fn reindex(&self, batch: usize, mut progress: impl FnMut(u64)) -> ServiceResult<u64> {
+        let mut after = None;
+        let mut done = 0u64;
+        loop {
+            let entries = self.graph.scan_index_entries(after, batch).await?;
+            let Some(last) = entries.last() else { break };
+            after = Some(last.context.id);
+            done += entries.len() as u64;
+            let points = entries
+                .into_iter()
+                .map(|e| VectorPoint { context: e.context, vector: e.embedding })
+                .collect();
+            self.vectors.upsert(points).await?;
+            progress(done);
+        }
+        self.vectors.flush().await?;
+        Ok(done)
+    }
+
+    /// The background loop: flush often, optimise when enough points arrived. Flush and optimise never
+    /// overlap (qdrant-edge requires it). Ends with a final flush when `stop` is cancelled.
+    pub async fn run_maintenance(&self, options: MaintenanceOptions, stop: CancellationToken) {
+        let mut flush_tick = tokio::time::interval(options.flush_interval);
+        let mut optimize_tick = tokio::time::interval(options.optimize_interval);
+        flush_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        optimize_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut points_at_last_optimize = 0u64;
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = flush_tick.tick() => {
+                    if let Err(err) = self.flush().await {
+                        tracing::warn!(error = %err, "vector flush failed; will retry");
+                    }
+                }
+                _ = optimize_tick.tick() => {
+                    let Ok(points) = self.vectors.count().await else { continue };
+                    if points.saturating_sub(points_at_last_optimize) >= options.optimize_min_new_points {
+                        let started = std::time::Instant::now();
+                        match self.vectors.optimize().await {
+                            Ok(changed) => {
+                                points_at_last_optimize = points;
+                                tracing::info!(points, changed, seconds = started.elapsed().as_secs_f64(), "vector optimize done");
+                            }
+                            Err(err) => tracing::warn!(error = %err, "vector optimize failed"),
+                        }
+                    }
+                    let _ = self.refresh_item_metrics().await;
+                }
+            }
+        }
+        if let Err(err) = self.flush().await {
+            tracing::error!(error = %err, "final vector flush failed; the journal will repair it at start-up");
+        }
+    }
+}

@@ -1,0 +1,145 @@
+//! `ContextService`: every operation of the store, independent of MCP, HTTP and JSON-RPC.
+//!
+//! Architecture invariant: a write is acknowledged only after both the graph and the vector store hold it.
+//! The graph write comes first and journals the item; if the vector write fails the graph write is undone.
+//! Journal entries are cleared by `maintenance` only after the vector store has flushed, so a crash at any
+//! point is repaired by `repair_pending` at start-up.
+
+mod contexts;
+mod maintenance;
+pub mod requests;
+mod search;
+mod sessions;
+mod state;
+
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use moka::future::Cache;
+use uuid::Uuid;
+
+use crate::embed::Embedder;
+use crate::error::{ServiceError, ServiceResult};
+use crate::metrics::Metrics;
+use crate::store::{GraphStore, VectorStore};
+
+pub use maintenance::MaintenanceOptions;
+pub use requests::*;
+
+/// Tunables of the service layer.
+#[derive(Debug, Clone)]
+pub struct ServiceOptions {
+    pub search_cache_entries: u64,
+    pub search_cache_ttl: Duration,
+    pub default_vector_weight: f64,
+    /// How many prefiltered contexts the fuzzy-only fallback scores.
+    pub fuzzy_fallback_scan: usize,
+}
+
+impl Default for ServiceOptions {
+    fn default() -> Self {
+        Self {
+            search_cache_entries: 10_000,
+            search_cache_ttl: Duration::from_secs(30),
+            default_vector_weight: 0.7,
+            fuzzy_fallback_scan: 2000,
+        }
+    }
+}
+
+/// Number of per-item locks that order concurrent writes to the same context.
+const ITEM_LOCKS: usize = 256;
+
+pub struct ContextService {
+    graph: Arc<dyn GraphStore>,
+    vectors: Arc<dyn VectorStore>,
+    embedder: Arc<dyn Embedder>,
+    metrics: Arc<Metrics>,
+    options: ServiceOptions,
+    search_cache: Cache<String, Arc<SearchResponse>>,
+    /// Bumped by every write; part of the search cache key, so writes invalidate cached results.
+    generation: AtomicU64,
+    /// Journal entries whose vector write is applied but not yet flushed.
+    applied: Mutex<Vec<i64>>,
+    /// Writes to one context are serialized so the vector side sees them in graph order.
+    item_locks: Vec<tokio::sync::Mutex<()>>,
+}
+
+impl ContextService {
+    pub fn new(
+        graph: Arc<dyn GraphStore>,
+        vectors: Arc<dyn VectorStore>,
+        embedder: Arc<dyn Embedder>,
+        metrics: Arc<Metrics>,
+        options: ServiceOptions,
+    ) -> Self {
+        let search_cache = Cache::builder()
+            .max_capacity(options.search_cache_entries)
+            .time_to_live(options.search_cache_ttl)
+            .build();
+        Self {
+            graph,
+            vectors,
+            embedder,
+            metrics,
+            options,
+            search_cache,
+            generation: AtomicU64::new(0),
+            applied: Mutex::new(Vec::new()),
+            item_locks: (0..ITEM_LOCKS).map(|_| tokio::sync::Mutex::new(())).collect(),
+        }
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    pub fn graph(&self) -> &Arc<dyn GraphStore> {
+        &self.graph
+    }
+
+    pub fn vectors(&self) -> &Arc<dyn VectorStore> {
+        &self.vectors
+    }
+
+    fn item_lock(&self, id: Uuid) -> &tokio::sync::Mutex<()> {
+        let index = (id.as_u128() % ITEM_LOCKS as u128) as usize;
+        &self.item_locks[index]
+    }
+
+    /// Records a write whose vector side is applied: invalidates cached searches and queues the journal
+    /// entry for clearing after the next flush.
+    fn written(&self, journal_seq: i64) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        self.applied.lock().unwrap_or_else(|e| e.into_inner()).push(journal_seq);
+    }
+
+    /// Stores and embedder answer: the readiness check.
+    pub async fn ready(&self) -> ServiceResult<()> {
+        self.graph.counts().await?;
+        self.vectors.count().await?;
+        self.embedder.embed(vec!["readiness probe".to_string()]).await?;
+        Ok(())
+    }
+
+    /// Refreshes the item-count gauges.
+    pub async fn refresh_item_metrics(&self) -> ServiceResult<()> {
+        let counts = self.graph.counts().await?;
+        let items = &self.metrics.items;
+        items.with_label_values(&["sessions"]).set(counts.sessions as i64);
+        items.with_label_values(&["contexts"]).set(counts.contexts as i64);
+        items.with_label_values(&["agent_states"]).set(counts.agent_states as i64);
+        items.with_label_values(&["pending_index"]).set(counts.pending_index as i64);
+        items.with_label_values(&["vectors"]).set(self.vectors.count().await? as i64);
+        Ok(())
+    }
+}
+
+/// Parses an opaque cursor that carries a context id.
+fn parse_id_cursor(cursor: Option<&str>) -> ServiceResult<Option<Uuid>> {
+    cursor
+        .map(|c| Uuid::parse_str(c).map_err(|_| ServiceError::invalid("cursor is not one this service issued")))
+        .transpose()
+}

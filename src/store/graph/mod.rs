@@ -1,0 +1,157 @@
+//! The graph store: sessions, contexts with their versions and relations, agent state, and the index
+//! journal that makes vector writes repairable after a crash.
+//!
+//! Architecture invariant: every change to a context is recorded in the index journal in the same
+//! transaction as the change itself. A journal entry is cleared only after the vector store has made the
+//! matching change durable, so start-up can always bring the vector side back in line with the graph.
+
+pub mod sqlite;
+
+use async_trait::async_trait;
+use uuid::Uuid;
+
+use crate::domain::{AgentState, Context, ContextFilter, ContextVersion, ReadScope, Relation, Session};
+use crate::error::StoreResult;
+
+/// Result of inserting a context: either new (with its journal sequence) or an existing duplicate.
+#[derive(Debug, Clone, PartialEq)]
+pub enum InsertOutcome {
+    Inserted { journal_seq: i64 },
+    Duplicate(Box<Context>),
+}
+
+/// A journal entry whose vector-side change is not yet known to be durable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingIndex {
+    pub seq: i64,
+    pub id: Uuid,
+}
+
+/// The current indexable state of an item: the live context with its embedding.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IndexEntry {
+    pub context: Context,
+    pub embedding: Vec<f32>,
+}
+
+/// A context reached from another through RELATES_TO edges.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RelatedContext {
+    pub context: Context,
+    /// Number of edges from the start (1..=depth).
+    pub depth: u32,
+    /// The relation of the edge that reached it.
+    pub relation: String,
+    /// The context the reaching edge came from.
+    pub via: Uuid,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreCounts {
+    pub sessions: u64,
+    pub contexts: u64,
+    pub agent_states: u64,
+    pub pending_index: u64,
+}
+
+/// Which agent state entry: (agent, optional session, key).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct StateKey {
+    pub agent_id: String,
+    pub session_id: Option<String>,
+    pub key: String,
+}
+
+#[async_trait]
+pub trait GraphStore: Send + Sync + 'static {
+    /// Creates a session; `Conflict` when the id is taken.
+    async fn create_session(&self, session: &Session) -> StoreResult<()>;
+    async fn get_session(&self, id: &str) -> StoreResult<Option<Session>>;
+    /// Sessions ordered by id, starting after `after`.
+    async fn list_sessions(&self, after: Option<&str>, limit: usize) -> StoreResult<Vec<Session>>;
+
+    /// A live context in the session with this content hash that `scope` may see, if any.
+    async fn find_duplicate(
+        &self,
+        session_id: &str,
+        content_hash: &str,
+        scope: &ReadScope,
+    ) -> StoreResult<Option<Context>>;
+    /// Inserts a new context with its embedding and a journal entry, unless a duplicate visible to
+    /// `dedup_scope` exists (checked in the same transaction). `NotFound` when the session is missing.
+    async fn insert_context(
+        &self,
+        context: &Context,
+        embedding: &[f32],
+        dedup_scope: &ReadScope,
+    ) -> StoreResult<InsertOutcome>;
+    /// Replaces a context by its next version (`updated.version` = current + 1), keeping the current one
+    /// as a previous version. Returns the journal sequence and the replaced context.
+    /// `VersionConflict` when the stored version is not `updated.version - 1`.
+    async fn update_context(&self, updated: &Context, embedding: &[f32]) -> StoreResult<(i64, Context)>;
+    /// Marks a context deleted (hidden from every read) and journals it. Returns the journal sequence
+    /// and the deleted context. `VersionConflict` when `expected_version` is given and differs.
+    async fn delete_context(&self, id: Uuid, expected_version: Option<i64>) -> StoreResult<(i64, Context)>;
+    /// Removes a deleted context for good, with its versions, tags and relations.
+    async fn purge_context(&self, id: Uuid) -> StoreResult<()>;
+
+    /// Undo of `insert_context` after a failed vector write.
+    async fn rollback_insert(&self, id: Uuid, journal_seq: i64) -> StoreResult<()>;
+    /// Undo of `update_context` after a failed vector write: `previous` becomes current again.
+    async fn rollback_update(&self, previous: &Context, journal_seq: i64) -> StoreResult<()>;
+    /// Undo of `delete_context` after a failed vector write.
+    async fn rollback_delete(&self, id: Uuid, journal_seq: i64) -> StoreResult<()>;
+
+    async fn get_context(&self, id: Uuid) -> StoreResult<Option<Context>>;
+    /// The live contexts among `ids`, in no particular order.
+    async fn get_contexts(&self, ids: &[Uuid]) -> StoreResult<Vec<Context>>;
+    /// Contexts matching the filter, newest first, starting after the context `after`.
+    async fn list_contexts(
+        &self,
+        filter: &ContextFilter,
+        after: Option<Uuid>,
+        limit: usize,
+    ) -> StoreResult<Vec<Context>>;
+    /// Previous versions of a context, newest first.
+    async fn context_versions(&self, id: Uuid) -> StoreResult<Vec<ContextVersion>>;
+
+    /// Creates or replaces the edge (from)-[relation]->(to). `NotFound` when either end is missing.
+    async fn link(&self, relation: &Relation) -> StoreResult<()>;
+    /// Contexts reachable from `id` within `depth` edges (outgoing, or both directions), nearest first,
+    /// each reported once at its smallest depth; at most `max_nodes` are explored.
+    async fn related(
+        &self,
+        id: Uuid,
+        depth: u32,
+        relation: Option<&str>,
+        both_directions: bool,
+        max_nodes: usize,
+    ) -> StoreResult<Vec<RelatedContext>>;
+
+    /// Writes agent state with compare-and-set: `expected_version` None writes unconditionally,
+    /// `Some(0)` only creates, `Some(v)` only replaces version v. Returns the stored state.
+    async fn set_state(&self, state: &AgentState, expected_version: Option<i64>) -> StoreResult<AgentState>;
+    async fn get_state(&self, key: &StateKey) -> StoreResult<Option<AgentState>>;
+    /// States of an agent (in one session, or without session when None) whose key starts with
+    /// `prefix`, ordered by key, after `after_key`.
+    async fn list_state(
+        &self,
+        agent_id: &str,
+        session_id: Option<&str>,
+        prefix: &str,
+        after_key: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<AgentState>>;
+    /// Deletes agent state; `NotFound` when absent, `VersionConflict` on a stale expected version.
+    async fn delete_state(&self, key: &StateKey, expected_version: Option<i64>) -> StoreResult<()>;
+
+    /// Journal entries not yet cleared, oldest first.
+    async fn pending_index(&self, limit: usize) -> StoreResult<Vec<PendingIndex>>;
+    /// Clears journal entries once their vector-side change is durable.
+    async fn clear_pending(&self, seqs: &[i64]) -> StoreResult<()>;
+    /// The live, indexable state of each of `ids` (deleted or missing ids are absent).
+    async fn index_entries(&self, ids: &[Uuid]) -> StoreResult<Vec<IndexEntry>>;
+    /// Live contexts with embeddings in id order after `after`: the input of a full reindex.
+    async fn scan_index_entries(&self, after: Option<Uuid>, limit: usize) -> StoreResult<Vec<IndexEntry>>;
+    async fn counts(&self) -> StoreResult<StoreCounts>;
+}

@@ -1,0 +1,8 @@
+//! Backends behind one trait per role: `GraphStore` (source of truth) and `VectorStore` (semantic recall).
+//! Each trait has one conformance suite (tests/) that every implementation passes.
+
+pub mod graph;
+pub mod vector;
+
+pub use graph::{GraphStore, IndexEntry, InsertOutcome, PendingIndex, RelatedContext, StoreCounts};
+pub use vector::{VectorHit, VectorPoint, VectorStore};

@@ -1,0 +1,76 @@
+//! The collection definition in `collections/contexts.json`, shared by every vector backend: vector size and
+//! distance, HNSW parameters, optimizer thresholds and payload indexes (in Qdrant's REST notation).
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+/// The definition compiled into the binary; a file given in settings overrides it.
+pub const BUILTIN_COLLECTION: &str = include_str!("../../../collections/contexts.json");
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CollectionSpec {
+    pub name: String,
+    pub vectors: VectorSpec,
+    pub hnsw_config: HnswSpec,
+    pub optimizers_config: OptimizerSpec,
+    pub search: SearchSpec,
+    /// Field name -> Qdrant payload schema (`"keyword"` or `{"type": "keyword", "is_tenant": true}`).
+    pub payload_indexes: BTreeMap<String, Value>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct VectorSpec {
+    pub size: usize,
+    /// "Cosine", "Dot", "Euclid" or "Manhattan".
+    pub distance: String,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HnswSpec {
+    pub m: usize,
+    pub ef_construct: usize,
+    /// Below this many KB of vectors matching a filter, search is exact instead of HNSW.
+    pub full_scan_threshold_kb: usize,
+    pub payload_m: Option<usize>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct OptimizerSpec {
+    /// Segments holding more than this many KB of vectors get an HNSW index when optimized.
+    pub indexing_threshold_kb: usize,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SearchSpec {
+    pub hnsw_ef: usize,
+}
+
+impl CollectionSpec {
+    pub fn builtin() -> Self {
+        Self::parse(BUILTIN_COLLECTION).expect("collections/contexts.json is valid")
+    }
+
+    pub fn parse(text: &str) -> Result<Self, serde_json::Error> {
+        serde_json::from_str(text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_collection_parses_with_384_dimensions_and_indexes() {
+        let spec = CollectionSpec::builtin();
+        assert_eq!(spec.vectors.size, 384);
+        assert!(spec.payload_indexes.contains_key("session_id"));
+        assert!(spec.payload_indexes.contains_key("tags"));
+    }
+}

@@ -1,0 +1,250 @@
+//! The embedded vector store: Qdrant's engine in-process (qdrant-edge), one shard in the data directory.
+//!
+//! qdrant-edge has a synchronous `&self` API, so every call runs in `spawn_blocking`. It runs nothing in the
+//! background: `optimize` (HNSW build) and `flush` are called by the service's maintenance task.
+//! `EdgeShard::flush` panics if an update holds the WAL at that moment, so updates take `gate` shared and
+//! flush takes it exclusively.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use async_trait::async_trait;
+use qdrant_edge::{
+    CountRequest, CreateIndex, Distance, EdgeConfigBuilder, EdgeOptimizersConfig, EdgeShard, EdgeVectorParams,
+    FieldIndexOperations, Filter, HnswIndexConfig, JsonPath, NamedQuery, PayloadFieldSchema, PointId,
+    PointInsertOperations, PointOperations, PointStruct, QueryEnum, ScrollRequest, SearchParams, SearchRequest,
+    UpdateOperation, VectorInternal, WithPayloadInterface, WithVector,
+};
+use uuid::Uuid;
+
+use super::payload::{from_payload, to_payload};
+use super::{CollectionSpec, VectorHit, VectorPoint, VectorStore, filter::to_qdrant_json};
+use crate::domain::{Context, ContextFilter};
+use crate::error::{StoreError, StoreResult};
+
+pub struct EdgeVectorStore {
+    shard: Arc<EdgeShard>,
+    gate: Arc<RwLock<()>>,
+    hnsw_ef: usize,
+}
+
+fn edge_error(err: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(format!("qdrant-edge: {err}"))
+}
+
+fn point_id(id: Uuid) -> PointId {
+    PointId::Uuid(id)
+}
+
+fn distance(name: &str) -> StoreResult<Distance> {
+    match name {
+        "Cosine" => Ok(Distance::Cosine),
+        "Dot" => Ok(Distance::Dot),
+        "Euclid" => Ok(Distance::Euclid),
+        "Manhattan" => Ok(Distance::Manhattan),
+        other => Err(StoreError::Backend(format!("unknown distance '{other}' in collection spec"))),
+    }
+}
+
+fn qdrant_filter(filter: &ContextFilter) -> StoreResult<Filter> {
+    serde_json::from_value(to_qdrant_json(filter)).map_err(|e| edge_error(format!("filter: {e}")))
+}
+
+impl EdgeVectorStore {
+    /// Opens the shard in `dir`, creating it (and its payload indexes) on first use.
+    pub async fn open(dir: &Path, spec: &CollectionSpec) -> StoreResult<Self> {
+        let dir: PathBuf = dir.to_path_buf();
+        let spec = spec.clone();
+        let shard = tokio::task::spawn_blocking(move || open_shard(&dir, &spec).map(|s| (s, spec))).await??;
+        let (shard, spec) = shard;
+        Ok(Self { shard: Arc::new(shard), gate: Arc::new(RwLock::new(())), hnsw_ef: spec.search.hnsw_ef })
+    }
+
+    async fn blocking<T, F>(&self, exclusive: bool, work: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&EdgeShard) -> StoreResult<T> + Send + 'static,
+    {
+        let shard = self.shard.clone();
+        let gate = self.gate.clone();
+        tokio::task::spawn_blocking(move || {
+            if exclusive {
+                let _guard = gate.write().unwrap_or_else(|e| e.into_inner());
+                work(&shard)
+            } else {
+                let _guard = gate.read().unwrap_or_else(|e| e.into_inner());
+                work(&shard)
+            }
+        })
+        .await?
+    }
+}
+
+fn open_shard(dir: &Path, spec: &CollectionSpec) -> StoreResult<EdgeShard> {
+    std::fs::create_dir_all(dir).map_err(|e| edge_error(format!("create {}: {e}", dir.display())))?;
+    let hnsw = HnswIndexConfig {
+        m: spec.hnsw_config.m,
+        ef_construct: spec.hnsw_config.ef_construct,
+        full_scan_threshold: spec.hnsw_config.full_scan_threshold_kb,
+        payload_m: spec.hnsw_config.payload_m,
+        ..HnswIndexConfig::default()
+    };
+    let optimizers = EdgeOptimizersConfig {
+        indexing_threshold: Some(spec.optimizers_config.indexing_threshold_kb),
+        ..EdgeOptimizersConfig::default()
+    };
+    let config = EdgeConfigBuilder::new()
+        .vector(
+            "",
+            EdgeVectorParams::builder(spec.vectors.size, distance(&spec.vectors.distance)?).build(),
+        )
+        .hnsw_config(hnsw)
+        .optimizers(optimizers)
+        .on_disk_payload(true)
+        .build();
+    let exists = dir.join("edge_config.json").exists();
+    let shard = if exists {
+        EdgeShard::load(dir, Some(config)).map_err(edge_error)?
+    } else {
+        EdgeShard::new(dir, config).map_err(edge_error)?
+    };
+    let indexed = shard.info().payload_schema;
+    for (field, schema) in &spec.payload_indexes {
+        let field_name: JsonPath = field
+            .as_str()
+            .try_into()
+            .map_err(|_| edge_error(format!("bad payload index field '{field}'")))?;
+        if indexed.contains_key(&field_name) {
+            continue;
+        }
+        let field_schema: PayloadFieldSchema =
+            serde_json::from_value(schema.clone()).map_err(|e| edge_error(format!("index '{field}': {e}")))?;
+        shard
+            .update(UpdateOperation::FieldIndexOperation(FieldIndexOperations::CreateIndex(CreateIndex {
+                field_name,
+                field_schema: Some(field_schema),
+            })))
+            .map_err(edge_error)?;
+    }
+    Ok(shard)
+}
+
+fn to_context(payload: Option<qdrant_edge::Payload>) -> StoreResult<Context> {
+    let payload = payload.ok_or_else(|| edge_error("point without payload"))?;
+    from_payload(&payload.0)
+}
+
+#[async_trait]
+impl VectorStore for EdgeVectorStore {
+    async fn upsert(&self, points: Vec<VectorPoint>) -> StoreResult<()> {
+        let points = points
+            .into_iter()
+            .map(|p| PointStruct::new(point_id(p.context.id), p.vector, to_payload(&p.context)).into())
+            .collect();
+        self.blocking(false, move |shard| {
+            shard
+                .update(UpdateOperation::PointOperation(PointOperations::UpsertPoints(
+                    PointInsertOperations::PointsList(points),
+                )))
+                .map_err(edge_error)
+        })
+        .await
+    }
+
+    async fn delete(&self, ids: &[Uuid]) -> StoreResult<()> {
+        let ids: Vec<PointId> = ids.iter().copied().map(point_id).collect();
+        self.blocking(false, move |shard| {
+            shard
+                .update(UpdateOperation::PointOperation(PointOperations::DeletePoints { ids }))
+                .map_err(edge_error)
+        })
+        .await
+    }
+
+    async fn search(
+        &self,
+        vector: Vec<f32>,
+        filter: &ContextFilter,
+        limit: usize,
+        exact: bool,
+    ) -> StoreResult<Vec<VectorHit>> {
+        let filter = qdrant_filter(filter)?;
+        let hnsw_ef = self.hnsw_ef.max(limit);
+        self.blocking(false, move |shard| {
+            let request = SearchRequest {
+                query: QueryEnum::Nearest(NamedQuery { query: VectorInternal::Dense(vector), using: None }),
+                filter: Some(filter),
+                params: Some(SearchParams { hnsw_ef: Some(hnsw_ef), exact, ..SearchParams::default() }),
+                limit,
+                offset: 0,
+                with_payload: Some(WithPayloadInterface::Bool(true)),
+                with_vector: Some(WithVector::Bool(false)),
+                score_threshold: None,
+            };
+            shard
+                .search(request)
+                .map_err(edge_error)?
+                .into_iter()
+                .map(|point| Ok(VectorHit { score: point.score, context: to_context(point.payload)? }))
+                .collect()
+        })
+        .await
+    }
+
+    async fn scroll(&self, filter: &ContextFilter, limit: usize) -> StoreResult<Vec<Context>> {
+        let filter = qdrant_filter(filter)?;
+        self.blocking(false, move |shard| {
+            let (records, _next) = shard
+                .scroll(ScrollRequest {
+                    offset: None,
+                    limit: Some(limit),
+                    filter: Some(filter),
+                    with_payload: Some(WithPayloadInterface::Bool(true)),
+                    with_vector: WithVector::Bool(false),
+                    order_by: None,
+                })
+                .map_err(edge_error)?;
+            records.into_iter().map(|r| to_context(r.payload)).collect()
+        })
+        .await
+    }
+
+    async fn existing_ids(&self, ids: &[Uuid]) -> StoreResult<Vec<Uuid>> {
+        let ids: Vec<PointId> = ids.iter().copied().map(point_id).collect();
+        self.blocking(false, move |shard| {
+            let records = shard
+                .retrieve(&ids, Some(WithPayloadInterface::Bool(false)), Some(WithVector::Bool(false)))
+                .map_err(edge_error)?;
+            Ok(records
+                .into_iter()
+                .filter_map(|r| match r.id {
+                    PointId::Uuid(id) => Some(id),
+                    PointId::NumId(_) => None,
+                })
+                .collect())
+        })
+        .await
+    }
+
+    async fn count(&self) -> StoreResult<u64> {
+        self.blocking(false, |shard| {
+            shard
+                .count(CountRequest { filter: None, exact: true })
+                .map(|n| n as u64)
+                .map_err(edge_error)
+        })
+        .await
+    }
+
+    async fn flush(&self) -> StoreResult<()> {
+        self.blocking(true, |shard| {
+            shard.flush();
+            Ok(())
+        })
+        .await
+    }
+
+    async fn optimize(&self) -> StoreResult<bool> {
+        self.blocking(false, |shard| shard.optimize().map_err(edge_error)).await
+    }
+}

@@ -1,0 +1,100 @@
+//! Translates a validated `ContextFilter` (including the caller's read scope and expiry) into a payload
+//! filter in Qdrant's REST notation, which qdrant-edge deserializes directly.
+
+use serde_json::{Value, json};
+
+use super::payload::KIND_CONTEXT;
+use crate::domain::{ContextFilter, Visibility};
+
+fn match_value(key: &str, value: Value) -> Value {
+    json!({"key": key, "match": {"value": value}})
+}
+
+fn match_any<T: serde::Serialize>(key: &str, values: &[T]) -> Value {
+    json!({"key": key, "match": {"any": values}})
+}
+
+/// The filter as Qdrant REST JSON: `{"must": [...]}`.
+pub fn to_qdrant_json(filter: &ContextFilter) -> Value {
+    let mut must = vec![match_value("kind", json!(KIND_CONTEXT))];
+
+    if !filter.scope.admin {
+        // Public contexts, or private ones the caller authored; admin_only is never visible.
+        must.push(json!({"should": [
+            match_value("visibility", json!(Visibility::Public.as_str())),
+            {"must": [
+                match_value("visibility", json!(Visibility::Private.as_str())),
+                match_value("agent_id", json!(filter.scope.agent_id)),
+            ]},
+        ]}));
+    }
+    must.push(json!({"should": [
+        {"is_empty": {"key": "expires_at"}},
+        {"key": "expires_at", "range": {"gt": filter.now.millis()}},
+    ]}));
+
+    if let Some(session_id) = &filter.session_id {
+        must.push(match_value("session_id", json!(session_id)));
+    }
+    if !filter.types.is_empty() {
+        must.push(match_any("type", &filter.types));
+    }
+    if !filter.tags_any.is_empty() {
+        must.push(match_any("tags", &filter.tags_any));
+    }
+    for tag in &filter.tags_all {
+        must.push(match_value("tags", json!(tag)));
+    }
+    if !filter.agent_ids.is_empty() {
+        must.push(match_any("agent_id", &filter.agent_ids));
+    }
+    if filter.created_after.is_some() || filter.created_before.is_some() {
+        let mut range = serde_json::Map::new();
+        if let Some(after) = filter.created_after {
+            range.insert("gte".into(), json!(after.millis()));
+        }
+        if let Some(before) = filter.created_before {
+            range.insert("lt".into(), json!(before.millis()));
+        }
+        must.push(json!({"key": "created_at", "range": range}));
+    }
+    if !filter.visibility.is_empty() {
+        let names: Vec<&str> = filter.visibility.iter().map(|v| v.as_str()).collect();
+        must.push(match_any("visibility", &names));
+    }
+    for (key, value) in &filter.metadata {
+        let path = format!("metadata.{key}");
+        let condition = match value.as_f64() {
+            // Non-integer numbers cannot use an exact match; a closed range of one point is equal.
+            Some(number) if !value.is_i64() && !value.is_u64() => {
+                json!({"key": path, "range": {"gte": number, "lte": number}})
+            }
+            _ => match_value(&path, value.clone()),
+        };
+        must.push(condition);
+    }
+    json!({ "must": must })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{ContextFilterArgs, ReadScope, Timestamp};
+
+    #[test]
+    fn non_admin_filter_restricts_visibility_and_expiry() {
+        let scope = ReadScope { agent_id: "bob".into(), admin: false };
+        let filter = ContextFilter::parse(ContextFilterArgs::default(), scope, Timestamp(10)).unwrap();
+        let json = to_qdrant_json(&filter).to_string();
+        assert!(json.contains("\"private\""));
+        assert!(json.contains("\"bob\""));
+        assert!(json.contains("expires_at"));
+    }
+
+    #[test]
+    fn admin_filter_has_no_visibility_restriction() {
+        let scope = ReadScope { agent_id: "root".into(), admin: true };
+        let filter = ContextFilter::parse(ContextFilterArgs::default(), scope, Timestamp(10)).unwrap();
+        assert!(!to_qdrant_json(&filter).to_string().contains("\"private\""));
+    }
+}

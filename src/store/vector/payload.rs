@@ -1,0 +1,108 @@
+//! Mapping between a `Context` and its point payload. Times are stored as epoch milliseconds so range
+//! filters work on integer indexes. Shared by every vector backend.
+
+use serde_json::{Map, Value, json};
+use uuid::Uuid;
+
+use crate::domain::{Context, Timestamp, Visibility};
+use crate::error::{StoreError, StoreResult};
+
+pub const KIND_CONTEXT: &str = "context";
+
+pub fn to_payload(context: &Context) -> Value {
+    let mut payload = json!({
+        "kind": KIND_CONTEXT,
+        "id": context.id.to_string(),
+        "session_id": context.session_id,
+        "agent_id": context.agent_id,
+        "type": context.context_type,
+        "content": context.content,
+        "tags": context.tags,
+        "metadata": context.metadata,
+        "visibility": context.visibility.as_str(),
+        "created_at": context.created_at.millis(),
+        "updated_at": context.updated_at.millis(),
+        "version": context.version,
+        "content_hash": context.content_hash,
+    });
+    if let Some(expires_at) = context.expires_at {
+        payload["expires_at"] = json!(expires_at.millis());
+    }
+    payload
+}
+
+fn field<'a>(payload: &'a Map<String, Value>, key: &str) -> StoreResult<&'a Value> {
+    payload
+        .get(key)
+        .ok_or_else(|| StoreError::Backend(format!("point payload lacks '{key}'")))
+}
+
+fn text(payload: &Map<String, Value>, key: &str) -> StoreResult<String> {
+    field(payload, key)?
+        .as_str()
+        .map(str::to_string)
+        .ok_or_else(|| StoreError::Backend(format!("point payload '{key}' is not a string")))
+}
+
+fn integer(payload: &Map<String, Value>, key: &str) -> StoreResult<i64> {
+    field(payload, key)?
+        .as_i64()
+        .ok_or_else(|| StoreError::Backend(format!("point payload '{key}' is not an integer")))
+}
+
+pub fn from_payload(payload: &Map<String, Value>) -> StoreResult<Context> {
+    let id = Uuid::parse_str(&text(payload, "id")?)
+        .map_err(|_| StoreError::Backend("point payload id is not a UUID".into()))?;
+    let visibility = Visibility::parse(&text(payload, "visibility")?)
+        .ok_or_else(|| StoreError::Backend("point payload visibility is unknown".into()))?;
+    let tags = field(payload, "tags")?
+        .as_array()
+        .map(|tags| tags.iter().filter_map(|t| t.as_str().map(str::to_string)).collect())
+        .unwrap_or_default();
+    let metadata = field(payload, "metadata")?.as_object().cloned().unwrap_or_default();
+    let expires_at = payload.get("expires_at").and_then(Value::as_i64).map(Timestamp);
+    Ok(Context {
+        id,
+        session_id: text(payload, "session_id")?,
+        agent_id: text(payload, "agent_id")?,
+        context_type: text(payload, "type")?,
+        content: text(payload, "content")?,
+        tags,
+        metadata,
+        visibility,
+        created_at: Timestamp(integer(payload, "created_at")?),
+        updated_at: Timestamp(integer(payload, "updated_at")?),
+        version: integer(payload, "version")?,
+        expires_at,
+        content_hash: text(payload, "content_hash")?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::content_hash;
+
+    #[test]
+    fn payload_round_trips_a_context() {
+        let mut metadata = Map::new();
+        metadata.insert("priority".into(), json!(3));
+        let context = Context {
+            id: Uuid::now_v7(),
+            session_id: "s1".into(),
+            agent_id: "a1".into(),
+            context_type: "note".into(),
+            content: "hello".into(),
+            tags: vec!["x".into()],
+            metadata,
+            visibility: Visibility::Private,
+            created_at: Timestamp(1),
+            updated_at: Timestamp(2),
+            version: 3,
+            expires_at: Some(Timestamp(4)),
+            content_hash: content_hash("hello"),
+        };
+        let payload = to_payload(&context);
+        assert_eq!(from_payload(payload.as_object().unwrap()).unwrap(), context);
+    }
+}
