@@ -11,8 +11,8 @@ use crate::error::{StoreError, StoreResult};
 use crate::metrics::Metrics;
 use crate::service::ContextService;
 use crate::store::graph::sqlite::{SqliteGraphStore, SqliteOptions};
-use crate::store::vector::edge::EdgeVectorStore;
 use crate::store::vector::CollectionSpec;
+use crate::store::vector::edge::EdgeVectorStore;
 use crate::store::{GraphStore, VectorStore};
 
 /// The service with its background maintenance running.
@@ -28,7 +28,8 @@ pub fn collection_spec(settings: &Settings) -> StoreResult<CollectionSpec> {
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| StoreError::Backend(format!("cannot read {}: {e}", path.display())))?;
-            CollectionSpec::parse(&text).map_err(|e| StoreError::Backend(format!("{}: {e}", path.display())))
+            CollectionSpec::parse(&text)
+                .map_err(|e| StoreError::Backend(format!("{}: {e}", path.display())))
         }
     }
 }
@@ -40,7 +41,9 @@ pub async fn open_graph(settings: &Settings) -> StoreResult<Arc<dyn GraphStore>>
             readers: settings.graph.readers,
             synchronous: settings.graph.synchronous,
         })?)),
-        other => Err(StoreError::Backend(format!("unknown graph backend '{other}'"))),
+        other => Err(StoreError::Backend(format!(
+            "unknown graph backend '{other}'"
+        ))),
     }
 }
 
@@ -48,16 +51,24 @@ pub async fn open_vectors(settings: &Settings) -> StoreResult<Arc<dyn VectorStor
     match settings.vector.backend.as_str() {
         "edge" => {
             let spec = collection_spec(settings)?;
-            Ok(Arc::new(EdgeVectorStore::open(&settings.data_dir.join("vectors"), &spec).await?))
+            Ok(Arc::new(
+                EdgeVectorStore::open(&settings.data_dir.join("vectors"), &spec).await?,
+            ))
         }
-        other => Err(StoreError::Backend(format!("unknown vector backend '{other}'"))),
+        other => Err(StoreError::Backend(format!(
+            "unknown vector backend '{other}'"
+        ))),
     }
 }
 
 pub fn open_embedder(settings: &Settings, metrics: Arc<Metrics>) -> StoreResult<Arc<dyn Embedder>> {
     let assets = ModelAssets::in_dir(&settings.embedding.assets_dir);
     let model = FastEmbedder::start(&assets, settings.batcher_options(), metrics.clone())?;
-    Ok(Arc::new(CachedEmbedder::new(Arc::new(model), settings.embedding.cache_entries, metrics)))
+    Ok(Arc::new(CachedEmbedder::new(
+        Arc::new(model),
+        settings.embedding.cache_entries,
+        metrics,
+    )))
 }
 
 impl Core {
@@ -69,7 +80,11 @@ impl Core {
     }
 
     /// Like `start`, with a given embedder (tests inject failures through it).
-    pub async fn start_with(settings: &Settings, embedder: Arc<dyn Embedder>, metrics: Arc<Metrics>) -> StoreResult<Self> {
+    pub async fn start_with(
+        settings: &Settings,
+        embedder: Arc<dyn Embedder>,
+        metrics: Arc<Metrics>,
+    ) -> StoreResult<Self> {
         let graph = open_graph(settings).await?;
         let vectors = open_vectors(settings).await?;
         Self::assemble(settings, graph, vectors, embedder, metrics).await
@@ -82,10 +97,22 @@ impl Core {
         embedder: Arc<dyn Embedder>,
         metrics: Arc<Metrics>,
     ) -> StoreResult<Self> {
-        let service = Arc::new(ContextService::new(graph, vectors, embedder, metrics, settings.service_options()));
-        let repaired = service.repair_pending().await.map_err(|e| StoreError::Backend(e.to_string()))?;
+        let service = Arc::new(ContextService::new(
+            graph,
+            vectors,
+            embedder,
+            metrics,
+            settings.service_options(),
+        ));
+        let repaired = service
+            .repair_pending()
+            .await
+            .map_err(|e| StoreError::Backend(e.to_string()))?;
         if repaired > 0 {
-            tracing::info!(repaired, "re-indexed journaled items left by an unclean stop");
+            tracing::info!(
+                repaired,
+                "re-indexed journaled items left by an unclean stop"
+            );
         }
         let _ = service.refresh_item_metrics().await;
         let stop = CancellationToken::new();
@@ -95,7 +122,11 @@ impl Core {
             let options = settings.maintenance_options();
             tokio::spawn(async move { service.run_maintenance(options, stop).await })
         };
-        Ok(Self { service, stop, maintenance })
+        Ok(Self {
+            service,
+            stop,
+            maintenance,
+        })
     }
 
     /// Stops maintenance after a final flush.

@@ -15,7 +15,12 @@ pub struct Permissions {
 
 impl Permissions {
     pub fn all() -> Self {
-        Self { read: true, write: true, query: true, admin: true }
+        Self {
+            read: true,
+            write: true,
+            query: true,
+            admin: true,
+        }
     }
 }
 
@@ -40,12 +45,25 @@ impl Principal {
     /// A local agent that may read, write and query, and speak for any agent id (no authentication).
     /// It is not an admin: acting as agent X it sees what X sees.
     pub fn local_trusted(agent_id: &str) -> Self {
-        let permissions = Permissions { read: true, write: true, query: true, admin: false };
-        Self { agent_id: agent_id.to_string(), permissions, trusted: true }
+        let permissions = Permissions {
+            read: true,
+            write: true,
+            query: true,
+            admin: false,
+        };
+        Self {
+            agent_id: agent_id.to_string(),
+            permissions,
+            trusted: true,
+        }
     }
 
     pub fn admin(agent_id: &str) -> Self {
-        Self { agent_id: agent_id.to_string(), permissions: Permissions::all(), trusted: false }
+        Self {
+            agent_id: agent_id.to_string(),
+            permissions: Permissions::all(),
+            trusted: false,
+        }
     }
 
     pub fn require(&self, permission: Permission) -> ServiceResult<()> {
@@ -59,7 +77,9 @@ impl Principal {
         if granted {
             Ok(())
         } else {
-            Err(ServiceError::PermissionDenied(format!("this call needs the {permission:?} permission").to_lowercase()))
+            Err(ServiceError::PermissionDenied(
+                format!("this call needs the {permission:?} permission").to_lowercase(),
+            ))
         }
     }
 
@@ -72,7 +92,9 @@ impl Principal {
                 if agent == self.agent_id || self.trusted || self.permissions.admin {
                     Ok(agent)
                 } else {
-                    Err(ServiceError::PermissionDenied("a caller may only act as its own agent_id".into()))
+                    Err(ServiceError::PermissionDenied(
+                        "a caller may only act as its own agent_id".into(),
+                    ))
                 }
             }
         }
@@ -80,6 +102,9 @@ impl Principal {
 
     /// What this principal may read when acting as `agent_id`.
     pub fn read_scope(&self, agent_id: &str) -> ReadScope {
-        ReadScope { agent_id: agent_id.to_string(), admin: self.permissions.admin }
+        ReadScope {
+            agent_id: agent_id.to_string(),
+            admin: self.permissions.admin,
+        }
     }
 }

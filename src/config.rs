@@ -125,7 +125,11 @@ impl Default for EmbeddingSettings {
 
 impl Default for GraphSettings {
     fn default() -> Self {
-        Self { backend: "sqlite".into(), readers: 8, synchronous: Synchronous::Full }
+        Self {
+            backend: "sqlite".into(),
+            readers: 8,
+            synchronous: Synchronous::Full,
+        }
     }
 }
 
@@ -143,13 +147,20 @@ impl Default for VectorSettings {
 
 impl Default for SearchSettings {
     fn default() -> Self {
-        Self { cache_entries: 10_000, cache_ttl_ms: 30_000, vector_weight: 0.7, fuzzy_fallback_scan: 2000 }
+        Self {
+            cache_entries: 10_000,
+            cache_ttl_ms: 30_000,
+            vector_weight: 0.7,
+            fuzzy_fallback_scan: 2000,
+        }
     }
 }
 
 impl Default for IdentitySettings {
     fn default() -> Self {
-        Self { agent_id: "local-agent".into() }
+        Self {
+            agent_id: "local-agent".into(),
+        }
     }
 }
 
@@ -160,7 +171,10 @@ impl Settings {
         if let Some(file) = file {
             figment = figment.merge(Toml::file_exact(file));
         }
-        figment.merge(Env::prefixed("CTX__").split("__")).extract().map_err(Box::new)
+        figment
+            .merge(Env::prefixed("CTX__").split("__"))
+            .extract()
+            .map_err(Box::new)
     }
 
     pub fn batcher_options(&self) -> BatcherOptions {
@@ -200,6 +214,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)]
     fn environment_overrides_nested_keys() {
         figment::Jail::expect_with(|jail| {
             jail.set_env("CTX__SERVER__PORT", "9999");

@@ -7,7 +7,11 @@ use context_store::app::Core;
 use context_store::config::Settings;
 
 #[derive(Parser)]
-#[command(name = "context-store", version, about = "A graph-and-vector context store for AI agents, served over MCP")]
+#[command(
+    name = "context-store",
+    version,
+    about = "A graph-and-vector context store for AI agents, served over MCP"
+)]
 struct Cli {
     /// A TOML settings file (CTX__SECTION__KEY environment variables override it).
     #[arg(long, global = true, env = "CTX_CONFIG")]
@@ -20,6 +24,15 @@ struct Cli {
 enum Command {
     /// Rebuild the vector side from the graph.
     Reindex,
+    /// Test aid: stores contexts from concurrent writers until killed, printing `ACK <id> <content>`
+    /// for every acknowledged write (used by the kill -9 durability test).
+    #[command(hide = true)]
+    CrashWriter {
+        #[arg(long)]
+        session: String,
+        #[arg(long, default_value_t = 16)]
+        writers: usize,
+    },
 }
 
 fn init_tracing() {
@@ -47,6 +60,55 @@ async fn main() -> anyhow::Result<()> {
             eprintln!("reindex complete: {done} contexts");
             core.shutdown().await;
         }
+        Command::CrashWriter { session, writers } => {
+            crash_writer(&settings, session, writers).await?
+        }
     }
+    Ok(())
+}
+
+async fn crash_writer(settings: &Settings, session: String, writers: usize) -> anyhow::Result<()> {
+    use context_store::auth::Principal;
+    use context_store::service::{CreateSessionRequest, StoreContextRequest};
+    use std::io::Write;
+
+    let core = Core::start(settings).await?;
+    let principal = Principal::local_trusted("crash-writer");
+    let request = CreateSessionRequest {
+        id: Some(session.clone()),
+        purpose: "crash test".into(),
+        ..Default::default()
+    };
+    // The session exists already after the first round.
+    let _ = core.service.create_session(&principal, request).await;
+    let run = uuid::Uuid::now_v7();
+    let tasks: Vec<_> = (0..writers)
+        .map(|writer| {
+            let service = core.service.clone();
+            let (principal, session) = (principal.clone(), session.clone());
+            tokio::spawn(async move {
+                for n in 0u64.. {
+                    let content = format!(
+                        "crash run {run} writer {writer} entry {n} about topic {}",
+                        n % 7
+                    );
+                    let request = StoreContextRequest {
+                        session_id: session.clone(),
+                        content: content.clone(),
+                        ..Default::default()
+                    };
+                    match service.store_context(&principal, request).await {
+                        Ok(stored) => {
+                            let mut out = std::io::stdout().lock();
+                            let _ = writeln!(out, "ACK {} {content}", stored.context.id);
+                            let _ = out.flush();
+                        }
+                        Err(err) => eprintln!("write failed: {err}"),
+                    }
+                }
+            })
+        })
+        .collect();
+    futures::future::join_all(tasks).await;
     Ok(())
 }

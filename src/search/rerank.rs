@@ -43,7 +43,10 @@ impl FuzzyQuery {
             .map(|t| (t.to_string(), RatioBatchComparator::new(t.chars())))
             .collect();
         let total_weight = tokens.iter().map(|(t, _)| t.chars().count() as f64).sum();
-        Self { tokens, total_weight }
+        Self {
+            tokens,
+            total_weight,
+        }
     }
 
     /// Similarity in [0, 1] of the query to a normalised text.

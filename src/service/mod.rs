@@ -88,7 +88,9 @@ impl ContextService {
             search_cache,
             generation: AtomicU64::new(0),
             applied: Mutex::new(Vec::new()),
-            item_locks: (0..ITEM_LOCKS).map(|_| tokio::sync::Mutex::new(())).collect(),
+            item_locks: (0..ITEM_LOCKS)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
         }
     }
 
@@ -113,14 +115,19 @@ impl ContextService {
     /// entry for clearing after the next flush.
     fn written(&self, journal_seq: i64) {
         self.generation.fetch_add(1, Ordering::SeqCst);
-        self.applied.lock().unwrap_or_else(|e| e.into_inner()).push(journal_seq);
+        self.applied
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(journal_seq);
     }
 
     /// Stores and embedder answer: the readiness check.
     pub async fn ready(&self) -> ServiceResult<()> {
         self.graph.counts().await?;
         self.vectors.count().await?;
-        self.embedder.embed(vec!["readiness probe".to_string()]).await?;
+        self.embedder
+            .embed(vec!["readiness probe".to_string()])
+            .await?;
         Ok(())
     }
 
@@ -128,11 +135,21 @@ impl ContextService {
     pub async fn refresh_item_metrics(&self) -> ServiceResult<()> {
         let counts = self.graph.counts().await?;
         let items = &self.metrics.items;
-        items.with_label_values(&["sessions"]).set(counts.sessions as i64);
-        items.with_label_values(&["contexts"]).set(counts.contexts as i64);
-        items.with_label_values(&["agent_states"]).set(counts.agent_states as i64);
-        items.with_label_values(&["pending_index"]).set(counts.pending_index as i64);
-        items.with_label_values(&["vectors"]).set(self.vectors.count().await? as i64);
+        items
+            .with_label_values(&["sessions"])
+            .set(counts.sessions as i64);
+        items
+            .with_label_values(&["contexts"])
+            .set(counts.contexts as i64);
+        items
+            .with_label_values(&["agent_states"])
+            .set(counts.agent_states as i64);
+        items
+            .with_label_values(&["pending_index"])
+            .set(counts.pending_index as i64);
+        items
+            .with_label_values(&["vectors"])
+            .set(self.vectors.count().await? as i64);
         Ok(())
     }
 }
@@ -140,6 +157,9 @@ impl ContextService {
 /// Parses an opaque cursor that carries a context id.
 fn parse_id_cursor(cursor: Option<&str>) -> ServiceResult<Option<Uuid>> {
     cursor
-        .map(|c| Uuid::parse_str(c).map_err(|_| ServiceError::invalid("cursor is not one this service issued")))
+        .map(|c| {
+            Uuid::parse_str(c)
+                .map_err(|_| ServiceError::invalid("cursor is not one this service issued"))
+        })
         .transpose()
 }

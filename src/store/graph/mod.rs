@@ -10,7 +10,9 @@ pub mod sqlite;
 use async_trait::async_trait;
 use uuid::Uuid;
 
-use crate::domain::{AgentState, Context, ContextFilter, ContextVersion, ReadScope, Relation, Session};
+use crate::domain::{
+    AgentState, Context, ContextFilter, ContextVersion, ReadScope, Relation, Session,
+};
 use crate::error::StoreResult;
 
 /// Result of inserting a context: either new (with its journal sequence) or an existing duplicate.
@@ -88,10 +90,18 @@ pub trait GraphStore: Send + Sync + 'static {
     /// Replaces a context by its next version (`updated.version` = current + 1), keeping the current one
     /// as a previous version. Returns the journal sequence and the replaced context.
     /// `VersionConflict` when the stored version is not `updated.version - 1`.
-    async fn update_context(&self, updated: &Context, embedding: &[f32]) -> StoreResult<(i64, Context)>;
+    async fn update_context(
+        &self,
+        updated: &Context,
+        embedding: &[f32],
+    ) -> StoreResult<(i64, Context)>;
     /// Marks a context deleted (hidden from every read) and journals it. Returns the journal sequence
     /// and the deleted context. `VersionConflict` when `expected_version` is given and differs.
-    async fn delete_context(&self, id: Uuid, expected_version: Option<i64>) -> StoreResult<(i64, Context)>;
+    async fn delete_context(
+        &self,
+        id: Uuid,
+        expected_version: Option<i64>,
+    ) -> StoreResult<(i64, Context)>;
     /// Removes a deleted context for good, with its versions, tags and relations.
     async fn purge_context(&self, id: Uuid) -> StoreResult<()>;
 
@@ -130,7 +140,11 @@ pub trait GraphStore: Send + Sync + 'static {
 
     /// Writes agent state with compare-and-set: `expected_version` None writes unconditionally,
     /// `Some(0)` only creates, `Some(v)` only replaces version v. Returns the stored state.
-    async fn set_state(&self, state: &AgentState, expected_version: Option<i64>) -> StoreResult<AgentState>;
+    async fn set_state(
+        &self,
+        state: &AgentState,
+        expected_version: Option<i64>,
+    ) -> StoreResult<AgentState>;
     async fn get_state(&self, key: &StateKey) -> StoreResult<Option<AgentState>>;
     /// States of an agent (in one session, or without session when None) whose key starts with
     /// `prefix`, ordered by key, after `after_key`.
@@ -152,6 +166,10 @@ pub trait GraphStore: Send + Sync + 'static {
     /// The live, indexable state of each of `ids` (deleted or missing ids are absent).
     async fn index_entries(&self, ids: &[Uuid]) -> StoreResult<Vec<IndexEntry>>;
     /// Live contexts with embeddings in id order after `after`: the input of a full reindex.
-    async fn scan_index_entries(&self, after: Option<Uuid>, limit: usize) -> StoreResult<Vec<IndexEntry>>;
+    async fn scan_index_entries(
+        &self,
+        after: Option<Uuid>,
+        limit: usize,
+    ) -> StoreResult<Vec<IndexEntry>>;
     async fn counts(&self) -> StoreResult<StoreCounts>;
 }

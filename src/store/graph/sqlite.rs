@@ -16,7 +16,8 @@ use super::{
     GraphStore, IndexEntry, InsertOutcome, PendingIndex, RelatedContext, StateKey, StoreCounts,
 };
 use crate::domain::{
-    AgentState, Context, ContextFilter, ContextVersion, ReadScope, Relation, Session, Timestamp, Visibility,
+    AgentState, Context, ContextFilter, ContextVersion, ReadScope, Relation, Session, Timestamp,
+    Visibility,
 };
 use crate::error::{StoreError, StoreResult};
 
@@ -61,13 +62,15 @@ fn json_text(value: &impl serde::Serialize) -> String {
 }
 
 fn parse_json<T: serde::de::DeserializeOwned>(text: &str) -> rusqlite::Result<T> {
-    serde_json::from_str(text)
-        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e)))
+    serde_json::from_str(text).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+    })
 }
 
 fn parse_uuid(text: &str) -> rusqlite::Result<Uuid> {
-    Uuid::parse_str(text)
-        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e)))
+    Uuid::parse_str(text).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+    })
 }
 
 fn parse_visibility(text: &str) -> rusqlite::Result<Visibility> {
@@ -145,7 +148,11 @@ fn filter_sql(filter: &ContextFilter) -> (Vec<String>, Vec<SqlValue>) {
     push_in("c.agent_id", filter.agent_ids.clone(), &mut conditions);
     push_in(
         "c.visibility",
-        filter.visibility.iter().map(|v| v.as_str().to_string()).collect(),
+        filter
+            .visibility
+            .iter()
+            .map(|v| v.as_str().to_string())
+            .collect(),
         &mut conditions,
     );
     if !filter.tags_any.is_empty() {
@@ -156,7 +163,9 @@ fn filter_sql(filter: &ContextFilter) -> (Vec<String>, Vec<SqlValue>) {
         values.extend(filter.tags_any.iter().cloned().map(SqlValue::from));
     }
     for tag in &filter.tags_all {
-        conditions.push("EXISTS (SELECT 1 FROM context_tags t WHERE t.context_id = c.id AND t.tag = ?)".into());
+        conditions.push(
+            "EXISTS (SELECT 1 FROM context_tags t WHERE t.context_id = c.id AND t.tag = ?)".into(),
+        );
         values.push(tag.clone().into());
     }
     if let Some(after) = filter.created_after {
@@ -176,7 +185,10 @@ fn filter_sql(filter: &ContextFilter) -> (Vec<String>, Vec<SqlValue>) {
                 values.push(if *flag { "true" } else { "false" }.to_string().into());
             }
             Value::String(text) => {
-                conditions.push("(json_type(c.metadata, ?) = 'text' AND json_extract(c.metadata, ?) = ?)".into());
+                conditions.push(
+                    "(json_type(c.metadata, ?) = 'text' AND json_extract(c.metadata, ?) = ?)"
+                        .into(),
+                );
                 values.push(path.clone().into());
                 values.push(path.into());
                 values.push(text.clone().into());
@@ -198,9 +210,16 @@ fn filter_sql(filter: &ContextFilter) -> (Vec<String>, Vec<SqlValue>) {
     (conditions, values)
 }
 
-fn scope_sql(scope: &ReadScope, now: Timestamp, conditions: &mut Vec<String>, values: &mut Vec<SqlValue>) {
+fn scope_sql(
+    scope: &ReadScope,
+    now: Timestamp,
+    conditions: &mut Vec<String>,
+    values: &mut Vec<SqlValue>,
+) {
     if !scope.admin {
-        conditions.push("(c.visibility = 'public' OR (c.visibility = 'private' AND c.agent_id = ?))".into());
+        conditions.push(
+            "(c.visibility = 'public' OR (c.visibility = 'private' AND c.agent_id = ?))".into(),
+        );
         values.push(scope.agent_id.clone().into());
     }
     conditions.push("(c.expires_at IS NULL OR c.expires_at > ?)".into());
@@ -216,8 +235,12 @@ fn journal(tx: &Transaction<'_>, id: Uuid, op: &str) -> rusqlite::Result<i64> {
 }
 
 fn write_tags(tx: &Transaction<'_>, id: Uuid, tags: &[String]) -> rusqlite::Result<()> {
-    tx.execute("DELETE FROM context_tags WHERE context_id = ?1", params![id.to_string()])?;
-    let mut insert = tx.prepare_cached("INSERT INTO context_tags (context_id, tag) VALUES (?1, ?2)")?;
+    tx.execute(
+        "DELETE FROM context_tags WHERE context_id = ?1",
+        params![id.to_string()],
+    )?;
+    let mut insert =
+        tx.prepare_cached("INSERT INTO context_tags (context_id, tag) VALUES (?1, ?2)")?;
     for tag in tags {
         insert.execute(params![id.to_string(), tag])?;
     }
@@ -225,7 +248,11 @@ fn write_tags(tx: &Transaction<'_>, id: Uuid, tags: &[String]) -> rusqlite::Resu
 }
 
 /// Writes every column of a context row (insert or replace), leaving `deleted` = 0.
-fn write_context(tx: &Transaction<'_>, context: &Context, embedding: Option<&[f32]>) -> rusqlite::Result<()> {
+fn write_context(
+    tx: &Transaction<'_>,
+    context: &Context,
+    embedding: Option<&[f32]>,
+) -> rusqlite::Result<()> {
     let fields = params![
         context.id.to_string(),
         context.session_id,
@@ -302,7 +329,10 @@ impl SqliteGraphStore {
             .max_size(options.readers.max(1))
             .min_idle(Some(1))
             .build(manager)?;
-        Ok(Self { writer: Arc::new(Mutex::new(writer)), readers })
+        Ok(Self {
+            writer: Arc::new(Mutex::new(writer)),
+            readers,
+        })
     }
 
     pub fn path_in(data_dir: &Path) -> PathBuf {
@@ -403,8 +433,13 @@ impl GraphStore for SqliteGraphStore {
         content_hash: &str,
         scope: &ReadScope,
     ) -> StoreResult<Option<Context>> {
-        let (session_id, content_hash, scope) = (session_id.to_string(), content_hash.to_string(), scope.clone());
-        self.read(move |conn| Ok(duplicate_of(conn, &session_id, &content_hash, &scope)?)).await
+        let (session_id, content_hash, scope) = (
+            session_id.to_string(),
+            content_hash.to_string(),
+            scope.clone(),
+        );
+        self.read(move |conn| Ok(duplicate_of(conn, &session_id, &content_hash, &scope)?))
+            .await
     }
 
     async fn insert_context(
@@ -413,16 +448,23 @@ impl GraphStore for SqliteGraphStore {
         embedding: &[f32],
         dedup_scope: &ReadScope,
     ) -> StoreResult<InsertOutcome> {
-        let (context, embedding, scope) = (context.clone(), embedding.to_vec(), dedup_scope.clone());
+        let (context, embedding, scope) =
+            (context.clone(), embedding.to_vec(), dedup_scope.clone());
         self.write(move |tx| {
             let session_exists: bool = tx
-                .query_row("SELECT 1 FROM sessions WHERE id = ?1", params![context.session_id], |_| Ok(()))
+                .query_row(
+                    "SELECT 1 FROM sessions WHERE id = ?1",
+                    params![context.session_id],
+                    |_| Ok(()),
+                )
                 .optional()?
                 .is_some();
             if !session_exists {
                 return Err(StoreError::NotFound);
             }
-            if let Some(existing) = duplicate_of(tx, &context.session_id, &context.content_hash, &scope)? {
+            if let Some(existing) =
+                duplicate_of(tx, &context.session_id, &context.content_hash, &scope)?
+            {
                 return Ok(InsertOutcome::Duplicate(Box::new(existing)));
             }
             write_context(tx, &context, Some(&embedding))?;
@@ -432,7 +474,11 @@ impl GraphStore for SqliteGraphStore {
         .await
     }
 
-    async fn update_context(&self, updated: &Context, embedding: &[f32]) -> StoreResult<(i64, Context)> {
+    async fn update_context(
+        &self,
+        updated: &Context,
+        embedding: &[f32],
+    ) -> StoreResult<(i64, Context)> {
         let (updated, embedding) = (updated.clone(), embedding.to_vec());
         self.write(move |tx| {
             let previous = load_context(tx, updated.id)?.ok_or(StoreError::NotFound)?;
@@ -464,15 +510,25 @@ impl GraphStore for SqliteGraphStore {
         .await
     }
 
-    async fn delete_context(&self, id: Uuid, expected_version: Option<i64>) -> StoreResult<(i64, Context)> {
+    async fn delete_context(
+        &self,
+        id: Uuid,
+        expected_version: Option<i64>,
+    ) -> StoreResult<(i64, Context)> {
         self.write(move |tx| {
             let current = load_context(tx, id)?.ok_or(StoreError::NotFound)?;
             if let Some(expected) = expected_version
                 && expected != current.version
             {
-                return Err(StoreError::VersionConflict { expected, current: current.version });
+                return Err(StoreError::VersionConflict {
+                    expected,
+                    current: current.version,
+                });
             }
-            tx.execute("UPDATE contexts SET deleted = 1 WHERE id = ?1", params![id.to_string()])?;
+            tx.execute(
+                "UPDATE contexts SET deleted = 1 WHERE id = ?1",
+                params![id.to_string()],
+            )?;
             let seq = journal(tx, id, "delete")?;
             Ok((seq, current))
         })
@@ -482,10 +538,22 @@ impl GraphStore for SqliteGraphStore {
     async fn purge_context(&self, id: Uuid) -> StoreResult<()> {
         self.write(move |tx| {
             let id = id.to_string();
-            tx.execute("DELETE FROM context_tags WHERE context_id = ?1", params![id])?;
-            tx.execute("DELETE FROM context_versions WHERE context_id = ?1", params![id])?;
-            tx.execute("DELETE FROM relations WHERE from_id = ?1 OR to_id = ?1", params![id])?;
-            tx.execute("DELETE FROM contexts WHERE id = ?1 AND deleted = 1", params![id])?;
+            tx.execute(
+                "DELETE FROM context_tags WHERE context_id = ?1",
+                params![id],
+            )?;
+            tx.execute(
+                "DELETE FROM context_versions WHERE context_id = ?1",
+                params![id],
+            )?;
+            tx.execute(
+                "DELETE FROM relations WHERE from_id = ?1 OR to_id = ?1",
+                params![id],
+            )?;
+            tx.execute(
+                "DELETE FROM contexts WHERE id = ?1 AND deleted = 1",
+                params![id],
+            )?;
             Ok(())
         })
         .await
@@ -493,9 +561,18 @@ impl GraphStore for SqliteGraphStore {
 
     async fn rollback_insert(&self, id: Uuid, journal_seq: i64) -> StoreResult<()> {
         self.write(move |tx| {
-            tx.execute("DELETE FROM context_tags WHERE context_id = ?1", params![id.to_string()])?;
-            tx.execute("DELETE FROM contexts WHERE id = ?1", params![id.to_string()])?;
-            tx.execute("DELETE FROM index_journal WHERE seq = ?1", params![journal_seq])?;
+            tx.execute(
+                "DELETE FROM context_tags WHERE context_id = ?1",
+                params![id.to_string()],
+            )?;
+            tx.execute(
+                "DELETE FROM contexts WHERE id = ?1",
+                params![id.to_string()],
+            )?;
+            tx.execute(
+                "DELETE FROM index_journal WHERE seq = ?1",
+                params![journal_seq],
+            )?;
             Ok(())
         })
         .await
@@ -509,7 +586,10 @@ impl GraphStore for SqliteGraphStore {
                 "DELETE FROM context_versions WHERE context_id = ?1 AND version = ?2",
                 params![previous.id.to_string(), previous.version],
             )?;
-            tx.execute("DELETE FROM index_journal WHERE seq = ?1", params![journal_seq])?;
+            tx.execute(
+                "DELETE FROM index_journal WHERE seq = ?1",
+                params![journal_seq],
+            )?;
             Ok(())
         })
         .await
@@ -517,8 +597,14 @@ impl GraphStore for SqliteGraphStore {
 
     async fn rollback_delete(&self, id: Uuid, journal_seq: i64) -> StoreResult<()> {
         self.write(move |tx| {
-            tx.execute("UPDATE contexts SET deleted = 0 WHERE id = ?1", params![id.to_string()])?;
-            tx.execute("DELETE FROM index_journal WHERE seq = ?1", params![journal_seq])?;
+            tx.execute(
+                "UPDATE contexts SET deleted = 0 WHERE id = ?1",
+                params![id.to_string()],
+            )?;
+            tx.execute(
+                "DELETE FROM index_journal WHERE seq = ?1",
+                params![journal_seq],
+            )?;
             Ok(())
         })
         .await
@@ -701,7 +787,11 @@ impl GraphStore for SqliteGraphStore {
         .await
     }
 
-    async fn set_state(&self, state: &AgentState, expected_version: Option<i64>) -> StoreResult<AgentState> {
+    async fn set_state(
+        &self,
+        state: &AgentState,
+        expected_version: Option<i64>,
+    ) -> StoreResult<AgentState> {
         let state = state.clone();
         self.write(move |tx| {
             let session = state.session_id.clone().unwrap_or_default();
@@ -810,9 +900,13 @@ impl GraphStore for SqliteGraphStore {
 
     async fn pending_index(&self, limit: usize) -> StoreResult<Vec<PendingIndex>> {
         self.read(move |conn| {
-            let mut statement = conn.prepare_cached("SELECT seq, item_id FROM index_journal ORDER BY seq LIMIT ?1")?;
+            let mut statement = conn
+                .prepare_cached("SELECT seq, item_id FROM index_journal ORDER BY seq LIMIT ?1")?;
             let rows = statement.query_map(params![limit as i64], |row| {
-                Ok(PendingIndex { seq: row.get(0)?, id: parse_uuid(&row.get::<_, String>(1)?)? })
+                Ok(PendingIndex {
+                    seq: row.get(0)?,
+                    id: parse_uuid(&row.get::<_, String>(1)?)?,
+                })
             })?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })
@@ -826,7 +920,10 @@ impl GraphStore for SqliteGraphStore {
         let seqs = seqs.to_vec();
         self.write(move |tx| {
             for chunk in seqs.chunks(500) {
-                let sql = format!("DELETE FROM index_journal WHERE seq IN ({})", placeholders(chunk.len()));
+                let sql = format!(
+                    "DELETE FROM index_journal WHERE seq IN ({})",
+                    placeholders(chunk.len())
+                );
                 tx.execute(&sql, params_from_iter(chunk.iter()))?;
             }
             Ok(())
@@ -851,7 +948,11 @@ impl GraphStore for SqliteGraphStore {
         .await
     }
 
-    async fn scan_index_entries(&self, after: Option<Uuid>, limit: usize) -> StoreResult<Vec<IndexEntry>> {
+    async fn scan_index_entries(
+        &self,
+        after: Option<Uuid>,
+        limit: usize,
+    ) -> StoreResult<Vec<IndexEntry>> {
         let after = after.map(|a| a.to_string()).unwrap_or_default();
         self.read(move |conn| {
             let sql = format!(
@@ -867,7 +968,10 @@ impl GraphStore for SqliteGraphStore {
 
     async fn counts(&self) -> StoreResult<StoreCounts> {
         self.read(|conn| {
-            let count = |sql: &str| -> rusqlite::Result<u64> { conn.query_row(sql, [], |row| row.get::<_, i64>(0)).map(|n| n as u64) };
+            let count = |sql: &str| -> rusqlite::Result<u64> {
+                conn.query_row(sql, [], |row| row.get::<_, i64>(0))
+                    .map(|n| n as u64)
+            };
             Ok(StoreCounts {
                 sessions: count("SELECT COUNT(*) FROM sessions")?,
                 contexts: count("SELECT COUNT(*) FROM contexts WHERE deleted = 0")?,
@@ -880,7 +984,10 @@ impl GraphStore for SqliteGraphStore {
 }
 
 fn index_entry_from_row(row: &Row<'_>) -> rusqlite::Result<IndexEntry> {
-    Ok(IndexEntry { context: context_from_row(row)?, embedding: decode_embedding(&row.get::<_, Vec<u8>>(13)?) })
+    Ok(IndexEntry {
+        context: context_from_row(row)?,
+        embedding: decode_embedding(&row.get::<_, Vec<u8>>(13)?),
+    })
 }
 
 fn duplicate_of(
@@ -889,12 +996,20 @@ fn duplicate_of(
     content_hash: &str,
     scope: &ReadScope,
 ) -> rusqlite::Result<Option<Context>> {
-    let mut conditions = vec!["c.deleted = 0".to_string(), "c.session_id = ?".into(), "c.content_hash = ?".into()];
-    let mut values: Vec<SqlValue> = vec![session_id.to_string().into(), content_hash.to_string().into()];
+    let mut conditions = vec![
+        "c.deleted = 0".to_string(),
+        "c.session_id = ?".into(),
+        "c.content_hash = ?".into(),
+    ];
+    let mut values: Vec<SqlValue> = vec![
+        session_id.to_string().into(),
+        content_hash.to_string().into(),
+    ];
     scope_sql(scope, Timestamp::now(), &mut conditions, &mut values);
     let sql = format!(
         "SELECT {CONTEXT_COLUMNS} FROM contexts c WHERE {} ORDER BY c.id LIMIT 1",
         conditions.join(" AND ")
     );
-    conn.query_row(&sql, params_from_iter(values.iter()), context_from_row).optional()
+    conn.query_row(&sql, params_from_iter(values.iter()), context_from_row)
+        .optional()
 }

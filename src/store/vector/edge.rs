@@ -10,10 +10,11 @@ use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
 use qdrant_edge::{
-    CountRequest, CreateIndex, Distance, EdgeConfigBuilder, EdgeOptimizersConfig, EdgeShard, EdgeVectorParams,
-    FieldIndexOperations, Filter, HnswIndexConfig, JsonPath, NamedQuery, PayloadFieldSchema, PointId,
-    PointInsertOperations, PointOperations, PointStruct, QueryEnum, ScrollRequest, SearchParams, SearchRequest,
-    UpdateOperation, VectorInternal, WithPayloadInterface, WithVector,
+    CountRequest, CreateIndex, Distance, EdgeConfigBuilder, EdgeOptimizersConfig, EdgeShard,
+    EdgeVectorParams, FieldIndexOperations, Filter, HnswIndexConfig, JsonPath, NamedQuery,
+    PayloadFieldSchema, PointId, PointInsertOperations, PointOperations, PointStruct, QueryEnum,
+    ScrollRequest, SearchParams, SearchRequest, UpdateOperation, VectorInternal,
+    WithPayloadInterface, WithVector,
 };
 use uuid::Uuid;
 
@@ -42,7 +43,9 @@ fn distance(name: &str) -> StoreResult<Distance> {
         "Dot" => Ok(Distance::Dot),
         "Euclid" => Ok(Distance::Euclid),
         "Manhattan" => Ok(Distance::Manhattan),
-        other => Err(StoreError::Backend(format!("unknown distance '{other}' in collection spec"))),
+        other => Err(StoreError::Backend(format!(
+            "unknown distance '{other}' in collection spec"
+        ))),
     }
 }
 
@@ -55,9 +58,19 @@ impl EdgeVectorStore {
     pub async fn open(dir: &Path, spec: &CollectionSpec) -> StoreResult<Self> {
         let dir: PathBuf = dir.to_path_buf();
         let spec = spec.clone();
-        let shard = tokio::task::spawn_blocking(move || open_shard(&dir, &spec).map(|s| (s, spec))).await??;
+        let shard = tokio::task::spawn_blocking(move || open_shard(&dir, &spec).map(|s| (s, spec)))
+            .await??;
         let (shard, spec) = shard;
-        Ok(Self { shard: Arc::new(shard), gate: Arc::new(RwLock::new(())), hnsw_ef: spec.search.hnsw_ef })
+        Ok(Self {
+            shard: Arc::new(shard),
+            gate: Arc::new(RwLock::new(())),
+            hnsw_ef: spec.search.hnsw_ef,
+        })
+    }
+
+    /// Vectors covered by an HNSW index (the rest are searched exactly).
+    pub fn indexed_vectors(&self) -> usize {
+        self.shard.info().indexed_vectors_count
     }
 
     async fn blocking<T, F>(&self, exclusive: bool, work: F) -> StoreResult<T>
@@ -81,7 +94,8 @@ impl EdgeVectorStore {
 }
 
 fn open_shard(dir: &Path, spec: &CollectionSpec) -> StoreResult<EdgeShard> {
-    std::fs::create_dir_all(dir).map_err(|e| edge_error(format!("create {}: {e}", dir.display())))?;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| edge_error(format!("create {}: {e}", dir.display())))?;
     let hnsw = HnswIndexConfig {
         m: spec.hnsw_config.m,
         ef_construct: spec.hnsw_config.ef_construct,
@@ -117,13 +131,15 @@ fn open_shard(dir: &Path, spec: &CollectionSpec) -> StoreResult<EdgeShard> {
         if indexed.contains_key(&field_name) {
             continue;
         }
-        let field_schema: PayloadFieldSchema =
-            serde_json::from_value(schema.clone()).map_err(|e| edge_error(format!("index '{field}': {e}")))?;
+        let field_schema: PayloadFieldSchema = serde_json::from_value(schema.clone())
+            .map_err(|e| edge_error(format!("index '{field}': {e}")))?;
         shard
-            .update(UpdateOperation::FieldIndexOperation(FieldIndexOperations::CreateIndex(CreateIndex {
-                field_name,
-                field_schema: Some(field_schema),
-            })))
+            .update(UpdateOperation::FieldIndexOperation(
+                FieldIndexOperations::CreateIndex(CreateIndex {
+                    field_name,
+                    field_schema: Some(field_schema),
+                }),
+            ))
             .map_err(edge_error)?;
     }
     Ok(shard)
@@ -139,13 +155,15 @@ impl VectorStore for EdgeVectorStore {
     async fn upsert(&self, points: Vec<VectorPoint>) -> StoreResult<()> {
         let points = points
             .into_iter()
-            .map(|p| PointStruct::new(point_id(p.context.id), p.vector, to_payload(&p.context)).into())
+            .map(|p| {
+                PointStruct::new(point_id(p.context.id), p.vector, to_payload(&p.context)).into()
+            })
             .collect();
         self.blocking(false, move |shard| {
             shard
-                .update(UpdateOperation::PointOperation(PointOperations::UpsertPoints(
-                    PointInsertOperations::PointsList(points),
-                )))
+                .update(UpdateOperation::PointOperation(
+                    PointOperations::UpsertPoints(PointInsertOperations::PointsList(points)),
+                ))
                 .map_err(edge_error)
         })
         .await
@@ -155,7 +173,9 @@ impl VectorStore for EdgeVectorStore {
         let ids: Vec<PointId> = ids.iter().copied().map(point_id).collect();
         self.blocking(false, move |shard| {
             shard
-                .update(UpdateOperation::PointOperation(PointOperations::DeletePoints { ids }))
+                .update(UpdateOperation::PointOperation(
+                    PointOperations::DeletePoints { ids },
+                ))
                 .map_err(edge_error)
         })
         .await
@@ -172,9 +192,16 @@ impl VectorStore for EdgeVectorStore {
         let hnsw_ef = self.hnsw_ef.max(limit);
         self.blocking(false, move |shard| {
             let request = SearchRequest {
-                query: QueryEnum::Nearest(NamedQuery { query: VectorInternal::Dense(vector), using: None }),
+                query: QueryEnum::Nearest(NamedQuery {
+                    query: VectorInternal::Dense(vector),
+                    using: None,
+                }),
                 filter: Some(filter),
-                params: Some(SearchParams { hnsw_ef: Some(hnsw_ef), exact, ..SearchParams::default() }),
+                params: Some(SearchParams {
+                    hnsw_ef: Some(hnsw_ef),
+                    exact,
+                    ..SearchParams::default()
+                }),
                 limit,
                 offset: 0,
                 with_payload: Some(WithPayloadInterface::Bool(true)),
@@ -185,7 +212,12 @@ impl VectorStore for EdgeVectorStore {
                 .search(request)
                 .map_err(edge_error)?
                 .into_iter()
-                .map(|point| Ok(VectorHit { score: point.score, context: to_context(point.payload)? }))
+                .map(|point| {
+                    Ok(VectorHit {
+                        score: point.score,
+                        context: to_context(point.payload)?,
+                    })
+                })
                 .collect()
         })
         .await
@@ -213,7 +245,11 @@ impl VectorStore for EdgeVectorStore {
         let ids: Vec<PointId> = ids.iter().copied().map(point_id).collect();
         self.blocking(false, move |shard| {
             let records = shard
-                .retrieve(&ids, Some(WithPayloadInterface::Bool(false)), Some(WithVector::Bool(false)))
+                .retrieve(
+                    &ids,
+                    Some(WithPayloadInterface::Bool(false)),
+                    Some(WithVector::Bool(false)),
+                )
                 .map_err(edge_error)?;
             Ok(records
                 .into_iter()
@@ -229,7 +265,10 @@ impl VectorStore for EdgeVectorStore {
     async fn count(&self) -> StoreResult<u64> {
         self.blocking(false, |shard| {
             shard
-                .count(CountRequest { filter: None, exact: true })
+                .count(CountRequest {
+                    filter: None,
+                    exact: true,
+                })
                 .map(|n| n as u64)
                 .map_err(edge_error)
         })
@@ -245,6 +284,7 @@ impl VectorStore for EdgeVectorStore {
     }
 
     async fn optimize(&self) -> StoreResult<bool> {
-        self.blocking(false, |shard| shard.optimize().map_err(edge_error)).await
+        self.blocking(false, |shard| shard.optimize().map_err(edge_error))
+            .await
     }
 }

@@ -83,8 +83,12 @@ mod tests {
 
     #[test]
     fn non_admin_filter_restricts_visibility_and_expiry() {
-        let scope = ReadScope { agent_id: "bob".into(), admin: false };
-        let filter = ContextFilter::parse(ContextFilterArgs::default(), scope, Timestamp(10)).unwrap();
+        let scope = ReadScope {
+            agent_id: "bob".into(),
+            admin: false,
+        };
+        let filter =
+            ContextFilter::parse(ContextFilterArgs::default(), scope, Timestamp(10)).unwrap();
         let json = to_qdrant_json(&filter).to_string();
         assert!(json.contains("\"private\""));
         assert!(json.contains("\"bob\""));
@@ -93,8 +97,12 @@ mod tests {
 
     #[test]
     fn admin_filter_has_no_visibility_restriction() {
-        let scope = ReadScope { agent_id: "root".into(), admin: true };
-        let filter = ContextFilter::parse(ContextFilterArgs::default(), scope, Timestamp(10)).unwrap();
+        let scope = ReadScope {
+            agent_id: "root".into(),
+            admin: true,
+        };
+        let filter =
+            ContextFilter::parse(ContextFilterArgs::default(), scope, Timestamp(10)).unwrap();
         assert!(!to_qdrant_json(&filter).to_string().contains("\"private\""));
     }
 }

@@ -57,10 +57,20 @@ pub fn from_payload(payload: &Map<String, Value>) -> StoreResult<Context> {
         .ok_or_else(|| StoreError::Backend("point payload visibility is unknown".into()))?;
     let tags = field(payload, "tags")?
         .as_array()
-        .map(|tags| tags.iter().filter_map(|t| t.as_str().map(str::to_string)).collect())
+        .map(|tags| {
+            tags.iter()
+                .filter_map(|t| t.as_str().map(str::to_string))
+                .collect()
+        })
         .unwrap_or_default();
-    let metadata = field(payload, "metadata")?.as_object().cloned().unwrap_or_default();
-    let expires_at = payload.get("expires_at").and_then(Value::as_i64).map(Timestamp);
+    let metadata = field(payload, "metadata")?
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    let expires_at = payload
+        .get("expires_at")
+        .and_then(Value::as_i64)
+        .map(Timestamp);
     Ok(Context {
         id,
         session_id: text(payload, "session_id")?,

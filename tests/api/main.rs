@@ -1,0 +1,10 @@
+//! One integration test binary: real embedded stores, the real embedding model, temp dirs.
+
+mod durability;
+mod embedder;
+mod helpers;
+mod recall;
+mod service_contexts;
+mod service_search;
+mod service_state;
+mod vector_conformance;

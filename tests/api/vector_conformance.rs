@@ -1,0 +1,190 @@
+//! The vector store's payload filter agrees with the in-memory oracle `ContextFilter::matches`,
+//! scope and expiry included.
+
+use context_store::domain::{
+    Context, ContextFilter, ContextFilterArgs, ReadScope, Timestamp, Visibility, content_hash,
+};
+use context_store::store::vector::CollectionSpec;
+use context_store::store::vector::edge::EdgeVectorStore;
+use context_store::store::{VectorPoint, VectorStore};
+use serde_json::json;
+use uuid::Uuid;
+
+fn random_vector(rng: &mut fastrand::Rng) -> Vec<f32> {
+    let v: Vec<f32> = (0..384).map(|_| rng.f32() - 0.5).collect();
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    v.into_iter().map(|x| x / norm).collect()
+}
+
+fn dataset(rng: &mut fastrand::Rng, now: Timestamp) -> Vec<VectorPoint> {
+    let agents = ["alice", "bob", "carol"];
+    let types = ["note", "decision", "code"];
+    let tags = ["red", "green", "blue", "amber"];
+    let visibilities = [
+        Visibility::Public,
+        Visibility::Private,
+        Visibility::AdminOnly,
+    ];
+    (0..300)
+        .map(|i| {
+            let content = format!("context {i}");
+            let mut item_tags: Vec<String> = tags
+                .iter()
+                .filter(|_| rng.bool())
+                .map(|t| t.to_string())
+                .collect();
+            item_tags.sort();
+            let team = ["core", "web"][rng.usize(..2)];
+            let created = Timestamp(now.millis() - 1_000_000 + i as i64 * 1000);
+            VectorPoint {
+                context: Context {
+                    id: Uuid::now_v7(),
+                    session_id: format!("s{}", i % 3),
+                    agent_id: agents[rng.usize(..3)].into(),
+                    context_type: types[rng.usize(..3)].into(),
+                    content_hash: content_hash(&content),
+                    content,
+                    tags: item_tags,
+                    metadata: json!({"priority": rng.i64(0..3), "team": team, "flag": rng.bool()})
+                        .as_object()
+                        .unwrap()
+                        .clone(),
+                    visibility: visibilities[rng.usize(..3)],
+                    created_at: created,
+                    updated_at: created,
+                    version: 1,
+                    expires_at: match rng.usize(..4) {
+                        0 => Some(Timestamp(now.millis() - 10)),
+                        1 => Some(Timestamp(now.millis() + 1_000_000)),
+                        _ => None,
+                    },
+                },
+                vector: random_vector(rng),
+            }
+        })
+        .collect()
+}
+
+fn random_filter(rng: &mut fastrand::Rng, now: Timestamp) -> ContextFilter {
+    let mut args = ContextFilterArgs::default();
+    if rng.bool() {
+        args.session_id = Some(format!("s{}", rng.usize(..3)));
+    }
+    if rng.u8(..3) == 0 {
+        args.types = Some(vec!["note".into(), "code".into()]);
+    }
+    if rng.u8(..3) == 0 {
+        args.tags_any = Some(vec!["red".into(), "blue".into()]);
+    }
+    if rng.u8(..4) == 0 {
+        args.tags_all = Some(vec!["green".into(), "amber".into()]);
+    }
+    if rng.u8(..4) == 0 {
+        args.agent_ids = Some(vec!["bob".into()]);
+    }
+    if rng.u8(..4) == 0 {
+        args.created_after = Some(Timestamp(now.millis() - 600_000));
+    }
+    if rng.u8(..4) == 0 {
+        args.metadata = Some(
+            match rng.u8(..3) {
+                0 => json!({"team": "core"}),
+                1 => json!({"priority": 2}),
+                _ => json!({"flag": true}),
+            }
+            .as_object()
+            .unwrap()
+            .clone(),
+        );
+    }
+    let scope = match rng.u8(..3) {
+        0 => ReadScope {
+            agent_id: "alice".into(),
+            admin: false,
+        },
+        1 => ReadScope {
+            agent_id: "bob".into(),
+            admin: false,
+        },
+        _ => ReadScope {
+            agent_id: "root".into(),
+            admin: true,
+        },
+    };
+    ContextFilter::parse(args, scope, now).unwrap()
+}
+
+#[tokio::test]
+async fn edge_store_filters_agree_with_the_in_memory_oracle() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EdgeVectorStore::open(dir.path(), &CollectionSpec::builtin())
+        .await
+        .unwrap();
+    let mut rng = fastrand::Rng::with_seed(42);
+    let now = Timestamp::now();
+    let points = dataset(&mut rng, now);
+    store.upsert(points.clone()).await.unwrap();
+    assert_eq!(store.count().await.unwrap(), 300);
+    for round in 0..60 {
+        let filter = random_filter(&mut rng, now);
+        let mut expected: Vec<Uuid> = points
+            .iter()
+            .filter(|p| filter.matches(&p.context))
+            .map(|p| p.context.id)
+            .collect();
+        expected.sort();
+        let mut got: Vec<Uuid> = store
+            .scroll(&filter, 1000)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|c| c.id)
+            .collect();
+        got.sort();
+        assert_eq!(got, expected, "round {round}: filter {filter:?}");
+        let hits = store
+            .search(random_vector(&mut rng), &filter, 1000, true)
+            .await
+            .unwrap();
+        assert_eq!(
+            hits.len(),
+            expected.len(),
+            "round {round}: search applies the same filter"
+        );
+    }
+}
+
+#[tokio::test]
+async fn payload_round_trips_and_deletes_remove_points() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EdgeVectorStore::open(dir.path(), &CollectionSpec::builtin())
+        .await
+        .unwrap();
+    let mut rng = fastrand::Rng::with_seed(1);
+    let points = dataset(&mut rng, Timestamp::now());
+    store.upsert(points[..10].to_vec()).await.unwrap();
+    let filter = ContextFilter::parse(
+        ContextFilterArgs::default(),
+        ReadScope {
+            agent_id: "root".into(),
+            admin: true,
+        },
+        Timestamp(0),
+    )
+    .unwrap();
+    let hits = store
+        .search(points[3].vector.clone(), &filter, 1, true)
+        .await
+        .unwrap();
+    assert_eq!(hits[0].context, points[3].context);
+    assert!((hits[0].score - 1.0).abs() < 1e-4);
+    store.delete(&[points[3].context.id]).await.unwrap();
+    assert!(
+        store
+            .existing_ids(&[points[3].context.id])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(store.count().await.unwrap(), 9);
+}
