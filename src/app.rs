@@ -135,3 +135,112 @@ impl Core {
         let _ = self.maintenance.await;
     }
 }
+
+/// The HTTP server: binds its own listener (port 0 works), serves until the shutdown future resolves,
+/// then drains requests and flushes the stores.
+pub struct App {
+    core: Core,
+    listener: tokio::net::TcpListener,
+    settings: Settings,
+}
+
+/// Until authentication exists, only loopback addresses may be bound.
+fn check_bind_address(host: &str) -> anyhow::Result<()> {
+    let loopback = host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if loopback {
+        Ok(())
+    } else {
+        anyhow::bail!(
+            "refusing to bind {host}: without authentication the server only listens on loopback (127.0.0.1, ::1)"
+        )
+    }
+}
+
+impl App {
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        check_bind_address(&settings.server.host)?;
+        let core = Core::start(&settings).await?;
+        Self::build_with(settings, core).await
+    }
+
+    /// Serves an already started core.
+    pub async fn build_with(settings: Settings, core: Core) -> anyhow::Result<Self> {
+        check_bind_address(&settings.server.host)?;
+        let listener =
+            tokio::net::TcpListener::bind((settings.server.host.as_str(), settings.server.port))
+                .await?;
+        Ok(Self {
+            core,
+            listener,
+            settings,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.listener
+            .local_addr()
+            .map(|a| a.port())
+            .unwrap_or_default()
+    }
+
+    pub fn service(&self) -> Arc<ContextService> {
+        self.core.service.clone()
+    }
+
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let Self {
+            core,
+            listener,
+            settings,
+        } = self;
+        let stop = CancellationToken::new();
+        let state = crate::http::HttpState {
+            service: core.service.clone(),
+            default_principal: crate::auth::Principal::local_trusted(&settings.identity.agent_id),
+            slots: Arc::new(tokio::sync::Semaphore::new(settings.server.max_concurrency)),
+        };
+        let router = crate::http::router(state, &settings.server, stop.clone());
+        let listener = crate::http::CountingListener {
+            inner: listener,
+            gauge: core.service.metrics().active_connections.clone(),
+        };
+        let graceful = {
+            let stop = stop.clone();
+            async move {
+                shutdown.await;
+                stop.cancel();
+            }
+        };
+        axum::serve(listener, router)
+            .with_graceful_shutdown(graceful)
+            .await?;
+        core.shutdown().await;
+        Ok(())
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let interrupt = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = interrupt => {},
+        _ = terminate => {},
+    }
+    tracing::info!("shutting down: draining requests and flushing stores");
+}

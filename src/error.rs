@@ -3,10 +3,10 @@
 //! Store adapters return `StoreError`; the service turns it into `ServiceError`, whose `code()` is the
 //! machine-readable contract every interface (MCP, HTTP) reports. Internal causes are logged, never leaked.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Stable, machine-readable error codes. Clients may match on these strings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     InvalidArgument,

@@ -22,6 +22,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Serve MCP (Streamable HTTP at /mcp) and the HTTP tool endpoint.
+    Serve,
+    /// Serve MCP over stdin/stdout (logs go to stderr).
+    Stdio,
     /// Rebuild the vector side from the graph.
     Reindex,
     /// Test aid: stores contexts from concurrent writers until killed, printing `ACK <id> <content>`
@@ -50,6 +54,19 @@ async fn main() -> anyhow::Result<()> {
     init_tracing();
     let settings = Settings::load(cli.config.as_deref())?;
     match cli.command {
+        Command::Serve => {
+            let app = context_store::app::App::build(settings).await?;
+            tracing::info!(port = app.port(), "context-store listening");
+            app.run_until_stopped(context_store::app::shutdown_signal())
+                .await?;
+        }
+        Command::Stdio => {
+            let core = Core::start(&settings).await?;
+            let principal =
+                context_store::auth::Principal::local_trusted(&settings.identity.agent_id);
+            context_store::mcp::serve_stdio(core.service.clone(), principal).await?;
+            core.shutdown().await;
+        }
         Command::Reindex => {
             let core = Core::start(&settings).await?;
             let done = core

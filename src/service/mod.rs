@@ -131,6 +131,28 @@ impl ContextService {
         Ok(())
     }
 
+    /// Item counts and cache effectiveness, for the get_metrics tool.
+    pub async fn metrics_summary(
+        &self,
+        principal: &crate::auth::Principal,
+    ) -> ServiceResult<MetricsSummary> {
+        principal.require(crate::auth::Permission::Read)?;
+        let counts = self.graph.counts().await?;
+        let metrics = &self.metrics;
+        Ok(MetricsSummary {
+            sessions: counts.sessions,
+            contexts: counts.contexts,
+            agent_states: counts.agent_states,
+            pending_index: counts.pending_index,
+            vectors: self.vectors.count().await?,
+            embed_cache_hits: metrics.embed_cache_hits.get(),
+            embed_cache_misses: metrics.embed_cache_misses.get(),
+            embed_cache_hit_ratio: metrics.embed_cache_ratio(),
+            search_cache_hits: metrics.search_cache_hits.get(),
+            search_cache_misses: metrics.search_cache_misses.get(),
+        })
+    }
+
     /// Refreshes the item-count gauges.
     pub async fn refresh_item_metrics(&self) -> ServiceResult<()> {
         let counts = self.graph.counts().await?;

@@ -5,7 +5,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::domain::{AgentState, Context, ContextFilterArgs, ContextVersion, Session, Visibility};
+pub use crate::domain::{
+    AgentState, Context, ContextFilterArgs, ContextVersion, Session, Visibility,
+};
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -391,4 +393,19 @@ pub struct AgentStateList {
 pub struct DeleteAgentStateResponse {
     pub key: String,
     pub deleted: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct MetricsSummary {
+    pub sessions: u64,
+    pub contexts: u64,
+    pub agent_states: u64,
+    /// Writes whose vector side is not yet flushed.
+    pub pending_index: u64,
+    pub vectors: u64,
+    pub embed_cache_hits: u64,
+    pub embed_cache_misses: u64,
+    pub embed_cache_hit_ratio: f64,
+    pub search_cache_hits: u64,
+    pub search_cache_misses: u64,
 }

@@ -45,7 +45,10 @@ pub fn model() -> Arc<dyn Embedder> {
 }
 
 pub fn test_settings(data_dir: &Path) -> Settings {
-    let mut settings = Settings { data_dir: data_dir.to_path_buf(), ..Default::default() };
+    let mut settings = Settings {
+        data_dir: data_dir.to_path_buf(),
+        ..Default::default()
+    };
     settings.embedding.assets_dir = assets_dir();
     settings.graph.synchronous = context_store::store::graph::sqlite::Synchronous::Normal;
     settings.vector.flush_interval_ms = 200;

@@ -1,0 +1,153 @@
+//! MCP over stdio and Streamable HTTP (rmcp). One handler serves both: `tools/list` from the shared tool
+//! catalogue, `tools/call` through the shared dispatcher, failures as `isError` results carrying
+//! `{"error": {"code", "message"}}`.
+//!
+//! The handler is written against `ServerHandler` directly rather than with `#[tool_router]`, because the
+//! same catalogue also drives the HTTP tool endpoint and the OpenAPI document.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, CallToolResult, Implementation, ListToolsResult,
+    PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool, ToolAnnotations,
+};
+use rmcp::service::RequestContext;
+use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
+use serde_json::Value;
+
+use crate::auth::Principal;
+use crate::service::ContextService;
+use crate::tools::{self, ToolSpec};
+
+const INSTRUCTIONS: &str = "Shared, durable memory for agents. Create or pick a session, store contexts \
+(text + tags + metadata) with store_context, find them with search_context (semantic + fuzzy), relate them \
+with link_contexts, and keep per-agent JSON state with set_agent_state. Ids are arguments; nothing depends \
+on the MCP session.";
+
+/// The MCP server: cheap to clone, one per MCP session (rmcp's factory clones it).
+#[derive(Clone)]
+pub struct McpServer {
+    service: Arc<ContextService>,
+    /// The caller when the transport carries no identity of its own (stdio; HTTP before authentication).
+    default_principal: Principal,
+    tools: Arc<Vec<Tool>>,
+}
+
+fn to_mcp_tool(spec: &ToolSpec) -> Tool {
+    let annotations = ToolAnnotations::new()
+        .read_only(spec.read_only)
+        .destructive(spec.destructive)
+        .idempotent(spec.idempotent)
+        .open_world(false);
+    Tool::new_with_raw(
+        spec.name,
+        Some(spec.description.into()),
+        spec.input_schema.clone(),
+    )
+    .with_raw_output_schema(spec.output_schema.clone())
+    .with_annotations(annotations)
+}
+
+impl McpServer {
+    pub fn new(service: Arc<ContextService>, default_principal: Principal) -> Self {
+        let tools = tools::catalogue().iter().map(to_mcp_tool).collect();
+        Self {
+            service,
+            default_principal,
+            tools: Arc::new(tools),
+        }
+    }
+
+    /// The identity an HTTP edge attached to the request, else the default one.
+    fn principal(&self, context: &RequestContext<RoleServer>) -> Principal {
+        context
+            .extensions
+            .get::<http::request::Parts>()
+            .and_then(|parts| parts.extensions.get::<Principal>())
+            .cloned()
+            .unwrap_or_else(|| self.default_principal.clone())
+    }
+}
+
+impl ServerHandler for McpServer {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+            .with_server_info(Implementation::new(
+                "context-store",
+                env!("CARGO_PKG_VERSION"),
+            ))
+            .with_instructions(INSTRUCTIONS)
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, McpError> {
+        Ok(ListToolsResult::with_all_items(self.tools.as_ref().clone()))
+    }
+
+    fn get_tool(&self, name: &str) -> Option<Tool> {
+        self.tools.iter().find(|t| t.name == name).cloned()
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, McpError> {
+        let principal = self.principal(&context);
+        let arguments = request.arguments.map(Value::Object).unwrap_or(Value::Null);
+        let result = timed_call(&self.service, &principal, &request.name, arguments).await;
+        Ok(match result {
+            Ok(value) => CallToolResult::structured(value),
+            Err(err) => CallToolResult::structured_error(err.to_json()),
+        }
+        .into())
+    }
+}
+
+/// Calls a tool and records its count (by status) and latency.
+pub async fn timed_call(
+    service: &ContextService,
+    principal: &Principal,
+    name: &str,
+    arguments: Value,
+) -> Result<Value, tools::ToolError> {
+    let started = Instant::now();
+    let result = tools::call(service, principal, name, arguments).await;
+    let metrics = service.metrics();
+    // Unknown names share one label so callers cannot grow the label set.
+    let label = if result
+        .as_ref()
+        .is_err_and(|e| e.message.starts_with("no tool named"))
+    {
+        "unknown"
+    } else {
+        name
+    };
+    let status = match &result {
+        Ok(_) => "ok",
+        Err(err) => err.code.as_str(),
+    };
+    metrics
+        .tool_requests
+        .with_label_values(&[label, status])
+        .inc();
+    metrics
+        .tool_latency
+        .with_label_values(&[label])
+        .observe(started.elapsed().as_secs_f64());
+    result
+}
+
+/// Serves MCP over stdin/stdout until the client disconnects.
+pub async fn serve_stdio(service: Arc<ContextService>, principal: Principal) -> anyhow::Result<()> {
+    use rmcp::ServiceExt;
+    let running = McpServer::new(service, principal)
+        .serve(rmcp::transport::stdio())
+        .await?;
+    running.waiting().await?;
+    Ok(())
+}

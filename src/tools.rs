@@ -1,0 +1,177 @@
+//! The tool catalogue shared by every interface: MCP (`tools/list`, `tools/call`), the HTTP tool endpoint
+//! (`POST /mcp/tool/{name}`) and the OpenAPI document. One table names each tool, its request and response
+//! types (whose schemas are generated from them), its hints and the service method it calls.
+
+use std::sync::Arc;
+
+use rmcp::handler::server::common::schema_for_type;
+use rmcp::handler::server::tool::schema_for_output;
+use rmcp::model::JsonObject;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::auth::Principal;
+use crate::error::{ErrorCode, ServiceError};
+use crate::service::*;
+
+/// A tool as every interface describes it.
+#[derive(Debug, Clone)]
+pub struct ToolSpec {
+    pub name: &'static str,
+    pub description: &'static str,
+    pub read_only: bool,
+    pub destructive: bool,
+    pub idempotent: bool,
+    pub input_schema: Arc<JsonObject>,
+    pub output_schema: Arc<JsonObject>,
+}
+
+/// A failed tool call: a stable code and a message fit for the caller.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ToolError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl ToolError {
+    pub fn to_json(&self) -> Value {
+        serde_json::json!({"error": {"code": self.code, "message": self.message}})
+    }
+}
+
+impl From<ServiceError> for ToolError {
+    fn from(err: ServiceError) -> Self {
+        let message = match &err {
+            // Internal causes are logged where they arise and never sent to callers.
+            ServiceError::Internal(_) => "internal error".to_string(),
+            ServiceError::InvalidArgument(_)
+            | ServiceError::PayloadTooLarge(_)
+            | ServiceError::NotFound(_)
+            | ServiceError::PermissionDenied(_)
+            | ServiceError::Conflict(_)
+            | ServiceError::Unavailable(_) => err.to_string(),
+        };
+        ToolError {
+            code: err.code(),
+            message,
+        }
+    }
+}
+
+/// Arguments are decoded here, not by the transport, so a malformed argument is a tool error the
+/// calling model can read and correct (`invalid_argument`), not a protocol error.
+fn decode<T: serde::de::DeserializeOwned>(arguments: Value) -> Result<T, ToolError> {
+    let arguments = if arguments.is_null() {
+        Value::Object(Default::default())
+    } else {
+        arguments
+    };
+    serde_json::from_value(arguments).map_err(|err| ToolError {
+        code: ErrorCode::InvalidArgument,
+        message: format!("invalid arguments: {err}"),
+    })
+}
+
+fn encode<T: Serialize>(value: T) -> Result<Value, ToolError> {
+    serde_json::to_value(value).map_err(|err| ServiceError::Internal(err.to_string()).into())
+}
+
+/// Arguments of `get_metrics`: none.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GetMetricsRequest {}
+
+macro_rules! tool_table {
+    ($($name:ident($request:ty) -> $response:ty, $hints:expr, $description:expr;)*) => {
+        /// Every tool, in a stable order.
+        pub fn catalogue() -> Vec<ToolSpec> {
+            vec![$({
+                let (read_only, destructive, idempotent) = $hints;
+                ToolSpec {
+                    name: stringify!($name),
+                    description: $description,
+                    read_only,
+                    destructive,
+                    idempotent,
+                    input_schema: schema_for_type::<$request>(),
+                    output_schema: schema_for_output::<$response>(),
+                }
+            }),*]
+        }
+
+        /// Runs one tool: decode the arguments, call the service, encode the result.
+        pub async fn call(
+            service: &ContextService,
+            principal: &Principal,
+            name: &str,
+            arguments: Value,
+        ) -> Result<Value, ToolError> {
+            match name {
+                $(stringify!($name) => encode(service.$name(principal, decode::<$request>(arguments)?).await?),)*
+                other => Err(ToolError { code: ErrorCode::NotFound, message: format!("no tool named '{other}'") }),
+            }
+        }
+    };
+}
+
+/// (read_only, destructive, idempotent)
+const READ: (bool, bool, bool) = (true, false, true);
+const CREATE: (bool, bool, bool) = (false, false, false);
+const REPLACE: (bool, bool, bool) = (false, true, false);
+const REMOVE: (bool, bool, bool) = (false, true, true);
+const UPSERT: (bool, bool, bool) = (false, false, true);
+
+tool_table! {
+    create_session(CreateSessionRequest) -> Session, CREATE,
+        "Create a shared session (workspace) that agents store contexts in.";
+    get_session(GetSessionRequest) -> Session, READ,
+        "Get a session by id.";
+    list_sessions(ListSessionsRequest) -> SessionList, READ,
+        "List sessions by id, paginated with a cursor.";
+    store_context(StoreContextRequest) -> StoreContextResponse, CREATE,
+        "Remember a piece of text (a context) in a session, with type, tags, metadata and visibility. Identical content in the same session returns the existing context (deduplicated: true).";
+    get_context(GetContextRequest) -> GetContextResponse, READ,
+        "Get a context by id, optionally with its previous versions.";
+    update_context(UpdateContextRequest) -> crate::domain::Context, REPLACE,
+        "Change a context you authored. Pass expected_version to fail with conflict instead of overwriting a newer change. The previous version is kept.";
+    delete_context(DeleteContextRequest) -> DeleteContextResponse, REMOVE,
+        "Delete a context you authored, with its versions and links.";
+    list_contexts(ListContextsRequest) -> ContextList, READ,
+        "List contexts, newest first, filtered by session, type, tags, agent, time range, visibility or metadata; paginated with a cursor.";
+    search_context(SearchRequest) -> SearchResponse, READ,
+        "Semantic search: metadata prefilter, vector similarity, then fuzzy rerank. Returns hits with vector, fuzzy and final scores. Falls back to fuzzy-only (mode fuzzy_only) if the embedding model is down.";
+    link_contexts(LinkContextsRequest) -> LinkContextsResponse, UPSERT,
+        "Relate two contexts with a named relation (from -> to).";
+    get_related(GetRelatedRequest) -> RelatedList, READ,
+        "Contexts reachable from a context through relations, up to depth 3, nearest first, paginated.";
+    set_agent_state(SetAgentStateRequest) -> AgentStateResponse, UPSERT,
+        "Save a JSON value under a key in your agent state (optionally per session), with compare-and-set (expected_version) and TTL.";
+    get_agent_state(AgentStateKeyRequest) -> AgentStateResponse, READ,
+        "Read a key of your agent state.";
+    list_agent_state(ListAgentStateRequest) -> AgentStateList, READ,
+        "List your agent state keys by prefix, paginated.";
+    delete_agent_state(AgentStateKeyRequest) -> DeleteAgentStateResponse, REMOVE,
+        "Delete a key of your agent state (optionally only at expected_version).";
+    get_metrics(GetMetricsRequest) -> MetricsSummary, READ,
+        "Counts of stored items and cache effectiveness.";
+}
+
+/// The search tool's service method is `search`; the table names tools after their MCP names.
+impl ContextService {
+    pub async fn search_context(
+        &self,
+        principal: &Principal,
+        request: SearchRequest,
+    ) -> crate::error::ServiceResult<SearchResponse> {
+        self.search(principal, request).await
+    }
+
+    pub async fn get_metrics(
+        &self,
+        principal: &Principal,
+        _request: GetMetricsRequest,
+    ) -> crate::error::ServiceResult<MetricsSummary> {
+        self.metrics_summary(principal).await
+    }
+}
