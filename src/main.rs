@@ -28,6 +28,13 @@ enum Command {
     Stdio,
     /// Rebuild the vector side from the graph.
     Reindex,
+    /// Measure raw embedder throughput (texts/s) at batch 1, 8, 32 and through the micro-batcher.
+    BenchEmbedder {
+        #[arg(long, default_value_t = 256)]
+        texts: usize,
+        #[arg(long, default_value_t = 128)]
+        concurrency: usize,
+    },
     /// Test aid: stores contexts from concurrent writers until killed, printing `ACK <id> <content>`
     /// for every acknowledged write (used by the kill -9 durability test).
     #[command(hide = true)]
@@ -76,6 +83,15 @@ async fn main() -> anyhow::Result<()> {
                 .map_err(|e| anyhow::anyhow!(e.to_string()))?;
             eprintln!("reindex complete: {done} contexts");
             core.shutdown().await;
+        }
+        Command::BenchEmbedder { texts, concurrency } => {
+            let results = context_store::bench::embedder_baseline(&settings, texts, concurrency)
+                .await
+                .map_err(|e| anyhow::anyhow!(e.to_string()))?;
+            println!("| embedder path | texts/s |\n|---|---|");
+            for (name, rate) in results {
+                println!("| {name} | {rate:.1} |");
+            }
         }
         Command::CrashWriter { session, writers } => {
             crash_writer(&settings, session, writers).await?

@@ -108,7 +108,8 @@ fn ort_environment(library: &Path) -> StoreResult<ort::environment::Environment>
         .map_err(unavailable)
 }
 
-fn load_session(assets: &ModelAssets, max_tokens: usize) -> StoreResult<TextEmbedding> {
+/// One model session (fastembed over ONNX Runtime), single intra-op thread, spinning off.
+pub fn load_session(assets: &ModelAssets, max_tokens: usize) -> StoreResult<TextEmbedding> {
     let dir = &assets.model_dir;
     let tokenizer_files = TokenizerFiles {
         tokenizer_file: read(&dir.join("tokenizer.json"))?,

@@ -11,7 +11,8 @@ fn hoist_definitions(schema: &Map<String, Value>, components: &mut Map<String, V
     if let Some(definitions) = schema.as_object_mut().and_then(|s| s.remove("$defs"))
         && let Value::Object(definitions) = definitions
     {
-        for (name, definition) in definitions {
+        for (name, mut definition) in definitions {
+            rewrite_refs(&mut definition);
             components.insert(name, definition);
         }
     }

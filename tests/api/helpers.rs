@@ -210,90 +210,87 @@ impl TestCore {
     }
 }
 
-/// Seeded generator of varied, meaningful sentences.
-pub struct Sentences {
-    rng: fastrand::Rng,
+pub use context_store::bench::Sentences;
+
+/// The HTTP server on port 0 over real embedded stores, stopped when dropped.
+pub struct TestApp {
+    pub address: String,
+    pub http: reqwest::Client,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    dir: Option<tempfile::TempDir>,
 }
 
-const SUBJECTS: &[&str] = &[
-    "The deployment pipeline",
-    "Our database cluster",
-    "The new intern",
-    "A customer in Berlin",
-    "The billing service",
-    "The search index",
-    "The mobile app",
-    "The security team",
-    "A late train",
-    "The marketing budget",
-    "The garden hose",
-    "My grandmother",
-    "The football coach",
-    "A stray cat",
-    "The orchestra",
-    "The weather station",
-    "The chemistry lab",
-    "A small bakery",
-    "The city council",
-    "The hiking group",
-];
-const VERBS: &[&str] = &[
-    "failed during",
-    "was praised for",
-    "needs help with",
-    "slowed down because of",
-    "was redesigned after",
-    "celebrated",
-    "complained about",
-    "recovered from",
-    "is waiting for",
-    "was rescheduled due to",
-];
-const OBJECTS: &[&str] = &[
-    "a memory leak in production",
-    "the quarterly planning meeting",
-    "a heavy snowstorm",
-    "an expired TLS certificate",
-    "the annual charity concert",
-    "a broken water pipe",
-    "the holiday sales rush",
-    "a flaky integration test",
-    "the migration to a new schema",
-    "a surprise birthday party",
-    "a power outage downtown",
-    "the password reset flow",
-    "a shortage of fresh flour",
-    "the championship final",
-    "an outdated dependency",
-    "a noisy neighbour",
-];
-const TAILS: &[&str] = &[
-    "yesterday",
-    "last week",
-    "this morning",
-    "again",
-    "for the third time",
-    "before lunch",
-    "after midnight",
-    "on Friday",
-    "",
-    "despite the warnings",
-];
-
-impl Sentences {
-    pub fn new(seed: u64) -> Self {
-        Self {
-            rng: fastrand::Rng::with_seed(seed),
-        }
+pub async fn spawn_app() -> TestApp {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut settings = test_settings(dir.path());
+    settings.server.port = 0;
+    let metrics = Arc::new(Metrics::new());
+    let embedder: Arc<dyn Embedder> =
+        Arc::new(CachedEmbedder::new(model(), 10_000, metrics.clone()));
+    let core = Core::start_with(&settings, embedder, metrics)
+        .await
+        .expect("core starts");
+    let app = context_store::app::App::build_with(settings, core)
+        .await
+        .expect("app binds");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(app.run_until_stopped(async move {
+        let _ = stopped.await;
+    }));
+    TestApp {
+        address,
+        http: reqwest::Client::new(),
+        stop: Some(stop),
+        server: Some(server),
+        dir: Some(dir),
     }
+}
 
-    pub fn next_sentence(&mut self) -> String {
-        let pick = |rng: &mut fastrand::Rng, list: &[&'static str]| list[rng.usize(..list.len())];
-        let subject = pick(&mut self.rng, SUBJECTS);
-        let verb = pick(&mut self.rng, VERBS);
-        let object = pick(&mut self.rng, OBJECTS);
-        let tail = pick(&mut self.rng, TAILS);
-        let number = self.rng.u32(1..500);
-        format!("{subject} {verb} {object} {tail} (ticket {number}).").replace("  ", " ")
+impl TestApp {
+    /// `POST /mcp/tool/{name}`: (status, JSON body).
+    pub async fn call_tool(
+        &self,
+        name: &str,
+        arguments: serde_json::Value,
+    ) -> (u16, serde_json::Value) {
+        let response = self
+            .http
+            .post(format!("{}/mcp/tool/{name}", self.address))
+            .json(&arguments)
+            .send()
+            .await
+            .expect("request sent");
+        let status = response.status().as_u16();
+        (
+            status,
+            response.json().await.unwrap_or(serde_json::Value::Null),
+        )
+    }
+}
+
+impl TestApp {
+    /// Graceful shutdown (drain, final flush), then the data dir is removed.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server
+                .await
+                .expect("server task")
+                .expect("server stopped cleanly");
+        }
+        self.dir.take();
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        // A test that failed before `stop`: keep the data dir, the server may still be using it.
+        if let Some(dir) = self.dir.take() {
+            let _ = dir.keep();
+        }
     }
 }

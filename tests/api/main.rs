@@ -3,6 +3,8 @@
 mod durability;
 mod embedder;
 mod helpers;
+mod http;
+mod mcp;
 mod recall;
 mod service_contexts;
 mod service_search;
