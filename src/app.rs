@@ -244,3 +244,17 @@ pub async fn shutdown_signal() {
     }
     tracing::info!("shutting down: draining requests and flushing stores");
 }
+
+#[cfg(test)]
+mod tests {
+    use super::check_bind_address;
+
+    #[test]
+    fn only_loopback_addresses_may_be_bound_without_authentication() {
+        assert!(check_bind_address("127.0.0.1").is_ok());
+        assert!(check_bind_address("::1").is_ok());
+        assert!(check_bind_address("localhost").is_ok());
+        assert!(check_bind_address("0.0.0.0").is_err());
+        assert!(check_bind_address("192.168.1.5").is_err());
+    }
+}

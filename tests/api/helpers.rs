@@ -222,9 +222,15 @@ pub struct TestApp {
 }
 
 pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// Like `spawn_app`, with settings adjusted first.
+pub async fn spawn_app_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut settings = test_settings(dir.path());
     settings.server.port = 0;
+    adjust(&mut settings);
     let metrics = Arc::new(Metrics::new());
     let embedder: Arc<dyn Embedder> =
         Arc::new(CachedEmbedder::new(model(), 10_000, metrics.clone()));

@@ -202,3 +202,105 @@ async fn openapi_document_lists_every_tool_with_resolvable_schemas() {
     }
     app.stop().await;
 }
+
+#[tokio::test]
+async fn load_beyond_the_concurrency_limit_is_shed_with_503_and_retry_after() {
+    let app = crate::helpers::spawn_app_with(|settings| settings.server.max_concurrency = 0).await;
+    let response = app
+        .http
+        .post(format!("{}/mcp/tool/list_sessions", app.address))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 503);
+    assert_eq!(response.headers().get("retry-after").unwrap(), "1");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], json!("unavailable"));
+    let health = app
+        .http
+        .get(format!("{}/health", app.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        health.status().as_u16(),
+        200,
+        "operations endpoints are never shed"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn sigterm_drains_and_flushes_so_nothing_is_left_pending() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_context-store"))
+        .arg("serve")
+        .env("CTX__DATA_DIR", dir.path())
+        .env("CTX__SERVER__PORT", port.to_string())
+        .env("CTX__EMBEDDING__ASSETS_DIR", crate::helpers::assets_dir())
+        .env("CTX__VECTOR__FLUSH_INTERVAL_MS", "3600000")
+        .env("RUST_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut lines = stderr.lines();
+    assert!(
+        lines
+            .by_ref()
+            .map_while(Result::ok)
+            .any(|l| l.contains("listening")),
+        "server started"
+    );
+    std::thread::spawn(move || lines.for_each(drop));
+    let http = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    let call = |tool: &str, body: Value| {
+        http.post(format!("{base}/mcp/tool/{tool}"))
+            .json(&body)
+            .send()
+    };
+    assert_eq!(
+        call("create_session", json!({"id": "g", "purpose": "graceful"}))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let stored: Value = call(
+        "store_context",
+        json!({"session_id": "g", "content": "flushed on shutdown"}),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = child.wait().unwrap();
+    assert!(exit.success(), "graceful exit, got {exit:?}");
+
+    // Open the stores without start-up repair: only the shutdown flush can have cleared the journal.
+    let settings = crate::helpers::test_settings(dir.path());
+    let graph = context_store::app::open_graph(&settings).await.unwrap();
+    let counts = graph.counts().await.unwrap();
+    assert_eq!(counts.contexts, 1);
+    assert_eq!(
+        counts.pending_index, 0,
+        "the final flush cleared the journal"
+    );
+    let vectors = context_store::app::open_vectors(&settings).await.unwrap();
+    let id = uuid::Uuid::parse_str(stored["context"]["id"].as_str().unwrap()).unwrap();
+    assert_eq!(vectors.existing_ids(&[id]).await.unwrap(), vec![id]);
+}
