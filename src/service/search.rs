@@ -13,6 +13,9 @@ use crate::domain::{Context, ContextFilter, Timestamp, limits, parse_limit};
 use crate::error::{ServiceError, ServiceResult};
 use crate::search::rerank::{FuzzyQuery, fuse, normalise};
 
+/// Related contexts shown per search hit at most.
+const RELATED_PER_HIT: usize = 10;
+
 /// A validated search.
 struct SearchPlan {
     query: String,
@@ -195,28 +198,21 @@ impl ContextService {
         })
     }
 
-    /// Adds each hit's directly related, visible contexts.
+    /// Adds each hit's directly related, visible contexts: one graph call for all hits.
     async fn expand_related(&self, plan: &SearchPlan, hits: &mut [SearchHit]) -> ServiceResult<()> {
-        // One traversal per hit at depth 1 is a single indexed query each; hits are at most 200.
+        let ids: Vec<uuid::Uuid> = hits.iter().map(|h| h.context.id).collect();
         let mut by_hit: HashMap<uuid::Uuid, Vec<RelatedSummary>> = HashMap::new();
-        for hit in hits.iter() {
-            let related = self
-                .graph
-                .related(hit.context.id, 1, None, true, 50)
-                .await?;
-            let summaries = related
-                .into_iter()
-                .filter(|r| {
-                    plan.filter.scope.may_see(&r.context) && !r.context.is_expired(plan.filter.now)
-                })
-                .map(|r| RelatedSummary {
-                    id: r.context.id.to_string(),
-                    relation: r.relation,
-                    context_type: r.context.context_type,
-                    content: r.context.content,
-                })
-                .collect();
-            by_hit.insert(hit.context.id, summaries);
+        for (start, related) in self.graph.neighbours(&ids, RELATED_PER_HIT).await? {
+            if plan.filter.scope.may_see(&related.context)
+                && !related.context.is_expired(plan.filter.now)
+            {
+                by_hit.entry(start).or_default().push(RelatedSummary {
+                    id: related.context.id.to_string(),
+                    relation: related.relation,
+                    context_type: related.context.context_type,
+                    content: related.context.content,
+                });
+            }
         }
         for hit in hits.iter_mut() {
             hit.related = by_hit.remove(&hit.context.id).unwrap_or_default();

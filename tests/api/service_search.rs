@@ -234,3 +234,87 @@ async fn bad_search_arguments_are_invalid() {
         );
     }
 }
+
+#[tokio::test]
+async fn expanded_search_hits_carry_their_visible_related_contexts() {
+    let app = TestCore::start().await;
+    app.session("s1").await;
+    let question = app
+        .store(
+            "s1",
+            "alice",
+            "Why does the nightly backup job fail on Sundays?",
+        )
+        .await;
+    let answer = app
+        .store(
+            "s1",
+            "alice",
+            "The backup disk is full on weekends; rotate old snapshots",
+        )
+        .await;
+    let hidden = app
+        .service()
+        .store_context(
+            &app.principal,
+            StoreContextRequest {
+                session_id: "s1".into(),
+                content: "alice's private musing about backups".into(),
+                visibility: Some(Visibility::Private),
+                agent_id: Some("alice".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    for (to, relation) in [
+        (&answer.context.id, "answered_by"),
+        (&hidden.context.id, "noted_in"),
+    ] {
+        app.service()
+            .link_contexts(
+                &app.principal,
+                context_store::service::LinkContextsRequest {
+                    from_id: question.context.id.to_string(),
+                    to_id: to.to_string(),
+                    relation: relation.into(),
+                    agent_id: Some("alice".into()),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+    }
+    let result = app
+        .service()
+        .search(
+            &app.principal,
+            SearchRequest {
+                expand_related: true,
+                ..search("nightly backup failing on sunday", Some("s1"), "bob")
+            },
+        )
+        .await
+        .unwrap();
+    let hit = result
+        .hits
+        .iter()
+        .find(|h| h.context.id == question.context.id)
+        .expect("question found");
+    let related: Vec<&str> = hit.related.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(
+        related,
+        vec![answer.context.id.to_string().as_str()],
+        "bob sees the answer, not alice's private note"
+    );
+    let answer_hit = result
+        .hits
+        .iter()
+        .find(|h| h.context.id == answer.context.id)
+        .expect("answer found");
+    assert_eq!(
+        answer_hit.related[0].id,
+        question.context.id.to_string(),
+        "links are followed both ways"
+    );
+}

@@ -138,6 +138,14 @@ pub trait GraphStore: Send + Sync + 'static {
         max_nodes: usize,
     ) -> StoreResult<Vec<RelatedContext>>;
 
+    /// The direct neighbours (both directions) of each of `ids`, at most `per_node` each, in one round trip:
+    /// (start id, neighbour). Used to expand search hits without one query per hit.
+    async fn neighbours(
+        &self,
+        ids: &[Uuid],
+        per_node: usize,
+    ) -> StoreResult<Vec<(Uuid, RelatedContext)>>;
+
     /// Writes agent state with compare-and-set: `expected_version` None writes unconditionally,
     /// `Some(0)` only creates, `Some(v)` only replaces version v. Returns the stored state.
     async fn set_state(

@@ -83,22 +83,27 @@ fn parse_visibility(text: &str) -> rusqlite::Result<Visibility> {
     })
 }
 
-/// Reads a context from a row selected with `CONTEXT_COLUMNS` starting at `offset`.
+/// Reads a context from a row selected with `CONTEXT_COLUMNS` first.
 fn context_from_row(row: &Row<'_>) -> rusqlite::Result<Context> {
+    context_from_row_at(row, 0)
+}
+
+/// Reads a context from a row selected with `CONTEXT_COLUMNS` starting at column `at`.
+fn context_from_row_at(row: &Row<'_>, at: usize) -> rusqlite::Result<Context> {
     Ok(Context {
-        id: parse_uuid(&row.get::<_, String>(0)?)?,
-        session_id: row.get(1)?,
-        agent_id: row.get(2)?,
-        context_type: row.get(3)?,
-        content: row.get(4)?,
-        tags: parse_json(&row.get::<_, String>(5)?)?,
-        metadata: parse_json(&row.get::<_, String>(6)?)?,
-        visibility: parse_visibility(&row.get::<_, String>(7)?)?,
-        created_at: Timestamp(row.get(8)?),
-        updated_at: Timestamp(row.get(9)?),
-        version: row.get(10)?,
-        expires_at: row.get::<_, Option<i64>>(11)?.map(Timestamp),
-        content_hash: row.get(12)?,
+        id: parse_uuid(&row.get::<_, String>(at)?)?,
+        session_id: row.get(at + 1)?,
+        agent_id: row.get(at + 2)?,
+        context_type: row.get(at + 3)?,
+        content: row.get(at + 4)?,
+        tags: parse_json(&row.get::<_, String>(at + 5)?)?,
+        metadata: parse_json(&row.get::<_, String>(at + 6)?)?,
+        visibility: parse_visibility(&row.get::<_, String>(at + 7)?)?,
+        created_at: Timestamp(row.get(at + 8)?),
+        updated_at: Timestamp(row.get(at + 9)?),
+        version: row.get(at + 10)?,
+        expires_at: row.get::<_, Option<i64>>(at + 11)?.map(Timestamp),
+        content_hash: row.get(at + 12)?,
     })
 }
 
@@ -783,6 +788,40 @@ impl GraphStore for SqliteGraphStore {
                     contexts.remove(&node).map(|context| RelatedContext { context, depth, relation, via })
                 })
                 .collect())
+        })
+        .await
+    }
+
+    async fn neighbours(
+        &self,
+        ids: &[Uuid],
+        per_node: usize,
+    ) -> StoreResult<Vec<(Uuid, RelatedContext)>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<String> = ids.iter().map(Uuid::to_string).collect();
+        self.read(move |conn| {
+            let marks = placeholders(ids.len());
+            let sql = format!(
+                "WITH edges(start, other, relation) AS ( \
+                   SELECT from_id, to_id, relation FROM relations WHERE from_id IN ({marks}) \
+                   UNION SELECT to_id, from_id, relation FROM relations WHERE to_id IN ({marks})), \
+                 ranked AS (SELECT start, other, relation, \
+                   ROW_NUMBER() OVER (PARTITION BY start ORDER BY other) AS n FROM edges) \
+                 SELECT r.start, r.relation, {CONTEXT_COLUMNS} FROM ranked r \
+                 JOIN contexts c ON c.id = r.other AND c.deleted = 0 WHERE r.n <= ? ORDER BY r.start, r.n"
+            );
+            let mut values: Vec<SqlValue> = ids.iter().chain(ids.iter()).cloned().map(SqlValue::from).collect();
+            values.push((per_node as i64).into());
+            let mut statement = conn.prepare(&sql)?;
+            let rows = statement.query_map(params_from_iter(values.iter()), |row| {
+                let start = parse_uuid(&row.get::<_, String>(0)?)?;
+                let relation: String = row.get(1)?;
+                let context = context_from_row_at(row, 2)?;
+                Ok((start, RelatedContext { context, depth: 1, relation, via: start }))
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })
         .await
     }
