@@ -623,17 +623,9 @@ impl GraphStore for SqliteGraphStore {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let ids: Vec<String> = ids.iter().map(Uuid::to_string).collect();
-        self.read(move |conn| {
-            let sql = format!(
-                "SELECT {CONTEXT_COLUMNS} FROM contexts c WHERE c.deleted = 0 AND c.id IN ({})",
-                placeholders(ids.len())
-            );
-            let mut statement = conn.prepare(&sql)?;
-            let rows = statement.query_map(params_from_iter(ids.iter()), context_from_row)?;
-            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
-        })
-        .await
+        let ids = ids.to_vec();
+        self.read(move |conn| Ok(live_by_ids(conn, "", &ids, context_from_row)?))
+            .await
     }
 
     async fn list_contexts(
@@ -772,16 +764,9 @@ impl GraphStore for SqliteGraphStore {
             if reached.is_empty() {
                 return Ok(Vec::new());
             }
-            let ids: Vec<String> = reached.iter().map(|r| r.0.to_string()).collect();
-            let sql = format!(
-                "SELECT {CONTEXT_COLUMNS} FROM contexts c WHERE c.deleted = 0 AND c.id IN ({})",
-                placeholders(ids.len())
-            );
-            let mut statement = conn.prepare(&sql)?;
-            let mut contexts: std::collections::HashMap<Uuid, Context> = statement
-                .query_map(params_from_iter(ids.iter()), context_from_row)?
-                .map(|c| c.map(|c| (c.id, c)))
-                .collect::<rusqlite::Result<_>>()?;
+            let ids: Vec<Uuid> = reached.iter().map(|r| r.0).collect();
+            let mut contexts: std::collections::HashMap<Uuid, Context> =
+                live_by_ids(conn, "", &ids, context_from_row)?.into_iter().map(|c| (c.id, c)).collect();
             Ok(reached
                 .into_iter()
                 .filter_map(|(node, depth, relation, via)| {
@@ -974,15 +959,14 @@ impl GraphStore for SqliteGraphStore {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let ids: Vec<String> = ids.iter().map(Uuid::to_string).collect();
+        let ids = ids.to_vec();
         self.read(move |conn| {
-            let sql = format!(
-                "SELECT {CONTEXT_COLUMNS}, c.embedding FROM contexts c WHERE c.deleted = 0 AND c.id IN ({})",
-                placeholders(ids.len())
-            );
-            let mut statement = conn.prepare(&sql)?;
-            let rows = statement.query_map(params_from_iter(ids.iter()), index_entry_from_row)?;
-            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+            Ok(live_by_ids(
+                conn,
+                ", c.embedding",
+                &ids,
+                index_entry_from_row,
+            )?)
         })
         .await
     }
@@ -1020,6 +1004,30 @@ impl GraphStore for SqliteGraphStore {
         })
         .await
     }
+}
+
+/// Live contexts among `ids` (in no particular order), selected with `CONTEXT_COLUMNS` plus `extra`.
+fn live_by_ids<T>(
+    conn: &Connection,
+    extra: &str,
+    ids: &[Uuid],
+    map: fn(&Row<'_>) -> rusqlite::Result<T>,
+) -> rusqlite::Result<Vec<T>> {
+    let mut found = Vec::with_capacity(ids.len());
+    // SQLite caps bound parameters; large id sets go in chunks.
+    for chunk in ids.chunks(500) {
+        let sql = format!(
+            "SELECT {CONTEXT_COLUMNS}{extra} FROM contexts c WHERE c.deleted = 0 AND c.id IN ({})",
+            placeholders(chunk.len())
+        );
+        let mut statement = conn.prepare_cached(&sql)?;
+        let keys: Vec<String> = chunk.iter().map(Uuid::to_string).collect();
+        let rows = statement.query_map(params_from_iter(keys.iter()), map)?;
+        for row in rows {
+            found.push(row?);
+        }
+    }
+    Ok(found)
 }
 
 fn index_entry_from_row(row: &Row<'_>) -> rusqlite::Result<IndexEntry> {
