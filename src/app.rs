@@ -18,6 +18,7 @@ use crate::store::{GraphStore, VectorStore};
 /// The service with its background maintenance running.
 pub struct Core {
     pub service: Arc<ContextService>,
+    pub auth: Arc<crate::auth::Authenticator>,
     stop: CancellationToken,
     maintenance: tokio::task::JoinHandle<()>,
 }
@@ -28,8 +29,7 @@ pub fn collection_spec(settings: &Settings) -> StoreResult<CollectionSpec> {
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| StoreError::Backend(format!("cannot read {}: {e}", path.display())))?;
-            CollectionSpec::parse(&text)
-                .map_err(|e| StoreError::Backend(format!("{}: {e}", path.display())))
+            CollectionSpec::parse(&text).map_err(|e| StoreError::Backend(format!("{}: {e}", path.display())))
         }
     }
 }
@@ -41,9 +41,7 @@ pub async fn open_graph(settings: &Settings) -> StoreResult<Arc<dyn GraphStore>>
             readers: settings.graph.readers,
             synchronous: settings.graph.synchronous,
         })?)),
-        other => Err(StoreError::Backend(format!(
-            "unknown graph backend '{other}'"
-        ))),
+        other => Err(StoreError::Backend(format!("unknown graph backend '{other}'"))),
     }
 }
 
@@ -51,24 +49,16 @@ pub async fn open_vectors(settings: &Settings) -> StoreResult<Arc<dyn VectorStor
     match settings.vector.backend.as_str() {
         "edge" => {
             let spec = collection_spec(settings)?;
-            Ok(Arc::new(
-                EdgeVectorStore::open(&settings.data_dir.join("vectors"), &spec).await?,
-            ))
+            Ok(Arc::new(EdgeVectorStore::open(&settings.data_dir.join("vectors"), &spec).await?))
         }
-        other => Err(StoreError::Backend(format!(
-            "unknown vector backend '{other}'"
-        ))),
+        other => Err(StoreError::Backend(format!("unknown vector backend '{other}'"))),
     }
 }
 
 pub fn open_embedder(settings: &Settings, metrics: Arc<Metrics>) -> StoreResult<Arc<dyn Embedder>> {
     let assets = ModelAssets::in_dir(&settings.embedding.assets_dir);
     let model = FastEmbedder::start(&assets, settings.batcher_options(), metrics.clone())?;
-    Ok(Arc::new(CachedEmbedder::new(
-        Arc::new(model),
-        settings.embedding.cache_entries,
-        metrics,
-    )))
+    Ok(Arc::new(CachedEmbedder::new(Arc::new(model), settings.embedding.cache_entries, metrics)))
 }
 
 impl Core {
@@ -97,22 +87,14 @@ impl Core {
         embedder: Arc<dyn Embedder>,
         metrics: Arc<Metrics>,
     ) -> StoreResult<Self> {
-        let service = Arc::new(ContextService::new(
-            graph,
-            vectors,
-            embedder,
-            metrics,
-            settings.service_options(),
-        ));
-        let repaired = service
-            .repair_pending()
-            .await
-            .map_err(|e| StoreError::Backend(e.to_string()))?;
+        let auth = Arc::new(
+            crate::auth::Authenticator::open(&settings.auth_settings())
+                .map_err(|e| StoreError::Backend(format!("authentication store: {e}")))?,
+        );
+        let service = Arc::new(ContextService::new(graph, vectors, embedder, metrics, settings.service_options()));
+        let repaired = service.repair_pending().await.map_err(|e| StoreError::Backend(e.to_string()))?;
         if repaired > 0 {
-            tracing::info!(
-                repaired,
-                "re-indexed journaled items left by an unclean stop"
-            );
+            tracing::info!(repaired, "re-indexed journaled items left by an unclean stop");
         }
         let _ = service.refresh_item_metrics().await;
         let stop = CancellationToken::new();
@@ -122,11 +104,7 @@ impl Core {
             let options = settings.maintenance_options();
             tokio::spawn(async move { service.run_maintenance(options, stop).await })
         };
-        Ok(Self {
-            service,
-            stop,
-            maintenance,
-        })
+        Ok(Self { service, auth, stop, maintenance })
     }
 
     /// Stops maintenance after a final flush.
@@ -144,46 +122,44 @@ pub struct App {
     settings: Settings,
 }
 
-/// Until authentication exists, only loopback addresses may be bound.
-fn check_bind_address(host: &str) -> anyhow::Result<()> {
-    let loopback = host == "localhost"
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback());
-    if loopback {
+/// Without authentication only loopback addresses may be bound.
+fn check_bind_address(host: &str, auth_enabled: bool) -> anyhow::Result<()> {
+    let loopback = host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    if loopback || auth_enabled {
         Ok(())
     } else {
         anyhow::bail!(
-            "refusing to bind {host}: without authentication the server only listens on loopback (127.0.0.1, ::1)"
+            "refusing to bind {host} with auth.enabled = false: without authentication the server only listens \
+             on loopback (127.0.0.1, ::1)"
         )
     }
 }
 
 impl App {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        check_bind_address(&settings.server.host)?;
+        check_bind_address(&settings.server.host, settings.auth.enabled)?;
         let core = Core::start(&settings).await?;
         Self::build_with(settings, core).await
     }
 
     /// Serves an already started core.
     pub async fn build_with(settings: Settings, core: Core) -> anyhow::Result<Self> {
-        check_bind_address(&settings.server.host)?;
-        let listener =
-            tokio::net::TcpListener::bind((settings.server.host.as_str(), settings.server.port))
-                .await?;
-        Ok(Self {
-            core,
-            listener,
-            settings,
-        })
+        check_bind_address(&settings.server.host, settings.auth.enabled)?;
+        if settings.auth.enabled
+            && let Some(key) = core.auth.ensure_admin_key().map_err(|e| anyhow::anyhow!(e.to_string()))?
+        {
+            // Shown once; only its hash is kept.
+            eprintln!(
+                "\nNo API key existed, so an admin key was created. It is shown only now; keep it safe:\n\n    {key}\n\n\
+                 Create agent keys with `context-store keys create`.\n"
+            );
+        }
+        let listener = tokio::net::TcpListener::bind((settings.server.host.as_str(), settings.server.port)).await?;
+        Ok(Self { core, listener, settings })
     }
 
     pub fn port(&self) -> u16 {
-        self.listener
-            .local_addr()
-            .map(|a| a.port())
-            .unwrap_or_default()
+        self.listener.local_addr().map(|a| a.port()).unwrap_or_default()
     }
 
     pub fn service(&self) -> Arc<ContextService> {
@@ -194,22 +170,12 @@ impl App {
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let Self {
-            core,
-            listener,
-            settings,
-        } = self;
+        let Self { core, listener, settings } = self;
         let stop = CancellationToken::new();
-        let state = crate::http::HttpState {
-            service: core.service.clone(),
-            default_principal: crate::auth::Principal::local_trusted(&settings.identity.agent_id),
-            slots: Arc::new(tokio::sync::Semaphore::new(settings.server.max_concurrency)),
-        };
+        let state = crate::http::HttpState::new(&core, &settings);
         let router = crate::http::router(state, &settings.server, stop.clone());
-        let listener = crate::http::CountingListener {
-            inner: listener,
-            gauge: core.service.metrics().active_connections.clone(),
-        };
+        let listener =
+            crate::http::CountingListener { inner: listener, gauge: core.service.metrics().active_connections.clone() };
         let graceful = {
             let stop = stop.clone();
             async move {
@@ -217,9 +183,7 @@ impl App {
                 stop.cancel();
             }
         };
-        axum::serve(listener, router)
-            .with_graceful_shutdown(graceful)
-            .await?;
+        axum::serve(listener, router).with_graceful_shutdown(graceful).await?;
         core.shutdown().await;
         Ok(())
     }
@@ -251,10 +215,11 @@ mod tests {
 
     #[test]
     fn only_loopback_addresses_may_be_bound_without_authentication() {
-        assert!(check_bind_address("127.0.0.1").is_ok());
-        assert!(check_bind_address("::1").is_ok());
-        assert!(check_bind_address("localhost").is_ok());
-        assert!(check_bind_address("0.0.0.0").is_err());
-        assert!(check_bind_address("192.168.1.5").is_err());
+        assert!(check_bind_address("127.0.0.1", false).is_ok());
+        assert!(check_bind_address("::1", false).is_ok());
+        assert!(check_bind_address("localhost", false).is_ok());
+        assert!(check_bind_address("0.0.0.0", false).is_err());
+        assert!(check_bind_address("192.168.1.5", false).is_err());
+        assert!(check_bind_address("0.0.0.0", true).is_ok(), "with authentication any address may be bound");
     }
 }

@@ -82,9 +82,7 @@ const TAILS: &[&str] = &[
 
 impl Sentences {
     pub fn new(seed: u64) -> Self {
-        Self {
-            rng: fastrand::Rng::with_seed(seed),
-        }
+        Self { rng: fastrand::Rng::with_seed(seed) }
     }
 
     pub fn next_sentence(&mut self) -> String {
@@ -117,21 +115,12 @@ pub async fn embedder_baseline(
     for batch in [1usize, 8, 32] {
         let started = Instant::now();
         for chunk in texts.chunks(batch) {
-            session
-                .embed(chunk, Some(batch))
-                .map_err(|e| crate::error::StoreError::Unavailable(e.to_string()))?;
+            session.embed(chunk, Some(batch)).map_err(|e| crate::error::StoreError::Unavailable(e.to_string()))?;
         }
-        results.push((
-            format!("raw session, batch {batch}"),
-            n_texts as f64 / started.elapsed().as_secs_f64(),
-        ));
+        results.push((format!("raw session, batch {batch}"), n_texts as f64 / started.elapsed().as_secs_f64()));
     }
     drop(session);
-    let embedder = Arc::new(FastEmbedder::start(
-        &assets,
-        settings.batcher_options(),
-        Arc::new(Metrics::new()),
-    )?);
+    let embedder = Arc::new(FastEmbedder::start(&assets, settings.batcher_options(), Arc::new(Metrics::new()))?);
     let started = Instant::now();
     let queue = Arc::new(std::sync::Mutex::new(texts.clone()));
     let workers: Vec<_> = (0..concurrency)
@@ -152,10 +141,7 @@ pub async fn embedder_baseline(
         worker.await??;
     }
     results.push((
-        format!(
-            "micro-batcher, {} sessions, {concurrency} concurrent callers",
-            settings.embedding.sessions
-        ),
+        format!("micro-batcher, {} sessions, {concurrency} concurrent callers", settings.embedding.sessions),
         n_texts as f64 / started.elapsed().as_secs_f64(),
     ));
     Ok(results)

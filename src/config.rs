@@ -22,6 +22,7 @@ pub struct Settings {
     pub vector: VectorSettings,
     pub search: SearchSettings,
     pub identity: IdentitySettings,
+    pub auth: AuthSettings,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -33,6 +34,13 @@ pub struct ServerSettings {
     pub body_limit_bytes: usize,
     /// Requests served at once; more are shed with 503 + Retry-After.
     pub max_concurrency: usize,
+    /// Host header values accepted on /mcp (DNS-rebinding protection).
+    pub allowed_hosts: Vec<String>,
+    /// Origin header values accepted on /mcp (scheme://host:port, `:*` for any port); others get 403.
+    pub allowed_origins: Vec<String>,
+    /// Requests per second each agent may make (a burst of `rate_limit_burst`); more get 429.
+    pub rate_limit_per_second: u32,
+    pub rate_limit_burst: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -79,6 +87,31 @@ pub struct SearchSettings {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+pub struct AuthSettings {
+    /// HTTP callers need a bearer API key or JWT. Turning it off is allowed on loopback only.
+    pub enabled: bool,
+    /// HS256 signing secret; generated into `<data_dir>/jwt.secret` when absent.
+    pub jwt_secret: Option<String>,
+    pub audience: String,
+    pub issuer: String,
+    /// Longest (and default) token lifetime.
+    pub token_ttl_seconds: i64,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            jwt_secret: None,
+            audience: "context-store".into(),
+            issuer: "context-store".into(),
+            token_ttl_seconds: 900,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct IdentitySettings {
     /// The agent id of a local caller (stdio, or HTTP without authentication).
     pub agent_id: String,
@@ -94,6 +127,7 @@ impl Default for Settings {
             vector: VectorSettings::default(),
             search: SearchSettings::default(),
             identity: IdentitySettings::default(),
+            auth: AuthSettings::default(),
         }
     }
 }
@@ -106,6 +140,10 @@ impl Default for ServerSettings {
             request_timeout_ms: 30_000,
             body_limit_bytes: 1024 * 1024,
             max_concurrency: 512,
+            allowed_hosts: vec!["localhost".into(), "127.0.0.1".into(), "::1".into()],
+            allowed_origins: vec!["http://localhost:*".into(), "http://127.0.0.1:*".into()],
+            rate_limit_per_second: 200,
+            rate_limit_burst: 400,
         }
     }
 }
@@ -125,11 +163,7 @@ impl Default for EmbeddingSettings {
 
 impl Default for GraphSettings {
     fn default() -> Self {
-        Self {
-            backend: "sqlite".into(),
-            readers: 8,
-            synchronous: Synchronous::Full,
-        }
+        Self { backend: "sqlite".into(), readers: 8, synchronous: Synchronous::Full }
     }
 }
 
@@ -147,20 +181,13 @@ impl Default for VectorSettings {
 
 impl Default for SearchSettings {
     fn default() -> Self {
-        Self {
-            cache_entries: 10_000,
-            cache_ttl_ms: 30_000,
-            vector_weight: 0.7,
-            fuzzy_fallback_scan: 2000,
-        }
+        Self { cache_entries: 10_000, cache_ttl_ms: 30_000, vector_weight: 0.7, fuzzy_fallback_scan: 2000 }
     }
 }
 
 impl Default for IdentitySettings {
     fn default() -> Self {
-        Self {
-            agent_id: "local-agent".into(),
-        }
+        Self { agent_id: "local-agent".into() }
     }
 }
 
@@ -171,10 +198,17 @@ impl Settings {
         if let Some(file) = file {
             figment = figment.merge(Toml::file_exact(file));
         }
-        figment
-            .merge(Env::prefixed("CTX__").split("__"))
-            .extract()
-            .map_err(Box::new)
+        figment.merge(Env::prefixed("CTX__").split("__")).extract().map_err(Box::new)
+    }
+
+    pub fn auth_settings(&self) -> crate::auth::AuthSettings<'_> {
+        crate::auth::AuthSettings {
+            data_dir: &self.data_dir,
+            jwt_secret: self.auth.jwt_secret.as_deref(),
+            audience: &self.auth.audience,
+            issuer: &self.auth.issuer,
+            token_ttl_seconds: self.auth.token_ttl_seconds,
+        }
     }
 
     pub fn batcher_options(&self) -> BatcherOptions {

@@ -56,9 +56,7 @@ impl Timestamp {
     pub fn parse(text: &str) -> ServiceResult<Self> {
         let parsed = OffsetDateTime::parse(text, &Rfc3339)
             .map_err(|_| ServiceError::invalid(format!("'{text}' is not an RFC 3339 timestamp")))?;
-        Ok(Timestamp(
-            (parsed.unix_timestamp_nanos() / 1_000_000) as i64,
-        ))
+        Ok(Timestamp((parsed.unix_timestamp_nanos() / 1_000_000) as i64))
     }
 
     pub fn to_rfc3339(self) -> String {
@@ -209,9 +207,7 @@ pub fn content_hash(content: &str) -> String {
 pub fn parse_identifier(field: &str, value: &str) -> ServiceResult<String> {
     let valid = !value.is_empty()
         && value.chars().count() <= limits::MAX_ID_CHARS
-        && value
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':' | '@' | '/'));
+        && value.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':' | '@' | '/'));
     if valid {
         Ok(value.to_string())
     } else {
@@ -244,9 +240,7 @@ pub fn parse_type(context_type: Option<&str>) -> ServiceResult<String> {
     let value = context_type.unwrap_or("note");
     let valid = !value.is_empty()
         && value.chars().count() <= limits::MAX_TYPE_CHARS
-        && value
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        && value.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
     if valid {
         Ok(value.to_string())
     } else {
@@ -260,18 +254,12 @@ pub fn parse_type(context_type: Option<&str>) -> ServiceResult<String> {
 /// Tags are trimmed, lower-cased, deduplicated and sorted.
 pub fn parse_tags(tags: &[String]) -> ServiceResult<Vec<String>> {
     if tags.len() > limits::MAX_TAGS {
-        return Err(ServiceError::invalid(format!(
-            "at most {} tags",
-            limits::MAX_TAGS
-        )));
+        return Err(ServiceError::invalid(format!("at most {} tags", limits::MAX_TAGS)));
     }
     let mut parsed = Vec::with_capacity(tags.len());
     for tag in tags {
         let tag = tag.trim().to_lowercase();
-        if tag.is_empty()
-            || tag.chars().count() > limits::MAX_TAG_CHARS
-            || tag.chars().any(char::is_control)
-        {
+        if tag.is_empty() || tag.chars().count() > limits::MAX_TAG_CHARS || tag.chars().any(char::is_control) {
             return Err(ServiceError::invalid(format!(
                 "each tag must be 1-{} printable characters",
                 limits::MAX_TAG_CHARS
@@ -286,9 +274,7 @@ pub fn parse_tags(tags: &[String]) -> ServiceResult<Vec<String>> {
 
 pub fn parse_metadata(metadata: Option<&Map<String, Value>>) -> ServiceResult<Map<String, Value>> {
     let metadata = metadata.cloned().unwrap_or_default();
-    let size = serde_json::to_vec(&metadata)
-        .map(|v| v.len())
-        .unwrap_or(usize::MAX);
+    let size = serde_json::to_vec(&metadata).map(|v| v.len()).unwrap_or(usize::MAX);
     if size > limits::MAX_METADATA_BYTES {
         return Err(ServiceError::PayloadTooLarge(format!(
             "metadata is {size} bytes of JSON; the limit is {}",
@@ -298,9 +284,7 @@ pub fn parse_metadata(metadata: Option<&Map<String, Value>>) -> ServiceResult<Ma
     for key in metadata.keys() {
         let valid = !key.is_empty()
             && key.len() <= limits::MAX_ID_CHARS
-            && key
-                .chars()
-                .all(|c| c.is_alphanumeric() || matches!(c, '_' | '-' | ':' | '@' | '/'));
+            && key.chars().all(|c| c.is_alphanumeric() || matches!(c, '_' | '-' | ':' | '@' | '/'));
         if !valid {
             return Err(ServiceError::invalid(format!(
                 "metadata keys must be 1-{} characters of letters, digits and _ - : @ /",
@@ -314,13 +298,8 @@ pub fn parse_metadata(metadata: Option<&Map<String, Value>>) -> ServiceResult<Ma
 pub fn parse_ttl(ttl_seconds: Option<i64>, now: Timestamp) -> ServiceResult<Option<Timestamp>> {
     match ttl_seconds {
         None => Ok(None),
-        Some(ttl) if (1..=limits::MAX_TTL_SECONDS).contains(&ttl) => {
-            Ok(Some(now.plus_seconds(ttl)))
-        }
-        Some(_) => Err(ServiceError::invalid(format!(
-            "ttl_seconds must be between 1 and {}",
-            limits::MAX_TTL_SECONDS
-        ))),
+        Some(ttl) if (1..=limits::MAX_TTL_SECONDS).contains(&ttl) => Ok(Some(now.plus_seconds(ttl))),
+        Some(_) => Err(ServiceError::invalid(format!("ttl_seconds must be between 1 and {}", limits::MAX_TTL_SECONDS))),
     }
 }
 
@@ -328,10 +307,7 @@ pub fn parse_limit(limit: Option<usize>) -> ServiceResult<usize> {
     match limit {
         None => Ok(limits::DEFAULT_LIMIT),
         Some(n) if (1..=limits::MAX_LIMIT).contains(&n) => Ok(n),
-        Some(_) => Err(ServiceError::invalid(format!(
-            "limit must be between 1 and {}",
-            limits::MAX_LIMIT
-        ))),
+        Some(_) => Err(ServiceError::invalid(format!("limit must be between 1 and {}", limits::MAX_LIMIT))),
     }
 }
 
@@ -393,10 +369,19 @@ pub struct ReadScope {
     pub agent_id: String,
     /// Admins see everything, including admin_only contexts.
     pub admin: bool,
+    /// The sessions the caller is limited to; `None` means every session.
+    pub sessions: Option<Vec<String>>,
 }
 
 impl ReadScope {
+    pub fn may_see_session(&self, session_id: &str) -> bool {
+        self.sessions.as_ref().is_none_or(|s| s.iter().any(|id| id == session_id))
+    }
+
     pub fn may_see(&self, context: &Context) -> bool {
+        if !self.may_see_session(&context.session_id) {
+            return false;
+        }
         match context.visibility {
             Visibility::Public => true,
             Visibility::Private => self.admin || context.agent_id == self.agent_id,
@@ -408,20 +393,14 @@ impl ReadScope {
 fn bounded_list<T>(field: &str, values: Option<Vec<T>>) -> ServiceResult<Vec<T>> {
     let values = values.unwrap_or_default();
     if values.len() > limits::MAX_FILTER_VALUES {
-        return Err(ServiceError::invalid(format!(
-            "{field} takes at most {} values",
-            limits::MAX_FILTER_VALUES
-        )));
+        return Err(ServiceError::invalid(format!("{field} takes at most {} values", limits::MAX_FILTER_VALUES)));
     }
     Ok(values)
 }
 
 impl ContextFilter {
     pub fn parse(args: ContextFilterArgs, scope: ReadScope, now: Timestamp) -> ServiceResult<Self> {
-        let session_id = args
-            .session_id
-            .map(|id| parse_identifier("session_id", &id))
-            .transpose()?;
+        let session_id = args.session_id.map(|id| parse_identifier("session_id", &id)).transpose()?;
         let types = bounded_list("types", args.types)?
             .iter()
             .map(|t| parse_type(Some(t)))
@@ -435,9 +414,7 @@ impl ContextFilter {
         if let (Some(after), Some(before)) = (args.created_after, args.created_before)
             && after >= before
         {
-            return Err(ServiceError::invalid(
-                "created_after must be earlier than created_before",
-            ));
+            return Err(ServiceError::invalid("created_after must be earlier than created_before"));
         }
         let visibility = bounded_list("visibility", args.visibility)?;
         let metadata = parse_metadata(args.metadata.as_ref())?;
@@ -465,16 +442,10 @@ impl ContextFilter {
 
     /// The same conditions evaluated in memory: the oracle the stores' filters are tested against.
     pub fn matches(&self, context: &Context) -> bool {
-        let metadata_ok = self
-            .metadata
-            .iter()
-            .all(|(key, value)| context.metadata.get(key) == Some(value));
+        let metadata_ok = self.metadata.iter().all(|(key, value)| context.metadata.get(key) == Some(value));
         self.scope.may_see(context)
             && !context.is_expired(self.now)
-            && self
-                .session_id
-                .as_ref()
-                .is_none_or(|s| *s == context.session_id)
+            && self.session_id.as_ref().is_none_or(|s| *s == context.session_id)
             && (self.types.is_empty() || self.types.contains(&context.context_type))
             && (self.tags_any.is_empty() || self.tags_any.iter().any(|t| context.tags.contains(t)))
             && self.tags_all.iter().all(|t| context.tags.contains(t))
@@ -499,23 +470,14 @@ mod tests {
     #[test]
     fn too_many_tags_is_an_invalid_argument() {
         let tags: Vec<String> = (0..=limits::MAX_TAGS).map(|i| format!("t{i}")).collect();
-        assert!(matches!(
-            parse_tags(&tags),
-            Err(ServiceError::InvalidArgument(_))
-        ));
+        assert!(matches!(parse_tags(&tags), Err(ServiceError::InvalidArgument(_))));
     }
 
     #[test]
     fn oversized_content_is_payload_too_large() {
         let content = "x".repeat(limits::MAX_CONTENT_BYTES + 1);
-        assert!(matches!(
-            parse_content(&content),
-            Err(ServiceError::PayloadTooLarge(_))
-        ));
-        assert!(matches!(
-            parse_content("  "),
-            Err(ServiceError::InvalidArgument(_))
-        ));
+        assert!(matches!(parse_content(&content), Err(ServiceError::PayloadTooLarge(_))));
+        assert!(matches!(parse_content("  "), Err(ServiceError::InvalidArgument(_))));
     }
 
     #[test]
@@ -548,18 +510,9 @@ mod tests {
             expires_at: None,
             content_hash: content_hash("c"),
         };
-        let alice = ReadScope {
-            agent_id: "alice".into(),
-            admin: false,
-        };
-        let bob = ReadScope {
-            agent_id: "bob".into(),
-            admin: false,
-        };
-        let admin = ReadScope {
-            agent_id: "root".into(),
-            admin: true,
-        };
+        let alice = ReadScope { agent_id: "alice".into(), admin: false, sessions: None };
+        let bob = ReadScope { agent_id: "bob".into(), admin: false, sessions: None };
+        let admin = ReadScope { agent_id: "root".into(), admin: true, sessions: None };
         assert!(alice.may_see(&context));
         assert!(!bob.may_see(&context));
         assert!(admin.may_see(&context));

@@ -56,10 +56,7 @@ impl From<rusqlite::Error> for StoreError {
         match err {
             rusqlite::Error::QueryReturnedNoRows => StoreError::NotFound,
             rusqlite::Error::SqliteFailure(code, _)
-                if matches!(
-                    code.code,
-                    rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
-                ) =>
+                if matches!(code.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) =>
             {
                 StoreError::Unavailable(err.to_string())
             }
@@ -98,6 +95,8 @@ pub enum ServiceError {
     #[error("{0}")]
     PermissionDenied(String),
     #[error("{0}")]
+    Unauthenticated(String),
+    #[error("{0}")]
     Conflict(String),
     #[error("{0}")]
     Unavailable(String),
@@ -112,6 +111,7 @@ impl ServiceError {
             ServiceError::PayloadTooLarge(_) => ErrorCode::PayloadTooLarge,
             ServiceError::NotFound(_) => ErrorCode::NotFound,
             ServiceError::PermissionDenied(_) => ErrorCode::PermissionDenied,
+            ServiceError::Unauthenticated(_) => ErrorCode::Unauthenticated,
             ServiceError::Conflict(_) => ErrorCode::Conflict,
             ServiceError::Unavailable(_) => ErrorCode::Unavailable,
             ServiceError::Internal(_) => ErrorCode::Internal,

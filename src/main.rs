@@ -7,11 +7,7 @@ use context_store::app::Core;
 use context_store::config::Settings;
 
 #[derive(Parser)]
-#[command(
-    name = "context-store",
-    version,
-    about = "A graph-and-vector context store for AI agents, served over MCP"
-)]
+#[command(name = "context-store", version, about = "A graph-and-vector context store for AI agents, served over MCP")]
 struct Cli {
     /// A TOML settings file (CTX__SECTION__KEY environment variables override it).
     #[arg(long, global = true, env = "CTX_CONFIG")]
@@ -28,6 +24,11 @@ enum Command {
     Stdio,
     /// Rebuild the vector side from the graph.
     Reindex,
+    /// Manage API keys (stored as hashes in the data dir; a key is shown only when created).
+    Keys {
+        #[command(subcommand)]
+        action: KeysAction,
+    },
     /// Measure raw embedder throughput (texts/s) at batch 1, 8, 32 and through the micro-batcher.
     BenchEmbedder {
         #[arg(long, default_value_t = 256)]
@@ -46,11 +47,76 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum KeysAction {
+    /// Create a key and print it once.
+    Create {
+        /// The agent the key acts as.
+        #[arg(long)]
+        agent_id: String,
+        /// A free-form kind of agent (e.g. claude-code, analyst).
+        #[arg(long, default_value = "agent")]
+        agent_type: String,
+        /// Comma-separated subset of read, write, query, admin.
+        #[arg(long, default_value = "read,write")]
+        permissions: String,
+        /// Limit the key to these sessions (comma-separated); all sessions when absent.
+        #[arg(long)]
+        sessions: Option<String>,
+    },
+    /// List keys (never their secrets).
+    List,
+    /// Revoke a key by id; it stops working at once, tokens minted from it included.
+    Revoke { key_id: String },
+}
+
+fn keys_command(settings: &Settings, action: KeysAction) -> anyhow::Result<()> {
+    use context_store::auth::{KeyStore, NewKey, Permissions};
+    let keys = KeyStore::open(&settings.data_dir).map_err(|e| anyhow::anyhow!(e.to_string()))?;
+    match action {
+        KeysAction::Create { agent_id, agent_type, permissions, sessions } => {
+            let agent_id = context_store::domain::parse_identifier("agent_id", &agent_id)
+                .map_err(|e| anyhow::anyhow!(e.to_string()))?;
+            let permissions = Permissions::parse(&permissions).map_err(|e| anyhow::anyhow!(e))?;
+            let sessions = sessions.map(|s| s.split(',').map(|id| id.trim().to_string()).collect());
+            let new = NewKey { agent_id, agent_type, permissions, sessions };
+            let (record, key) = keys.create(&new).map_err(|e| anyhow::anyhow!(e.to_string()))?;
+            eprintln!(
+                "key {} for agent {} ({}); shown once:",
+                record.key_id,
+                record.agent_id,
+                permissions.names().join(",")
+            );
+            println!("{key}");
+        }
+        KeysAction::List => {
+            println!(
+                "{:<14} {:<24} {:<14} {:<24} {:<8} sessions",
+                "key_id", "agent_id", "agent_type", "permissions", "revoked"
+            );
+            for key in keys.list().map_err(|e| anyhow::anyhow!(e.to_string()))? {
+                let sessions = key.sessions.map(|s| s.join(",")).unwrap_or_else(|| "*".into());
+                println!(
+                    "{:<14} {:<24} {:<14} {:<24} {:<8} {sessions}",
+                    key.key_id,
+                    key.agent_id,
+                    key.agent_type,
+                    key.permissions.names().join(","),
+                    key.revoked
+                );
+            }
+        }
+        KeysAction::Revoke { key_id } => {
+            keys.revoke(&key_id).map_err(|_| anyhow::anyhow!("no key with id {key_id}"))?;
+            eprintln!("key {key_id} revoked");
+        }
+    }
+    Ok(())
+}
+
 fn init_tracing() {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
 }
@@ -64,14 +130,12 @@ async fn main() -> anyhow::Result<()> {
         Command::Serve => {
             let app = context_store::app::App::build(settings).await?;
             tracing::info!(port = app.port(), "context-store listening");
-            app.run_until_stopped(context_store::app::shutdown_signal())
-                .await?;
+            app.run_until_stopped(context_store::app::shutdown_signal()).await?;
         }
         Command::Stdio => {
             let core = Core::start(&settings).await?;
-            let principal =
-                context_store::auth::Principal::local_trusted(&settings.identity.agent_id);
-            context_store::mcp::serve_stdio(core.service.clone(), principal).await?;
+            let principal = context_store::auth::Principal::local_trusted(&settings.identity.agent_id);
+            context_store::mcp::serve_stdio(core.service.clone(), core.auth.clone(), principal).await?;
             core.shutdown().await;
         }
         Command::Reindex => {
@@ -84,6 +148,7 @@ async fn main() -> anyhow::Result<()> {
             eprintln!("reindex complete: {done} contexts");
             core.shutdown().await;
         }
+        Command::Keys { action } => keys_command(&settings, action)?,
         Command::BenchEmbedder { texts, concurrency } => {
             let results = context_store::bench::embedder_baseline(&settings, texts, concurrency)
                 .await
@@ -93,9 +158,7 @@ async fn main() -> anyhow::Result<()> {
                 println!("| {name} | {rate:.1} |");
             }
         }
-        Command::CrashWriter { session, writers } => {
-            crash_writer(&settings, session, writers).await?
-        }
+        Command::CrashWriter { session, writers } => crash_writer(&settings, session, writers).await?,
     }
     Ok(())
 }
@@ -107,11 +170,8 @@ async fn crash_writer(settings: &Settings, session: String, writers: usize) -> a
 
     let core = Core::start(settings).await?;
     let principal = Principal::local_trusted("crash-writer");
-    let request = CreateSessionRequest {
-        id: Some(session.clone()),
-        purpose: "crash test".into(),
-        ..Default::default()
-    };
+    let request =
+        CreateSessionRequest { id: Some(session.clone()), purpose: "crash test".into(), ..Default::default() };
     // The session exists already after the first round.
     let _ = core.service.create_session(&principal, request).await;
     let run = uuid::Uuid::now_v7();
@@ -121,10 +181,7 @@ async fn crash_writer(settings: &Settings, session: String, writers: usize) -> a
             let (principal, session) = (principal.clone(), session.clone());
             tokio::spawn(async move {
                 for n in 0u64.. {
-                    let content = format!(
-                        "crash run {run} writer {writer} entry {n} about topic {}",
-                        n % 7
-                    );
+                    let content = format!("crash run {run} writer {writer} entry {n} about topic {}", n % 7);
                     let request = StoreContextRequest {
                         session_id: session.clone(),
                         content: content.clone(),

@@ -1,8 +1,8 @@
 //! Prometheus metrics of the whole service, in one registry passed around as a value.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 pub struct Metrics {
@@ -20,23 +20,16 @@ pub struct Metrics {
     pub active_connections: IntGauge,
 }
 
-fn register<T: prometheus::core::Collector + Clone + 'static>(
-    registry: &Registry,
-    collector: T,
-) -> T {
-    registry
-        .register(Box::new(collector.clone()))
-        .expect("metric names are unique");
+fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, collector: T) -> T {
+    registry.register(Box::new(collector.clone())).expect("metric names are unique");
     collector
 }
 
 impl Metrics {
     pub fn new() -> Self {
-        let registry =
-            Registry::new_custom(Some("context_store".into()), None).expect("valid prefix");
-        let latency_buckets = vec![
-            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-        ];
+        let registry = Registry::new_custom(Some("context_store".into()), None).expect("valid prefix");
+        let latency_buckets =
+            vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
         Self {
             tool_requests: register(
                 &registry,
@@ -49,8 +42,7 @@ impl Metrics {
             tool_latency: register(
                 &registry,
                 HistogramVec::new(
-                    HistogramOpts::new("tool_latency_seconds", "Tool call latency")
-                        .buckets(latency_buckets.clone()),
+                    HistogramOpts::new("tool_latency_seconds", "Tool call latency").buckets(latency_buckets.clone()),
                     &["tool"],
                 )
                 .unwrap(),
@@ -90,8 +82,7 @@ impl Metrics {
             backend_latency: register(
                 &registry,
                 HistogramVec::new(
-                    HistogramOpts::new("backend_latency_seconds", "Backend operation latency")
-                        .buckets(latency_buckets),
+                    HistogramOpts::new("backend_latency_seconds", "Backend operation latency").buckets(latency_buckets),
                     &["backend", "op"],
                 )
                 .unwrap(),
@@ -118,9 +109,7 @@ impl Metrics {
     /// The registry in Prometheus text format.
     pub fn render(&self) -> String {
         let mut buffer = Vec::new();
-        TextEncoder::new()
-            .encode(&self.registry.gather(), &mut buffer)
-            .expect("text encoding cannot fail");
+        TextEncoder::new().encode(&self.registry.gather(), &mut buffer).expect("text encoding cannot fail");
         let mut text = String::from_utf8(buffer).expect("prometheus text is UTF-8");
         text.push_str(&format!(
             "# HELP context_store_embed_cache_hit_ratio Embedding cache hit ratio\n\

@@ -11,7 +11,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::auth::Principal;
+use crate::auth::{Authenticator, Principal, TokenRequest, TokenResponse};
 use crate::error::{ErrorCode, ServiceError};
 use crate::service::*;
 
@@ -49,28 +49,20 @@ impl From<ServiceError> for ToolError {
             | ServiceError::PayloadTooLarge(_)
             | ServiceError::NotFound(_)
             | ServiceError::PermissionDenied(_)
+            | ServiceError::Unauthenticated(_)
             | ServiceError::Conflict(_)
             | ServiceError::Unavailable(_) => err.to_string(),
         };
-        ToolError {
-            code: err.code(),
-            message,
-        }
+        ToolError { code: err.code(), message }
     }
 }
 
 /// Arguments are decoded here, not by the transport, so a malformed argument is a tool error the
 /// calling model can read and correct (`invalid_argument`), not a protocol error.
 fn decode<T: serde::de::DeserializeOwned>(arguments: Value) -> Result<T, ToolError> {
-    let arguments = if arguments.is_null() {
-        Value::Object(Default::default())
-    } else {
-        arguments
-    };
-    serde_json::from_value(arguments).map_err(|err| ToolError {
-        code: ErrorCode::InvalidArgument,
-        message: format!("invalid arguments: {err}"),
-    })
+    let arguments = if arguments.is_null() { Value::Object(Default::default()) } else { arguments };
+    serde_json::from_value(arguments)
+        .map_err(|err| ToolError { code: ErrorCode::InvalidArgument, message: format!("invalid arguments: {err}") })
 }
 
 fn encode<T: Serialize>(value: T) -> Result<Value, ToolError> {
@@ -84,8 +76,8 @@ pub struct GetMetricsRequest {}
 
 macro_rules! tool_table {
     ($($name:ident($request:ty) -> $response:ty, $hints:expr, $description:expr;)*) => {
-        /// Every tool, in a stable order.
-        pub fn catalogue() -> Vec<ToolSpec> {
+        /// Every tool of the service table, in a stable order.
+        fn service_tools() -> Vec<ToolSpec> {
             vec![$({
                 let (read_only, destructive, idempotent) = $hints;
                 ToolSpec {
@@ -100,8 +92,8 @@ macro_rules! tool_table {
             }),*]
         }
 
-        /// Runs one tool: decode the arguments, call the service, encode the result.
-        pub async fn call(
+        /// Runs one tool of the service table: decode the arguments, call the service, encode the result.
+        async fn call_service(
             service: &ContextService,
             principal: &Principal,
             name: &str,
@@ -155,6 +147,35 @@ tool_table! {
         "Delete a key of your agent state (optionally only at expected_version).";
     get_metrics(GetMetricsRequest) -> MetricsSummary, READ,
         "Counts of stored items and cache effectiveness.";
+}
+
+/// Every tool, in a stable order.
+pub fn catalogue() -> Vec<ToolSpec> {
+    let mut tools = service_tools();
+    tools.push(ToolSpec {
+        name: "authenticate_agent",
+        description: "Exchange an API key for a short-lived bearer token (JWT), optionally with fewer permissions.",
+        read_only: false,
+        destructive: false,
+        idempotent: false,
+        input_schema: schema_for_type::<TokenRequest>(),
+        output_schema: schema_for_output::<TokenResponse>(),
+    });
+    tools
+}
+
+/// Runs one tool.
+pub async fn call(
+    service: &ContextService,
+    auth: &Authenticator,
+    principal: &Principal,
+    name: &str,
+    arguments: Value,
+) -> Result<Value, ToolError> {
+    if name == "authenticate_agent" {
+        return encode(auth.exchange(decode(arguments)?)?);
+    }
+    call_service(service, principal, name, arguments).await
 }
 
 /// The search tool's service method is `search`; the table names tools after their MCP names.

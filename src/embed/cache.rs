@@ -17,11 +17,7 @@ pub struct CachedEmbedder {
 
 impl CachedEmbedder {
     pub fn new(inner: Arc<dyn Embedder>, max_entries: u64, metrics: Arc<Metrics>) -> Self {
-        Self {
-            inner,
-            cache: Cache::new(max_entries),
-            metrics,
-        }
+        Self { inner, cache: Cache::new(max_entries), metrics }
     }
 }
 
@@ -48,20 +44,12 @@ impl Embedder for CachedEmbedder {
             }
         }
         if !missing.is_empty() {
-            let computed = self
-                .inner
-                .embed(missing.iter().map(|&i| texts[i].clone()).collect())
-                .await?;
+            let computed = self.inner.embed(missing.iter().map(|&i| texts[i].clone()).collect()).await?;
             for (index, vector) in missing.into_iter().zip(computed) {
-                self.cache
-                    .insert(texts[index].clone(), Arc::new(vector.clone()))
-                    .await;
+                self.cache.insert(texts[index].clone(), Arc::new(vector.clone())).await;
                 vectors[index] = Some(vector);
             }
         }
-        Ok(vectors
-            .into_iter()
-            .map(|v| v.expect("every text was embedded"))
-            .collect())
+        Ok(vectors.into_iter().map(|v| v.expect("every text was embedded")).collect())
     }
 }

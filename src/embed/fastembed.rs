@@ -9,9 +9,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use fastembed::{
-    InitOptionsUserDefined, Pooling, TextEmbedding, TokenizerFiles, UserDefinedEmbeddingModel,
-};
+use fastembed::{InitOptionsUserDefined, Pooling, TextEmbedding, TokenizerFiles, UserDefinedEmbeddingModel};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::Embedder;
@@ -19,8 +17,7 @@ use crate::error::{StoreError, StoreResult};
 use crate::metrics::Metrics;
 
 pub const DIMENSION: usize = 384;
-const SETUP_HINT: &str =
-    "run `scripts/setup` (or set CTX__EMBEDDING__ASSETS_DIR to where it installed them)";
+const SETUP_HINT: &str = "run `scripts/setup` (or set CTX__EMBEDDING__ASSETS_DIR to where it installed them)";
 
 /// Where the model files are.
 #[derive(Debug, Clone)]
@@ -40,13 +37,8 @@ impl ModelAssets {
 
     fn required_files(&self) -> Vec<PathBuf> {
         let mut files = vec![self.onnxruntime_library.clone()];
-        for name in [
-            "model.onnx",
-            "tokenizer.json",
-            "config.json",
-            "special_tokens_map.json",
-            "tokenizer_config.json",
-        ] {
+        for name in ["model.onnx", "tokenizer.json", "config.json", "special_tokens_map.json", "tokenizer_config.json"]
+        {
             files.push(self.model_dir.join(name));
         }
         files
@@ -85,8 +77,7 @@ pub struct FastEmbedder {
 }
 
 fn read(path: &Path) -> StoreResult<Vec<u8>> {
-    std::fs::read(path)
-        .map_err(|e| StoreError::Unavailable(format!("cannot read {}: {e}", path.display())))
+    std::fs::read(path).map_err(|e| StoreError::Unavailable(format!("cannot read {}: {e}", path.display())))
 }
 
 fn unavailable(err: impl std::fmt::Display) -> StoreError {
@@ -117,8 +108,8 @@ pub fn load_session(assets: &ModelAssets, max_tokens: usize) -> StoreResult<Text
         special_tokens_map_file: read(&dir.join("special_tokens_map.json"))?,
         tokenizer_config_file: read(&dir.join("tokenizer_config.json"))?,
     };
-    let model = UserDefinedEmbeddingModel::new(read(&dir.join("model.onnx"))?, tokenizer_files)
-        .with_pooling(Pooling::Mean);
+    let model =
+        UserDefinedEmbeddingModel::new(read(&dir.join("model.onnx"))?, tokenizer_files).with_pooling(Pooling::Mean);
     let options = InitOptionsUserDefined::new()
         .with_environment(ort_environment(&assets.onnxruntime_library)?)
         .with_max_length(max_tokens)
@@ -129,16 +120,11 @@ pub fn load_session(assets: &ModelAssets, max_tokens: usize) -> StoreResult<Text
 
 impl FastEmbedder {
     /// Loads `options.sessions` model sessions and starts the batching dispatcher.
-    pub fn start(
-        assets: &ModelAssets,
-        options: BatcherOptions,
-        metrics: Arc<Metrics>,
-    ) -> StoreResult<Self> {
+    pub fn start(assets: &ModelAssets, options: BatcherOptions, metrics: Arc<Metrics>) -> StoreResult<Self> {
         assets.check()?;
         let sessions = options.sessions.max(1);
-        let pool: Vec<TextEmbedding> = (0..sessions)
-            .map(|_| load_session(assets, options.max_tokens))
-            .collect::<StoreResult<_>>()?;
+        let pool: Vec<TextEmbedding> =
+            (0..sessions).map(|_| load_session(assets, options.max_tokens)).collect::<StoreResult<_>>()?;
         let (jobs, receiver) = mpsc::channel(4096);
         // The dispatcher owns a small runtime on its own thread, so the embedder outlives whichever
         // runtime created it; it stops when the last sender is dropped.
@@ -187,18 +173,13 @@ async fn dispatch(
         tokio::task::spawn_blocking(move || {
             let texts: Vec<&str> = batch.iter().map(|job| job.text.as_str()).collect();
             let started = Instant::now();
-            let mut session = pool
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .pop()
-                .expect("a permit means a free session");
+            let mut session =
+                pool.lock().unwrap_or_else(|e| e.into_inner()).pop().expect("a permit means a free session");
             let result = session.embed(&texts, Some(texts.len()));
             pool.lock().unwrap_or_else(|e| e.into_inner()).push(session);
             drop(permit);
             metrics.embed_batch_size.observe(batch.len() as f64);
-            metrics
-                .embed_batch_latency
-                .observe(started.elapsed().as_secs_f64());
+            metrics.embed_batch_latency.observe(started.elapsed().as_secs_f64());
             match result {
                 Ok(vectors) => {
                     for (job, vector) in batch.into_iter().zip(vectors) {
@@ -234,11 +215,7 @@ impl Embedder for FastEmbedder {
         }
         let mut vectors = Vec::with_capacity(replies.len());
         for receiver in replies {
-            vectors.push(
-                receiver
-                    .await
-                    .map_err(|_| unavailable("the embedding worker dropped a request"))??,
-            );
+            vectors.push(receiver.await.map_err(|_| unavailable("the embedding worker dropped a request"))??);
         }
         Ok(vectors)
     }

@@ -32,13 +32,7 @@ impl axum::serve::Listener for CountingListener {
         let (stream, address) = axum::serve::Listener::accept(&mut self.inner).await;
         let _ = stream.set_nodelay(true);
         self.gauge.inc();
-        (
-            CountedStream {
-                stream,
-                gauge: self.gauge.clone(),
-            },
-            address,
-        )
+        (CountedStream { stream, gauge: self.gauge.clone() }, address)
     }
 
     fn local_addr(&self) -> std::io::Result<Self::Addr> {
@@ -47,21 +41,13 @@ impl axum::serve::Listener for CountingListener {
 }
 
 impl AsyncRead for CountedStream {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.stream).poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for CountedStream {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
         Pin::new(&mut self.stream).poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {

@@ -20,18 +20,45 @@ use tower_http::timeout::TimeoutLayer;
 
 pub use connections::CountingListener;
 
-use crate::auth::Principal;
-use crate::config::ServerSettings;
+use std::num::NonZeroU32;
+
+use governor::Quota;
+
+use crate::app::Core;
+use crate::auth::{Authenticator, Principal};
+use crate::config::{ServerSettings, Settings};
 use crate::mcp::McpServer;
 use crate::service::ContextService;
+
+pub type AgentRateLimiter = governor::DefaultKeyedRateLimiter<String>;
 
 #[derive(Clone)]
 pub struct HttpState {
     pub service: Arc<ContextService>,
-    /// The identity of callers until authentication is configured.
+    pub auth: Arc<Authenticator>,
+    /// Whether callers must present a bearer credential.
+    pub auth_enabled: bool,
+    /// The identity of every caller when authentication is off.
     pub default_principal: Principal,
     /// Free request slots; a request finding none is shed with 503 + Retry-After.
     pub slots: Arc<Semaphore>,
+    /// Requests per agent per second.
+    pub rate_limiter: Arc<AgentRateLimiter>,
+}
+
+impl HttpState {
+    pub fn new(core: &Core, settings: &Settings) -> Self {
+        let per_second = NonZeroU32::new(settings.server.rate_limit_per_second.max(1)).expect("at least one");
+        let burst = NonZeroU32::new(settings.server.rate_limit_burst.max(1)).expect("at least one");
+        Self {
+            service: core.service.clone(),
+            auth: core.auth.clone(),
+            auth_enabled: settings.auth.enabled,
+            default_principal: Principal::local_trusted(&settings.identity.agent_id),
+            slots: Arc::new(Semaphore::new(settings.server.max_concurrency)),
+            rate_limiter: Arc::new(governor::RateLimiter::keyed(Quota::per_second(per_second).allow_burst(burst))),
+        }
+    }
 }
 
 /// The whole HTTP surface. `stop` ends MCP streams on shutdown.
@@ -41,12 +68,10 @@ pub fn router(state: HttpState, settings: &ServerSettings, stop: CancellationTok
         .with_json_response(true)
         .with_cancellation_token(stop)
         .with_max_request_body_bytes(settings.body_limit_bytes)
-        .with_allowed_hosts(vec![
-            "localhost".to_string(),
-            "127.0.0.1".to_string(),
-            "::1".to_string(),
-        ]);
-    let mcp_handler = McpServer::new(state.service.clone(), state.default_principal.clone());
+        .with_allowed_hosts(settings.allowed_hosts.clone())
+        .with_allowed_origins(settings.allowed_origins.clone())
+        .enforce_origin_validation();
+    let mcp_handler = McpServer::new(state.service.clone(), state.auth.clone(), state.default_principal.clone());
     let mcp = StreamableHttpService::new(
         move || Ok(mcp_handler.clone()),
         Arc::new(LocalSessionManager::default()),
@@ -56,18 +81,13 @@ pub fn router(state: HttpState, settings: &ServerSettings, stop: CancellationTok
     let api = Router::new()
         .route("/mcp/tool/{name}", post(routes::call_tool))
         .nest_service("/mcp", mcp)
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            routes::shed_load,
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            routes::attach_principal,
-        ));
+        .route("/metrics", get(routes::metrics))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), routes::authenticate))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), routes::shed_load));
     let operations = Router::new()
         .route("/health", get(routes::health))
         .route("/health/ready", get(routes::ready))
-        .route("/metrics", get(routes::metrics))
+        .route("/auth/token", post(routes::token))
         .route("/openapi.json", get(routes::openapi));
     api.merge(operations)
         .layer(DefaultBodyLimit::max(settings.body_limit_bytes))

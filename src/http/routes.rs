@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::HttpState;
-use crate::auth::Principal;
+use crate::auth::{AuthFailure, Principal};
 use crate::error::ErrorCode;
 use crate::mcp::timed_call;
 use crate::tools::ToolError;
@@ -28,15 +28,19 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
     }
 }
 
+const CHALLENGE: &str = "Bearer realm=\"context-store\"";
+const INVALID_TOKEN_CHALLENGE: &str = "Bearer realm=\"context-store\", error=\"invalid_token\"";
+
 fn error_response(status: StatusCode, error: &ToolError) -> Response {
     let mut response = (status, Json(error.to_json())).into_response();
-    if matches!(
-        status,
-        StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS
-    ) {
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    match status {
+        StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS => {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        StatusCode::UNAUTHORIZED => {
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(CHALLENGE));
+        }
+        _ => {}
     }
     response
 }
@@ -54,21 +58,17 @@ pub async fn call_tool(
         match serde_json::from_slice(&body) {
             Ok(value @ (Value::Object(_) | Value::Null)) => value,
             Ok(_) | Err(_) => {
-                let error = ToolError {
-                    code: ErrorCode::InvalidArgument,
-                    message: "the body must be a JSON object".into(),
-                };
+                let error =
+                    ToolError { code: ErrorCode::InvalidArgument, message: "the body must be a JSON object".into() };
                 return error_response(StatusCode::BAD_REQUEST, &error);
             }
         }
     };
-    match timed_call(&state.service, &principal, &name, arguments).await {
+    match timed_call(&state.service, &state.auth, &principal, &name, arguments).await {
         Ok(value) => Json(value).into_response(),
         Err(error) => {
             // Arguments that do not fit the tool's schema are well-formed JSON the server cannot process.
-            let status = if error.code == ErrorCode::InvalidArgument
-                && error.message.starts_with("invalid arguments")
-            {
+            let status = if error.code == ErrorCode::InvalidArgument && error.message.starts_with("invalid arguments") {
                 StatusCode::UNPROCESSABLE_ENTITY
             } else {
                 status_of(error.code)
@@ -85,15 +85,21 @@ pub async fn health() -> Json<Value> {
 pub async fn ready(State(state): State<HttpState>) -> Response {
     match state.service.ready().await {
         Ok(()) => Json(json!({"status": "ready"})).into_response(),
-        Err(err) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "unavailable", "reason": err.to_string()})),
-        )
-            .into_response(),
+        Err(err) => {
+            (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "unavailable", "reason": err.to_string()})))
+                .into_response()
+        }
     }
 }
 
-pub async fn metrics(State(state): State<HttpState>) -> Response {
+/// Prometheus text; with authentication on, the caller needs the query (analyst) permission.
+pub async fn metrics(
+    State(state): State<HttpState>,
+    axum::Extension(principal): axum::Extension<Principal>,
+) -> Response {
+    if let Err(err) = principal.require(crate::auth::Permission::Query) {
+        return error_response(StatusCode::FORBIDDEN, &err.into());
+    }
     let _ = state.service.refresh_item_metrics().await;
     let body = state.service.metrics().render();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
@@ -103,16 +109,73 @@ pub async fn openapi() -> Json<Value> {
     Json(super::openapi::document())
 }
 
-/// Attaches the caller's identity. Until authentication is configured every caller is the local
-/// trusted principal from settings.
-pub async fn attach_principal(
-    State(state): State<HttpState>,
-    mut request: Request,
-    next: Next,
-) -> Response {
-    request
-        .extensions_mut()
-        .insert(state.default_principal.clone());
+/// `POST /auth/token`: an API key in, a short-lived JWT out.
+pub async fn token(State(state): State<HttpState>, body: Bytes) -> Response {
+    let request = match serde_json::from_slice::<crate::auth::TokenRequest>(&body) {
+        Ok(request) => request,
+        Err(err) => {
+            let error = ToolError { code: ErrorCode::InvalidArgument, message: format!("invalid arguments: {err}") };
+            return error_response(StatusCode::UNPROCESSABLE_ENTITY, &error);
+        }
+    };
+    let auth = state.auth.clone();
+    match tokio::task::spawn_blocking(move || auth.exchange(request)).await {
+        Ok(Ok(token)) => Json(token).into_response(),
+        Ok(Err(err)) => {
+            let error = ToolError::from(err);
+            error_response(status_of(error.code), &error)
+        }
+        Err(_) => error_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &ToolError { code: ErrorCode::Internal, message: "internal error".into() },
+        ),
+    }
+}
+
+/// Establishes the caller's identity from `Authorization: Bearer <API key or JWT>` (or the local trusted
+/// principal when authentication is off), then applies the per-agent rate limit.
+pub async fn authenticate(State(state): State<HttpState>, mut request: Request, next: Next) -> Response {
+    let principal = if state.auth_enabled {
+        let bearer = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer ")))
+            .map(str::to_string);
+        let auth = state.auth.clone();
+        let outcome = tokio::task::spawn_blocking(move || auth.authenticate(bearer.as_deref())).await;
+        match outcome {
+            Ok(Ok(principal)) => principal,
+            Ok(Err(failure)) => {
+                let (message, challenge) = match failure {
+                    AuthFailure::Missing => ("send Authorization: Bearer <API key or token>", CHALLENGE),
+                    AuthFailure::Invalid => ("the credential is invalid, expired or revoked", INVALID_TOKEN_CHALLENGE),
+                };
+                let error = ToolError { code: ErrorCode::Unauthenticated, message: message.into() };
+                let mut response = error_response(StatusCode::UNAUTHORIZED, &error);
+                response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+                return response;
+            }
+            Err(_) => {
+                let error = ToolError { code: ErrorCode::Internal, message: "internal error".into() };
+                return error_response(StatusCode::INTERNAL_SERVER_ERROR, &error);
+            }
+        }
+    } else {
+        state.default_principal.clone()
+    };
+    if let Err(not_until) = state.rate_limiter.check_key(&principal.agent_id) {
+        let wait = not_until.wait_time_from(governor::clock::Clock::now(&governor::clock::DefaultClock::default()));
+        let error =
+            ToolError { code: ErrorCode::ResourceExhausted, message: "rate limit exceeded; retry shortly".into() };
+        let mut response = error_response(StatusCode::TOO_MANY_REQUESTS, &error);
+        let seconds = wait.as_secs() + 1;
+        if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
+            response.headers_mut().insert(header::RETRY_AFTER, value);
+        }
+        return response;
+    }
+    request.extensions_mut().insert(principal);
     next.run(request).await
 }
 
@@ -121,10 +184,8 @@ pub async fn shed_load(State(state): State<HttpState>, request: Request, next: N
     match state.slots.clone().try_acquire_owned() {
         Ok(_permit) => next.run(request).await,
         Err(_) => {
-            let error = ToolError {
-                code: ErrorCode::Unavailable,
-                message: "the server is at capacity; retry shortly".into(),
-            };
+            let error =
+                ToolError { code: ErrorCode::Unavailable, message: "the server is at capacity; retry shortly".into() };
             error_response(StatusCode::SERVICE_UNAVAILABLE, &error)
         }
     }

@@ -9,14 +9,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, CallToolResult, Implementation, ListToolsResult,
-    PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool, ToolAnnotations,
+    CallToolRequestParams, CallToolResponse, CallToolResult, Implementation, ListToolsResult, PaginatedRequestParams,
+    ServerCapabilities, ServerConfig, Tool, ToolAnnotations,
 };
 use rmcp::service::RequestContext;
 use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
 use serde_json::Value;
 
-use crate::auth::Principal;
+use crate::auth::{Authenticator, Principal};
 use crate::service::ContextService;
 use crate::tools::{self, ToolSpec};
 
@@ -29,6 +29,7 @@ on the MCP session.";
 #[derive(Clone)]
 pub struct McpServer {
     service: Arc<ContextService>,
+    auth: Arc<Authenticator>,
     /// The caller when the transport carries no identity of its own (stdio; HTTP before authentication).
     default_principal: Principal,
     tools: Arc<Vec<Tool>>,
@@ -40,23 +41,15 @@ fn to_mcp_tool(spec: &ToolSpec) -> Tool {
         .destructive(spec.destructive)
         .idempotent(spec.idempotent)
         .open_world(false);
-    Tool::new_with_raw(
-        spec.name,
-        Some(spec.description.into()),
-        spec.input_schema.clone(),
-    )
-    .with_raw_output_schema(spec.output_schema.clone())
-    .with_annotations(annotations)
+    Tool::new_with_raw(spec.name, Some(spec.description.into()), spec.input_schema.clone())
+        .with_raw_output_schema(spec.output_schema.clone())
+        .with_annotations(annotations)
 }
 
 impl McpServer {
-    pub fn new(service: Arc<ContextService>, default_principal: Principal) -> Self {
+    pub fn new(service: Arc<ContextService>, auth: Arc<Authenticator>, default_principal: Principal) -> Self {
         let tools = tools::catalogue().iter().map(to_mcp_tool).collect();
-        Self {
-            service,
-            default_principal,
-            tools: Arc::new(tools),
-        }
+        Self { service, auth, default_principal, tools: Arc::new(tools) }
     }
 
     /// The identity an HTTP edge attached to the request, else the default one.
@@ -73,10 +66,7 @@ impl McpServer {
 impl ServerHandler for McpServer {
     fn get_info(&self) -> ServerConfig {
         ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
-            .with_server_info(Implementation::new(
-                "context-store",
-                env!("CARGO_PKG_VERSION"),
-            ))
+            .with_server_info(Implementation::new("context-store", env!("CARGO_PKG_VERSION")))
             .with_instructions(INSTRUCTIONS)
     }
 
@@ -99,7 +89,7 @@ impl ServerHandler for McpServer {
     ) -> Result<CallToolResponse, McpError> {
         let principal = self.principal(&context);
         let arguments = request.arguments.map(Value::Object).unwrap_or(Value::Null);
-        let result = timed_call(&self.service, &principal, &request.name, arguments).await;
+        let result = timed_call(&self.service, &self.auth, &principal, &request.name, arguments).await;
         Ok(match result {
             Ok(value) => CallToolResult::structured(value),
             Err(err) => CallToolResult::structured_error(err.to_json()),
@@ -111,43 +101,33 @@ impl ServerHandler for McpServer {
 /// Calls a tool and records its count (by status) and latency.
 pub async fn timed_call(
     service: &ContextService,
+    auth: &Authenticator,
     principal: &Principal,
     name: &str,
     arguments: Value,
 ) -> Result<Value, tools::ToolError> {
     let started = Instant::now();
-    let result = tools::call(service, principal, name, arguments).await;
+    let result = tools::call(service, auth, principal, name, arguments).await;
     let metrics = service.metrics();
     // Unknown names share one label so callers cannot grow the label set.
-    let label = if result
-        .as_ref()
-        .is_err_and(|e| e.message.starts_with("no tool named"))
-    {
-        "unknown"
-    } else {
-        name
-    };
+    let label = if result.as_ref().is_err_and(|e| e.message.starts_with("no tool named")) { "unknown" } else { name };
     let status = match &result {
         Ok(_) => "ok",
         Err(err) => err.code.as_str(),
     };
-    metrics
-        .tool_requests
-        .with_label_values(&[label, status])
-        .inc();
-    metrics
-        .tool_latency
-        .with_label_values(&[label])
-        .observe(started.elapsed().as_secs_f64());
+    metrics.tool_requests.with_label_values(&[label, status]).inc();
+    metrics.tool_latency.with_label_values(&[label]).observe(started.elapsed().as_secs_f64());
     result
 }
 
 /// Serves MCP over stdin/stdout until the client disconnects.
-pub async fn serve_stdio(service: Arc<ContextService>, principal: Principal) -> anyhow::Result<()> {
+pub async fn serve_stdio(
+    service: Arc<ContextService>,
+    auth: Arc<Authenticator>,
+    principal: Principal,
+) -> anyhow::Result<()> {
     use rmcp::ServiceExt;
-    let running = McpServer::new(service, principal)
-        .serve(rmcp::transport::stdio())
-        .await?;
+    let running = McpServer::new(service, auth, principal).serve(rmcp::transport::stdio()).await?;
     running.waiting().await?;
     Ok(())
 }

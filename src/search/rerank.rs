@@ -16,10 +16,7 @@ const MAX_SCORED_CHARS: usize = 4096;
 /// Lower-cases and keeps letters and digits, with single spaces between words.
 pub fn normalise(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
-    for word in text
-        .split(|c: char| !c.is_alphanumeric())
-        .filter(|w| !w.is_empty())
-    {
+    for word in text.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()) {
         if !out.is_empty() {
             out.push(' ');
         }
@@ -43,10 +40,7 @@ impl FuzzyQuery {
             .map(|t| (t.to_string(), RatioBatchComparator::new(t.chars())))
             .collect();
         let total_weight = tokens.iter().map(|(t, _)| t.chars().count() as f64).sum();
-        Self {
-            tokens,
-            total_weight,
-        }
+        Self { tokens, total_weight }
     }
 
     /// Similarity in [0, 1] of the query to a normalised text.
@@ -64,10 +58,7 @@ impl FuzzyQuery {
             let best = if words.contains(token.as_str()) {
                 1.0
             } else {
-                words
-                    .iter()
-                    .map(|w| comparator.similarity(w.chars()))
-                    .fold(0.0_f64, f64::max)
+                words.iter().map(|w| comparator.similarity(w.chars())).fold(0.0_f64, f64::max)
             };
             weighted += best * token.chars().count() as f64;
         }

@@ -3,15 +3,14 @@
 use uuid::Uuid;
 
 use super::{
-    ContextList, ContextService, DeleteContextRequest, DeleteContextResponse, GetContextRequest,
-    GetContextResponse, GetRelatedRequest, LinkContextsRequest, LinkContextsResponse,
-    ListContextsRequest, RelatedItem, RelatedList, StoreContextRequest, StoreContextResponse,
-    UpdateContextRequest, parse_id_cursor,
+    ContextList, ContextService, DeleteContextRequest, DeleteContextResponse, GetContextRequest, GetContextResponse,
+    GetRelatedRequest, LinkContextsRequest, LinkContextsResponse, ListContextsRequest, RelatedItem, RelatedList,
+    StoreContextRequest, StoreContextResponse, UpdateContextRequest, parse_id_cursor,
 };
 use crate::auth::{Permission, Principal};
 use crate::domain::{
-    Context, ContextFilter, ReadScope, Relation, Timestamp, content_hash, limits, parse_content,
-    parse_identifier, parse_limit, parse_metadata, parse_tags, parse_ttl, parse_type, parse_uuid,
+    Context, ContextFilter, ReadScope, Relation, Timestamp, content_hash, limits, parse_content, parse_identifier,
+    parse_limit, parse_metadata, parse_tags, parse_ttl, parse_type, parse_uuid,
 };
 use crate::error::{ServiceError, ServiceResult};
 use crate::store::{InsertOutcome, VectorPoint};
@@ -22,35 +21,22 @@ const MAX_RELATED_NODES: usize = 1000;
 impl ContextService {
     async fn embed_one(&self, text: &str) -> ServiceResult<Vec<f32>> {
         let mut vectors = self.embedder.embed(vec![text.to_string()]).await?;
-        vectors
-            .pop()
-            .ok_or_else(|| ServiceError::Internal("embedder returned no vector".into()))
+        vectors.pop().ok_or_else(|| ServiceError::Internal("embedder returned no vector".into()))
     }
 
     /// A live context the scope may see; hidden and missing contexts are both `not_found`.
     async fn visible_context(&self, id: Uuid, scope: &ReadScope) -> ServiceResult<Context> {
         match self.graph.get_context(id).await? {
-            Some(context) if scope.may_see(&context) && !context.is_expired(Timestamp::now()) => {
-                Ok(context)
-            }
+            Some(context) if scope.may_see(&context) && !context.is_expired(Timestamp::now()) => Ok(context),
             _ => Err(ServiceError::NotFound(format!("context {id}"))),
         }
     }
 
     /// A context the acting agent may change: visible, and authored by it (or the caller is an admin).
-    async fn writable_context(
-        &self,
-        principal: &Principal,
-        agent: &str,
-        id: Uuid,
-    ) -> ServiceResult<Context> {
-        let context = self
-            .visible_context(id, &principal.read_scope(agent))
-            .await?;
+    async fn writable_context(&self, principal: &Principal, agent: &str, id: Uuid) -> ServiceResult<Context> {
+        let context = self.visible_context(id, &principal.read_scope(agent)).await?;
         if context.agent_id != agent && !principal.permissions.admin {
-            return Err(ServiceError::PermissionDenied(
-                "only the author or an admin may change a context".into(),
-            ));
+            return Err(ServiceError::PermissionDenied("only the author or an admin may change a context".into()));
         }
         Ok(context)
     }
@@ -79,51 +65,31 @@ impl ContextService {
             version: 1,
             expires_at: parse_ttl(request.ttl_seconds, now)?,
         };
+        if !principal.may_use_session(&context.session_id) {
+            return Err(ServiceError::NotFound(format!("session '{}'", context.session_id)));
+        }
         let scope = principal.read_scope(&agent_id);
-        if let Some(existing) = self
-            .graph
-            .find_duplicate(&context.session_id, &context.content_hash, &scope)
-            .await?
-        {
-            return Ok(StoreContextResponse {
-                context: existing,
-                deduplicated: true,
-            });
+        if let Some(existing) = self.graph.find_duplicate(&context.session_id, &context.content_hash, &scope).await? {
+            return Ok(StoreContextResponse { context: existing, deduplicated: true });
         }
         let embedding = self.embed_one(&context.content).await?;
-        let journal_seq = match self
-            .graph
-            .insert_context(&context, &embedding, &scope)
-            .await
-        {
+        let journal_seq = match self.graph.insert_context(&context, &embedding, &scope).await {
             Ok(InsertOutcome::Inserted { journal_seq }) => journal_seq,
             Ok(InsertOutcome::Duplicate(existing)) => {
-                return Ok(StoreContextResponse {
-                    context: *existing,
-                    deduplicated: true,
-                });
+                return Ok(StoreContextResponse { context: *existing, deduplicated: true });
             }
             Err(crate::error::StoreError::NotFound) => {
-                return Err(ServiceError::NotFound(format!(
-                    "session '{}'",
-                    context.session_id
-                )));
+                return Err(ServiceError::NotFound(format!("session '{}'", context.session_id)));
             }
             Err(other) => return Err(other.into()),
         };
-        let point = VectorPoint {
-            context: context.clone(),
-            vector: embedding,
-        };
+        let point = VectorPoint { context: context.clone(), vector: embedding };
         if let Err(err) = self.vectors.upsert(vec![point]).await {
             self.graph.rollback_insert(context.id, journal_seq).await?;
             return Err(err.into());
         }
         self.written(journal_seq);
-        Ok(StoreContextResponse {
-            context,
-            deduplicated: false,
-        })
+        Ok(StoreContextResponse { context, deduplicated: false })
     }
 
     pub async fn get_context(
@@ -134,39 +100,21 @@ impl ContextService {
         principal.require(Permission::Read)?;
         let agent = principal.acting_agent(request.agent_id.as_deref())?;
         let id = parse_uuid("id", &request.id)?;
-        let context = self
-            .visible_context(id, &principal.read_scope(&agent))
-            .await?;
-        let versions = if request.include_versions {
-            self.graph.context_versions(id).await?
-        } else {
-            Vec::new()
-        };
+        let context = self.visible_context(id, &principal.read_scope(&agent)).await?;
+        let versions = if request.include_versions { self.graph.context_versions(id).await? } else { Vec::new() };
         Ok(GetContextResponse { context, versions })
     }
 
-    pub async fn update_context(
-        &self,
-        principal: &Principal,
-        request: UpdateContextRequest,
-    ) -> ServiceResult<Context> {
+    pub async fn update_context(&self, principal: &Principal, request: UpdateContextRequest) -> ServiceResult<Context> {
         principal.require(Permission::Write)?;
         let agent = principal.acting_agent(request.agent_id.as_deref())?;
         let id = parse_uuid("id", &request.id)?;
         let now = Timestamp::now();
         // Validate everything before touching any store.
         let content = request.content.as_deref().map(parse_content).transpose()?;
-        let context_type = request
-            .context_type
-            .as_deref()
-            .map(|t| parse_type(Some(t)))
-            .transpose()?;
+        let context_type = request.context_type.as_deref().map(|t| parse_type(Some(t))).transpose()?;
         let tags = request.tags.as_deref().map(parse_tags).transpose()?;
-        let metadata = request
-            .metadata
-            .as_ref()
-            .map(|m| parse_metadata(Some(m)))
-            .transpose()?;
+        let metadata = request.metadata.as_ref().map(|m| parse_metadata(Some(m))).transpose()?;
         let expires_at = parse_ttl(request.ttl_seconds, now)?;
 
         let _ordered = self.item_lock(id).lock().await;
@@ -205,16 +153,10 @@ impl ContextService {
             self.embed_one(&updated.content).await?
         } else {
             let mut entries = self.graph.index_entries(&[id]).await?;
-            entries
-                .pop()
-                .map(|e| e.embedding)
-                .ok_or_else(|| ServiceError::NotFound(format!("context {id}")))?
+            entries.pop().map(|e| e.embedding).ok_or_else(|| ServiceError::NotFound(format!("context {id}")))?
         };
         let (journal_seq, previous) = self.graph.update_context(&updated, &embedding).await?;
-        let point = VectorPoint {
-            context: updated.clone(),
-            vector: embedding,
-        };
+        let point = VectorPoint { context: updated.clone(), vector: embedding };
         if let Err(err) = self.vectors.upsert(vec![point]).await {
             self.graph.rollback_update(&previous, journal_seq).await?;
             return Err(err.into());
@@ -233,20 +175,14 @@ impl ContextService {
         let id = parse_uuid("id", &request.id)?;
         let _ordered = self.item_lock(id).lock().await;
         self.writable_context(principal, &agent, id).await?;
-        let (journal_seq, _deleted) = self
-            .graph
-            .delete_context(id, request.expected_version)
-            .await?;
+        let (journal_seq, _deleted) = self.graph.delete_context(id, request.expected_version).await?;
         if let Err(err) = self.vectors.delete(&[id]).await {
             self.graph.rollback_delete(id, journal_seq).await?;
             return Err(err.into());
         }
         self.graph.purge_context(id).await?;
         self.written(journal_seq);
-        Ok(DeleteContextResponse {
-            id: id.to_string(),
-            deleted: true,
-        })
+        Ok(DeleteContextResponse { id: id.to_string(), deleted: true })
     }
 
     pub async fn list_contexts(
@@ -256,11 +192,7 @@ impl ContextService {
     ) -> ServiceResult<ContextList> {
         principal.require(Permission::Read)?;
         let agent = principal.acting_agent(request.agent_id.as_deref())?;
-        let filter = ContextFilter::parse(
-            request.filter,
-            principal.read_scope(&agent),
-            Timestamp::now(),
-        )?;
+        let filter = ContextFilter::parse(request.filter, principal.read_scope(&agent), Timestamp::now())?;
         let limit = parse_limit(request.limit)?;
         let after = parse_id_cursor(request.cursor.as_deref())?;
         let mut contexts = self.graph.list_contexts(&filter, after, limit + 1).await?;
@@ -270,10 +202,7 @@ impl ContextService {
         } else {
             None
         };
-        Ok(ContextList {
-            contexts,
-            next_cursor,
-        })
+        Ok(ContextList { contexts, next_cursor })
     }
 
     pub async fn link_contexts(
@@ -290,82 +219,43 @@ impl ContextService {
         let metadata = parse_metadata(request.metadata.as_ref())?;
         self.visible_context(from_id, &scope).await?;
         self.visible_context(to_id, &scope).await?;
-        let edge = Relation {
-            from_id,
-            to_id,
-            relation: relation.clone(),
-            metadata,
-            created_at: Timestamp::now(),
-        };
+        let edge = Relation { from_id, to_id, relation: relation.clone(), metadata, created_at: Timestamp::now() };
         self.graph.link(&edge).await.map_err(|err| match err {
             crate::error::StoreError::NotFound => ServiceError::NotFound("context".into()),
             other => other.into(),
         })?;
-        self.generation
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        Ok(LinkContextsResponse {
-            from_id: from_id.to_string(),
-            to_id: to_id.to_string(),
-            relation,
-        })
+        self.generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(LinkContextsResponse { from_id: from_id.to_string(), to_id: to_id.to_string(), relation })
     }
 
-    pub async fn get_related(
-        &self,
-        principal: &Principal,
-        request: GetRelatedRequest,
-    ) -> ServiceResult<RelatedList> {
+    pub async fn get_related(&self, principal: &Principal, request: GetRelatedRequest) -> ServiceResult<RelatedList> {
         principal.require(Permission::Read)?;
         let agent = principal.acting_agent(request.agent_id.as_deref())?;
         let scope = principal.read_scope(&agent);
         let id = parse_uuid("id", &request.id)?;
         let depth = request.depth.unwrap_or(1);
         if !(1..=limits::MAX_RELATED_DEPTH).contains(&depth) {
-            return Err(ServiceError::invalid(format!(
-                "depth must be between 1 and {}",
-                limits::MAX_RELATED_DEPTH
-            )));
+            return Err(ServiceError::invalid(format!("depth must be between 1 and {}", limits::MAX_RELATED_DEPTH)));
         }
-        let relation = request
-            .relation
-            .as_deref()
-            .map(|r| parse_identifier("relation", r))
-            .transpose()?;
+        let relation = request.relation.as_deref().map(|r| parse_identifier("relation", r)).transpose()?;
         let limit = parse_limit(request.limit)?;
         let offset: usize = match request.cursor.as_deref() {
             None => 0,
-            Some(c) => c
-                .parse()
-                .map_err(|_| ServiceError::invalid("cursor is not one this service issued"))?,
+            Some(c) => c.parse().map_err(|_| ServiceError::invalid("cursor is not one this service issued"))?,
         };
         self.visible_context(id, &scope).await?;
         let now = Timestamp::now();
         let visible: Vec<RelatedItem> = self
             .graph
-            .related(
-                id,
-                depth,
-                relation.as_deref(),
-                request.both_directions,
-                MAX_RELATED_NODES,
-            )
+            .related(id, depth, relation.as_deref(), request.both_directions, MAX_RELATED_NODES)
             .await?
             .into_iter()
             .filter(|r| scope.may_see(&r.context) && !r.context.is_expired(now))
-            .map(|r| RelatedItem {
-                context: r.context,
-                depth: r.depth,
-                relation: r.relation,
-                via: r.via.to_string(),
-            })
+            .map(|r| RelatedItem { context: r.context, depth: r.depth, relation: r.relation, via: r.via.to_string() })
             .collect();
         let total = visible.len();
         let related: Vec<RelatedItem> = visible.into_iter().skip(offset).take(limit).collect();
-        let next_cursor =
-            (offset + related.len() < total).then(|| (offset + related.len()).to_string());
-        Ok(RelatedList {
-            related,
-            next_cursor,
-        })
+        let next_cursor = (offset + related.len() < total).then(|| (offset + related.len()).to_string());
+        Ok(RelatedList { related, next_cursor })
     }
 }

@@ -47,20 +47,10 @@ impl ContextService {
             ids.sort();
             ids.dedup();
             let entries = self.graph.index_entries(&ids).await?;
-            let live: std::collections::HashSet<Uuid> =
-                entries.iter().map(|e| e.context.id).collect();
-            let gone: Vec<Uuid> = ids
-                .iter()
-                .copied()
-                .filter(|id| !live.contains(id))
-                .collect();
-            let points: Vec<VectorPoint> = entries
-                .into_iter()
-                .map(|e| VectorPoint {
-                    context: e.context,
-                    vector: e.embedding,
-                })
-                .collect();
+            let live: std::collections::HashSet<Uuid> = entries.iter().map(|e| e.context.id).collect();
+            let gone: Vec<Uuid> = ids.iter().copied().filter(|id| !live.contains(id)).collect();
+            let points: Vec<VectorPoint> =
+                entries.into_iter().map(|e| VectorPoint { context: e.context, vector: e.embedding }).collect();
             if !points.is_empty() {
                 self.vectors.upsert(points).await?;
             }
@@ -76,17 +66,13 @@ impl ContextService {
 
     /// Flushes the vector store and clears the journal entries whose writes it now holds durably.
     pub async fn flush(&self) -> ServiceResult<usize> {
-        let taken: Vec<i64> =
-            std::mem::take(&mut *self.applied.lock().unwrap_or_else(|e| e.into_inner()));
+        let taken: Vec<i64> = std::mem::take(&mut *self.applied.lock().unwrap_or_else(|e| e.into_inner()));
         if taken.is_empty() {
             return Ok(0);
         }
         if let Err(err) = self.vectors.flush().await {
             // Put them back: they stay pending until a flush succeeds.
-            self.applied
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .extend(&taken);
+            self.applied.lock().unwrap_or_else(|e| e.into_inner()).extend(&taken);
             return Err(err.into());
         }
         self.graph.clear_pending(&taken).await?;
@@ -103,13 +89,7 @@ impl ContextService {
             let Some(last) = entries.last() else { break };
             after = Some(last.context.id);
             done += entries.len() as u64;
-            let points = entries
-                .into_iter()
-                .map(|e| VectorPoint {
-                    context: e.context,
-                    vector: e.embedding,
-                })
-                .collect();
+            let points = entries.into_iter().map(|e| VectorPoint { context: e.context, vector: e.embedding }).collect();
             self.vectors.upsert(points).await?;
             progress(done);
         }

@@ -75,10 +75,8 @@ impl ContextService {
         metrics: Arc<Metrics>,
         options: ServiceOptions,
     ) -> Self {
-        let search_cache = Cache::builder()
-            .max_capacity(options.search_cache_entries)
-            .time_to_live(options.search_cache_ttl)
-            .build();
+        let search_cache =
+            Cache::builder().max_capacity(options.search_cache_entries).time_to_live(options.search_cache_ttl).build();
         Self {
             graph,
             vectors,
@@ -88,9 +86,7 @@ impl ContextService {
             search_cache,
             generation: AtomicU64::new(0),
             applied: Mutex::new(Vec::new()),
-            item_locks: (0..ITEM_LOCKS)
-                .map(|_| tokio::sync::Mutex::new(()))
-                .collect(),
+            item_locks: (0..ITEM_LOCKS).map(|_| tokio::sync::Mutex::new(())).collect(),
         }
     }
 
@@ -115,36 +111,36 @@ impl ContextService {
     /// entry for clearing after the next flush.
     fn written(&self, journal_seq: i64) {
         self.generation.fetch_add(1, Ordering::SeqCst);
-        self.applied
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(journal_seq);
+        self.applied.lock().unwrap_or_else(|e| e.into_inner()).push(journal_seq);
     }
 
     /// Stores and embedder answer: the readiness check.
     pub async fn ready(&self) -> ServiceResult<()> {
         self.graph.counts().await?;
         self.vectors.count().await?;
-        self.embedder
-            .embed(vec!["readiness probe".to_string()])
-            .await?;
+        self.embedder.embed(vec!["readiness probe".to_string()]).await?;
         Ok(())
     }
 
-    /// Item counts and cache effectiveness, for the get_metrics tool.
-    pub async fn metrics_summary(
-        &self,
-        principal: &crate::auth::Principal,
-    ) -> ServiceResult<MetricsSummary> {
+    /// Cache effectiveness for everyone; store-wide item counts only for admins (they describe data the
+    /// caller may not see).
+    pub async fn metrics_summary(&self, principal: &crate::auth::Principal) -> ServiceResult<MetricsSummary> {
         principal.require(crate::auth::Permission::Read)?;
-        let counts = self.graph.counts().await?;
         let metrics = &self.metrics;
+        let items = if principal.permissions.admin {
+            let counts = self.graph.counts().await?;
+            Some(ItemCounts {
+                sessions: counts.sessions,
+                contexts: counts.contexts,
+                agent_states: counts.agent_states,
+                pending_index: counts.pending_index,
+                vectors: self.vectors.count().await?,
+            })
+        } else {
+            None
+        };
         Ok(MetricsSummary {
-            sessions: counts.sessions,
-            contexts: counts.contexts,
-            agent_states: counts.agent_states,
-            pending_index: counts.pending_index,
-            vectors: self.vectors.count().await?,
+            items,
             embed_cache_hits: metrics.embed_cache_hits.get(),
             embed_cache_misses: metrics.embed_cache_misses.get(),
             embed_cache_hit_ratio: metrics.embed_cache_ratio(),
@@ -157,21 +153,11 @@ impl ContextService {
     pub async fn refresh_item_metrics(&self) -> ServiceResult<()> {
         let counts = self.graph.counts().await?;
         let items = &self.metrics.items;
-        items
-            .with_label_values(&["sessions"])
-            .set(counts.sessions as i64);
-        items
-            .with_label_values(&["contexts"])
-            .set(counts.contexts as i64);
-        items
-            .with_label_values(&["agent_states"])
-            .set(counts.agent_states as i64);
-        items
-            .with_label_values(&["pending_index"])
-            .set(counts.pending_index as i64);
-        items
-            .with_label_values(&["vectors"])
-            .set(self.vectors.count().await? as i64);
+        items.with_label_values(&["sessions"]).set(counts.sessions as i64);
+        items.with_label_values(&["contexts"]).set(counts.contexts as i64);
+        items.with_label_values(&["agent_states"]).set(counts.agent_states as i64);
+        items.with_label_values(&["pending_index"]).set(counts.pending_index as i64);
+        items.with_label_values(&["vectors"]).set(self.vectors.count().await? as i64);
         Ok(())
     }
 }
@@ -179,9 +165,6 @@ impl ContextService {
 /// Parses an opaque cursor that carries a context id.
 fn parse_id_cursor(cursor: Option<&str>) -> ServiceResult<Option<Uuid>> {
     cursor
-        .map(|c| {
-            Uuid::parse_str(c)
-                .map_err(|_| ServiceError::invalid("cursor is not one this service issued"))
-        })
+        .map(|c| Uuid::parse_str(c).map_err(|_| ServiceError::invalid("cursor is not one this service issued")))
         .transpose()
 }

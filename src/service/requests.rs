@@ -5,9 +5,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-pub use crate::domain::{
-    AgentState, Context, ContextFilterArgs, ContextVersion, Session, Visibility,
-};
+pub use crate::domain::{AgentState, Context, ContextFilterArgs, ContextVersion, Session, Visibility};
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -396,13 +394,20 @@ pub struct DeleteAgentStateResponse {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
-pub struct MetricsSummary {
+pub struct ItemCounts {
     pub sessions: u64,
     pub contexts: u64,
     pub agent_states: u64,
     /// Writes whose vector side is not yet flushed.
     pub pending_index: u64,
     pub vectors: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct MetricsSummary {
+    /// Store-wide counts; present for admins only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub items: Option<ItemCounts>,
     pub embed_cache_hits: u64,
     pub embed_cache_misses: u64,
     pub embed_cache_hit_ratio: f64,

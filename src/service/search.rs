@@ -4,10 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use super::{
-    ContextService, RelatedSummary, ScoreBreakdown, SearchHit, SearchMode, SearchRequest,
-    SearchResponse,
-};
+use super::{ContextService, RelatedSummary, ScoreBreakdown, SearchHit, SearchMode, SearchRequest, SearchResponse};
 use crate::auth::{Permission, Principal};
 use crate::domain::{Context, ContextFilter, Timestamp, limits, parse_limit};
 use crate::error::{ServiceError, ServiceResult};
@@ -33,28 +30,19 @@ fn unit_interval(field: &str, value: Option<f64>, default: f64) -> ServiceResult
     if (0.0..=1.0).contains(&value) {
         Ok(value)
     } else {
-        Err(ServiceError::invalid(format!(
-            "{field} must be between 0 and 1"
-        )))
+        Err(ServiceError::invalid(format!("{field} must be between 0 and 1")))
     }
 }
 
 impl ContextService {
-    fn plan_search(
-        &self,
-        principal: &Principal,
-        request: SearchRequest,
-    ) -> ServiceResult<SearchPlan> {
+    fn plan_search(&self, principal: &Principal, request: SearchRequest) -> ServiceResult<SearchPlan> {
         let agent = principal.acting_agent(request.agent_id.as_deref())?;
         let query = request.query.trim().to_string();
         if query.is_empty() {
             return Err(ServiceError::invalid("query must not be empty"));
         }
         if query.chars().count() > limits::MAX_QUERY_CHARS {
-            return Err(ServiceError::invalid(format!(
-                "query must be at most {} characters",
-                limits::MAX_QUERY_CHARS
-            )));
+            return Err(ServiceError::invalid(format!("query must be at most {} characters", limits::MAX_QUERY_CHARS)));
         }
         let limit = parse_limit(request.limit)?;
         let candidates = request.candidates.unwrap_or((4 * limit).max(40));
@@ -67,19 +55,11 @@ impl ContextService {
         Ok(SearchPlan {
             normalised: normalise(&query),
             query,
-            filter: ContextFilter::parse(
-                request.filter,
-                principal.read_scope(&agent),
-                Timestamp::now(),
-            )?,
+            filter: ContextFilter::parse(request.filter, principal.read_scope(&agent), Timestamp::now())?,
             limit,
             candidates,
             fuzzy_threshold: unit_interval("fuzzy_threshold", request.fuzzy_threshold, 0.0)?,
-            vector_weight: unit_interval(
-                "vector_weight",
-                request.vector_weight,
-                self.options.default_vector_weight,
-            )?,
+            vector_weight: unit_interval("vector_weight", request.vector_weight, self.options.default_vector_weight)?,
             expand_related: request.expand_related,
         })
     }
@@ -100,11 +80,7 @@ impl ContextService {
         )
     }
 
-    pub async fn search(
-        &self,
-        principal: &Principal,
-        request: SearchRequest,
-    ) -> ServiceResult<SearchResponse> {
+    pub async fn search(&self, principal: &Principal, request: SearchRequest) -> ServiceResult<SearchResponse> {
         principal.require(Permission::Read)?;
         let plan = self.plan_search(principal, request)?;
         let key = self.cache_key(&plan);
@@ -120,54 +96,29 @@ impl ContextService {
         let response = self.run_search(&plan).await?;
         // A degraded answer is not cached: the next call should try the embedder again.
         if response.mode == SearchMode::Hybrid {
-            self.search_cache
-                .insert(key, Arc::new(response.clone()))
-                .await;
+            self.search_cache.insert(key, Arc::new(response.clone())).await;
         }
         Ok(response)
     }
 
     async fn run_search(&self, plan: &SearchPlan) -> ServiceResult<SearchResponse> {
         let fuzzy = FuzzyQuery::new(&plan.normalised);
-        let (mode, degraded_reason, scored) = match self
-            .embedder
-            .embed(vec![plan.query.clone()])
-            .await
-        {
+        let (mode, degraded_reason, scored) = match self.embedder.embed(vec![plan.query.clone()]).await {
             Ok(mut vectors) => {
-                let vector = vectors
-                    .pop()
-                    .ok_or_else(|| ServiceError::Internal("no query vector".into()))?;
-                let hits = self
-                    .vectors
-                    .search(vector, &plan.filter, plan.candidates, false)
-                    .await?;
-                let scored: Vec<(Context, f64)> = hits
-                    .into_iter()
-                    .map(|h| (h.context, h.score as f64))
-                    .collect();
+                let vector = vectors.pop().ok_or_else(|| ServiceError::Internal("no query vector".into()))?;
+                let hits = self.vectors.search(vector, &plan.filter, plan.candidates, false).await?;
+                let scored: Vec<(Context, f64)> = hits.into_iter().map(|h| (h.context, h.score as f64)).collect();
                 (SearchMode::Hybrid, None, scored)
             }
             Err(err) => {
                 tracing::warn!(error = %err, "embedder unavailable; searching by fuzzy similarity only");
-                let contexts = self
-                    .vectors
-                    .scroll(&plan.filter, self.options.fuzzy_fallback_scan)
-                    .await?;
+                let contexts = self.vectors.scroll(&plan.filter, self.options.fuzzy_fallback_scan).await?;
                 let scored = contexts.into_iter().map(|c| (c, 0.0)).collect();
-                (
-                    SearchMode::FuzzyOnly,
-                    Some(format!("embedder unavailable: {err}")),
-                    scored,
-                )
+                (SearchMode::FuzzyOnly, Some(format!("embedder unavailable: {err}")), scored)
             }
         };
         let candidates = scored.len();
-        let vector_weight = if mode == SearchMode::FuzzyOnly {
-            0.0
-        } else {
-            plan.vector_weight
-        };
+        let vector_weight = if mode == SearchMode::FuzzyOnly { 0.0 } else { plan.vector_weight };
         let mut hits: Vec<SearchHit> = scored
             .into_iter()
             .filter(|(context, _)| plan.filter.matches(context))
@@ -189,13 +140,7 @@ impl ContextService {
         if plan.expand_related {
             self.expand_related(plan, &mut hits).await?;
         }
-        Ok(SearchResponse {
-            hits,
-            mode,
-            degraded_reason,
-            candidates,
-            cached: false,
-        })
+        Ok(SearchResponse { hits, mode, degraded_reason, candidates, cached: false })
     }
 
     /// Adds each hit's directly related, visible contexts: one graph call for all hits.
@@ -203,9 +148,7 @@ impl ContextService {
         let ids: Vec<uuid::Uuid> = hits.iter().map(|h| h.context.id).collect();
         let mut by_hit: HashMap<uuid::Uuid, Vec<RelatedSummary>> = HashMap::new();
         for (start, related) in self.graph.neighbours(&ids, RELATED_PER_HIT).await? {
-            if plan.filter.scope.may_see(&related.context)
-                && !related.context.is_expired(plan.filter.now)
-            {
+            if plan.filter.scope.may_see(&related.context) && !related.context.is_expired(plan.filter.now) {
                 by_hit.entry(start).or_default().push(RelatedSummary {
                     id: related.context.id.to_string(),
                     relation: related.relation,

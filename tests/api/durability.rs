@@ -3,9 +3,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use context_store::domain::{
-    Context, ContextFilterArgs, ReadScope, Timestamp, Visibility, content_hash,
-};
+use context_store::domain::{Context, ContextFilterArgs, ReadScope, Timestamp, Visibility, content_hash};
 use context_store::error::ErrorCode;
 use context_store::service::{GetContextRequest, SearchRequest, UpdateContextRequest};
 use context_store::store::InsertOutcome;
@@ -50,57 +48,34 @@ async fn a_failed_vector_write_leaves_no_graph_node_and_no_journal_entry() {
     app.vectors.failing_writes.store(false, Ordering::SeqCst);
 
     let counts = app.service().graph().counts().await.unwrap();
-    assert_eq!(
-        counts.contexts, 1,
-        "the failed store left no context behind"
-    );
+    assert_eq!(counts.contexts, 1, "the failed store left no context behind");
     let current = app
         .service()
         .get_context(
             &app.principal,
-            GetContextRequest {
-                id: kept.context.id.to_string(),
-                include_versions: true,
-                agent_id: None,
-            },
+            GetContextRequest { id: kept.context.id.to_string(), include_versions: true, agent_id: None },
         )
         .await
         .unwrap();
     assert_eq!(current.context.content, "original text");
     assert_eq!(current.context.version, 1);
-    assert!(
-        current.versions.is_empty(),
-        "the failed update left no version behind"
-    );
+    assert!(current.versions.is_empty(), "the failed update left no version behind");
     // Only the first store's journal entry may remain, and only until the next flush.
     app.service().flush().await.unwrap();
-    assert_eq!(
-        app.service().graph().counts().await.unwrap().pending_index,
-        0
-    );
+    assert_eq!(app.service().graph().counts().await.unwrap().pending_index, 0);
 }
 
 #[tokio::test]
 async fn everything_is_there_after_a_restart() {
     let app = TestCore::start().await;
     app.session("s1").await;
-    let stored = app
-        .store(
-            "s1",
-            "alice",
-            "Remember to rotate the API keys every ninety days",
-        )
-        .await;
+    let stored = app.store("s1", "alice", "Remember to rotate the API keys every ninety days").await;
     let app = app.restart().await;
     let got = app
         .service()
         .get_context(
             &app.principal,
-            GetContextRequest {
-                id: stored.context.id.to_string(),
-                include_versions: false,
-                agent_id: None,
-            },
+            GetContextRequest { id: stored.context.id.to_string(), include_versions: false, agent_id: None },
         )
         .await
         .unwrap();
@@ -109,10 +84,7 @@ async fn everything_is_there_after_a_restart() {
         .service()
         .search(
             &app.principal,
-            SearchRequest {
-                query: "how often should keys be rotated".into(),
-                ..Default::default()
-            },
+            SearchRequest { query: "how often should keys be rotated".into(), ..Default::default() },
         )
         .await
         .unwrap();
@@ -140,44 +112,15 @@ async fn journaled_items_missing_from_the_vector_store_are_repaired_at_start_up(
         expires_at: None,
         content_hash: content_hash("written to the graph only"),
     };
-    let vector = crate::helpers::model()
-        .embed(vec![context.content.clone()])
-        .await
-        .unwrap()
-        .remove(0);
-    let scope = ReadScope {
-        agent_id: "alice".into(),
-        admin: false,
-    };
-    let outcome = app
-        .service()
-        .graph()
-        .insert_context(&context, &vector, &scope)
-        .await
-        .unwrap();
+    let vector = crate::helpers::model().embed(vec![context.content.clone()]).await.unwrap().remove(0);
+    let scope = ReadScope { agent_id: "alice".into(), admin: false, sessions: None };
+    let outcome = app.service().graph().insert_context(&context, &vector, &scope).await.unwrap();
     assert!(matches!(outcome, InsertOutcome::Inserted { .. }));
-    assert!(
-        app.service()
-            .vectors()
-            .existing_ids(&[context.id])
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(app.service().vectors().existing_ids(&[context.id]).await.unwrap().is_empty());
 
     let app = app.restart().await;
-    assert_eq!(
-        app.service()
-            .vectors()
-            .existing_ids(&[context.id])
-            .await
-            .unwrap(),
-        vec![context.id]
-    );
-    assert_eq!(
-        app.service().graph().counts().await.unwrap().pending_index,
-        0
-    );
+    assert_eq!(app.service().vectors().existing_ids(&[context.id]).await.unwrap(), vec![context.id]);
+    assert_eq!(app.service().graph().counts().await.unwrap().pending_index, 0);
 }
 
 /// Runs the hidden `crash-writer` command, collects acknowledged ids for a while, then kills it with
@@ -233,20 +176,13 @@ async fn every_acknowledged_write_survives_kill_9_under_concurrent_writers() {
     let mut all = Vec::new();
     for round in 0..2 {
         let acked = run_and_kill(dir.path(), Duration::from_millis(1500 + 700 * round));
-        assert!(
-            !acked.is_empty(),
-            "round {round}: the writer acknowledged nothing"
-        );
+        assert!(!acked.is_empty(), "round {round}: the writer acknowledged nothing");
         all.extend(acked);
     }
     let app = TestCore::start_in(dir).await;
     let ids: Vec<Uuid> = all.iter().map(|(id, _)| *id).collect();
     let in_graph = app.service().graph().get_contexts(&ids).await.unwrap();
-    assert_eq!(
-        in_graph.len(),
-        ids.len(),
-        "every acknowledged write is in the graph"
-    );
+    assert_eq!(in_graph.len(), ids.len(), "every acknowledged write is in the graph");
     for context in &in_graph {
         let expected = &all.iter().find(|(id, _)| *id == context.id).unwrap().1;
         assert_eq!(&context.content, expected);
@@ -255,16 +191,9 @@ async fn every_acknowledged_write_survives_kill_9_under_concurrent_writers() {
     in_vectors.sort();
     let mut sorted = ids.clone();
     sorted.sort();
-    assert_eq!(
-        in_vectors, sorted,
-        "every acknowledged write has its vector"
-    );
+    assert_eq!(in_vectors, sorted, "every acknowledged write has its vector");
     let graph_total = app.service().graph().counts().await.unwrap().contexts;
-    assert_eq!(
-        app.service().vectors().count().await.unwrap(),
-        graph_total,
-        "no vector without its graph item"
-    );
+    assert_eq!(app.service().vectors().count().await.unwrap(), graph_total, "no vector without its graph item");
     // Searchable: a sample of acknowledged texts is found by its own words.
     for (id, content) in all.iter().step_by((all.len() / 5).max(1)) {
         let hits = app
@@ -273,19 +202,13 @@ async fn every_acknowledged_write_survives_kill_9_under_concurrent_writers() {
                 &app.principal,
                 SearchRequest {
                     query: content.clone(),
-                    filter: ContextFilterArgs {
-                        session_id: Some("crash".into()),
-                        ..Default::default()
-                    },
+                    filter: ContextFilterArgs { session_id: Some("crash".into()), ..Default::default() },
                     limit: Some(10),
                     ..Default::default()
                 },
             )
             .await
             .unwrap();
-        assert!(
-            hits.hits.iter().any(|h| h.context.id == *id),
-            "{content} not found by search"
-        );
+        assert!(hits.hits.iter().any(|h| h.context.id == *id), "{content} not found by search");
     }
 }

@@ -15,9 +15,7 @@ use context_store::embed::fastembed::ModelAssets;
 use context_store::embed::{CachedEmbedder, Embedder, FastEmbedder};
 use context_store::error::{StoreError, StoreResult};
 use context_store::metrics::Metrics;
-use context_store::service::{
-    ContextService, CreateSessionRequest, StoreContextRequest, StoreContextResponse,
-};
+use context_store::service::{ContextService, CreateSessionRequest, StoreContextRequest, StoreContextResponse};
 use context_store::store::{VectorHit, VectorPoint, VectorStore};
 use uuid::Uuid;
 
@@ -45,10 +43,7 @@ pub fn model() -> Arc<dyn Embedder> {
 }
 
 pub fn test_settings(data_dir: &Path) -> Settings {
-    let mut settings = Settings {
-        data_dir: data_dir.to_path_buf(),
-        ..Default::default()
-    };
+    let mut settings = Settings { data_dir: data_dir.to_path_buf(), ..Default::default() };
     settings.embedding.assets_dir = assets_dir();
     settings.graph.synchronous = context_store::store::graph::sqlite::Synchronous::Normal;
     settings.vector.flush_interval_ms = 200;
@@ -68,9 +63,7 @@ impl Embedder for SwitchableEmbedder {
     }
     async fn embed(&self, texts: Vec<String>) -> StoreResult<Vec<Vec<f32>>> {
         if self.failing.load(Ordering::SeqCst) {
-            return Err(StoreError::Unavailable(
-                "embedder switched off by the test".into(),
-            ));
+            return Err(StoreError::Unavailable("embedder switched off by the test".into()));
         }
         self.inner.embed(texts).await
     }
@@ -86,27 +79,17 @@ pub struct SwitchableVectors {
 impl VectorStore for SwitchableVectors {
     async fn upsert(&self, points: Vec<VectorPoint>) -> StoreResult<()> {
         if self.failing_writes.load(Ordering::SeqCst) {
-            return Err(StoreError::Unavailable(
-                "vector writes switched off by the test".into(),
-            ));
+            return Err(StoreError::Unavailable("vector writes switched off by the test".into()));
         }
         self.inner.upsert(points).await
     }
     async fn delete(&self, ids: &[Uuid]) -> StoreResult<()> {
         if self.failing_writes.load(Ordering::SeqCst) {
-            return Err(StoreError::Unavailable(
-                "vector writes switched off by the test".into(),
-            ));
+            return Err(StoreError::Unavailable("vector writes switched off by the test".into()));
         }
         self.inner.delete(ids).await
     }
-    async fn search(
-        &self,
-        v: Vec<f32>,
-        f: &ContextFilter,
-        l: usize,
-        e: bool,
-    ) -> StoreResult<Vec<VectorHit>> {
+    async fn search(&self, v: Vec<f32>, f: &ContextFilter, l: usize, e: bool) -> StoreResult<Vec<VectorHit>> {
         self.inner.search(v, f, l, e).await
     }
     async fn scroll(&self, filter: &ContextFilter, limit: usize) -> StoreResult<Vec<Context>> {
@@ -147,25 +130,14 @@ impl TestCore {
             inner: Arc::new(CachedEmbedder::new(model(), 10_000, metrics.clone())),
             failing: AtomicBool::new(false),
         });
-        let graph = context_store::app::open_graph(&settings)
-            .await
-            .expect("graph opens");
+        let graph = context_store::app::open_graph(&settings).await.expect("graph opens");
         let vectors = Arc::new(SwitchableVectors {
-            inner: context_store::app::open_vectors(&settings)
-                .await
-                .expect("vectors open"),
+            inner: context_store::app::open_vectors(&settings).await.expect("vectors open"),
             failing_writes: AtomicBool::new(false),
         });
-        let core = Core::assemble(&settings, graph, vectors.clone(), embedder.clone(), metrics)
-            .await
-            .expect("core starts");
-        Self {
-            core: Some(core),
-            dir,
-            embedder,
-            vectors,
-            principal: Principal::local_trusted("tester"),
-        }
+        let core =
+            Core::assemble(&settings, graph, vectors.clone(), embedder.clone(), metrics).await.expect("core starts");
+        Self { core: Some(core), dir, embedder, vectors, principal: Principal::local_trusted("tester") }
     }
 
     pub fn service(&self) -> &Arc<ContextService> {
@@ -184,11 +156,7 @@ impl TestCore {
         self.service()
             .create_session(
                 &self.principal,
-                CreateSessionRequest {
-                    id: Some(id.into()),
-                    purpose: format!("test {id}"),
-                    ..Default::default()
-                },
+                CreateSessionRequest { id: Some(id.into()), purpose: format!("test {id}"), ..Default::default() },
             )
             .await
             .expect("session created");
@@ -216,6 +184,11 @@ pub use context_store::bench::Sentences;
 pub struct TestApp {
     pub address: String,
     pub http: reqwest::Client,
+    /// The default caller: agent "tester" with read, write and query, all sessions.
+    pub key: String,
+    /// An admin key.
+    pub admin_key: String,
+    pub auth: Arc<context_store::auth::Authenticator>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     dir: Option<tempfile::TempDir>,
@@ -232,14 +205,12 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
     settings.server.port = 0;
     adjust(&mut settings);
     let metrics = Arc::new(Metrics::new());
-    let embedder: Arc<dyn Embedder> =
-        Arc::new(CachedEmbedder::new(model(), 10_000, metrics.clone()));
-    let core = Core::start_with(&settings, embedder, metrics)
-        .await
-        .expect("core starts");
-    let app = context_store::app::App::build_with(settings, core)
-        .await
-        .expect("app binds");
+    let embedder: Arc<dyn Embedder> = Arc::new(CachedEmbedder::new(model(), 10_000, metrics.clone()));
+    let core = Core::start_with(&settings, embedder, metrics).await.expect("core starts");
+    let auth = core.auth.clone();
+    let key = create_key(&auth, "tester", "read,write,query", None);
+    let admin_key = create_key(&auth, "root", "read,write,query,admin", None);
+    let app = context_store::app::App::build_with(settings, core).await.expect("app binds");
     let address = format!("http://127.0.0.1:{}", app.port());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(app.run_until_stopped(async move {
@@ -248,31 +219,51 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
     TestApp {
         address,
         http: reqwest::Client::new(),
+        key,
+        admin_key,
+        auth,
         stop: Some(stop),
         server: Some(server),
         dir: Some(dir),
     }
 }
 
+/// Creates an API key and returns it.
+pub fn create_key(
+    auth: &context_store::auth::Authenticator,
+    agent: &str,
+    permissions: &str,
+    sessions: Option<Vec<String>>,
+) -> String {
+    let new = context_store::auth::NewKey {
+        agent_id: agent.into(),
+        agent_type: "test".into(),
+        permissions: context_store::auth::Permissions::parse(permissions).unwrap(),
+        sessions,
+    };
+    auth.keys().create(&new).expect("key created").1
+}
+
 impl TestApp {
-    /// `POST /mcp/tool/{name}`: (status, JSON body).
-    pub async fn call_tool(
+    /// `POST /mcp/tool/{name}` as the default caller: (status, JSON body).
+    pub async fn call_tool(&self, name: &str, arguments: serde_json::Value) -> (u16, serde_json::Value) {
+        self.call_tool_as(Some(&self.key), name, arguments).await
+    }
+
+    /// `POST /mcp/tool/{name}` with this bearer credential (or none): (status, JSON body).
+    pub async fn call_tool_as(
         &self,
+        bearer: Option<&str>,
         name: &str,
         arguments: serde_json::Value,
     ) -> (u16, serde_json::Value) {
-        let response = self
-            .http
-            .post(format!("{}/mcp/tool/{name}", self.address))
-            .json(&arguments)
-            .send()
-            .await
-            .expect("request sent");
+        let mut request = self.http.post(format!("{}/mcp/tool/{name}", self.address)).json(&arguments);
+        if let Some(bearer) = bearer {
+            request = request.bearer_auth(bearer);
+        }
+        let response = request.send().await.expect("request sent");
         let status = response.status().as_u16();
-        (
-            status,
-            response.json().await.unwrap_or(serde_json::Value::Null),
-        )
+        (status, response.json().await.unwrap_or(serde_json::Value::Null))
     }
 }
 
@@ -283,10 +274,7 @@ impl TestApp {
             let _ = stop.send(());
         }
         if let Some(server) = self.server.take() {
-            server
-                .await
-                .expect("server task")
-                .expect("server stopped cleanly");
+            server.await.expect("server task").expect("server stopped cleanly");
         }
         self.dir.take();
     }

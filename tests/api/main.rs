@@ -6,6 +6,7 @@ mod helpers;
 mod http;
 mod mcp;
 mod recall;
+mod security;
 mod service_contexts;
 mod service_search;
 mod service_state;

@@ -2,10 +2,10 @@
 //! HTTP against an app on port 0, on each protocol version we support.
 
 use rmcp::model::{
-    CallToolRequestParams, CallToolResult, ClientCapabilities, ClientConfig, Implementation,
-    ProtocolVersion,
+    CallToolRequestParams, CallToolResult, ClientCapabilities, ClientConfig, Implementation, ProtocolVersion,
 };
 use rmcp::service::RunningService;
+use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use rmcp::transport::{ConfigureCommandExt, StreamableHttpClientTransport, TokioChildProcess};
 use rmcp::{RoleClient, ServiceExt};
 use serde_json::{Value, json};
@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 use crate::helpers::{assets_dir, spawn_app};
 
 const TOOLS: &[&str] = &[
+    "authenticate_agent",
     "create_session",
     "get_session",
     "list_sessions",
@@ -34,11 +35,8 @@ const TOOLS: &[&str] = &[
 type Client = RunningService<RoleClient, ClientConfig>;
 
 fn client_config(version: ProtocolVersion) -> ClientConfig {
-    ClientConfig::new(
-        ClientCapabilities::default(),
-        Implementation::new("context-store-tests", "0"),
-    )
-    .with_protocol_version(version)
+    ClientConfig::new(ClientCapabilities::default(), Implementation::new("context-store-tests", "0"))
+        .with_protocol_version(version)
 }
 
 async fn call(client: &Client, name: &str, arguments: Value) -> CallToolResult {
@@ -50,29 +48,13 @@ async fn call(client: &Client, name: &str, arguments: Value) -> CallToolResult {
 }
 
 fn structured(result: &CallToolResult) -> &Value {
-    assert_ne!(
-        result.is_error,
-        Some(true),
-        "tool failed: {:?}",
-        result.structured_content
-    );
-    result
-        .structured_content
-        .as_ref()
-        .expect("structuredContent")
+    assert_ne!(result.is_error, Some(true), "tool failed: {:?}", result.structured_content);
+    result.structured_content.as_ref().expect("structuredContent")
 }
 
 fn error_code(result: &CallToolResult) -> String {
-    assert_eq!(
-        result.is_error,
-        Some(true),
-        "expected a tool error, got {:?}",
-        result.structured_content
-    );
-    result.structured_content.as_ref().unwrap()["error"]["code"]
-        .as_str()
-        .unwrap()
-        .to_string()
+    assert_eq!(result.is_error, Some(true), "expected a tool error, got {:?}", result.structured_content);
+    result.structured_content.as_ref().unwrap()["error"]["code"].as_str().unwrap().to_string()
 }
 
 /// The same conversation on any transport: tool list, round trip, conflict, bad arguments.
@@ -84,129 +66,75 @@ async fn exercise(client: &Client, session: &str) {
     expected.sort();
     assert_eq!(names, expected);
     for tool in &tools {
-        assert!(
-            tool.output_schema.is_some(),
-            "{} has an output schema",
-            tool.name
-        );
+        assert!(tool.output_schema.is_some(), "{} has an output schema", tool.name);
         let annotations = tool.annotations.as_ref().expect("annotations");
         assert!(annotations.read_only_hint.is_some() && annotations.destructive_hint.is_some());
-        let properties = tool
-            .input_schema
-            .get("properties")
-            .and_then(Value::as_object);
+        let properties = tool.input_schema.get("properties").and_then(Value::as_object);
         for (field, schema) in properties.into_iter().flatten() {
             assert!(
-                schema.get("description").is_some()
-                    || schema.get("$ref").is_some()
-                    || schema.get("allOf").is_some(),
+                schema.get("description").is_some() || schema.get("$ref").is_some() || schema.get("allOf").is_some(),
                 "{}.{field} is documented",
                 tool.name
             );
         }
     }
     let search_tool = tools.iter().find(|t| t.name == "search_context").unwrap();
-    assert_eq!(
-        search_tool.annotations.as_ref().unwrap().read_only_hint,
-        Some(true)
-    );
+    assert_eq!(search_tool.annotations.as_ref().unwrap().read_only_hint, Some(true));
 
-    structured(
-        &call(
-            client,
-            "create_session",
-            json!({"id": session, "purpose": "mcp test"}),
-        )
-        .await,
-    );
-    let stored = call(client, "store_context", json!({
-        "session_id": session, "content": "The staging database password rotates every Monday", "tags": ["ops"]
-    })).await;
-    let id = structured(&stored)["context"]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let found = call(
+    structured(&call(client, "create_session", json!({"id": session, "purpose": "mcp test"})).await);
+    let stored = call(
         client,
-        "search_context",
-        json!({"query": "when is the db password changed", "session_id": session}),
+        "store_context",
+        json!({
+            "session_id": session, "content": "The staging database password rotates every Monday", "tags": ["ops"]
+        }),
     )
     .await;
+    let id = structured(&stored)["context"]["id"].as_str().unwrap().to_string();
+    let found =
+        call(client, "search_context", json!({"query": "when is the db password changed", "session_id": session}))
+            .await;
     assert_eq!(structured(&found)["hits"][0]["context"]["id"], json!(id));
     let got = call(client, "get_context", json!({"id": id})).await;
     assert_eq!(structured(&got)["context"]["tags"], json!(["ops"]));
 
-    let updated = call(
-        client,
-        "update_context",
-        json!({"id": id, "expected_version": 1, "content": "now rotates on Tuesdays"}),
-    )
-    .await;
+    let updated =
+        call(client, "update_context", json!({"id": id, "expected_version": 1, "content": "now rotates on Tuesdays"}))
+            .await;
     assert_eq!(structured(&updated)["version"], json!(2));
-    let stale = call(
-        client,
-        "update_context",
-        json!({"id": id, "expected_version": 1, "content": "lost"}),
-    )
-    .await;
+    let stale = call(client, "update_context", json!({"id": id, "expected_version": 1, "content": "lost"})).await;
     assert_eq!(error_code(&stale), "conflict");
 
-    let before = structured(&call(client, "get_metrics", json!({})).await)["contexts"].clone();
+    let listing = json!({"session_id": session, "limit": 200});
+    let before =
+        structured(&call(client, "list_contexts", listing.clone()).await)["contexts"].as_array().unwrap().len();
     assert_eq!(
-        error_code(
-            &call(
-                client,
-                "store_context",
-                json!({"session_id": session, "content": ""})
-            )
-            .await
-        ),
+        error_code(&call(client, "store_context", json!({"session_id": session, "content": ""})).await),
         "invalid_argument"
     );
+    assert_eq!(error_code(&call(client, "store_context", json!({"session_id": session})).await), "invalid_argument");
     assert_eq!(
-        error_code(&call(client, "store_context", json!({"session_id": session})).await),
+        error_code(&call(client, "store_context", json!({"session_id": session, "content": 5})).await),
         "invalid_argument"
     );
+    assert_eq!(error_code(&call(client, "get_context", json!({"id": "not-a-uuid"})).await), "invalid_argument");
     assert_eq!(
-        error_code(
-            &call(
-                client,
-                "store_context",
-                json!({"session_id": session, "content": 5})
-            )
-            .await
-        ),
-        "invalid_argument"
-    );
-    assert_eq!(
-        error_code(&call(client, "get_context", json!({"id": "not-a-uuid"})).await),
-        "invalid_argument"
-    );
-    assert_eq!(
-        error_code(
-            &call(
-                client,
-                "get_context",
-                json!({"id": uuid::Uuid::now_v7().to_string()})
-            )
-            .await
-        ),
+        error_code(&call(client, "get_context", json!({"id": uuid::Uuid::now_v7().to_string()})).await),
         "not_found"
     );
-    let after = structured(&call(client, "get_metrics", json!({})).await)["contexts"].clone();
+    let after = structured(&call(client, "list_contexts", listing).await)["contexts"].as_array().unwrap().len();
     assert_eq!(before, after, "rejected calls changed nothing");
 }
 
 #[tokio::test]
 async fn mcp_over_stdio_lists_every_tool_and_round_trips() {
     let dir = tempfile::tempdir().unwrap();
-    let command =
-        tokio::process::Command::new(env!("CARGO_BIN_EXE_context-store")).configure(|cmd| {
-            cmd.arg("stdio")
-                .env("CTX__DATA_DIR", dir.path())
-                .env("CTX__EMBEDDING__ASSETS_DIR", assets_dir())
-                .env("RUST_LOG", "warn");
-        });
+    let command = tokio::process::Command::new(env!("CARGO_BIN_EXE_context-store")).configure(|cmd| {
+        cmd.arg("stdio")
+            .env("CTX__DATA_DIR", dir.path())
+            .env("CTX__EMBEDDING__ASSETS_DIR", assets_dir())
+            .env("RUST_LOG", "warn");
+    });
     let client = client_config(ProtocolVersion::V_2025_06_18)
         .serve(TokioChildProcess::new(command).expect("spawn"))
         .await
@@ -218,19 +146,15 @@ async fn mcp_over_stdio_lists_every_tool_and_round_trips() {
 #[tokio::test]
 async fn mcp_over_streamable_http_works_on_every_supported_protocol_version() {
     let app = spawn_app().await;
-    for (index, version) in [
-        ProtocolVersion::V_2025_06_18,
-        ProtocolVersion::V_2025_11_25,
-        ProtocolVersion::V_2026_07_28,
-    ]
-    .into_iter()
-    .enumerate()
+    for (index, version) in
+        [ProtocolVersion::V_2025_06_18, ProtocolVersion::V_2025_11_25, ProtocolVersion::V_2026_07_28]
+            .into_iter()
+            .enumerate()
     {
-        let transport = StreamableHttpClientTransport::from_uri(format!("{}/mcp", app.address));
-        let client = client_config(version.clone())
-            .serve(transport)
-            .await
-            .expect("initialized over HTTP");
+        let config =
+            StreamableHttpClientTransportConfig::with_uri(format!("{}/mcp", app.address)).auth_header(app.key.clone());
+        let transport = StreamableHttpClientTransport::from_config(config);
+        let client = client_config(version.clone()).serve(transport).await.expect("initialized over HTTP");
         exercise(&client, &format!("http-session-{index}")).await;
         client.cancel().await.unwrap();
     }

@@ -1,8 +1,8 @@
 use context_store::domain::{ContextFilterArgs, Visibility};
 use context_store::error::ErrorCode;
 use context_store::service::{
-    DeleteContextRequest, GetContextRequest, GetRelatedRequest, LinkContextsRequest,
-    ListContextsRequest, StoreContextRequest, UpdateContextRequest,
+    DeleteContextRequest, GetContextRequest, GetRelatedRequest, LinkContextsRequest, ListContextsRequest,
+    StoreContextRequest, UpdateContextRequest,
 };
 use serde_json::json;
 
@@ -21,12 +21,7 @@ async fn stored_context_round_trips_with_every_field() {
                 content: "Use exponential backoff for the payment API".into(),
                 context_type: Some("decision".into()),
                 tags: Some(vec!["Payments".into(), "retry".into()]),
-                metadata: Some(
-                    json!({"priority": 2, "team": "core"})
-                        .as_object()
-                        .unwrap()
-                        .clone(),
-                ),
+                metadata: Some(json!({"priority": 2, "team": "core"}).as_object().unwrap().clone()),
                 visibility: Some(Visibility::Public),
                 agent_id: Some("alice".into()),
                 ttl_seconds: Some(3600),
@@ -39,11 +34,7 @@ async fn stored_context_round_trips_with_every_field() {
         .service()
         .get_context(
             &app.principal,
-            GetContextRequest {
-                id: stored.context.id.to_string(),
-                include_versions: false,
-                agent_id: None,
-            },
+            GetContextRequest { id: stored.context.id.to_string(), include_versions: false, agent_id: None },
         )
         .await
         .unwrap();
@@ -60,11 +51,7 @@ async fn storing_into_a_missing_session_is_not_found_and_changes_nothing() {
         .service()
         .store_context(
             &app.principal,
-            StoreContextRequest {
-                session_id: "nope".into(),
-                content: "x".into(),
-                ..Default::default()
-            },
+            StoreContextRequest { session_id: "nope".into(), content: "x".into(), ..Default::default() },
         )
         .await
         .unwrap_err();
@@ -79,87 +66,32 @@ async fn storing_into_a_missing_session_is_not_found_and_changes_nothing() {
 async fn bad_input_gets_a_stable_code_and_changes_nothing() {
     let app = TestCore::start().await;
     app.session("s1").await;
-    let base = StoreContextRequest {
-        session_id: "s1".into(),
-        content: "valid".into(),
-        ..Default::default()
-    };
+    let base = StoreContextRequest { session_id: "s1".into(), content: "valid".into(), ..Default::default() };
     let cases: Vec<(StoreContextRequest, ErrorCode)> = vec![
+        (StoreContextRequest { content: "   ".into(), ..base.clone() }, ErrorCode::InvalidArgument),
+        (StoreContextRequest { content: "x".repeat(70_000), ..base.clone() }, ErrorCode::PayloadTooLarge),
+        (StoreContextRequest { session_id: "bad id".into(), ..base.clone() }, ErrorCode::InvalidArgument),
+        (StoreContextRequest { tags: Some(vec!["".into()]), ..base.clone() }, ErrorCode::InvalidArgument),
         (
-            StoreContextRequest {
-                content: "   ".into(),
-                ..base.clone()
-            },
+            StoreContextRequest { tags: Some((0..40).map(|i| i.to_string()).collect()), ..base.clone() },
             ErrorCode::InvalidArgument,
         ),
         (
-            StoreContextRequest {
-                content: "x".repeat(70_000),
-                ..base.clone()
-            },
-            ErrorCode::PayloadTooLarge,
-        ),
-        (
-            StoreContextRequest {
-                session_id: "bad id".into(),
-                ..base.clone()
-            },
+            StoreContextRequest { context_type: Some("no spaces allowed".into()), ..base.clone() },
             ErrorCode::InvalidArgument,
         ),
+        (StoreContextRequest { ttl_seconds: Some(0), ..base.clone() }, ErrorCode::InvalidArgument),
+        (StoreContextRequest { agent_id: Some("".into()), ..base.clone() }, ErrorCode::InvalidArgument),
         (
             StoreContextRequest {
-                tags: Some(vec!["".into()]),
-                ..base.clone()
-            },
-            ErrorCode::InvalidArgument,
-        ),
-        (
-            StoreContextRequest {
-                tags: Some((0..40).map(|i| i.to_string()).collect()),
-                ..base.clone()
-            },
-            ErrorCode::InvalidArgument,
-        ),
-        (
-            StoreContextRequest {
-                context_type: Some("no spaces allowed".into()),
-                ..base.clone()
-            },
-            ErrorCode::InvalidArgument,
-        ),
-        (
-            StoreContextRequest {
-                ttl_seconds: Some(0),
-                ..base.clone()
-            },
-            ErrorCode::InvalidArgument,
-        ),
-        (
-            StoreContextRequest {
-                agent_id: Some("".into()),
-                ..base.clone()
-            },
-            ErrorCode::InvalidArgument,
-        ),
-        (
-            StoreContextRequest {
-                metadata: Some(
-                    json!({"big": "y".repeat(20_000)})
-                        .as_object()
-                        .unwrap()
-                        .clone(),
-                ),
+                metadata: Some(json!({"big": "y".repeat(20_000)}).as_object().unwrap().clone()),
                 ..base.clone()
             },
             ErrorCode::PayloadTooLarge,
         ),
     ];
     for (request, code) in cases {
-        let err = app
-            .service()
-            .store_context(&app.principal, request)
-            .await
-            .unwrap_err();
+        let err = app.service().store_context(&app.principal, request).await.unwrap_err();
         assert_eq!(err.code(), code, "{err}");
     }
     assert_eq!(app.service().graph().counts().await.unwrap().contexts, 0);
@@ -171,17 +103,11 @@ async fn identical_content_in_a_session_is_deduplicated_but_never_reveals_hidden
     let app = TestCore::start().await;
     app.session("s1").await;
     app.session("s2").await;
-    let first = app
-        .store("s1", "alice", "The build cache lives in /var/cache/build")
-        .await;
-    let again = app
-        .store("s1", "bob", "The build cache lives in /var/cache/build")
-        .await;
+    let first = app.store("s1", "alice", "The build cache lives in /var/cache/build").await;
+    let again = app.store("s1", "bob", "The build cache lives in /var/cache/build").await;
     assert!(again.deduplicated);
     assert_eq!(again.context.id, first.context.id);
-    let other_session = app
-        .store("s2", "alice", "The build cache lives in /var/cache/build")
-        .await;
+    let other_session = app.store("s2", "alice", "The build cache lives in /var/cache/build").await;
     assert!(!other_session.deduplicated);
 
     let private = app
@@ -199,10 +125,7 @@ async fn identical_content_in_a_session_is_deduplicated_but_never_reveals_hidden
         .await
         .unwrap();
     let bobs = app.store("s1", "bob", "alice's private note").await;
-    assert!(
-        !bobs.deduplicated,
-        "bob must not be handed alice's private context"
-    );
+    assert!(!bobs.deduplicated, "bob must not be handed alice's private context");
     assert_ne!(bobs.context.id, private.context.id);
 }
 
@@ -244,14 +167,7 @@ async fn update_keeps_previous_versions_and_rejects_stale_versions() {
     assert_eq!(stale.code(), ErrorCode::Conflict);
     let got = app
         .service()
-        .get_context(
-            &app.principal,
-            GetContextRequest {
-                id: id.clone(),
-                include_versions: true,
-                agent_id: None,
-            },
-        )
+        .get_context(&app.principal, GetContextRequest { id: id.clone(), include_versions: true, agent_id: None })
         .await
         .unwrap();
     assert_eq!(got.context.content, "second draft of the plan");
@@ -284,11 +200,7 @@ async fn deleted_contexts_are_gone_from_graph_and_vectors() {
         .service()
         .delete_context(
             &app.principal,
-            DeleteContextRequest {
-                id: id.to_string(),
-                expected_version: Some(7),
-                agent_id: Some("alice".into()),
-            },
+            DeleteContextRequest { id: id.to_string(), expected_version: Some(7), agent_id: Some("alice".into()) },
         )
         .await
         .unwrap_err();
@@ -296,35 +208,17 @@ async fn deleted_contexts_are_gone_from_graph_and_vectors() {
     app.service()
         .delete_context(
             &app.principal,
-            DeleteContextRequest {
-                id: id.to_string(),
-                expected_version: Some(1),
-                agent_id: Some("alice".into()),
-            },
+            DeleteContextRequest { id: id.to_string(), expected_version: Some(1), agent_id: Some("alice".into()) },
         )
         .await
         .unwrap();
     let err = app
         .service()
-        .get_context(
-            &app.principal,
-            GetContextRequest {
-                id: id.to_string(),
-                include_versions: false,
-                agent_id: None,
-            },
-        )
+        .get_context(&app.principal, GetContextRequest { id: id.to_string(), include_versions: false, agent_id: None })
         .await
         .unwrap_err();
     assert_eq!(err.code(), ErrorCode::NotFound);
-    assert!(
-        app.service()
-            .vectors()
-            .existing_ids(&[id])
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(app.service().vectors().existing_ids(&[id]).await.unwrap().is_empty());
 }
 
 #[tokio::test]
@@ -333,11 +227,7 @@ async fn list_pages_through_filtered_contexts_without_repeats() {
     app.session("s1").await;
     app.session("s2").await;
     for i in 0..25 {
-        let tags = if i % 2 == 0 {
-            vec!["even".to_string()]
-        } else {
-            vec!["odd".to_string()]
-        };
+        let tags = if i % 2 == 0 { vec!["even".to_string()] } else { vec!["odd".to_string()] };
         app.service()
             .store_context(
                 &app.principal,
@@ -346,10 +236,7 @@ async fn list_pages_through_filtered_contexts_without_repeats() {
                     content: format!("item number {i}"),
                     tags: Some(tags),
                     metadata: Some(
-                        json!({"index": i, "kind": if i < 5 { "early" } else { "late" }})
-                            .as_object()
-                            .unwrap()
-                            .clone(),
+                        json!({"index": i, "kind": if i < 5 { "early" } else { "late" }}).as_object().unwrap().clone(),
                     ),
                     agent_id: Some(if i % 3 == 0 { "alice" } else { "bob" }.into()),
                     ..Default::default()
@@ -368,10 +255,7 @@ async fn list_pages_through_filtered_contexts_without_repeats() {
             .list_contexts(
                 &app.principal,
                 ListContextsRequest {
-                    filter: ContextFilterArgs {
-                        session_id: Some("s1".into()),
-                        ..Default::default()
-                    },
+                    filter: ContextFilterArgs { session_id: Some("s1".into()), ..Default::default() },
                     limit: Some(10),
                     cursor: cursor.clone(),
                     agent_id: None,
@@ -411,21 +295,9 @@ async fn list_pages_through_filtered_contexts_without_repeats() {
         .await
         .unwrap();
     // Even, authored by alice (i % 3 == 0), index >= 5: 6, 12, 18, 24.
-    let mut contents: Vec<String> = filtered
-        .contexts
-        .iter()
-        .map(|c| c.content.clone())
-        .collect();
+    let mut contents: Vec<String> = filtered.contexts.iter().map(|c| c.content.clone()).collect();
     contents.sort();
-    assert_eq!(
-        contents,
-        vec![
-            "item number 12",
-            "item number 18",
-            "item number 24",
-            "item number 6"
-        ]
-    );
+    assert_eq!(contents, vec!["item number 12", "item number 18", "item number 24", "item number 6"]);
 }
 
 #[tokio::test]
@@ -434,13 +306,7 @@ async fn related_contexts_follow_links_to_bounded_depth() {
     app.session("s1").await;
     let mut ids = Vec::new();
     for i in 0..5 {
-        ids.push(
-            app.store("s1", "alice", &format!("step {i} of the chain"))
-                .await
-                .context
-                .id
-                .to_string(),
-        );
+        ids.push(app.store("s1", "alice", &format!("step {i} of the chain")).await.context.id.to_string());
     }
     for pair in ids.windows(2) {
         app.service()
@@ -470,20 +336,14 @@ async fn related_contexts_follow_links_to_bounded_depth() {
     };
     assert_eq!(related(1, 20, None).await.unwrap().related.len(), 1);
     let three = related(3, 20, None).await.unwrap();
-    assert_eq!(
-        three.related.iter().map(|r| r.depth).collect::<Vec<_>>(),
-        vec![1, 2, 3]
-    );
+    assert_eq!(three.related.iter().map(|r| r.depth).collect::<Vec<_>>(), vec![1, 2, 3]);
     assert_eq!(three.related[2].context.id.to_string(), ids[3]);
     let first_page = related(3, 2, None).await.unwrap();
     assert_eq!(first_page.related.len(), 2);
     let second_page = related(3, 2, first_page.next_cursor).await.unwrap();
     assert_eq!(second_page.related.len(), 1);
     assert!(second_page.next_cursor.is_none());
-    assert_eq!(
-        related(4, 20, None).await.unwrap_err().code(),
-        ErrorCode::InvalidArgument
-    );
+    assert_eq!(related(4, 20, None).await.unwrap_err().code(), ErrorCode::InvalidArgument);
 
     let missing = app
         .service()

@@ -20,19 +20,11 @@ fn dataset(rng: &mut fastrand::Rng, now: Timestamp) -> Vec<VectorPoint> {
     let agents = ["alice", "bob", "carol"];
     let types = ["note", "decision", "code"];
     let tags = ["red", "green", "blue", "amber"];
-    let visibilities = [
-        Visibility::Public,
-        Visibility::Private,
-        Visibility::AdminOnly,
-    ];
+    let visibilities = [Visibility::Public, Visibility::Private, Visibility::AdminOnly];
     (0..300)
         .map(|i| {
             let content = format!("context {i}");
-            let mut item_tags: Vec<String> = tags
-                .iter()
-                .filter(|_| rng.bool())
-                .map(|t| t.to_string())
-                .collect();
+            let mut item_tags: Vec<String> = tags.iter().filter(|_| rng.bool()).map(|t| t.to_string()).collect();
             item_tags.sort();
             let team = ["core", "web"][rng.usize(..2)];
             let created = Timestamp(now.millis() - 1_000_000 + i as i64 * 1000);
@@ -98,18 +90,9 @@ fn random_filter(rng: &mut fastrand::Rng, now: Timestamp) -> ContextFilter {
         );
     }
     let scope = match rng.u8(..3) {
-        0 => ReadScope {
-            agent_id: "alice".into(),
-            admin: false,
-        },
-        1 => ReadScope {
-            agent_id: "bob".into(),
-            admin: false,
-        },
-        _ => ReadScope {
-            agent_id: "root".into(),
-            admin: true,
-        },
+        0 => ReadScope { agent_id: "alice".into(), admin: false, sessions: None },
+        1 => ReadScope { agent_id: "bob".into(), admin: false, sessions: None },
+        _ => ReadScope { agent_id: "root".into(), admin: true, sessions: None },
     };
     ContextFilter::parse(args, scope, now).unwrap()
 }
@@ -117,9 +100,7 @@ fn random_filter(rng: &mut fastrand::Rng, now: Timestamp) -> ContextFilter {
 #[tokio::test]
 async fn edge_store_filters_agree_with_the_in_memory_oracle() {
     let dir = tempfile::tempdir().unwrap();
-    let store = EdgeVectorStore::open(dir.path(), &CollectionSpec::builtin())
-        .await
-        .unwrap();
+    let store = EdgeVectorStore::open(dir.path(), &CollectionSpec::builtin()).await.unwrap();
     let mut rng = fastrand::Rng::with_seed(42);
     let now = Timestamp::now();
     let points = dataset(&mut rng, now);
@@ -127,64 +108,34 @@ async fn edge_store_filters_agree_with_the_in_memory_oracle() {
     assert_eq!(store.count().await.unwrap(), 300);
     for round in 0..60 {
         let filter = random_filter(&mut rng, now);
-        let mut expected: Vec<Uuid> = points
-            .iter()
-            .filter(|p| filter.matches(&p.context))
-            .map(|p| p.context.id)
-            .collect();
+        let mut expected: Vec<Uuid> =
+            points.iter().filter(|p| filter.matches(&p.context)).map(|p| p.context.id).collect();
         expected.sort();
-        let mut got: Vec<Uuid> = store
-            .scroll(&filter, 1000)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|c| c.id)
-            .collect();
+        let mut got: Vec<Uuid> = store.scroll(&filter, 1000).await.unwrap().into_iter().map(|c| c.id).collect();
         got.sort();
         assert_eq!(got, expected, "round {round}: filter {filter:?}");
-        let hits = store
-            .search(random_vector(&mut rng), &filter, 1000, true)
-            .await
-            .unwrap();
-        assert_eq!(
-            hits.len(),
-            expected.len(),
-            "round {round}: search applies the same filter"
-        );
+        let hits = store.search(random_vector(&mut rng), &filter, 1000, true).await.unwrap();
+        assert_eq!(hits.len(), expected.len(), "round {round}: search applies the same filter");
     }
 }
 
 #[tokio::test]
 async fn payload_round_trips_and_deletes_remove_points() {
     let dir = tempfile::tempdir().unwrap();
-    let store = EdgeVectorStore::open(dir.path(), &CollectionSpec::builtin())
-        .await
-        .unwrap();
+    let store = EdgeVectorStore::open(dir.path(), &CollectionSpec::builtin()).await.unwrap();
     let mut rng = fastrand::Rng::with_seed(1);
     let points = dataset(&mut rng, Timestamp::now());
     store.upsert(points[..10].to_vec()).await.unwrap();
     let filter = ContextFilter::parse(
         ContextFilterArgs::default(),
-        ReadScope {
-            agent_id: "root".into(),
-            admin: true,
-        },
+        ReadScope { agent_id: "root".into(), admin: true, sessions: None },
         Timestamp(0),
     )
     .unwrap();
-    let hits = store
-        .search(points[3].vector.clone(), &filter, 1, true)
-        .await
-        .unwrap();
+    let hits = store.search(points[3].vector.clone(), &filter, 1, true).await.unwrap();
     assert_eq!(hits[0].context, points[3].context);
     assert!((hits[0].score - 1.0).abs() < 1e-4);
     store.delete(&[points[3].context.id]).await.unwrap();
-    assert!(
-        store
-            .existing_ids(&[points[3].context.id])
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(store.existing_ids(&[points[3].context.id]).await.unwrap().is_empty());
     assert_eq!(store.count().await.unwrap(), 9);
 }

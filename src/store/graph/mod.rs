@@ -10,9 +10,7 @@ pub mod sqlite;
 use async_trait::async_trait;
 use uuid::Uuid;
 
-use crate::domain::{
-    AgentState, Context, ContextFilter, ContextVersion, ReadScope, Relation, Session,
-};
+use crate::domain::{AgentState, Context, ContextFilter, ContextVersion, ReadScope, Relation, Session};
 use crate::error::StoreResult;
 
 /// Result of inserting a context: either new (with its journal sequence) or an existing duplicate.
@@ -69,8 +67,13 @@ pub trait GraphStore: Send + Sync + 'static {
     /// Creates a session; `Conflict` when the id is taken.
     async fn create_session(&self, session: &Session) -> StoreResult<()>;
     async fn get_session(&self, id: &str) -> StoreResult<Option<Session>>;
-    /// Sessions ordered by id, starting after `after`.
-    async fn list_sessions(&self, after: Option<&str>, limit: usize) -> StoreResult<Vec<Session>>;
+    /// Sessions ordered by id, starting after `after`, only those in `only` when given.
+    async fn list_sessions(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+        only: Option<&[String]>,
+    ) -> StoreResult<Vec<Session>>;
 
     /// A live context in the session with this content hash that `scope` may see, if any.
     async fn find_duplicate(
@@ -90,18 +93,10 @@ pub trait GraphStore: Send + Sync + 'static {
     /// Replaces a context by its next version (`updated.version` = current + 1), keeping the current one
     /// as a previous version. Returns the journal sequence and the replaced context.
     /// `VersionConflict` when the stored version is not `updated.version - 1`.
-    async fn update_context(
-        &self,
-        updated: &Context,
-        embedding: &[f32],
-    ) -> StoreResult<(i64, Context)>;
+    async fn update_context(&self, updated: &Context, embedding: &[f32]) -> StoreResult<(i64, Context)>;
     /// Marks a context deleted (hidden from every read) and journals it. Returns the journal sequence
     /// and the deleted context. `VersionConflict` when `expected_version` is given and differs.
-    async fn delete_context(
-        &self,
-        id: Uuid,
-        expected_version: Option<i64>,
-    ) -> StoreResult<(i64, Context)>;
+    async fn delete_context(&self, id: Uuid, expected_version: Option<i64>) -> StoreResult<(i64, Context)>;
     /// Removes a deleted context for good, with its versions, tags and relations.
     async fn purge_context(&self, id: Uuid) -> StoreResult<()>;
 
@@ -140,19 +135,11 @@ pub trait GraphStore: Send + Sync + 'static {
 
     /// The direct neighbours (both directions) of each of `ids`, at most `per_node` each, in one round trip:
     /// (start id, neighbour). Used to expand search hits without one query per hit.
-    async fn neighbours(
-        &self,
-        ids: &[Uuid],
-        per_node: usize,
-    ) -> StoreResult<Vec<(Uuid, RelatedContext)>>;
+    async fn neighbours(&self, ids: &[Uuid], per_node: usize) -> StoreResult<Vec<(Uuid, RelatedContext)>>;
 
     /// Writes agent state with compare-and-set: `expected_version` None writes unconditionally,
     /// `Some(0)` only creates, `Some(v)` only replaces version v. Returns the stored state.
-    async fn set_state(
-        &self,
-        state: &AgentState,
-        expected_version: Option<i64>,
-    ) -> StoreResult<AgentState>;
+    async fn set_state(&self, state: &AgentState, expected_version: Option<i64>) -> StoreResult<AgentState>;
     async fn get_state(&self, key: &StateKey) -> StoreResult<Option<AgentState>>;
     /// States of an agent (in one session, or without session when None) whose key starts with
     /// `prefix`, ordered by key, after `after_key`.
@@ -174,10 +161,6 @@ pub trait GraphStore: Send + Sync + 'static {
     /// The live, indexable state of each of `ids` (deleted or missing ids are absent).
     async fn index_entries(&self, ids: &[Uuid]) -> StoreResult<Vec<IndexEntry>>;
     /// Live contexts with embeddings in id order after `after`: the input of a full reindex.
-    async fn scan_index_entries(
-        &self,
-        after: Option<Uuid>,
-        limit: usize,
-    ) -> StoreResult<Vec<IndexEntry>>;
+    async fn scan_index_entries(&self, after: Option<Uuid>, limit: usize) -> StoreResult<Vec<IndexEntry>>;
     async fn counts(&self) -> StoreResult<StoreCounts>;
 }

@@ -12,12 +12,9 @@ use rusqlite::{Connection, OptionalExtension, Row, Transaction, params, params_f
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::{
-    GraphStore, IndexEntry, InsertOutcome, PendingIndex, RelatedContext, StateKey, StoreCounts,
-};
+use super::{GraphStore, IndexEntry, InsertOutcome, PendingIndex, RelatedContext, StateKey, StoreCounts};
 use crate::domain::{
-    AgentState, Context, ContextFilter, ContextVersion, ReadScope, Relation, Session, Timestamp,
-    Visibility,
+    AgentState, Context, ContextFilter, ContextVersion, ReadScope, Relation, Session, Timestamp, Visibility,
 };
 use crate::error::{StoreError, StoreResult};
 
@@ -51,10 +48,7 @@ fn encode_embedding(embedding: &[f32]) -> Vec<u8> {
 }
 
 fn decode_embedding(bytes: &[u8]) -> Vec<f32> {
-    bytes
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect()
+    bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
 }
 
 fn json_text(value: &impl serde::Serialize) -> String {
@@ -62,15 +56,13 @@ fn json_text(value: &impl serde::Serialize) -> String {
 }
 
 fn parse_json<T: serde::de::DeserializeOwned>(text: &str) -> rusqlite::Result<T> {
-    serde_json::from_str(text).map_err(|e| {
-        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
-    })
+    serde_json::from_str(text)
+        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e)))
 }
 
 fn parse_uuid(text: &str) -> rusqlite::Result<Uuid> {
-    Uuid::parse_str(text).map_err(|e| {
-        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
-    })
+    Uuid::parse_str(text)
+        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e)))
 }
 
 fn parse_visibility(text: &str) -> rusqlite::Result<Visibility> {
@@ -151,15 +143,7 @@ fn filter_sql(filter: &ContextFilter) -> (Vec<String>, Vec<SqlValue>) {
     };
     push_in("c.type", filter.types.clone(), &mut conditions);
     push_in("c.agent_id", filter.agent_ids.clone(), &mut conditions);
-    push_in(
-        "c.visibility",
-        filter
-            .visibility
-            .iter()
-            .map(|v| v.as_str().to_string())
-            .collect(),
-        &mut conditions,
-    );
+    push_in("c.visibility", filter.visibility.iter().map(|v| v.as_str().to_string()).collect(), &mut conditions);
     if !filter.tags_any.is_empty() {
         conditions.push(format!(
             "EXISTS (SELECT 1 FROM context_tags t WHERE t.context_id = c.id AND t.tag IN ({}))",
@@ -168,9 +152,7 @@ fn filter_sql(filter: &ContextFilter) -> (Vec<String>, Vec<SqlValue>) {
         values.extend(filter.tags_any.iter().cloned().map(SqlValue::from));
     }
     for tag in &filter.tags_all {
-        conditions.push(
-            "EXISTS (SELECT 1 FROM context_tags t WHERE t.context_id = c.id AND t.tag = ?)".into(),
-        );
+        conditions.push("EXISTS (SELECT 1 FROM context_tags t WHERE t.context_id = c.id AND t.tag = ?)".into());
         values.push(tag.clone().into());
     }
     if let Some(after) = filter.created_after {
@@ -190,10 +172,7 @@ fn filter_sql(filter: &ContextFilter) -> (Vec<String>, Vec<SqlValue>) {
                 values.push(if *flag { "true" } else { "false" }.to_string().into());
             }
             Value::String(text) => {
-                conditions.push(
-                    "(json_type(c.metadata, ?) = 'text' AND json_extract(c.metadata, ?) = ?)"
-                        .into(),
-                );
+                conditions.push("(json_type(c.metadata, ?) = 'text' AND json_extract(c.metadata, ?) = ?)".into());
                 values.push(path.clone().into());
                 values.push(path.into());
                 values.push(text.clone().into());
@@ -215,17 +194,14 @@ fn filter_sql(filter: &ContextFilter) -> (Vec<String>, Vec<SqlValue>) {
     (conditions, values)
 }
 
-fn scope_sql(
-    scope: &ReadScope,
-    now: Timestamp,
-    conditions: &mut Vec<String>,
-    values: &mut Vec<SqlValue>,
-) {
+fn scope_sql(scope: &ReadScope, now: Timestamp, conditions: &mut Vec<String>, values: &mut Vec<SqlValue>) {
     if !scope.admin {
-        conditions.push(
-            "(c.visibility = 'public' OR (c.visibility = 'private' AND c.agent_id = ?))".into(),
-        );
+        conditions.push("(c.visibility = 'public' OR (c.visibility = 'private' AND c.agent_id = ?))".into());
         values.push(scope.agent_id.clone().into());
+    }
+    if let Some(sessions) = &scope.sessions {
+        conditions.push(format!("c.session_id IN ({})", placeholders(sessions.len())));
+        values.extend(sessions.iter().cloned().map(SqlValue::from));
     }
     conditions.push("(c.expires_at IS NULL OR c.expires_at > ?)".into());
     values.push(now.millis().into());
@@ -240,12 +216,8 @@ fn journal(tx: &Transaction<'_>, id: Uuid, op: &str) -> rusqlite::Result<i64> {
 }
 
 fn write_tags(tx: &Transaction<'_>, id: Uuid, tags: &[String]) -> rusqlite::Result<()> {
-    tx.execute(
-        "DELETE FROM context_tags WHERE context_id = ?1",
-        params![id.to_string()],
-    )?;
-    let mut insert =
-        tx.prepare_cached("INSERT INTO context_tags (context_id, tag) VALUES (?1, ?2)")?;
+    tx.execute("DELETE FROM context_tags WHERE context_id = ?1", params![id.to_string()])?;
+    let mut insert = tx.prepare_cached("INSERT INTO context_tags (context_id, tag) VALUES (?1, ?2)")?;
     for tag in tags {
         insert.execute(params![id.to_string(), tag])?;
     }
@@ -253,11 +225,7 @@ fn write_tags(tx: &Transaction<'_>, id: Uuid, tags: &[String]) -> rusqlite::Resu
 }
 
 /// Writes every column of a context row (insert or replace), leaving `deleted` = 0.
-fn write_context(
-    tx: &Transaction<'_>,
-    context: &Context,
-    embedding: Option<&[f32]>,
-) -> rusqlite::Result<()> {
+fn write_context(tx: &Transaction<'_>, context: &Context, embedding: Option<&[f32]>) -> rusqlite::Result<()> {
     let fields = params![
         context.id.to_string(),
         context.session_id,
@@ -327,17 +295,10 @@ impl SqliteGraphStore {
              PRAGMA busy_timeout = 5000;"
         ))?;
         writer.execute_batch(SCHEMA)?;
-        let manager = SqliteConnectionManager::file(&options.path).with_init(|conn| {
-            conn.execute_batch("PRAGMA query_only = 1; PRAGMA busy_timeout = 5000;")
-        });
-        let readers = r2d2::Pool::builder()
-            .max_size(options.readers.max(1))
-            .min_idle(Some(1))
-            .build(manager)?;
-        Ok(Self {
-            writer: Arc::new(Mutex::new(writer)),
-            readers,
-        })
+        let manager = SqliteConnectionManager::file(&options.path)
+            .with_init(|conn| conn.execute_batch("PRAGMA query_only = 1; PRAGMA busy_timeout = 5000;"));
+        let readers = r2d2::Pool::builder().max_size(options.readers.max(1)).min_idle(Some(1)).build(manager)?;
+        Ok(Self { writer: Arc::new(Mutex::new(writer)), readers })
     }
 
     pub fn path_in(data_dir: &Path) -> PathBuf {
@@ -419,14 +380,28 @@ impl GraphStore for SqliteGraphStore {
         .await
     }
 
-    async fn list_sessions(&self, after: Option<&str>, limit: usize) -> StoreResult<Vec<Session>> {
-        let after = after.unwrap_or("").to_string();
+    async fn list_sessions(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+        only: Option<&[String]>,
+    ) -> StoreResult<Vec<Session>> {
+        let mut values: Vec<SqlValue> = vec![after.unwrap_or("").to_string().into()];
+        let restriction = match only {
+            Some(ids) => {
+                values.extend(ids.iter().cloned().map(SqlValue::from));
+                format!(" AND id IN ({})", placeholders(ids.len()))
+            }
+            None => String::new(),
+        };
+        values.push((limit as i64).into());
         self.read(move |conn| {
-            let mut statement = conn.prepare_cached(
-                "SELECT id, purpose, metadata, created_by, created_at FROM sessions WHERE id > ?1 \
-                 ORDER BY id LIMIT ?2",
-            )?;
-            let rows = statement.query_map(params![after, limit as i64], session_from_row)?;
+            let sql = format!(
+                "SELECT id, purpose, metadata, created_by, created_at FROM sessions WHERE id > ?{restriction} \
+                 ORDER BY id LIMIT ?"
+            );
+            let mut statement = conn.prepare_cached(&sql)?;
+            let rows = statement.query_map(params_from_iter(values.iter()), session_from_row)?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })
         .await
@@ -438,13 +413,8 @@ impl GraphStore for SqliteGraphStore {
         content_hash: &str,
         scope: &ReadScope,
     ) -> StoreResult<Option<Context>> {
-        let (session_id, content_hash, scope) = (
-            session_id.to_string(),
-            content_hash.to_string(),
-            scope.clone(),
-        );
-        self.read(move |conn| Ok(duplicate_of(conn, &session_id, &content_hash, &scope)?))
-            .await
+        let (session_id, content_hash, scope) = (session_id.to_string(), content_hash.to_string(), scope.clone());
+        self.read(move |conn| Ok(duplicate_of(conn, &session_id, &content_hash, &scope)?)).await
     }
 
     async fn insert_context(
@@ -453,23 +423,16 @@ impl GraphStore for SqliteGraphStore {
         embedding: &[f32],
         dedup_scope: &ReadScope,
     ) -> StoreResult<InsertOutcome> {
-        let (context, embedding, scope) =
-            (context.clone(), embedding.to_vec(), dedup_scope.clone());
+        let (context, embedding, scope) = (context.clone(), embedding.to_vec(), dedup_scope.clone());
         self.write(move |tx| {
             let session_exists: bool = tx
-                .query_row(
-                    "SELECT 1 FROM sessions WHERE id = ?1",
-                    params![context.session_id],
-                    |_| Ok(()),
-                )
+                .query_row("SELECT 1 FROM sessions WHERE id = ?1", params![context.session_id], |_| Ok(()))
                 .optional()?
                 .is_some();
             if !session_exists {
                 return Err(StoreError::NotFound);
             }
-            if let Some(existing) =
-                duplicate_of(tx, &context.session_id, &context.content_hash, &scope)?
-            {
+            if let Some(existing) = duplicate_of(tx, &context.session_id, &context.content_hash, &scope)? {
                 return Ok(InsertOutcome::Duplicate(Box::new(existing)));
             }
             write_context(tx, &context, Some(&embedding))?;
@@ -479,19 +442,12 @@ impl GraphStore for SqliteGraphStore {
         .await
     }
 
-    async fn update_context(
-        &self,
-        updated: &Context,
-        embedding: &[f32],
-    ) -> StoreResult<(i64, Context)> {
+    async fn update_context(&self, updated: &Context, embedding: &[f32]) -> StoreResult<(i64, Context)> {
         let (updated, embedding) = (updated.clone(), embedding.to_vec());
         self.write(move |tx| {
             let previous = load_context(tx, updated.id)?.ok_or(StoreError::NotFound)?;
             if previous.version != updated.version - 1 {
-                return Err(StoreError::VersionConflict {
-                    expected: updated.version - 1,
-                    current: previous.version,
-                });
+                return Err(StoreError::VersionConflict { expected: updated.version - 1, current: previous.version });
             }
             tx.execute(
                 "INSERT OR REPLACE INTO context_versions (context_id, version, type, content, tags, metadata, \
@@ -515,25 +471,15 @@ impl GraphStore for SqliteGraphStore {
         .await
     }
 
-    async fn delete_context(
-        &self,
-        id: Uuid,
-        expected_version: Option<i64>,
-    ) -> StoreResult<(i64, Context)> {
+    async fn delete_context(&self, id: Uuid, expected_version: Option<i64>) -> StoreResult<(i64, Context)> {
         self.write(move |tx| {
             let current = load_context(tx, id)?.ok_or(StoreError::NotFound)?;
             if let Some(expected) = expected_version
                 && expected != current.version
             {
-                return Err(StoreError::VersionConflict {
-                    expected,
-                    current: current.version,
-                });
+                return Err(StoreError::VersionConflict { expected, current: current.version });
             }
-            tx.execute(
-                "UPDATE contexts SET deleted = 1 WHERE id = ?1",
-                params![id.to_string()],
-            )?;
+            tx.execute("UPDATE contexts SET deleted = 1 WHERE id = ?1", params![id.to_string()])?;
             let seq = journal(tx, id, "delete")?;
             Ok((seq, current))
         })
@@ -543,22 +489,10 @@ impl GraphStore for SqliteGraphStore {
     async fn purge_context(&self, id: Uuid) -> StoreResult<()> {
         self.write(move |tx| {
             let id = id.to_string();
-            tx.execute(
-                "DELETE FROM context_tags WHERE context_id = ?1",
-                params![id],
-            )?;
-            tx.execute(
-                "DELETE FROM context_versions WHERE context_id = ?1",
-                params![id],
-            )?;
-            tx.execute(
-                "DELETE FROM relations WHERE from_id = ?1 OR to_id = ?1",
-                params![id],
-            )?;
-            tx.execute(
-                "DELETE FROM contexts WHERE id = ?1 AND deleted = 1",
-                params![id],
-            )?;
+            tx.execute("DELETE FROM context_tags WHERE context_id = ?1", params![id])?;
+            tx.execute("DELETE FROM context_versions WHERE context_id = ?1", params![id])?;
+            tx.execute("DELETE FROM relations WHERE from_id = ?1 OR to_id = ?1", params![id])?;
+            tx.execute("DELETE FROM contexts WHERE id = ?1 AND deleted = 1", params![id])?;
             Ok(())
         })
         .await
@@ -566,18 +500,9 @@ impl GraphStore for SqliteGraphStore {
 
     async fn rollback_insert(&self, id: Uuid, journal_seq: i64) -> StoreResult<()> {
         self.write(move |tx| {
-            tx.execute(
-                "DELETE FROM context_tags WHERE context_id = ?1",
-                params![id.to_string()],
-            )?;
-            tx.execute(
-                "DELETE FROM contexts WHERE id = ?1",
-                params![id.to_string()],
-            )?;
-            tx.execute(
-                "DELETE FROM index_journal WHERE seq = ?1",
-                params![journal_seq],
-            )?;
+            tx.execute("DELETE FROM context_tags WHERE context_id = ?1", params![id.to_string()])?;
+            tx.execute("DELETE FROM contexts WHERE id = ?1", params![id.to_string()])?;
+            tx.execute("DELETE FROM index_journal WHERE seq = ?1", params![journal_seq])?;
             Ok(())
         })
         .await
@@ -591,10 +516,7 @@ impl GraphStore for SqliteGraphStore {
                 "DELETE FROM context_versions WHERE context_id = ?1 AND version = ?2",
                 params![previous.id.to_string(), previous.version],
             )?;
-            tx.execute(
-                "DELETE FROM index_journal WHERE seq = ?1",
-                params![journal_seq],
-            )?;
+            tx.execute("DELETE FROM index_journal WHERE seq = ?1", params![journal_seq])?;
             Ok(())
         })
         .await
@@ -602,14 +524,8 @@ impl GraphStore for SqliteGraphStore {
 
     async fn rollback_delete(&self, id: Uuid, journal_seq: i64) -> StoreResult<()> {
         self.write(move |tx| {
-            tx.execute(
-                "UPDATE contexts SET deleted = 0 WHERE id = ?1",
-                params![id.to_string()],
-            )?;
-            tx.execute(
-                "DELETE FROM index_journal WHERE seq = ?1",
-                params![journal_seq],
-            )?;
+            tx.execute("UPDATE contexts SET deleted = 0 WHERE id = ?1", params![id.to_string()])?;
+            tx.execute("DELETE FROM index_journal WHERE seq = ?1", params![journal_seq])?;
             Ok(())
         })
         .await
@@ -624,8 +540,7 @@ impl GraphStore for SqliteGraphStore {
             return Ok(Vec::new());
         }
         let ids = ids.to_vec();
-        self.read(move |conn| Ok(live_by_ids(conn, "", &ids, context_from_row)?))
-            .await
+        self.read(move |conn| Ok(live_by_ids(conn, "", &ids, context_from_row)?)).await
     }
 
     async fn list_contexts(
@@ -777,11 +692,7 @@ impl GraphStore for SqliteGraphStore {
         .await
     }
 
-    async fn neighbours(
-        &self,
-        ids: &[Uuid],
-        per_node: usize,
-    ) -> StoreResult<Vec<(Uuid, RelatedContext)>> {
+    async fn neighbours(&self, ids: &[Uuid], per_node: usize) -> StoreResult<Vec<(Uuid, RelatedContext)>> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
@@ -811,11 +722,7 @@ impl GraphStore for SqliteGraphStore {
         .await
     }
 
-    async fn set_state(
-        &self,
-        state: &AgentState,
-        expected_version: Option<i64>,
-    ) -> StoreResult<AgentState> {
+    async fn set_state(&self, state: &AgentState, expected_version: Option<i64>) -> StoreResult<AgentState> {
         let state = state.clone();
         self.write(move |tx| {
             let session = state.session_id.clone().unwrap_or_default();
@@ -924,13 +831,9 @@ impl GraphStore for SqliteGraphStore {
 
     async fn pending_index(&self, limit: usize) -> StoreResult<Vec<PendingIndex>> {
         self.read(move |conn| {
-            let mut statement = conn
-                .prepare_cached("SELECT seq, item_id FROM index_journal ORDER BY seq LIMIT ?1")?;
+            let mut statement = conn.prepare_cached("SELECT seq, item_id FROM index_journal ORDER BY seq LIMIT ?1")?;
             let rows = statement.query_map(params![limit as i64], |row| {
-                Ok(PendingIndex {
-                    seq: row.get(0)?,
-                    id: parse_uuid(&row.get::<_, String>(1)?)?,
-                })
+                Ok(PendingIndex { seq: row.get(0)?, id: parse_uuid(&row.get::<_, String>(1)?)? })
             })?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })
@@ -944,10 +847,7 @@ impl GraphStore for SqliteGraphStore {
         let seqs = seqs.to_vec();
         self.write(move |tx| {
             for chunk in seqs.chunks(500) {
-                let sql = format!(
-                    "DELETE FROM index_journal WHERE seq IN ({})",
-                    placeholders(chunk.len())
-                );
+                let sql = format!("DELETE FROM index_journal WHERE seq IN ({})", placeholders(chunk.len()));
                 tx.execute(&sql, params_from_iter(chunk.iter()))?;
             }
             Ok(())
@@ -960,22 +860,10 @@ impl GraphStore for SqliteGraphStore {
             return Ok(Vec::new());
         }
         let ids = ids.to_vec();
-        self.read(move |conn| {
-            Ok(live_by_ids(
-                conn,
-                ", c.embedding",
-                &ids,
-                index_entry_from_row,
-            )?)
-        })
-        .await
+        self.read(move |conn| Ok(live_by_ids(conn, ", c.embedding", &ids, index_entry_from_row)?)).await
     }
 
-    async fn scan_index_entries(
-        &self,
-        after: Option<Uuid>,
-        limit: usize,
-    ) -> StoreResult<Vec<IndexEntry>> {
+    async fn scan_index_entries(&self, after: Option<Uuid>, limit: usize) -> StoreResult<Vec<IndexEntry>> {
         let after = after.map(|a| a.to_string()).unwrap_or_default();
         self.read(move |conn| {
             let sql = format!(
@@ -992,8 +880,7 @@ impl GraphStore for SqliteGraphStore {
     async fn counts(&self) -> StoreResult<StoreCounts> {
         self.read(|conn| {
             let count = |sql: &str| -> rusqlite::Result<u64> {
-                conn.query_row(sql, [], |row| row.get::<_, i64>(0))
-                    .map(|n| n as u64)
+                conn.query_row(sql, [], |row| row.get::<_, i64>(0)).map(|n| n as u64)
             };
             Ok(StoreCounts {
                 sessions: count("SELECT COUNT(*) FROM sessions")?,
@@ -1031,10 +918,7 @@ fn live_by_ids<T>(
 }
 
 fn index_entry_from_row(row: &Row<'_>) -> rusqlite::Result<IndexEntry> {
-    Ok(IndexEntry {
-        context: context_from_row(row)?,
-        embedding: decode_embedding(&row.get::<_, Vec<u8>>(13)?),
-    })
+    Ok(IndexEntry { context: context_from_row(row)?, embedding: decode_embedding(&row.get::<_, Vec<u8>>(13)?) })
 }
 
 fn duplicate_of(
@@ -1043,20 +927,10 @@ fn duplicate_of(
     content_hash: &str,
     scope: &ReadScope,
 ) -> rusqlite::Result<Option<Context>> {
-    let mut conditions = vec![
-        "c.deleted = 0".to_string(),
-        "c.session_id = ?".into(),
-        "c.content_hash = ?".into(),
-    ];
-    let mut values: Vec<SqlValue> = vec![
-        session_id.to_string().into(),
-        content_hash.to_string().into(),
-    ];
+    let mut conditions = vec!["c.deleted = 0".to_string(), "c.session_id = ?".into(), "c.content_hash = ?".into()];
+    let mut values: Vec<SqlValue> = vec![session_id.to_string().into(), content_hash.to_string().into()];
     scope_sql(scope, Timestamp::now(), &mut conditions, &mut values);
-    let sql = format!(
-        "SELECT {CONTEXT_COLUMNS} FROM contexts c WHERE {} ORDER BY c.id LIMIT 1",
-        conditions.join(" AND ")
-    );
-    conn.query_row(&sql, params_from_iter(values.iter()), context_from_row)
-        .optional()
+    let sql =
+        format!("SELECT {CONTEXT_COLUMNS} FROM contexts c WHERE {} ORDER BY c.id LIMIT 1", conditions.join(" AND "));
+    conn.query_row(&sql, params_from_iter(values.iter()), context_from_row).optional()
 }

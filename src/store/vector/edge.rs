@@ -10,11 +10,10 @@ use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
 use qdrant_edge::{
-    CountRequest, CreateIndex, Distance, EdgeConfigBuilder, EdgeOptimizersConfig, EdgeShard,
-    EdgeVectorParams, FieldIndexOperations, Filter, HnswIndexConfig, JsonPath, NamedQuery,
-    PayloadFieldSchema, PointId, PointInsertOperations, PointOperations, PointStruct, QueryEnum,
-    ScrollRequest, SearchParams, SearchRequest, UpdateOperation, VectorInternal,
-    WithPayloadInterface, WithVector,
+    CountRequest, CreateIndex, Distance, EdgeConfigBuilder, EdgeOptimizersConfig, EdgeShard, EdgeVectorParams,
+    FieldIndexOperations, Filter, HnswIndexConfig, JsonPath, NamedQuery, PayloadFieldSchema, PointId,
+    PointInsertOperations, PointOperations, PointStruct, QueryEnum, ScrollRequest, SearchParams, SearchRequest,
+    UpdateOperation, VectorInternal, WithPayloadInterface, WithVector,
 };
 use uuid::Uuid;
 
@@ -43,9 +42,7 @@ fn distance(name: &str) -> StoreResult<Distance> {
         "Dot" => Ok(Distance::Dot),
         "Euclid" => Ok(Distance::Euclid),
         "Manhattan" => Ok(Distance::Manhattan),
-        other => Err(StoreError::Backend(format!(
-            "unknown distance '{other}' in collection spec"
-        ))),
+        other => Err(StoreError::Backend(format!("unknown distance '{other}' in collection spec"))),
     }
 }
 
@@ -58,14 +55,9 @@ impl EdgeVectorStore {
     pub async fn open(dir: &Path, spec: &CollectionSpec) -> StoreResult<Self> {
         let dir: PathBuf = dir.to_path_buf();
         let spec = spec.clone();
-        let shard = tokio::task::spawn_blocking(move || open_shard(&dir, &spec).map(|s| (s, spec)))
-            .await??;
+        let shard = tokio::task::spawn_blocking(move || open_shard(&dir, &spec).map(|s| (s, spec))).await??;
         let (shard, spec) = shard;
-        Ok(Self {
-            shard: Arc::new(shard),
-            gate: Arc::new(RwLock::new(())),
-            hnsw_ef: spec.search.hnsw_ef,
-        })
+        Ok(Self { shard: Arc::new(shard), gate: Arc::new(RwLock::new(())), hnsw_ef: spec.search.hnsw_ef })
     }
 
     /// Vectors covered by an HNSW index (the rest are searched exactly).
@@ -94,8 +86,7 @@ impl EdgeVectorStore {
 }
 
 fn open_shard(dir: &Path, spec: &CollectionSpec) -> StoreResult<EdgeShard> {
-    std::fs::create_dir_all(dir)
-        .map_err(|e| edge_error(format!("create {}: {e}", dir.display())))?;
+    std::fs::create_dir_all(dir).map_err(|e| edge_error(format!("create {}: {e}", dir.display())))?;
     let hnsw = HnswIndexConfig {
         m: spec.hnsw_config.m,
         ef_construct: spec.hnsw_config.ef_construct,
@@ -108,10 +99,7 @@ fn open_shard(dir: &Path, spec: &CollectionSpec) -> StoreResult<EdgeShard> {
         ..EdgeOptimizersConfig::default()
     };
     let config = EdgeConfigBuilder::new()
-        .vector(
-            "",
-            EdgeVectorParams::builder(spec.vectors.size, distance(&spec.vectors.distance)?).build(),
-        )
+        .vector("", EdgeVectorParams::builder(spec.vectors.size, distance(&spec.vectors.distance)?).build())
         .hnsw_config(hnsw)
         .optimizers(optimizers)
         .on_disk_payload(true)
@@ -124,22 +112,18 @@ fn open_shard(dir: &Path, spec: &CollectionSpec) -> StoreResult<EdgeShard> {
     };
     let indexed = shard.info().payload_schema;
     for (field, schema) in &spec.payload_indexes {
-        let field_name: JsonPath = field
-            .as_str()
-            .try_into()
-            .map_err(|_| edge_error(format!("bad payload index field '{field}'")))?;
+        let field_name: JsonPath =
+            field.as_str().try_into().map_err(|_| edge_error(format!("bad payload index field '{field}'")))?;
         if indexed.contains_key(&field_name) {
             continue;
         }
-        let field_schema: PayloadFieldSchema = serde_json::from_value(schema.clone())
-            .map_err(|e| edge_error(format!("index '{field}': {e}")))?;
+        let field_schema: PayloadFieldSchema =
+            serde_json::from_value(schema.clone()).map_err(|e| edge_error(format!("index '{field}': {e}")))?;
         shard
-            .update(UpdateOperation::FieldIndexOperation(
-                FieldIndexOperations::CreateIndex(CreateIndex {
-                    field_name,
-                    field_schema: Some(field_schema),
-                }),
-            ))
+            .update(UpdateOperation::FieldIndexOperation(FieldIndexOperations::CreateIndex(CreateIndex {
+                field_name,
+                field_schema: Some(field_schema),
+            })))
             .map_err(edge_error)?;
     }
     Ok(shard)
@@ -155,15 +139,13 @@ impl VectorStore for EdgeVectorStore {
     async fn upsert(&self, points: Vec<VectorPoint>) -> StoreResult<()> {
         let points = points
             .into_iter()
-            .map(|p| {
-                PointStruct::new(point_id(p.context.id), p.vector, to_payload(&p.context)).into()
-            })
+            .map(|p| PointStruct::new(point_id(p.context.id), p.vector, to_payload(&p.context)).into())
             .collect();
         self.blocking(false, move |shard| {
             shard
-                .update(UpdateOperation::PointOperation(
-                    PointOperations::UpsertPoints(PointInsertOperations::PointsList(points)),
-                ))
+                .update(UpdateOperation::PointOperation(PointOperations::UpsertPoints(
+                    PointInsertOperations::PointsList(points),
+                )))
                 .map_err(edge_error)
         })
         .await
@@ -172,11 +154,7 @@ impl VectorStore for EdgeVectorStore {
     async fn delete(&self, ids: &[Uuid]) -> StoreResult<()> {
         let ids: Vec<PointId> = ids.iter().copied().map(point_id).collect();
         self.blocking(false, move |shard| {
-            shard
-                .update(UpdateOperation::PointOperation(
-                    PointOperations::DeletePoints { ids },
-                ))
-                .map_err(edge_error)
+            shard.update(UpdateOperation::PointOperation(PointOperations::DeletePoints { ids })).map_err(edge_error)
         })
         .await
     }
@@ -192,16 +170,9 @@ impl VectorStore for EdgeVectorStore {
         let hnsw_ef = self.hnsw_ef.max(limit);
         self.blocking(false, move |shard| {
             let request = SearchRequest {
-                query: QueryEnum::Nearest(NamedQuery {
-                    query: VectorInternal::Dense(vector),
-                    using: None,
-                }),
+                query: QueryEnum::Nearest(NamedQuery { query: VectorInternal::Dense(vector), using: None }),
                 filter: Some(filter),
-                params: Some(SearchParams {
-                    hnsw_ef: Some(hnsw_ef),
-                    exact,
-                    ..SearchParams::default()
-                }),
+                params: Some(SearchParams { hnsw_ef: Some(hnsw_ef), exact, ..SearchParams::default() }),
                 limit,
                 offset: 0,
                 with_payload: Some(WithPayloadInterface::Bool(true)),
@@ -212,12 +183,7 @@ impl VectorStore for EdgeVectorStore {
                 .search(request)
                 .map_err(edge_error)?
                 .into_iter()
-                .map(|point| {
-                    Ok(VectorHit {
-                        score: point.score,
-                        context: to_context(point.payload)?,
-                    })
-                })
+                .map(|point| Ok(VectorHit { score: point.score, context: to_context(point.payload)? }))
                 .collect()
         })
         .await
@@ -245,11 +211,7 @@ impl VectorStore for EdgeVectorStore {
         let ids: Vec<PointId> = ids.iter().copied().map(point_id).collect();
         self.blocking(false, move |shard| {
             let records = shard
-                .retrieve(
-                    &ids,
-                    Some(WithPayloadInterface::Bool(false)),
-                    Some(WithVector::Bool(false)),
-                )
+                .retrieve(&ids, Some(WithPayloadInterface::Bool(false)), Some(WithVector::Bool(false)))
                 .map_err(edge_error)?;
             Ok(records
                 .into_iter()
@@ -264,13 +226,7 @@ impl VectorStore for EdgeVectorStore {
 
     async fn count(&self) -> StoreResult<u64> {
         self.blocking(false, |shard| {
-            shard
-                .count(CountRequest {
-                    filter: None,
-                    exact: true,
-                })
-                .map(|n| n as u64)
-                .map_err(edge_error)
+            shard.count(CountRequest { filter: None, exact: true }).map(|n| n as u64).map_err(edge_error)
         })
         .await
     }
@@ -284,7 +240,6 @@ impl VectorStore for EdgeVectorStore {
     }
 
     async fn optimize(&self) -> StoreResult<bool> {
-        self.blocking(false, |shard| shard.optimize().map_err(edge_error))
-            .await
+        self.blocking(false, |shard| shard.optimize().map_err(edge_error)).await
     }
 }

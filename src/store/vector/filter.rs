@@ -28,6 +28,9 @@ pub fn to_qdrant_json(filter: &ContextFilter) -> Value {
             ]},
         ]}));
     }
+    if let Some(sessions) = &filter.scope.sessions {
+        must.push(match_any("session_id", sessions));
+    }
     must.push(json!({"should": [
         {"is_empty": {"key": "expires_at"}},
         {"key": "expires_at", "range": {"gt": filter.now.millis()}},
@@ -83,12 +86,8 @@ mod tests {
 
     #[test]
     fn non_admin_filter_restricts_visibility_and_expiry() {
-        let scope = ReadScope {
-            agent_id: "bob".into(),
-            admin: false,
-        };
-        let filter =
-            ContextFilter::parse(ContextFilterArgs::default(), scope, Timestamp(10)).unwrap();
+        let scope = ReadScope { agent_id: "bob".into(), admin: false, sessions: None };
+        let filter = ContextFilter::parse(ContextFilterArgs::default(), scope, Timestamp(10)).unwrap();
         let json = to_qdrant_json(&filter).to_string();
         assert!(json.contains("\"private\""));
         assert!(json.contains("\"bob\""));
@@ -97,12 +96,8 @@ mod tests {
 
     #[test]
     fn admin_filter_has_no_visibility_restriction() {
-        let scope = ReadScope {
-            agent_id: "root".into(),
-            admin: true,
-        };
-        let filter =
-            ContextFilter::parse(ContextFilterArgs::default(), scope, Timestamp(10)).unwrap();
+        let scope = ReadScope { agent_id: "root".into(), admin: true, sessions: None };
+        let filter = ContextFilter::parse(ContextFilterArgs::default(), scope, Timestamp(10)).unwrap();
         assert!(!to_qdrant_json(&filter).to_string().contains("\"private\""));
     }
 }

@@ -32,9 +32,7 @@ pub fn to_payload(context: &Context) -> Value {
 }
 
 fn field<'a>(payload: &'a Map<String, Value>, key: &str) -> StoreResult<&'a Value> {
-    payload
-        .get(key)
-        .ok_or_else(|| StoreError::Backend(format!("point payload lacks '{key}'")))
+    payload.get(key).ok_or_else(|| StoreError::Backend(format!("point payload lacks '{key}'")))
 }
 
 fn text(payload: &Map<String, Value>, key: &str) -> StoreResult<String> {
@@ -45,9 +43,7 @@ fn text(payload: &Map<String, Value>, key: &str) -> StoreResult<String> {
 }
 
 fn integer(payload: &Map<String, Value>, key: &str) -> StoreResult<i64> {
-    field(payload, key)?
-        .as_i64()
-        .ok_or_else(|| StoreError::Backend(format!("point payload '{key}' is not an integer")))
+    field(payload, key)?.as_i64().ok_or_else(|| StoreError::Backend(format!("point payload '{key}' is not an integer")))
 }
 
 pub fn from_payload(payload: &Map<String, Value>) -> StoreResult<Context> {
@@ -57,20 +53,10 @@ pub fn from_payload(payload: &Map<String, Value>) -> StoreResult<Context> {
         .ok_or_else(|| StoreError::Backend("point payload visibility is unknown".into()))?;
     let tags = field(payload, "tags")?
         .as_array()
-        .map(|tags| {
-            tags.iter()
-                .filter_map(|t| t.as_str().map(str::to_string))
-                .collect()
-        })
+        .map(|tags| tags.iter().filter_map(|t| t.as_str().map(str::to_string)).collect())
         .unwrap_or_default();
-    let metadata = field(payload, "metadata")?
-        .as_object()
-        .cloned()
-        .unwrap_or_default();
-    let expires_at = payload
-        .get("expires_at")
-        .and_then(Value::as_i64)
-        .map(Timestamp);
+    let metadata = field(payload, "metadata")?.as_object().cloned().unwrap_or_default();
+    let expires_at = payload.get("expires_at").and_then(Value::as_i64).map(Timestamp);
     Ok(Context {
         id,
         session_id: text(payload, "session_id")?,

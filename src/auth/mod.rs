@@ -1,0 +1,149 @@
+//! Identity: principals and permissions, API keys, JWTs, and the `Authenticator` that turns a bearer
+//! credential into a `Principal`.
+
+mod keys;
+mod principal;
+mod tokens;
+
+use std::path::Path;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+pub use keys::{KeyRecord, KeyStore, NewKey, is_api_key};
+pub use principal::{Permission, Permissions, Principal};
+pub use tokens::{Claims, TokenIssuer, load_secret};
+
+use crate::domain::Timestamp;
+use crate::error::{ServiceError, ServiceResult};
+
+/// Why a credential was refused (both are HTTP 401; the distinction goes into `WWW-Authenticate`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthFailure {
+    Missing,
+    Invalid,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TokenRequest {
+    /// An API key (`cs_...`).
+    pub api_key: String,
+    /// Ask for fewer permissions than the key has (read, write, query, admin). Default: all of the key's.
+    #[serde(default)]
+    pub permissions: Option<Vec<String>>,
+    /// Token lifetime in seconds, 60 up to the configured maximum (default: the maximum).
+    #[serde(default)]
+    pub ttl_seconds: Option<i64>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+pub struct TokenResponse {
+    /// Send as `Authorization: Bearer <token>`.
+    pub token: String,
+    pub token_type: String,
+    pub expires_at: Timestamp,
+    pub agent_id: String,
+    pub permissions: Vec<String>,
+}
+
+pub struct AuthSettings<'a> {
+    pub data_dir: &'a Path,
+    pub jwt_secret: Option<&'a str>,
+    pub audience: &'a str,
+    pub issuer: &'a str,
+    pub token_ttl_seconds: i64,
+}
+
+pub struct Authenticator {
+    keys: KeyStore,
+    tokens: TokenIssuer,
+    max_ttl_seconds: i64,
+}
+
+fn principal_of(key: &KeyRecord, permissions: Permissions) -> Principal {
+    Principal {
+        agent_id: key.agent_id.clone(),
+        agent_type: key.agent_type.clone(),
+        permissions,
+        sessions: key.sessions.clone(),
+        trusted: false,
+    }
+}
+
+impl Authenticator {
+    pub fn open(settings: &AuthSettings<'_>) -> ServiceResult<Self> {
+        let keys = KeyStore::open(settings.data_dir)?;
+        let secret = load_secret(settings.jwt_secret, settings.data_dir)?;
+        Ok(Self {
+            keys,
+            tokens: TokenIssuer::new(&secret, settings.audience, settings.issuer),
+            max_ttl_seconds: settings.token_ttl_seconds,
+        })
+    }
+
+    pub fn keys(&self) -> &KeyStore {
+        &self.keys
+    }
+
+    pub fn tokens(&self) -> &TokenIssuer {
+        &self.tokens
+    }
+
+    /// On a first start with no active key, creates an admin key and returns it (to be shown once).
+    pub fn ensure_admin_key(&self) -> ServiceResult<Option<String>> {
+        if self.keys.active_count()? > 0 {
+            return Ok(None);
+        }
+        let new = NewKey {
+            agent_id: "admin".into(),
+            agent_type: "admin".into(),
+            permissions: Permissions::all(),
+            sessions: None,
+        };
+        let (_, key) = self.keys.create(&new)?;
+        Ok(Some(key))
+    }
+
+    /// The principal of a bearer credential: an API key, or a JWT whose key is still active. A JWT's
+    /// permissions are those it was minted with, never more than its key has now.
+    pub fn authenticate(&self, bearer: Option<&str>) -> Result<Principal, AuthFailure> {
+        let credential = bearer.map(str::trim).filter(|c| !c.is_empty()).ok_or(AuthFailure::Missing)?;
+        if is_api_key(credential) {
+            let key = self.keys.verify(credential).map_err(|_| AuthFailure::Invalid)?.ok_or(AuthFailure::Invalid)?;
+            return Ok(principal_of(&key, key.permissions));
+        }
+        let claims = self.tokens.verify(credential).ok_or(AuthFailure::Invalid)?;
+        let key = self.keys.active(&claims.kid).map_err(|_| AuthFailure::Invalid)?.ok_or(AuthFailure::Invalid)?;
+        if key.agent_id != claims.sub {
+            return Err(AuthFailure::Invalid);
+        }
+        let granted = Permissions::parse(&claims.perms.join(",")).map_err(|_| AuthFailure::Invalid)?;
+        Ok(principal_of(&key, key.permissions.intersect(granted)))
+    }
+
+    /// Exchanges an API key for a short-lived JWT.
+    pub fn exchange(&self, request: TokenRequest) -> ServiceResult<TokenResponse> {
+        let key = self
+            .keys
+            .verify(&request.api_key)?
+            .ok_or_else(|| ServiceError::Unauthenticated("the API key is unknown or revoked".into()))?;
+        let asked = match &request.permissions {
+            None => key.permissions,
+            Some(names) => Permissions::parse(&names.join(",")).map_err(ServiceError::InvalidArgument)?,
+        };
+        let ttl = request.ttl_seconds.unwrap_or(self.max_ttl_seconds);
+        if !(60..=self.max_ttl_seconds).contains(&ttl) {
+            return Err(ServiceError::invalid(format!("ttl_seconds must be between 60 and {}", self.max_ttl_seconds)));
+        }
+        let permissions = key.permissions.intersect(asked);
+        let (token, claims) = self.tokens.mint(&key, permissions, ttl)?;
+        Ok(TokenResponse {
+            token,
+            token_type: "Bearer".into(),
+            expires_at: Timestamp(claims.exp * 1000),
+            agent_id: key.agent_id,
+            permissions: claims.perms,
+        })
+    }
+}

@@ -1,0 +1,439 @@
+//! The permission matrix: each tool, called by each kind of principal, over both the HTTP tool endpoint
+//! and MCP Streamable HTTP, has one expected outcome. Plus tokens, revocation, Origin and rate limits.
+
+use rmcp::model::{CallToolRequestParams, ClientCapabilities, ClientConfig, Implementation};
+use rmcp::service::RunningService;
+use rmcp::transport::StreamableHttpClientTransport;
+use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+use rmcp::{RoleClient, ServiceExt};
+use serde_json::{Value, json};
+
+use crate::helpers::{TestApp, create_key, spawn_app, spawn_app_with};
+
+/// What a call must produce.
+#[derive(Debug, Clone)]
+enum Expect {
+    Ok,
+    /// Succeeds and the result mentions this text (an id).
+    OkWith(String),
+    /// Succeeds and the result never mentions this text.
+    OkWithout(String),
+    /// Fails with this error code.
+    Code(&'static str),
+}
+
+const PRINCIPALS: &[&str] = &["alice", "alice_jwt", "bob", "carol", "reader", "admin"];
+const INVALID: &[&str] = &["none", "expired", "wrong_audience", "tampered", "revoked"];
+
+struct World {
+    bearers: Vec<(&'static str, Option<String>)>,
+    public: String,
+    private: String,
+    admin_only: String,
+}
+
+fn bearer<'a>(world: &'a World, name: &str) -> Option<&'a str> {
+    world.bearers.iter().find(|(n, _)| *n == name).and_then(|(_, b)| b.as_deref())
+}
+
+async fn ok_body(app: &TestApp, key: &str, tool: &str, arguments: Value) -> Value {
+    let (status, body) = app.call_tool_as(Some(key), tool, arguments).await;
+    assert_eq!(status, 200, "{tool}: {body}");
+    body
+}
+
+/// Sessions s1 and s2; alice, bob and a read-only reader limited to s1; carol limited to s2; an admin.
+/// Alice owns a public and a private context and some state; the admin owns an admin_only context.
+async fn build_world(app: &TestApp) -> World {
+    let admin = app.admin_key.clone();
+    for session in ["s1", "s2"] {
+        ok_body(app, &admin, "create_session", json!({"id": session, "purpose": "matrix"})).await;
+    }
+    let s1 = Some(vec!["s1".to_string()]);
+    let alice = create_key(&app.auth, "alice", "read,write", s1.clone());
+    let bob = create_key(&app.auth, "bob", "read,write", s1.clone());
+    let carol = create_key(&app.auth, "carol", "read,write", Some(vec!["s2".to_string()]));
+    let reader = create_key(&app.auth, "reader", "read", s1.clone());
+    let revoked = create_key(&app.auth, "mallory", "read,write", None);
+
+    let store =
+        |content: &str, visibility: &str| json!({"session_id": "s1", "content": content, "visibility": visibility});
+    let public = ok_body(app, &alice, "store_context", store("The shared runbook lives in the wiki", "public")).await;
+    let private =
+        ok_body(app, &alice, "store_context", store("Alice's private note: the vault PIN is 4471", "private")).await;
+    let admin_only = ok_body(app, &admin, "store_context", store("Payroll runs on the 25th", "admin_only")).await;
+    ok_body(app, &alice, "set_agent_state", json!({"key": "plan", "value": {"step": 1}})).await;
+
+    let token =
+        app.http.post(format!("{}/auth/token", app.address)).json(&json!({"api_key": alice})).send().await.unwrap();
+    assert_eq!(token.status().as_u16(), 200);
+    let jwt = token.json::<Value>().await.unwrap()["token"].as_str().unwrap().to_string();
+
+    let issuer = app.auth.tokens();
+    let claims = |aud: &str, exp_offset: i64| {
+        let now = context_store::domain::Timestamp::now().millis() / 1000;
+        let key_id = alice.split('_').nth(1).unwrap().to_string();
+        context_store::auth::Claims {
+            sub: "alice".into(),
+            kid: key_id,
+            agent_type: "test".into(),
+            perms: vec!["read".into(), "write".into()],
+            aud: aud.into(),
+            iss: "context-store".into(),
+            iat: now - 3600,
+            exp: now + exp_offset,
+        }
+    };
+    let expired = issuer.sign(&claims("context-store", -60)).unwrap();
+    let wrong_audience = issuer.sign(&claims("another-service", 600)).unwrap();
+    let mut tampered = jwt.clone();
+    let last = tampered.pop().unwrap();
+    tampered.push(if last == 'A' { 'B' } else { 'A' });
+    let revoked_key_id = revoked.split('_').nth(1).unwrap().to_string();
+    app.auth.keys().revoke(&revoked_key_id).unwrap();
+
+    let id = |body: &Value| body["context"]["id"].as_str().unwrap().to_string();
+    World {
+        bearers: vec![
+            ("alice", Some(alice)),
+            ("alice_jwt", Some(jwt)),
+            ("bob", Some(bob)),
+            ("carol", Some(carol)),
+            ("reader", Some(reader)),
+            ("admin", Some(admin)),
+            ("none", None),
+            ("expired", Some(expired)),
+            ("wrong_audience", Some(wrong_audience)),
+            ("tampered", Some(tampered)),
+            ("revoked", Some(revoked)),
+        ],
+        public: id(&public),
+        private: id(&private),
+        admin_only: id(&admin_only),
+    }
+}
+
+/// The matrix: (tool, arguments, outcome for each of PRINCIPALS in order).
+fn cases(world: &World, round: &str) -> Vec<(&'static str, Value, [Expect; 6])> {
+    use Expect::*;
+    let (p, q, a) = (&world.public, &world.private, &world.admin_only);
+    let nf = || Code("not_found");
+    let pd = || Code("permission_denied");
+    let secret = "Alice's private note: the vault PIN is 4471";
+    vec![
+        ("get_context", json!({"id": p}), [Ok, Ok, Ok, nf(), Ok, Ok]),
+        ("get_context", json!({"id": q}), [Ok, Ok, nf(), nf(), nf(), Ok]),
+        ("get_context", json!({"id": a}), [nf(), nf(), nf(), nf(), nf(), Ok]),
+        (
+            "search_context",
+            json!({"query": secret}),
+            [
+                OkWith(q.clone()),
+                OkWith(q.clone()),
+                OkWithout(q.clone()),
+                OkWithout(p.clone()),
+                OkWithout(q.clone()),
+                OkWith(q.clone()),
+            ],
+        ),
+        (
+            "search_context",
+            json!({"query": "Payroll runs on the 25th"}),
+            [
+                OkWithout(a.clone()),
+                OkWithout(a.clone()),
+                OkWithout(a.clone()),
+                OkWithout(a.clone()),
+                OkWithout(a.clone()),
+                OkWith(a.clone()),
+            ],
+        ),
+        (
+            "list_contexts",
+            json!({"session_id": "s1", "limit": 200}),
+            [
+                OkWith(q.clone()),
+                OkWith(q.clone()),
+                OkWithout(q.clone()),
+                OkWithout(p.clone()),
+                OkWithout(q.clone()),
+                OkWith(a.clone()),
+            ],
+        ),
+        (
+            "store_context",
+            json!({"session_id": "s1", "content": format!("note written in round {round}")}),
+            [Ok, Ok, Ok, nf(), pd(), Ok],
+        ),
+        ("update_context", json!({"id": p, "tags": [round]}), [Ok, Ok, pd(), nf(), pd(), Ok]),
+        ("get_agent_state", json!({"key": "plan", "agent_id": "alice"}), [Ok, Ok, pd(), pd(), pd(), Ok]),
+        ("get_agent_state", json!({"key": "plan"}), [Ok, Ok, nf(), nf(), nf(), nf()]),
+        ("set_agent_state", json!({"key": "x", "value": 1, "agent_id": "alice"}), [Ok, Ok, pd(), pd(), pd(), Ok]),
+        ("set_agent_state", json!({"key": "x", "value": 1, "session_id": "s2"}), [nf(), nf(), nf(), Ok, pd(), Ok]),
+        ("link_contexts", json!({"from_id": p, "to_id": q, "relation": "see_also"}), [Ok, Ok, nf(), nf(), pd(), Ok]),
+        (
+            "get_related",
+            json!({"id": p, "both_directions": true}),
+            [OkWith(q.clone()), OkWith(q.clone()), OkWithout(q.clone()), nf(), OkWithout(q.clone()), OkWith(q.clone())],
+        ),
+        ("get_session", json!({"session_id": "s2"}), [nf(), nf(), nf(), Ok, nf(), Ok]),
+        (
+            "list_sessions",
+            json!({}),
+            [
+                OkWithout("s2".into()),
+                OkWithout("s2".into()),
+                OkWithout("s2".into()),
+                OkWithout("s1".into()),
+                OkWithout("s2".into()),
+                OkWith("s2".into()),
+            ],
+        ),
+        ("create_session", json!({"id": format!("new-{round}"), "purpose": "x"}), [pd(), pd(), pd(), pd(), pd(), Ok]),
+        (
+            "get_metrics",
+            json!({}),
+            [
+                OkWithout("items".into()),
+                OkWithout("items".into()),
+                OkWithout("items".into()),
+                OkWithout("items".into()),
+                OkWithout("items".into()),
+                OkWith("items".into()),
+            ],
+        ),
+    ]
+}
+
+fn check(expect: &Expect, outcome: &Result<Value, String>, context: &str) {
+    match (expect, outcome) {
+        (Expect::Ok, Ok(_)) => {}
+        (Expect::OkWith(text), Ok(body)) => {
+            assert!(body.to_string().contains(text.as_str()), "{context}: lacks {text}: {body}")
+        }
+        (Expect::OkWithout(text), Ok(body)) => {
+            assert!(!body.to_string().contains(text.as_str()), "{context}: reveals {text}: {body}")
+        }
+        (Expect::Code(code), Err(got)) => assert_eq!(got, code, "{context}"),
+        (expected, got) => panic!("{context}: expected {expected:?}, got {got:?}"),
+    }
+}
+
+/// A fresh delete target per principal: a private context of alice's.
+async fn delete_outcomes(app: &TestApp, world: &World, call: impl AsyncFn(&str, &str, Value) -> Result<Value, String>) {
+    use Expect::*;
+    let alice = bearer(world, "alice").unwrap();
+    let expected = [Ok, Ok, Code("not_found"), Code("not_found"), Code("permission_denied"), Ok];
+    for (principal, expect) in PRINCIPALS.iter().zip(expected) {
+        let content = format!("disposable note for {principal} {}", uuid::Uuid::now_v7());
+        let stored = ok_body(
+            app,
+            alice,
+            "store_context",
+            json!({"session_id": "s1", "content": content, "visibility": "private"}),
+        )
+        .await;
+        let id = stored["context"]["id"].as_str().unwrap().to_string();
+        let outcome = call(principal, "delete_context", json!({"id": id})).await;
+        check(&expect, &outcome, &format!("{principal} delete_context"));
+    }
+}
+
+async fn http_outcome(app: &TestApp, bearer: Option<&str>, tool: &str, arguments: Value) -> Result<Value, String> {
+    let (status, body) = app.call_tool_as(bearer, tool, arguments).await;
+    if status == 200 {
+        Ok(body)
+    } else {
+        let code = body["error"]["code"].as_str().unwrap_or("?").to_string();
+        let expected_status = match code.as_str() {
+            "not_found" => 404,
+            "permission_denied" => 403,
+            "unauthenticated" => 401,
+            _ => status,
+        };
+        assert_eq!(status, expected_status, "{tool}: HTTP status matches the code {code}");
+        Err(code)
+    }
+}
+
+#[tokio::test]
+async fn every_tool_enforces_identity_permissions_and_scope_over_the_http_tool_endpoint() {
+    let app = spawn_app().await;
+    let world = build_world(&app).await;
+    for (tool, arguments, expected) in cases(&world, "http") {
+        for (principal, expect) in PRINCIPALS.iter().zip(expected.iter()) {
+            let outcome = http_outcome(&app, bearer(&world, principal), tool, arguments.clone()).await;
+            check(expect, &outcome, &format!("{principal} {tool} {arguments}"));
+        }
+        for principal in INVALID {
+            let outcome = http_outcome(&app, bearer(&world, principal), tool, arguments.clone()).await;
+            assert_eq!(outcome.err().as_deref(), Some("unauthenticated"), "{principal} {tool}");
+        }
+    }
+    delete_outcomes(&app, &world, async |principal: &str, tool: &str, arguments: Value| {
+        http_outcome(&app, bearer(&world, principal), tool, arguments).await
+    })
+    .await;
+    app.stop().await;
+}
+
+async fn mcp_client(app: &TestApp, bearer: Option<&str>) -> Result<RunningService<RoleClient, ClientConfig>, String> {
+    let mut config = StreamableHttpClientTransportConfig::with_uri(format!("{}/mcp", app.address));
+    if let Some(bearer) = bearer {
+        config = config.auth_header(bearer.to_string());
+    }
+    ClientConfig::new(ClientCapabilities::default(), Implementation::new("matrix", "0"))
+        .serve(StreamableHttpClientTransport::from_config(config))
+        .await
+        .map_err(|e| e.to_string())
+}
+
+async fn mcp_outcome(
+    client: &RunningService<RoleClient, ClientConfig>,
+    tool: &str,
+    arguments: Value,
+) -> Result<Value, String> {
+    let request =
+        CallToolRequestParams::new(tool.to_string()).with_arguments(arguments.as_object().cloned().unwrap_or_default());
+    let result = client.call_tool(request).await.map_err(|e| format!("protocol error: {e}"))?;
+    let body = result.structured_content.unwrap_or(Value::Null);
+    if result.is_error == Some(true) {
+        Err(body["error"]["code"].as_str().unwrap_or("?").to_string())
+    } else {
+        Ok(body)
+    }
+}
+
+#[tokio::test]
+async fn every_tool_enforces_identity_permissions_and_scope_over_mcp() {
+    let app = spawn_app().await;
+    let world = build_world(&app).await;
+    let mut clients = Vec::new();
+    for principal in PRINCIPALS {
+        clients.push(mcp_client(&app, bearer(&world, principal)).await.expect("valid credentials connect"));
+    }
+    for principal in INVALID {
+        assert!(mcp_client(&app, bearer(&world, principal)).await.is_err(), "{principal} must not get an MCP session");
+    }
+    for (tool, arguments, expected) in cases(&world, "mcp") {
+        for ((principal, client), expect) in PRINCIPALS.iter().zip(&clients).zip(expected.iter()) {
+            let outcome = mcp_outcome(client, tool, arguments.clone()).await;
+            check(expect, &outcome, &format!("{principal} {tool} {arguments}"));
+        }
+    }
+    delete_outcomes(&app, &world, async |principal: &str, tool: &str, arguments: Value| {
+        let index = PRINCIPALS.iter().position(|p| *p == principal).unwrap();
+        mcp_outcome(&clients[index], tool, arguments).await
+    })
+    .await;
+    for client in clients {
+        client.cancel().await.unwrap();
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn tokens_never_carry_more_than_their_key_and_die_with_it() {
+    let app = spawn_app().await;
+    let key = create_key(&app.auth, "dana", "read,write", None);
+    let exchange = |body: Value| {
+        let request = app.http.post(format!("{}/auth/token", app.address)).json(&body);
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let (status, narrow) = exchange(json!({"api_key": key, "permissions": ["read"]})).await;
+    assert_eq!(status, 200);
+    assert_eq!(narrow["permissions"], json!(["read"]));
+    let narrow_token = narrow["token"].as_str().unwrap().to_string();
+    let (status, body) =
+        app.call_tool_as(Some(&narrow_token), "create_session", json!({"id": "d", "purpose": "x"})).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (403, Some("permission_denied")));
+
+    let (status, escalated) = exchange(json!({"api_key": key, "permissions": ["read", "admin"]})).await;
+    assert_eq!(status, 200);
+    assert_eq!(escalated["permissions"], json!(["read"]), "asking for admin does not grant it");
+
+    let (status, body) = exchange(json!({"api_key": "cs_000000000000_nothing"})).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (401, Some("unauthenticated")));
+
+    let (_, full) = exchange(json!({"api_key": key})).await;
+    let token = full["token"].as_str().unwrap().to_string();
+    assert_eq!(app.call_tool_as(Some(&token), "list_sessions", json!({})).await.0, 200);
+    let key_id = key.split('_').nth(1).unwrap();
+    app.auth.keys().revoke(key_id).unwrap();
+    assert_eq!(app.call_tool_as(Some(&key), "list_sessions", json!({})).await.0, 401, "revoked key stops at once");
+    assert_eq!(app.call_tool_as(Some(&token), "list_sessions", json!({})).await.0, 401, "so do its tokens");
+
+    let response =
+        app.http.post(format!("{}/mcp/tool/list_sessions", app.address)).json(&json!({})).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 401);
+    assert!(response.headers().get("www-authenticate").unwrap().to_str().unwrap().starts_with("Bearer"));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn keys_and_the_token_secret_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = crate::helpers::test_settings(dir.path());
+    let first = context_store::auth::Authenticator::open(&settings.auth_settings()).unwrap();
+    let key = create_key(&first, "erin", "read", None);
+    let token = first
+        .exchange(context_store::auth::TokenRequest { api_key: key.clone(), permissions: None, ttl_seconds: None })
+        .unwrap();
+    drop(first);
+    let reopened = context_store::auth::Authenticator::open(&settings.auth_settings()).unwrap();
+    assert_eq!(reopened.authenticate(Some(&key)).unwrap().agent_id, "erin");
+    assert_eq!(reopened.authenticate(Some(&token.token)).unwrap().agent_id, "erin");
+    assert!(reopened.ensure_admin_key().unwrap().is_none(), "no second admin key when keys exist");
+}
+
+#[tokio::test]
+async fn a_foreign_origin_is_refused_on_mcp() {
+    let app = spawn_app().await;
+    let initialize = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "browser", "version": "1"}}});
+    let post = |origin: &'static str| {
+        app.http
+            .post(format!("{}/mcp", app.address))
+            .bearer_auth(&app.key)
+            .header("origin", origin)
+            .header("accept", "application/json, text/event-stream")
+            .json(&initialize)
+            .send()
+    };
+    assert_eq!(post("http://evil.example").await.unwrap().status().as_u16(), 403);
+    assert_eq!(post("http://localhost:3000").await.unwrap().status().as_u16(), 200);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn each_agent_is_rate_limited_with_429_and_retry_after() {
+    let app = spawn_app_with(|settings| {
+        settings.server.rate_limit_per_second = 1;
+        settings.server.rate_limit_burst = 3;
+    })
+    .await;
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        let response = app
+            .http
+            .post(format!("{}/mcp/tool/list_sessions", app.address))
+            .bearer_auth(&app.key)
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap();
+        statuses.push(response.status().as_u16());
+        if response.status().as_u16() == 429 {
+            assert!(response.headers().get("retry-after").is_some());
+        }
+    }
+    assert_eq!(&statuses[..3], &[200, 200, 200]);
+    assert!(statuses[3..].contains(&429), "{statuses:?}");
+    // Another agent has its own budget.
+    assert_eq!(app.call_tool_as(Some(&app.admin_key), "list_sessions", json!({})).await.0, 200);
+    app.stop().await;
+}
