@@ -36,6 +36,41 @@ enum Command {
         #[arg(long, default_value_t = 128)]
         concurrency: usize,
     },
+    /// Run the load harness: concurrent connections over MCP or the HTTP tool endpoint, one scenario at a
+    /// time, each against its own fresh server (or --url). Writes a table, JSON and an SVG plot.
+    Bench {
+        /// Scenarios to run (default: all).
+        #[arg(long, value_enum, value_delimiter = ',')]
+        scenarios: Vec<context_store::bench::load::Scenario>,
+        #[arg(long, default_value_t = 128)]
+        connections: usize,
+        /// Measured seconds per scenario.
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+        #[arg(long, value_enum, default_value = "mcp")]
+        transport: context_store::bench::load::Transport,
+        /// Target a running server instead of starting one.
+        #[arg(long)]
+        url: Option<String>,
+        /// An admin key for --url.
+        #[arg(long, env = "CTX_BENCH_KEY")]
+        key: Option<String>,
+        #[arg(long, default_value_t = 1000)]
+        preload: usize,
+        #[arg(long, default_value_t = 100_000)]
+        search_preload: usize,
+        /// Where report.json, report.md and latency.svg go.
+        #[arg(long, default_value = "benchmarks/results")]
+        out: PathBuf,
+        /// Seconds, not minutes: few connections, small preloads (the test suite runs this).
+        #[arg(long)]
+        smoke: bool,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Also measure the raw embedder in-process (the write scenario's baseline).
+        #[arg(long)]
+        embedder_baseline: bool,
+    },
     /// Test aid: stores contexts from concurrent writers until killed, printing `ACK <id> <content>`
     /// for every acknowledged write (used by the kill -9 durability test).
     #[command(hide = true)]
@@ -149,6 +184,68 @@ async fn main() -> anyhow::Result<()> {
             core.shutdown().await;
         }
         Command::Keys { action } => keys_command(&settings, action)?,
+        Command::Bench {
+            scenarios,
+            connections,
+            seconds,
+            transport,
+            url,
+            key,
+            preload,
+            search_preload,
+            out,
+            smoke,
+            seed,
+            embedder_baseline,
+        } => {
+            use context_store::bench::load::{LoadOptions, Scenario};
+            let scenarios = if scenarios.is_empty() {
+                vec![
+                    Scenario::Noop,
+                    Scenario::Agent,
+                    Scenario::Write,
+                    Scenario::Read,
+                    Scenario::Search,
+                    Scenario::Mixed,
+                ]
+            } else {
+                scenarios
+            };
+            let options = LoadOptions {
+                scenarios,
+                connections: if smoke { connections.min(16) } else { connections },
+                duration: std::time::Duration::from_secs(if smoke { 2 } else { seconds }),
+                transport,
+                url,
+                key,
+                preload: if smoke { preload.min(100) } else { preload },
+                search_preload: if smoke { search_preload.min(200) } else { search_preload },
+                assets_dir: settings.embedding.assets_dir.clone(),
+                seed,
+                progress: !smoke && std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            };
+            let mut reports = Vec::new();
+            for scenario in options.scenarios.clone() {
+                eprintln!("scenario {scenario:?}...");
+                reports.push(context_store::bench::load::run_scenario(scenario, &options).await?);
+            }
+            std::fs::create_dir_all(&out)?;
+            let mut table = context_store::bench::report::markdown(&reports);
+            if embedder_baseline {
+                let rates = context_store::bench::embedder_baseline(&settings, 256, 128)
+                    .await
+                    .map_err(|e| anyhow::anyhow!(e.to_string()))?;
+                table.push_str("\n### Raw embedder (in-process)\n\n| path | texts/s |\n|---|---|\n");
+                for (name, rate) in rates {
+                    table.push_str(&format!("| {name} | {rate:.1} |\n"));
+                }
+            }
+            std::fs::write(out.join("report.json"), serde_json::to_string_pretty(&reports)?)?;
+            std::fs::write(out.join("report.md"), &table)?;
+            context_store::bench::report::plot(&reports, &out.join("latency.svg"))?;
+            println!("{table}");
+            eprintln!("wrote {}", out.display());
+        }
         Command::BenchEmbedder { texts, concurrency } => {
             let results = context_store::bench::embedder_baseline(&settings, texts, concurrency)
                 .await

@@ -158,6 +158,7 @@ impl ContextService {
         items.with_label_values(&["agent_states"]).set(counts.agent_states as i64);
         items.with_label_values(&["pending_index"]).set(counts.pending_index as i64);
         items.with_label_values(&["vectors"]).set(self.vectors.count().await? as i64);
+        items.with_label_values(&["indexed_vectors"]).set(self.vectors.indexed().await? as i64);
         Ok(())
     }
 }

@@ -84,7 +84,8 @@ impl ContextService {
         principal.require(Permission::Read)?;
         let plan = self.plan_search(principal, request)?;
         let key = self.cache_key(&plan);
-        if let Some(cached) = self.search_cache.get(&key).await {
+        let caching = self.options.search_cache_entries > 0;
+        if caching && let Some(cached) = self.search_cache.get(&key).await {
             self.metrics.search_cache_hits.inc();
             let now = Timestamp::now();
             let mut response = cached.as_ref().clone();
@@ -95,7 +96,7 @@ impl ContextService {
         self.metrics.search_cache_misses.inc();
         let response = self.run_search(&plan).await?;
         // A degraded answer is not cached: the next call should try the embedder again.
-        if response.mode == SearchMode::Hybrid {
+        if caching && response.mode == SearchMode::Hybrid {
             self.search_cache.insert(key, Arc::new(response.clone())).await;
         }
         Ok(response)

@@ -101,6 +101,9 @@ impl VectorStore for SwitchableVectors {
     async fn count(&self) -> StoreResult<u64> {
         self.inner.count().await
     }
+    async fn indexed(&self) -> StoreResult<u64> {
+        self.inner.indexed().await
+    }
     async fn flush(&self) -> StoreResult<()> {
         self.inner.flush().await
     }

@@ -1,5 +1,6 @@
 //! One integration test binary: real embedded stores, the real embedding model, temp dirs.
 
+mod bench_smoke;
 mod durability;
 mod embedder;
 mod helpers;

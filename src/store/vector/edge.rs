@@ -231,6 +231,10 @@ impl VectorStore for EdgeVectorStore {
         .await
     }
 
+    async fn indexed(&self) -> StoreResult<u64> {
+        self.blocking(false, |shard| Ok(shard.info().indexed_vectors_count as u64)).await
+    }
+
     async fn flush(&self) -> StoreResult<()> {
         self.blocking(true, |shard| {
             shard.flush();

@@ -45,6 +45,8 @@ pub trait VectorStore: Send + Sync + 'static {
     /// Which of `ids` have a point.
     async fn existing_ids(&self, ids: &[Uuid]) -> StoreResult<Vec<Uuid>>;
     async fn count(&self) -> StoreResult<u64>;
+    /// Points covered by the vector index (the rest are searched exactly).
+    async fn indexed(&self) -> StoreResult<u64>;
     /// Makes every applied change durable.
     async fn flush(&self) -> StoreResult<()>;
     /// Builds indexes if worthwhile; may take minutes. Returns whether anything changed.

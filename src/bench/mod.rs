@@ -1,5 +1,8 @@
-//! Measurements shared by the `bench-*` commands and the tests: seeded text generation and the raw
-//! embedder baseline (texts per second at fixed batch sizes, and through the micro-batcher).
+//! Benchmarks: seeded text generation, the raw embedder baseline (texts per second at fixed batch sizes,
+//! in parallel sessions, and through the micro-batcher), and the load harness (`load`, `report`).
+
+pub mod load;
+pub mod report;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -120,6 +123,32 @@ pub async fn embedder_baseline(
         results.push((format!("raw session, batch {batch}"), n_texts as f64 / started.elapsed().as_secs_f64()));
     }
     drop(session);
+    // The model's own throughput on this machine: every session busy with batches of 32, in parallel.
+    let sessions = settings.embedding.sessions.max(1);
+    let started = Instant::now();
+    let per_session = n_texts.div_ceil(sessions);
+    let handles: Vec<_> = texts
+        .chunks(per_session)
+        .map(|share| {
+            let share = share.to_vec();
+            let assets = assets.clone();
+            let max_tokens = settings.embedding.max_tokens;
+            std::thread::spawn(move || -> StoreResult<()> {
+                let mut session = load_session(&assets, max_tokens)?;
+                for chunk in share.chunks(32) {
+                    session.embed(chunk, Some(32)).map_err(|e| crate::error::StoreError::Unavailable(e.to_string()))?;
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    for handle in handles {
+        handle.join().map_err(|_| crate::error::StoreError::Backend("embedding thread panicked".into()))??;
+    }
+    results.push((
+        format!("raw, {sessions} sessions in parallel, batch 32 (incl. session load)"),
+        n_texts as f64 / started.elapsed().as_secs_f64(),
+    ));
     let embedder = Arc::new(FastEmbedder::start(&assets, settings.batcher_options(), Arc::new(Metrics::new()))?);
     let started = Instant::now();
     let queue = Arc::new(std::sync::Mutex::new(texts.clone()));

@@ -1,0 +1,587 @@
+//! The load harness: N concurrent connections, each its own keep-alive HTTP client with its own agent
+//! identity, driving real MCP Streamable HTTP (JSON-RPC `tools/call`) or the HTTP tool endpoint.
+//! It starts the server itself (the same binary, a temp data dir, one server per scenario) or targets a URL.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use super::Sentences;
+use crate::auth::{KeyStore, NewKey, Permissions};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Scenario {
+    /// Sessions, stores, list 50, fuzzy-thresholded search over 1000 contexts, agent state.
+    Agent,
+    /// store_context with unique texts: embedding cost.
+    Write,
+    /// get_context, list_contexts, get_agent_state.
+    Read,
+    /// search over a large preloaded set, with cached and uncached query embeddings.
+    Search,
+    /// 80% reads, 20% writes.
+    Mixed,
+    /// GET /health through the same clients: the no-op baseline.
+    Noop,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Transport {
+    /// JSON-RPC tools/call over MCP Streamable HTTP (POST /mcp).
+    Mcp,
+    /// POST /mcp/tool/{name}.
+    Http,
+}
+
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    pub scenarios: Vec<Scenario>,
+    pub connections: usize,
+    pub duration: Duration,
+    pub transport: Transport,
+    /// Target an existing server instead of starting one (then `key` must be an admin key).
+    pub url: Option<String>,
+    pub key: Option<String>,
+    /// Contexts preloaded for the agent, read and mixed scenarios.
+    pub preload: usize,
+    /// Contexts preloaded for the search scenario.
+    pub search_preload: usize,
+    pub assets_dir: PathBuf,
+    pub seed: u64,
+    pub progress: bool,
+}
+
+/// Latency and outcome of one kind of operation in one scenario.
+#[derive(Debug, Clone, Serialize)]
+pub struct OpReport {
+    pub op: String,
+    pub ops: u64,
+    pub errors: u64,
+    pub throughput: f64,
+    pub p50_ms: f64,
+    pub p95_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+    /// (percentile, ms) points for the latency plot.
+    pub curve: Vec<(f64, f64)>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ScenarioReport {
+    pub scenario: Scenario,
+    pub transport: Transport,
+    pub connections: usize,
+    pub seconds: f64,
+    pub preloaded: usize,
+    /// All operations together, then each kind.
+    pub total: OpReport,
+    pub ops: Vec<OpReport>,
+    pub error_samples: Vec<String>,
+    pub server_peak_rss_mb: Option<f64>,
+    pub ready_seconds: Option<f64>,
+}
+
+/// A server the harness started: killed when dropped.
+struct Server {
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    fn peak_rss_mb(&self) -> Option<f64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+        let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kb / 1024.0)
+    }
+}
+
+/// The target: base URL, one bearer per connection, an admin bearer for set-up.
+struct Target {
+    base: String,
+    bearers: Vec<String>,
+    admin: String,
+    server: Option<Server>,
+    ready_seconds: Option<f64>,
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+async fn start_target(options: &LoadOptions, scenario: Scenario) -> anyhow::Result<Target> {
+    if let Some(url) = &options.url {
+        let admin = options.key.clone().ok_or_else(|| anyhow::anyhow!("--url needs --key (an admin key)"))?;
+        return Ok(Target {
+            base: url.trim_end_matches('/').to_string(),
+            bearers: vec![admin.clone(); options.connections],
+            admin,
+            server: None,
+            ready_seconds: None,
+        });
+    }
+    let dir = tempfile::tempdir()?;
+    let keys = KeyStore::open(dir.path()).map_err(|e| anyhow::anyhow!(e.to_string()))?;
+    let mut bearers = Vec::with_capacity(options.connections);
+    for index in 0..options.connections {
+        let new = NewKey {
+            agent_id: format!("bench-agent-{index}"),
+            agent_type: "bench".into(),
+            permissions: Permissions { read: true, write: true, query: false, admin: false },
+            sessions: None,
+        };
+        bearers.push(keys.create(&new).map_err(|e| anyhow::anyhow!(e.to_string()))?.1);
+    }
+    let admin_key = NewKey {
+        agent_id: "bench-admin".into(),
+        agent_type: "bench".into(),
+        permissions: Permissions::all(),
+        sessions: None,
+    };
+    let admin = keys.create(&admin_key).map_err(|e| anyhow::anyhow!(e.to_string()))?.1;
+    drop(keys);
+    let port = free_port()?;
+    let mut command = std::process::Command::new(std::env::current_exe()?);
+    command
+        .arg("serve")
+        .env("CTX__DATA_DIR", dir.path())
+        .env("CTX__SERVER__PORT", port.to_string())
+        .env("CTX__EMBEDDING__ASSETS_DIR", &options.assets_dir)
+        .env("CTX__SERVER__RATE_LIMIT_PER_SECOND", "1000000")
+        .env("CTX__SERVER__RATE_LIMIT_BURST", "1000000")
+        .env("CTX__SERVER__MAX_CONCURRENCY", (options.connections * 4).max(64).to_string())
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    if scenario == Scenario::Search {
+        // Measure the search path itself: no result cache (query embeddings are still cached).
+        command.env("CTX__SEARCH__CACHE_ENTRIES", "0");
+    }
+    let started = Instant::now();
+    let child = command.spawn()?;
+    let server = Server { child, _dir: dir };
+    let base = format!("http://127.0.0.1:{port}");
+    let probe = reqwest::Client::new();
+    let ready = loop {
+        if let Ok(response) = probe.get(format!("{base}/health/ready")).send().await
+            && response.status().is_success()
+        {
+            break started.elapsed().as_secs_f64();
+        }
+        if started.elapsed() > Duration::from_secs(120) {
+            anyhow::bail!("the server did not become ready within 120 s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    Ok(Target { base, bearers, admin, server: Some(server), ready_seconds: Some(ready) })
+}
+
+/// One connection: its own client (one keep-alive connection), its own identity.
+#[derive(Clone)]
+struct Connection {
+    http: reqwest::Client,
+    base: String,
+    bearer: String,
+    transport: Transport,
+    next_id: Arc<AtomicU64>,
+}
+
+impl Connection {
+    fn new(base: &str, bearer: &str, transport: Transport) -> Self {
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(1)
+            .tcp_nodelay(true)
+            .timeout(Duration::from_secs(60))
+            .build()
+            .expect("client builds");
+        Self {
+            http,
+            base: base.to_string(),
+            bearer: bearer.to_string(),
+            transport,
+            next_id: Arc::new(AtomicU64::new(1)),
+        }
+    }
+
+    /// Calls a tool; `Err` carries the error code or transport failure.
+    async fn call(&self, tool: &str, arguments: Value) -> Result<Value, String> {
+        match self.transport {
+            Transport::Http => {
+                let response = self
+                    .http
+                    .post(format!("{}/mcp/tool/{tool}", self.base))
+                    .bearer_auth(&self.bearer)
+                    .json(&arguments)
+                    .send()
+                    .await
+                    .map_err(|e| format!("transport: {e}"))?;
+                let status = response.status();
+                let body: Value = response.json().await.map_err(|e| format!("body: {e}"))?;
+                if status.is_success() {
+                    Ok(body)
+                } else {
+                    Err(format!("{} {}", status.as_u16(), body["error"]["code"].as_str().unwrap_or("?")))
+                }
+            }
+            Transport::Mcp => {
+                let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+                let request = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+                                     "params": {"name": tool, "arguments": arguments}});
+                let response = self
+                    .http
+                    .post(format!("{}/mcp", self.base))
+                    .bearer_auth(&self.bearer)
+                    .header("accept", "application/json, text/event-stream")
+                    .header("mcp-protocol-version", "2025-06-18")
+                    .json(&request)
+                    .send()
+                    .await
+                    .map_err(|e| format!("transport: {e}"))?;
+                let status = response.status();
+                let body: Value = response.json().await.map_err(|e| format!("body: {e}"))?;
+                if !status.is_success() {
+                    return Err(format!("{} {}", status.as_u16(), body));
+                }
+                if let Some(error) = body.get("error") {
+                    return Err(format!("json-rpc {error}"));
+                }
+                let result = &body["result"];
+                if result["isError"] == json!(true) {
+                    Err(result["structuredContent"]["error"]["code"].as_str().unwrap_or("?").to_string())
+                } else {
+                    Ok(result["structuredContent"].clone())
+                }
+            }
+        }
+    }
+
+    async fn health(&self) -> Result<Value, String> {
+        let response = self.http.get(format!("{}/health", self.base)).send().await.map_err(|e| e.to_string())?;
+        if response.status().is_success() { Ok(Value::Null) } else { Err(response.status().to_string()) }
+    }
+}
+
+/// What the scenarios operate on, created before measuring.
+#[derive(Clone, Default)]
+struct Fixture {
+    sessions: Vec<String>,
+    context_ids: Vec<String>,
+    warm_queries: Vec<String>,
+}
+
+async fn preload(
+    admin: &Connection,
+    sessions: &[String],
+    count: usize,
+    seed: u64,
+    progress: bool,
+) -> anyhow::Result<Vec<String>> {
+    let bar = progress_bar(progress, count as u64, "preloading contexts");
+    let next = Arc::new(AtomicU64::new(0));
+    let ids = Arc::new(std::sync::Mutex::new(Vec::with_capacity(count)));
+    let writers: Vec<_> = (0..32)
+        .map(|writer| {
+            let (admin, next, ids, bar) = (admin.clone(), next.clone(), ids.clone(), bar.clone());
+            let sessions = sessions.to_vec();
+            tokio::spawn(async move {
+                let mut sentences = Sentences::new(seed.wrapping_mul(1000).wrapping_add(writer));
+                loop {
+                    let n = next.fetch_add(1, Ordering::Relaxed) as usize;
+                    if n >= count {
+                        return Ok::<(), anyhow::Error>(());
+                    }
+                    let body = json!({"session_id": sessions[n % sessions.len()],
+                                      "content": format!("{} #{n}", sentences.next_sentence()),
+                                      "tags": [format!("t{}", n % 10)], "agent_id": format!("bench-agent-{}", n % 8)});
+                    let stored =
+                        admin.call("store_context", body).await.map_err(|e| anyhow::anyhow!("preload: {e}"))?;
+                    ids.lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(stored["context"]["id"].as_str().unwrap_or_default().to_string());
+                    bar.inc(1);
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.await??;
+    }
+    bar.finish_and_clear();
+    let ids = std::mem::take(&mut *ids.lock().unwrap_or_else(|e| e.into_inner()));
+    Ok(ids)
+}
+
+fn progress_bar(enabled: bool, length: u64, message: &'static str) -> indicatif::ProgressBar {
+    if !enabled {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(length);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{msg:>22} [{elapsed_precise}] {wide_bar} {pos}/{len} {per_sec}")
+            .expect("valid template"),
+    );
+    bar.set_message(message);
+    bar
+}
+
+/// Waits until the vector index covers most points (the server optimizes in the background).
+async fn wait_for_index(admin: &Connection, progress: bool) {
+    let bar = progress_bar(progress, 100, "building HNSW index");
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(1800) {
+        let metrics = admin.http.get(format!("{}/metrics", admin.base)).bearer_auth(&admin.bearer).send().await.ok();
+        let text = match metrics {
+            Some(response) => response.text().await.unwrap_or_default(),
+            None => String::new(),
+        };
+        let gauge = |kind: &str| {
+            text.lines()
+                .find(|l| l.starts_with(&format!("context_store_items{{kind=\"{kind}\"}}")))
+                .and_then(|l| l.split_whitespace().last())
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        let (indexed, total) = (gauge("indexed_vectors"), gauge("vectors"));
+        if total > 0.0 {
+            bar.set_position((100.0 * indexed / total) as u64);
+            if indexed >= 0.95 * total {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    bar.finish_and_clear();
+}
+
+async fn prepare(scenario: Scenario, target: &Target, options: &LoadOptions) -> anyhow::Result<Fixture> {
+    let admin = Connection::new(&target.base, &target.admin, Transport::Http);
+    if scenario == Scenario::Noop {
+        return Ok(Fixture::default());
+    }
+    let run = uuid::Uuid::now_v7().simple().to_string();
+    let sessions: Vec<String> = (0..(options.connections / 8).max(1)).map(|i| format!("bench-{run}-{i}")).collect();
+    for session in &sessions {
+        admin
+            .call("create_session", json!({"id": session, "purpose": "benchmark"}))
+            .await
+            .map_err(|e| anyhow::anyhow!("create_session: {e}"))?;
+    }
+    let count = match scenario {
+        Scenario::Search => options.search_preload,
+        Scenario::Write => 0,
+        _ => options.preload,
+    };
+    let context_ids = preload(&admin, &sessions, count, options.seed, options.progress).await?;
+    if scenario == Scenario::Search && count >= 5_000 {
+        wait_for_index(&admin, options.progress).await;
+    }
+    // Each agent has a state entry to read.
+    for index in 0..options.connections {
+        let body = json!({"key": "profile", "value": {"n": index}, "agent_id": format!("bench-agent-{index}")});
+        admin.call("set_agent_state", body).await.map_err(|e| anyhow::anyhow!("set_agent_state: {e}"))?;
+    }
+    let mut queries = Sentences::new(options.seed ^ 0xfeed);
+    let warm_queries: Vec<String> = (0..50).map(|_| queries.next_sentence()).collect();
+    if scenario == Scenario::Search {
+        for query in &warm_queries {
+            admin
+                .call("search_context", json!({"query": query, "limit": 10}))
+                .await
+                .map_err(|e| anyhow::anyhow!("warm: {e}"))?;
+        }
+    }
+    Ok(Fixture { sessions, context_ids, warm_queries })
+}
+
+/// Per-connection recording.
+struct Recorder {
+    per_op: BTreeMap<&'static str, (Histogram<u64>, u64)>,
+    error_samples: Vec<String>,
+}
+
+impl Recorder {
+    fn new() -> Self {
+        Self { per_op: BTreeMap::new(), error_samples: Vec::new() }
+    }
+
+    fn record(&mut self, op: &'static str, elapsed: Duration, outcome: &Result<Value, String>) {
+        let entry = self
+            .per_op
+            .entry(op)
+            .or_insert_with(|| (Histogram::new_with_bounds(1, 120_000_000, 3).expect("valid bounds"), 0));
+        let _ = entry.0.record((elapsed.as_micros() as u64).max(1));
+        if let Err(err) = outcome {
+            entry.1 += 1;
+            if self.error_samples.len() < 5 {
+                self.error_samples.push(format!("{op}: {err}"));
+            }
+        }
+    }
+}
+
+/// One operation of a scenario, chosen by the connection's random stream.
+async fn step(
+    scenario: Scenario,
+    connection: &Connection,
+    agent: &str,
+    fixture: &Fixture,
+    rng: &mut fastrand::Rng,
+    sentences: &mut Sentences,
+) -> (&'static str, Result<Value, String>) {
+    if scenario == Scenario::Noop {
+        return ("health", connection.health().await);
+    }
+    let session = &fixture.sessions[rng.usize(..fixture.sessions.len())];
+    let id_index = rng.usize(..fixture.context_ids.len().max(1));
+    let any_id = || fixture.context_ids.get(id_index).cloned().unwrap_or_default();
+    let store = |sentences: &mut Sentences| json!({"session_id": session, "content": format!("{} [{}]", sentences.next_sentence(), uuid::Uuid::now_v7())});
+    let roll = rng.u32(..100);
+    let (op, arguments) = match scenario {
+        Scenario::Noop => unreachable!("handled above"),
+        Scenario::Write => ("store_context", store(sentences)),
+        Scenario::Agent => match roll {
+            0..15 => ("store_context", store(sentences)),
+            15..40 => (
+                "search_context",
+                json!({"query": sentences.next_sentence(), "session_id": session, "fuzzy_threshold": 0.3, "limit": 10}),
+            ),
+            40..60 => ("list_contexts", json!({"session_id": session, "limit": 50})),
+            60..80 => ("set_agent_state", json!({"key": format!("step-{}", roll % 4), "value": {"at": roll}})),
+            _ => ("get_agent_state", json!({"key": "profile", "agent_id": agent})),
+        },
+        Scenario::Read => match roll {
+            0..40 => ("get_context", json!({"id": any_id()})),
+            40..70 => ("list_contexts", json!({"session_id": session, "limit": 20})),
+            _ => ("get_agent_state", json!({"key": "profile", "agent_id": agent})),
+        },
+        Scenario::Search => {
+            if roll < 50 {
+                let query = &fixture.warm_queries[rng.usize(..fixture.warm_queries.len())];
+                ("search (cached embedding)", json!({"query": query, "limit": 10}))
+            } else {
+                (
+                    "search (new query)",
+                    json!({"query": format!("{} {}", sentences.next_sentence(), rng.u32(..1000)), "limit": 10}),
+                )
+            }
+        }
+        Scenario::Mixed => match roll {
+            0..30 => ("get_context", json!({"id": any_id()})),
+            30..55 => {
+                ("search_context", json!({"query": sentences.next_sentence(), "session_id": session, "limit": 10}))
+            }
+            55..80 => ("list_contexts", json!({"session_id": session, "limit": 20})),
+            80..95 => ("store_context", store(sentences)),
+            _ => ("set_agent_state", json!({"key": "mixed", "value": roll})),
+        },
+    };
+    let tool = if op.starts_with("search") { "search_context" } else { op };
+    (op, connection.call(tool, arguments).await)
+}
+
+fn op_report(op: &str, histogram: &Histogram<u64>, errors: u64, seconds: f64) -> OpReport {
+    let ms = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
+    OpReport {
+        op: op.to_string(),
+        ops: histogram.len(),
+        errors,
+        throughput: histogram.len() as f64 / seconds,
+        p50_ms: ms(0.5),
+        p95_ms: ms(0.95),
+        p99_ms: ms(0.99),
+        max_ms: histogram.max() as f64 / 1000.0,
+        curve: [0.5, 0.75, 0.9, 0.95, 0.99, 0.999].iter().map(|q| (q * 100.0, ms(*q))).collect(),
+    }
+}
+
+/// Runs one scenario against its own server (or the given URL).
+pub async fn run_scenario(scenario: Scenario, options: &LoadOptions) -> anyhow::Result<ScenarioReport> {
+    let target = start_target(options, scenario).await?;
+    let fixture = Arc::new(prepare(scenario, &target, options).await?);
+    let done = Arc::new(AtomicU64::new(0));
+    let bar = progress_bar(options.progress, options.duration.as_secs().max(1), "measuring");
+    let deadline = tokio::time::Instant::now() + options.duration;
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..options.connections)
+        .map(|index| {
+            let connection = Connection::new(&target.base, &target.bearers[index], options.transport);
+            let (fixture, done) = (fixture.clone(), done.clone());
+            let seed = options.seed.wrapping_add(index as u64);
+            tokio::spawn(async move {
+                let agent = format!("bench-agent-{index}");
+                let mut rng = fastrand::Rng::with_seed(seed);
+                let mut sentences = Sentences::new(seed ^ 0xabc);
+                let mut recorder = Recorder::new();
+                while tokio::time::Instant::now() < deadline {
+                    let began = Instant::now();
+                    let (op, outcome) = step(scenario, &connection, &agent, &fixture, &mut rng, &mut sentences).await;
+                    recorder.record(op, began.elapsed(), &outcome);
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+                recorder
+            })
+        })
+        .collect();
+    let ticker = {
+        let bar = bar.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                bar.inc(1);
+            }
+        })
+    };
+    let mut merged: BTreeMap<&'static str, (Histogram<u64>, u64)> = BTreeMap::new();
+    let mut error_samples = Vec::new();
+    for task in tasks {
+        let recorder = task.await?;
+        for (op, (histogram, errors)) in recorder.per_op {
+            let entry = merged.entry(op).or_insert_with(|| (Histogram::new_from(&histogram), 0));
+            entry.0.add(&histogram).expect("same bounds");
+            entry.1 += errors;
+        }
+        error_samples.extend(recorder.error_samples);
+    }
+    ticker.abort();
+    bar.finish_and_clear();
+    let seconds = started.elapsed().as_secs_f64();
+    let mut total = Histogram::<u64>::new_with_bounds(1, 120_000_000, 3).expect("valid bounds");
+    let mut total_errors = 0;
+    let ops: Vec<OpReport> = merged
+        .iter()
+        .map(|(op, (histogram, errors))| {
+            total.add(histogram).expect("same bounds");
+            total_errors += errors;
+            op_report(op, histogram, *errors, seconds)
+        })
+        .collect();
+    error_samples.truncate(10);
+    let server_peak_rss_mb = target.server.as_ref().and_then(Server::peak_rss_mb);
+    Ok(ScenarioReport {
+        scenario,
+        transport: options.transport,
+        connections: options.connections,
+        seconds,
+        preloaded: fixture.context_ids.len(),
+        total: op_report("all", &total, total_errors, seconds),
+        ops,
+        error_samples,
+        server_peak_rss_mb,
+        ready_seconds: target.ready_seconds,
+    })
+}
