@@ -143,7 +143,7 @@ fn keys_command(settings: &Settings, action: KeysAction) -> anyhow::Result<()> {
         }
         KeysAction::Revoke { key_id } => {
             keys.revoke(&key_id).map_err(|_| anyhow::anyhow!("no key with id {key_id}"))?;
-            eprintln!("key {key_id} revoked");
+            eprintln!("key {key_id} revoked (a running server stops accepting it within a second)");
         }
     }
     Ok(())

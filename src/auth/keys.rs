@@ -156,12 +156,9 @@ impl KeyStore {
     /// The active key with this id.
     pub fn active(&self, key_id: &str) -> StoreResult<Option<KeyRecord>> {
         self.with(|conn| {
-            conn.query_row(
-                &format!("SELECT {COLUMNS} FROM api_keys WHERE key_id = ?1 AND revoked = 0"),
-                params![key_id],
-                record_from_row,
-            )
-            .optional()
+            conn.prepare_cached(&format!("SELECT {COLUMNS} FROM api_keys WHERE key_id = ?1 AND revoked = 0"))?
+                .query_row(params![key_id], record_from_row)
+                .optional()
         })
     }
 
@@ -171,23 +168,22 @@ impl KeyStore {
             return Ok(None);
         };
         let stored: Option<(Vec<u8>, KeyRecord)> = self.with(|conn| {
-            conn.query_row(
-                &format!("SELECT secret_hash, {COLUMNS} FROM api_keys WHERE key_id = ?1 AND revoked = 0"),
-                params![key_id],
-                |row| {
-                    let hash: Vec<u8> = row.get(0)?;
-                    let record = KeyRecord {
-                        key_id: row.get(1)?,
-                        agent_id: row.get(2)?,
-                        agent_type: row.get(3)?,
-                        permissions: Permissions::parse(&row.get::<_, String>(4)?).unwrap_or_default(),
-                        sessions: row.get::<_, Option<String>>(5)?.and_then(|s| serde_json::from_str(&s).ok()),
-                        created_at: Timestamp(row.get(6)?),
-                        revoked: false,
-                    };
-                    Ok((hash, record))
-                },
-            )
+            conn.prepare_cached(&format!(
+                "SELECT secret_hash, {COLUMNS} FROM api_keys WHERE key_id = ?1 AND revoked = 0"
+            ))?
+            .query_row(params![key_id], |row| {
+                let hash: Vec<u8> = row.get(0)?;
+                let record = KeyRecord {
+                    key_id: row.get(1)?,
+                    agent_id: row.get(2)?,
+                    agent_type: row.get(3)?,
+                    permissions: Permissions::parse(&row.get::<_, String>(4)?).unwrap_or_default(),
+                    sessions: row.get::<_, Option<String>>(5)?.and_then(|s| serde_json::from_str(&s).ok()),
+                    created_at: Timestamp(row.get(6)?),
+                    revoked: false,
+                };
+                Ok((hash, record))
+            })
             .optional()
         })?;
         Ok(stored.and_then(|(hash, record)| constant_time_eq(&hash, &digest(secret)).then_some(record)))

@@ -59,7 +59,14 @@ pub struct Authenticator {
     keys: KeyStore,
     tokens: TokenIssuer,
     max_ttl_seconds: i64,
+    /// Recently verified credentials (keyed by their sha256) -> principal. Revocations through this
+    /// authenticator clear it at once; a revocation by another process (the `keys` CLI) is seen within
+    /// `VERIFIED_TTL`.
+    verified: moka::sync::Cache<Vec<u8>, Principal>,
 }
+
+/// How long a verified credential is trusted without looking at the key store again.
+const VERIFIED_TTL: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn principal_of(key: &KeyRecord, permissions: Permissions) -> Principal {
     Principal {
@@ -79,6 +86,7 @@ impl Authenticator {
             keys,
             tokens: TokenIssuer::new(&secret, settings.audience, settings.issuer),
             max_ttl_seconds: settings.token_ttl_seconds,
+            verified: moka::sync::Cache::builder().max_capacity(100_000).time_to_live(VERIFIED_TTL).build(),
         })
     }
 
@@ -105,13 +113,42 @@ impl Authenticator {
         Ok(Some(key))
     }
 
+    /// Revokes a key; it and every token minted from it stop working at once.
+    pub fn revoke(&self, key_id: &str) -> ServiceResult<()> {
+        self.keys.revoke(key_id).map_err(|_| ServiceError::NotFound(format!("key {key_id}")))?;
+        self.verified.invalidate_all();
+        Ok(())
+    }
+
+    fn cache_key(credential: &str) -> Vec<u8> {
+        use sha2::Digest;
+        sha2::Sha256::digest(credential.as_bytes()).to_vec()
+    }
+
+    /// The principal of a credential verified moments ago, without touching the key store.
+    pub fn recently_verified(&self, bearer: Option<&str>) -> Option<Principal> {
+        let credential = bearer.map(str::trim).filter(|c| !c.is_empty())?;
+        let principal = self.verified.get(&Self::cache_key(credential))?;
+        Some(principal)
+    }
+
     /// The principal of a bearer credential: an API key, or a JWT whose key is still active. A JWT's
     /// permissions are those it was minted with, never more than its key has now.
     pub fn authenticate(&self, bearer: Option<&str>) -> Result<Principal, AuthFailure> {
         let credential = bearer.map(str::trim).filter(|c| !c.is_empty()).ok_or(AuthFailure::Missing)?;
+        let (principal, cacheable) = self.verify_credential(credential)?;
+        if cacheable {
+            self.verified.insert(Self::cache_key(credential), principal.clone());
+        }
+        Ok(principal)
+    }
+
+    /// The principal, and whether it may be cached (a token about to expire may not: the cache must
+    /// never outlive it).
+    fn verify_credential(&self, credential: &str) -> Result<(Principal, bool), AuthFailure> {
         if is_api_key(credential) {
             let key = self.keys.verify(credential).map_err(|_| AuthFailure::Invalid)?.ok_or(AuthFailure::Invalid)?;
-            return Ok(principal_of(&key, key.permissions));
+            return Ok((principal_of(&key, key.permissions), true));
         }
         let claims = self.tokens.verify(credential).ok_or(AuthFailure::Invalid)?;
         let key = self.keys.active(&claims.kid).map_err(|_| AuthFailure::Invalid)?.ok_or(AuthFailure::Invalid)?;
@@ -119,7 +156,9 @@ impl Authenticator {
             return Err(AuthFailure::Invalid);
         }
         let granted = Permissions::parse(&claims.perms.join(",")).map_err(|_| AuthFailure::Invalid)?;
-        Ok(principal_of(&key, key.permissions.intersect(granted)))
+        let seconds_left = claims.exp - Timestamp::now().millis() / 1000;
+        let cacheable = seconds_left > VERIFIED_TTL.as_secs() as i64 + 1;
+        Ok((principal_of(&key, key.permissions.intersect(granted)), cacheable))
     }
 
     /// Exchanges an API key for a short-lived JWT.

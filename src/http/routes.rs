@@ -143,7 +143,10 @@ pub async fn authenticate(State(state): State<HttpState>, mut request: Request, 
             .and_then(|value| value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer ")))
             .map(str::to_string);
         let auth = state.auth.clone();
-        let outcome = tokio::task::spawn_blocking(move || auth.authenticate(bearer.as_deref())).await;
+        let outcome = match auth.recently_verified(bearer.as_deref()) {
+            Some(principal) => Ok(Ok(principal)),
+            None => tokio::task::spawn_blocking(move || auth.authenticate(bearer.as_deref())).await,
+        };
         match outcome {
             Ok(Ok(principal)) => principal,
             Ok(Err(failure)) => {

@@ -90,7 +90,7 @@ async fn build_world(app: &TestApp) -> World {
     let last = tampered.pop().unwrap();
     tampered.push(if last == 'A' { 'B' } else { 'A' });
     let revoked_key_id = revoked.split('_').nth(1).unwrap().to_string();
-    app.auth.keys().revoke(&revoked_key_id).unwrap();
+    app.auth.revoke(&revoked_key_id).unwrap();
 
     let id = |body: &Value| body["context"]["id"].as_str().unwrap().to_string();
     World {
@@ -363,7 +363,7 @@ async fn tokens_never_carry_more_than_their_key_and_die_with_it() {
     let token = full["token"].as_str().unwrap().to_string();
     assert_eq!(app.call_tool_as(Some(&token), "list_sessions", json!({})).await.0, 200);
     let key_id = key.split('_').nth(1).unwrap();
-    app.auth.keys().revoke(key_id).unwrap();
+    app.auth.revoke(key_id).unwrap();
     assert_eq!(app.call_tool_as(Some(&key), "list_sessions", json!({})).await.0, 401, "revoked key stops at once");
     assert_eq!(app.call_tool_as(Some(&token), "list_sessions", json!({})).await.0, 401, "so do its tokens");
 

@@ -271,12 +271,9 @@ fn write_context(tx: &Transaction<'_>, context: &Context, embedding: Option<&[f3
 }
 
 fn load_context(conn: &Connection, id: Uuid) -> rusqlite::Result<Option<Context>> {
-    conn.query_row(
-        &format!("SELECT {CONTEXT_COLUMNS} FROM contexts c WHERE c.id = ?1 AND c.deleted = 0"),
-        params![id.to_string()],
-        context_from_row,
-    )
-    .optional()
+    conn.prepare_cached(&format!("SELECT {CONTEXT_COLUMNS} FROM contexts c WHERE c.id = ?1 AND c.deleted = 0"))?
+        .query_row(params![id.to_string()], context_from_row)
+        .optional()
 }
 
 impl SqliteGraphStore {
@@ -766,9 +763,11 @@ impl GraphStore for SqliteGraphStore {
         let key = key.clone();
         self.read(move |conn| {
             Ok(conn
-                .query_row(
+                .prepare_cached(
                     "SELECT agent_id, session_id, key, value, version, updated_at, expires_at FROM agent_state \
                      WHERE agent_id = ?1 AND session_id = ?2 AND key = ?3 AND (expires_at IS NULL OR expires_at > ?4)",
+                )?
+                .query_row(
                     params![key.agent_id, key.session_id.unwrap_or_default(), key.key, Timestamp::now().millis()],
                     state_from_row,
                 )
