@@ -87,6 +87,11 @@ pub struct ScenarioReport {
     pub error_samples: Vec<String>,
     pub server_peak_rss_mb: Option<f64>,
     pub ready_seconds: Option<f64>,
+    /// Search scenario on a server the harness started: recall@10 of the vector stage (HNSW as the
+    /// server left it) against exact search, over 100 new queries.
+    pub recall_at_10: Option<f64>,
+    /// Points covered by HNSW / all points, when recall was measured.
+    pub indexed_fraction: Option<f64>,
 }
 
 /// A server the harness started: killed when dropped.
@@ -103,6 +108,12 @@ impl Drop for Server {
 }
 
 impl Server {
+    /// SIGTERM, then wait: the server flushes its stores before exiting.
+    fn stop(&mut self) {
+        let _ = std::process::Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = self.child.wait();
+    }
+
     fn peak_rss_mb(&self) -> Option<f64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
         let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
@@ -343,7 +354,7 @@ fn progress_bar(enabled: bool, length: u64, message: &'static str) -> indicatif:
 async fn wait_for_index(admin: &Connection, progress: bool) {
     let bar = progress_bar(progress, 100, "building HNSW index");
     let started = Instant::now();
-    while started.elapsed() < Duration::from_secs(1800) {
+    while started.elapsed() < Duration::from_secs(600) {
         let metrics = admin.http.get(format!("{}/metrics", admin.base)).bearer_auth(&admin.bearer).send().await.ok();
         let text = match metrics {
             Some(response) => response.text().await.unwrap_or_default(),
@@ -572,6 +583,15 @@ pub async fn run_scenario(scenario: Scenario, options: &LoadOptions) -> anyhow::
         .collect();
     error_samples.truncate(10);
     let server_peak_rss_mb = target.server.as_ref().and_then(Server::peak_rss_mb);
+    let mut target = target;
+    let (recall_at_10, indexed_fraction) = match (scenario, target.server.as_mut()) {
+        (Scenario::Search, Some(server)) => {
+            server.stop();
+            let (recall, indexed) = vector_recall(server._dir.path(), options).await?;
+            (Some(recall), Some(indexed))
+        }
+        _ => (None, None),
+    };
     Ok(ScenarioReport {
         scenario,
         transport: options.transport,
@@ -583,5 +603,46 @@ pub async fn run_scenario(scenario: Scenario, options: &LoadOptions) -> anyhow::
         error_samples,
         server_peak_rss_mb,
         ready_seconds: target.ready_seconds,
+        recall_at_10,
+        indexed_fraction,
     })
+}
+
+/// Recall@10 of HNSW against exact search on the stopped server's vector store, over new queries.
+async fn vector_recall(data_dir: &std::path::Path, options: &LoadOptions) -> anyhow::Result<(f64, f64)> {
+    use crate::domain::{ContextFilter, ContextFilterArgs, ReadScope, Timestamp};
+    use crate::embed::Embedder;
+    use crate::store::VectorStore;
+    use crate::store::vector::CollectionSpec;
+    use crate::store::vector::edge::EdgeVectorStore;
+
+    let store = EdgeVectorStore::open(&data_dir.join("vectors"), &CollectionSpec::builtin())
+        .await
+        .map_err(|e| anyhow::anyhow!(e.to_string()))?;
+    let total = store.count().await.map_err(|e| anyhow::anyhow!(e.to_string()))?.max(1);
+    let indexed = store.indexed_vectors() as f64 / total as f64;
+    let assets = crate::embed::fastembed::ModelAssets::in_dir(&options.assets_dir);
+    let batcher = crate::embed::fastembed::BatcherOptions {
+        sessions: 1,
+        max_batch: 32,
+        batch_window: Duration::from_millis(1),
+        max_tokens: 256,
+    };
+    let model = crate::embed::FastEmbedder::start(&assets, batcher, Arc::new(crate::metrics::Metrics::new()))
+        .map_err(|e| anyhow::anyhow!(e.to_string()))?;
+    let mut sentences = Sentences::new(options.seed ^ 0x5eed);
+    let queries: Vec<String> = (0..100).map(|_| sentences.next_sentence()).collect();
+    let vectors = model.embed(queries).await.map_err(|e| anyhow::anyhow!(e.to_string()))?;
+    let scope = ReadScope { agent_id: "bench".into(), admin: true, sessions: None };
+    let filter = ContextFilter::parse(ContextFilterArgs::default(), scope, Timestamp::now())
+        .map_err(|e| anyhow::anyhow!(e.to_string()))?;
+    let (mut found, mut expected) = (0usize, 0usize);
+    for vector in vectors {
+        let exact =
+            store.search(vector.clone(), &filter, 10, true).await.map_err(|e| anyhow::anyhow!(e.to_string()))?;
+        let approximate = store.search(vector, &filter, 10, false).await.map_err(|e| anyhow::anyhow!(e.to_string()))?;
+        expected += exact.len();
+        found += exact.iter().filter(|e| approximate.iter().any(|a| a.context.id == e.context.id)).count();
+    }
+    Ok((found as f64 / expected.max(1) as f64, indexed))
 }

@@ -25,6 +25,12 @@ pub fn markdown(reports: &[ScenarioReport]) -> String {
         let rss = report.server_peak_rss_mb.map(|mb| format!("{mb:.0} MB")).unwrap_or_else(|| "n/a".into());
         let ready = report.ready_seconds.map(|s| format!("{s:.2} s")).unwrap_or_else(|| "n/a".into());
         out.push_str(&format!("\nserver peak RSS: {rss}; ready after start: {ready}\n"));
+        if let (Some(recall), Some(indexed)) = (report.recall_at_10, report.indexed_fraction) {
+            out.push_str(&format!(
+                "vector-stage recall@10 vs exact search: {recall:.4} (HNSW covered {:.0}% of points)\n",
+                indexed * 100.0
+            ));
+        }
         for sample in &report.error_samples {
             out.push_str(&format!("- error: {sample}\n"));
         }

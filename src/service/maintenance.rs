@@ -115,7 +115,10 @@ impl ContextService {
                 }
                 _ = optimize_tick.tick() => {
                     let Ok(points) = self.vectors.count().await else { continue };
-                    if points.saturating_sub(points_at_last_optimize) >= options.optimize_min_new_points {
+                    // Re-indexing cost grows with the index, so wait for proportionally more new points as it grows
+                    // (unindexed points are still found, by exact search).
+                    let threshold = options.optimize_min_new_points.max(points_at_last_optimize / 4);
+                    if points.saturating_sub(points_at_last_optimize) >= threshold {
                         let started = std::time::Instant::now();
                         match self.vectors.optimize().await {
                             Ok(changed) => {
