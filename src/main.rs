@@ -206,6 +206,7 @@ async fn main() -> anyhow::Result<()> {
                     Scenario::Write,
                     Scenario::Read,
                     Scenario::Search,
+                    Scenario::SearchNew,
                     Scenario::Mixed,
                 ]
             } else {

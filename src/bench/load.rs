@@ -24,8 +24,10 @@ pub enum Scenario {
     Write,
     /// get_context, list_contexts, get_agent_state.
     Read,
-    /// search over a large preloaded set, with cached and uncached query embeddings.
+    /// search over a large preloaded set with cached query embeddings (the vector stage and rerank).
     Search,
+    /// search over a large preloaded set with new queries (each embedded).
+    SearchNew,
     /// 80% reads, 20% writes.
     Mixed,
     /// GET /health through the same clients: the no-op baseline.
@@ -179,7 +181,7 @@ async fn start_target(options: &LoadOptions, scenario: Scenario) -> anyhow::Resu
         .env("RUST_LOG", "warn")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
-    if scenario == Scenario::Search {
+    if matches!(scenario, Scenario::Search | Scenario::SearchNew) {
         // Measure the search path itself: no result cache (query embeddings are still cached).
         command.env("CTX__SEARCH__CACHE_ENTRIES", "0");
     }
@@ -393,12 +395,12 @@ async fn prepare(scenario: Scenario, target: &Target, options: &LoadOptions) -> 
             .map_err(|e| anyhow::anyhow!("create_session: {e}"))?;
     }
     let count = match scenario {
-        Scenario::Search => options.search_preload,
+        Scenario::Search | Scenario::SearchNew => options.search_preload,
         Scenario::Write => 0,
         _ => options.preload,
     };
     let context_ids = preload(&admin, &sessions, count, options.seed, options.progress).await?;
-    if scenario == Scenario::Search && count >= 5_000 {
+    if matches!(scenario, Scenario::Search | Scenario::SearchNew) && count >= 5_000 {
         wait_for_index(&admin, options.progress).await;
     }
     // Each agent has a state entry to read.
@@ -481,15 +483,12 @@ async fn step(
             _ => ("get_agent_state", json!({"key": "profile", "agent_id": agent})),
         },
         Scenario::Search => {
-            if roll < 50 {
-                let query = &fixture.warm_queries[rng.usize(..fixture.warm_queries.len())];
-                ("search (cached embedding)", json!({"query": query, "limit": 10}))
-            } else {
-                (
-                    "search (new query)",
-                    json!({"query": format!("{} {}", sentences.next_sentence(), rng.u32(..1000)), "limit": 10}),
-                )
-            }
+            let query = &fixture.warm_queries[rng.usize(..fixture.warm_queries.len())];
+            ("search (cached embedding)", json!({"query": query, "limit": 10}))
+        }
+        Scenario::SearchNew => {
+            let query = format!("{} {}", sentences.next_sentence(), rng.u32(..1000));
+            ("search (new query)", json!({"query": query, "limit": 10}))
         }
         Scenario::Mixed => match roll {
             0..30 => ("get_context", json!({"id": any_id()})),
@@ -585,7 +584,7 @@ pub async fn run_scenario(scenario: Scenario, options: &LoadOptions) -> anyhow::
     let server_peak_rss_mb = target.server.as_ref().and_then(Server::peak_rss_mb);
     let mut target = target;
     let (recall_at_10, indexed_fraction) = match (scenario, target.server.as_mut()) {
-        (Scenario::Search, Some(server)) => {
+        (Scenario::Search | Scenario::SearchNew, Some(server)) => {
             server.stop();
             let (recall, indexed) = vector_recall(server._dir.path(), options).await?;
             (Some(recall), Some(indexed))
