@@ -3,7 +3,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use context_store::domain::{Context, ContextFilterArgs, ReadScope, Timestamp, Visibility, content_hash};
+use context_store::domain::{ContextFilterArgs, ReadScope};
 use context_store::error::ErrorCode;
 use context_store::service::{GetContextRequest, SearchRequest, UpdateContextRequest};
 use context_store::store::InsertOutcome;
@@ -96,22 +96,7 @@ async fn journaled_items_missing_from_the_vector_store_are_repaired_at_start_up(
     let app = TestCore::start().await;
     app.session("s1").await;
     // Simulate a crash between the graph write and the vector write.
-    let now = Timestamp::now();
-    let context = Context {
-        id: Uuid::now_v7(),
-        session_id: "s1".into(),
-        agent_id: "alice".into(),
-        context_type: "note".into(),
-        content: "written to the graph only".into(),
-        tags: vec![],
-        metadata: Default::default(),
-        visibility: Visibility::Public,
-        created_at: now,
-        updated_at: now,
-        version: 1,
-        expires_at: None,
-        content_hash: content_hash("written to the graph only"),
-    };
+    let context = crate::helpers::public_context("written to the graph only", "s1", "alice");
     let vector = crate::helpers::model().embed(vec![context.content.clone()]).await.unwrap().remove(0);
     let scope = ReadScope { agent_id: "alice".into(), admin: false, sessions: None };
     let outcome = app.service().graph().insert_context(&context, &vector, &scope).await.unwrap();

@@ -183,6 +183,26 @@ impl TestCore {
 
 pub use context_store::bench::Sentences;
 
+/// A new public context (version 1, no tags or metadata), built directly for store-level tests.
+pub fn public_context(text: &str, session: &str, agent: &str) -> Context {
+    let now = context_store::domain::Timestamp::now();
+    Context {
+        id: Uuid::now_v7(),
+        session_id: session.into(),
+        agent_id: agent.into(),
+        context_type: "note".into(),
+        content_hash: context_store::domain::content_hash(text),
+        content: text.into(),
+        tags: vec![],
+        metadata: Default::default(),
+        visibility: context_store::domain::Visibility::Public,
+        created_at: now,
+        updated_at: now,
+        version: 1,
+        expires_at: None,
+    }
+}
+
 /// The HTTP server on port 0 over real embedded stores, stopped when dropped.
 pub struct TestApp {
     pub address: String,

@@ -1,36 +1,13 @@
 //! Vector-stage recall of the HNSW index against exact search, on real embeddings.
 
-use context_store::domain::{
-    Context, ContextFilter, ContextFilterArgs, ReadScope, Timestamp, Visibility, content_hash,
-};
+use crate::helpers::{Sentences, model, public_context};
+use context_store::domain::{ContextFilter, ContextFilterArgs, ReadScope, Timestamp};
 use context_store::store::vector::CollectionSpec;
 use context_store::store::vector::edge::EdgeVectorStore;
 use context_store::store::{VectorPoint, VectorStore};
-use uuid::Uuid;
-
-use crate::helpers::{Sentences, model};
 
 const N_CONTEXTS: usize = 3000;
 const N_QUERIES: usize = 100;
-
-fn context(text: String, session: &str) -> Context {
-    let now = Timestamp::now();
-    Context {
-        id: Uuid::now_v7(),
-        session_id: session.into(),
-        agent_id: "writer".into(),
-        context_type: "note".into(),
-        content_hash: content_hash(&text),
-        content: text,
-        tags: vec![],
-        metadata: Default::default(),
-        visibility: Visibility::Public,
-        created_at: now,
-        updated_at: now,
-        version: 1,
-        expires_at: None,
-    }
-}
 
 #[tokio::test]
 async fn hnsw_recall_at_10_is_at_least_0_95_against_exact_search() {
@@ -48,7 +25,7 @@ async fn hnsw_recall_at_10_is_at_least_0_95_against_exact_search() {
         let vectors = model().embed(chunk.to_vec()).await.unwrap();
         for (text, vector) in chunk.iter().zip(vectors) {
             let session = if points.len() % 2 == 0 { "even" } else { "odd" };
-            points.push(VectorPoint { context: context(text.clone(), session), vector });
+            points.push(VectorPoint { context: public_context(text, session, "writer"), vector });
         }
     }
     for chunk in points.chunks(500) {
