@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use context_store::domain::{ContextFilterArgs, ReadScope};
 use context_store::error::ErrorCode;
-use context_store::service::{GetContextRequest, SearchRequest, UpdateContextRequest};
+use context_store::service::{SearchRequest, UpdateContextRequest};
 use context_store::store::InsertOutcome;
 use uuid::Uuid;
 
@@ -49,14 +49,7 @@ async fn a_failed_vector_write_leaves_no_graph_node_and_no_journal_entry() {
 
     let counts = app.service().graph().counts().await.unwrap();
     assert_eq!(counts.contexts, 1, "the failed store left no context behind");
-    let current = app
-        .service()
-        .get_context(
-            &app.principal,
-            GetContextRequest { id: kept.context.id.to_string(), include_versions: true, agent_id: None },
-        )
-        .await
-        .unwrap();
+    let current = app.get(kept.context.id).await.unwrap();
     assert_eq!(current.context.content, "original text");
     assert_eq!(current.context.version, 1);
     assert!(current.versions.is_empty(), "the failed update left no version behind");
@@ -71,14 +64,7 @@ async fn everything_is_there_after_a_restart() {
     app.session("s1").await;
     let stored = app.store("s1", "alice", "Remember to rotate the API keys every ninety days").await;
     let app = app.restart().await;
-    let got = app
-        .service()
-        .get_context(
-            &app.principal,
-            GetContextRequest { id: stored.context.id.to_string(), include_versions: false, agent_id: None },
-        )
-        .await
-        .unwrap();
+    let got = app.get(stored.context.id).await.unwrap();
     assert_eq!(got.context, stored.context);
     let found = app
         .service()

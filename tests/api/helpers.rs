@@ -165,6 +165,16 @@ impl TestCore {
             .expect("session created");
     }
 
+    /// get_context with its previous versions, as the default principal.
+    pub async fn get(
+        &self,
+        id: impl ToString,
+    ) -> context_store::error::ServiceResult<context_store::service::GetContextResponse> {
+        let request =
+            context_store::service::GetContextRequest { id: id.to_string(), include_versions: true, agent_id: None };
+        self.service().get_context(&self.principal, request).await
+    }
+
     pub async fn store(&self, session: &str, agent: &str, content: &str) -> StoreContextResponse {
         self.service()
             .store_context(

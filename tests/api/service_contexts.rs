@@ -1,8 +1,8 @@
 use context_store::domain::{ContextFilterArgs, Visibility};
 use context_store::error::ErrorCode;
 use context_store::service::{
-    DeleteContextRequest, GetContextRequest, GetRelatedRequest, LinkContextsRequest, ListContextsRequest,
-    StoreContextRequest, UpdateContextRequest,
+    DeleteContextRequest, GetRelatedRequest, LinkContextsRequest, ListContextsRequest, StoreContextRequest,
+    UpdateContextRequest,
 };
 use serde_json::json;
 
@@ -30,14 +30,7 @@ async fn stored_context_round_trips_with_every_field() {
         .await
         .unwrap();
     assert!(!stored.deduplicated);
-    let got = app
-        .service()
-        .get_context(
-            &app.principal,
-            GetContextRequest { id: stored.context.id.to_string(), include_versions: false, agent_id: None },
-        )
-        .await
-        .unwrap();
+    let got = app.get(stored.context.id).await.unwrap();
     assert_eq!(got.context, stored.context);
     assert_eq!(got.context.tags, vec!["payments", "retry"]);
     assert_eq!(got.context.version, 1);
@@ -165,11 +158,7 @@ async fn update_keeps_previous_versions_and_rejects_stale_versions() {
         .await
         .unwrap_err();
     assert_eq!(stale.code(), ErrorCode::Conflict);
-    let got = app
-        .service()
-        .get_context(&app.principal, GetContextRequest { id: id.clone(), include_versions: true, agent_id: None })
-        .await
-        .unwrap();
+    let got = app.get(&id).await.unwrap();
     assert_eq!(got.context.content, "second draft of the plan");
     assert_eq!(got.versions.len(), 1);
     assert_eq!(got.versions[0].content, "first draft of the plan");
@@ -212,11 +201,7 @@ async fn deleted_contexts_are_gone_from_graph_and_vectors() {
         )
         .await
         .unwrap();
-    let err = app
-        .service()
-        .get_context(&app.principal, GetContextRequest { id: id.to_string(), include_versions: false, agent_id: None })
-        .await
-        .unwrap_err();
+    let err = app.get(id).await.unwrap_err();
     assert_eq!(err.code(), ErrorCode::NotFound);
     assert!(app.service().vectors().existing_ids(&[id]).await.unwrap().is_empty());
 }
