@@ -1,0 +1,300 @@
+//! The command line: argument parsing and the commands, each a thin call into the library.
+
+use std::path::PathBuf;
+
+use crate::app::Core;
+use crate::config::Settings;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "context-store", version, about = "A graph-and-vector context store for AI agents, served over MCP")]
+pub struct Cli {
+    /// A TOML settings file (CTX__SECTION__KEY environment variables override it).
+    #[arg(long, global = true, env = "CTX_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Serve MCP (Streamable HTTP at /mcp) and the HTTP tool endpoint.
+    Serve,
+    /// Serve MCP over stdin/stdout (logs go to stderr).
+    Stdio,
+    /// Rebuild the vector side from the graph.
+    Reindex,
+    /// Manage API keys (stored as hashes in the data dir; a key is shown only when created).
+    Keys {
+        #[command(subcommand)]
+        action: KeysAction,
+    },
+    /// Measure raw embedder throughput (texts/s) at batch 1, 8, 32 and through the micro-batcher.
+    BenchEmbedder {
+        #[arg(long, default_value_t = 256)]
+        texts: usize,
+        #[arg(long, default_value_t = 128)]
+        concurrency: usize,
+    },
+    /// Run the load harness: concurrent connections over MCP or the HTTP tool endpoint, one scenario at a
+    /// time, each against its own fresh server (or --url). Writes a table, JSON and an SVG plot.
+    Bench {
+        /// Scenarios to run (default: all).
+        #[arg(long, value_enum, value_delimiter = ',')]
+        scenarios: Vec<crate::bench::load::Scenario>,
+        #[arg(long, default_value_t = 128)]
+        connections: usize,
+        /// Measured seconds per scenario.
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+        #[arg(long, value_enum, default_value = "mcp")]
+        transport: crate::bench::load::Transport,
+        /// Target a running server instead of starting one.
+        #[arg(long)]
+        url: Option<String>,
+        /// An admin key for --url.
+        #[arg(long, env = "CTX_BENCH_KEY")]
+        key: Option<String>,
+        #[arg(long, default_value_t = 1000)]
+        preload: usize,
+        #[arg(long, default_value_t = 100_000)]
+        search_preload: usize,
+        /// Where report.json, report.md and latency.svg go.
+        #[arg(long, default_value = "benchmarks/results")]
+        out: PathBuf,
+        /// Seconds, not minutes: few connections, small preloads (the test suite runs this).
+        #[arg(long)]
+        smoke: bool,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Also measure the raw embedder in-process (the write scenario's baseline).
+        #[arg(long)]
+        embedder_baseline: bool,
+    },
+    /// Test aid: stores contexts from concurrent writers until killed, printing `ACK <id> <content>`
+    /// for every acknowledged write (used by the kill -9 durability test).
+    #[command(hide = true)]
+    CrashWriter {
+        #[arg(long)]
+        session: String,
+        #[arg(long, default_value_t = 16)]
+        writers: usize,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum KeysAction {
+    /// Create a key and print it once.
+    Create {
+        /// The agent the key acts as.
+        #[arg(long)]
+        agent_id: String,
+        /// A free-form kind of agent (e.g. claude-code, analyst).
+        #[arg(long, default_value = "agent")]
+        agent_type: String,
+        /// Comma-separated subset of read, write, query, admin.
+        #[arg(long, default_value = "read,write")]
+        permissions: String,
+        /// Limit the key to these sessions (comma-separated); all sessions when absent.
+        #[arg(long)]
+        sessions: Option<String>,
+    },
+    /// List keys (never their secrets).
+    List,
+    /// Revoke a key by id; it stops working at once, tokens minted from it included.
+    Revoke { key_id: String },
+}
+
+fn keys_command(settings: &Settings, action: KeysAction) -> anyhow::Result<()> {
+    use crate::auth::{KeyStore, NewKey, Permissions};
+    let keys = KeyStore::open(&settings.data_dir).map_err(|e| anyhow::anyhow!(e.to_string()))?;
+    match action {
+        KeysAction::Create { agent_id, agent_type, permissions, sessions } => {
+            let agent_id =
+                crate::domain::parse_identifier("agent_id", &agent_id).map_err(|e| anyhow::anyhow!(e.to_string()))?;
+            let permissions = Permissions::parse(&permissions).map_err(|e| anyhow::anyhow!(e))?;
+            let sessions = sessions.map(|s| s.split(',').map(|id| id.trim().to_string()).collect());
+            let new = NewKey { agent_id, agent_type, permissions, sessions };
+            let (record, key) = keys.create(&new).map_err(|e| anyhow::anyhow!(e.to_string()))?;
+            eprintln!(
+                "key {} for agent {} ({}); shown once:",
+                record.key_id,
+                record.agent_id,
+                permissions.names().join(",")
+            );
+            println!("{key}");
+        }
+        KeysAction::List => {
+            println!(
+                "{:<14} {:<24} {:<14} {:<24} {:<8} sessions",
+                "key_id", "agent_id", "agent_type", "permissions", "revoked"
+            );
+            for key in keys.list().map_err(|e| anyhow::anyhow!(e.to_string()))? {
+                let sessions = key.sessions.map(|s| s.join(",")).unwrap_or_else(|| "*".into());
+                println!(
+                    "{:<14} {:<24} {:<14} {:<24} {:<8} {sessions}",
+                    key.key_id,
+                    key.agent_id,
+                    key.agent_type,
+                    key.permissions.names().join(","),
+                    key.revoked
+                );
+            }
+        }
+        KeysAction::Revoke { key_id } => {
+            keys.revoke(&key_id).map_err(|_| anyhow::anyhow!("no key with id {key_id}"))?;
+            eprintln!("key {key_id} revoked (a running server stops accepting it within a second)");
+        }
+    }
+    Ok(())
+}
+
+pub fn init_tracing() {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn crash_writer(settings: &Settings, session: String, writers: usize) -> anyhow::Result<()> {
+    use crate::auth::Principal;
+    use crate::service::{CreateSessionRequest, StoreContextRequest};
+    use std::io::Write;
+
+    let core = Core::start(settings).await?;
+    let principal = Principal::local_trusted("crash-writer");
+    let request =
+        CreateSessionRequest { id: Some(session.clone()), purpose: "crash test".into(), ..Default::default() };
+    // The session exists already after the first round.
+    let _ = core.service.create_session(&principal, request).await;
+    let run = uuid::Uuid::now_v7();
+    let tasks: Vec<_> = (0..writers)
+        .map(|writer| {
+            let service = core.service.clone();
+            let (principal, session) = (principal.clone(), session.clone());
+            tokio::spawn(async move {
+                for n in 0u64.. {
+                    let content = format!("crash run {run} writer {writer} entry {n} about topic {}", n % 7);
+                    let request = StoreContextRequest {
+                        session_id: session.clone(),
+                        content: content.clone(),
+                        ..Default::default()
+                    };
+                    match service.store_context(&principal, request).await {
+                        Ok(stored) => {
+                            let mut out = std::io::stdout().lock();
+                            let _ = writeln!(out, "ACK {} {content}", stored.context.id);
+                            let _ = out.flush();
+                        }
+                        Err(err) => eprintln!("write failed: {err}"),
+                    }
+                }
+            })
+        })
+        .collect();
+    futures::future::join_all(tasks).await;
+    Ok(())
+}
+
+/// Runs one command with the settings the command line points at.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let settings = Settings::load(cli.config.as_deref())?;
+    match cli.command {
+        Command::Serve => {
+            let app = crate::app::App::build(settings).await?;
+            tracing::info!(port = app.port(), "context-store listening");
+            app.run_until_stopped(crate::app::shutdown_signal()).await?;
+        }
+        Command::Stdio => {
+            let core = Core::start(&settings).await?;
+            let principal = crate::auth::Principal::local_trusted(&settings.identity.agent_id);
+            crate::mcp::serve_stdio(core.service.clone(), core.auth.clone(), principal).await?;
+            core.shutdown().await;
+        }
+        Command::Reindex => {
+            let core = Core::start(&settings).await?;
+            let done = core
+                .service
+                .reindex(500, |n| eprintln!("reindexed {n}"))
+                .await
+                .map_err(|e| anyhow::anyhow!(e.to_string()))?;
+            eprintln!("reindex complete: {done} contexts");
+            core.shutdown().await;
+        }
+        Command::Keys { action } => keys_command(&settings, action)?,
+        Command::Bench {
+            scenarios,
+            connections,
+            seconds,
+            transport,
+            url,
+            key,
+            preload,
+            search_preload,
+            out,
+            smoke,
+            seed,
+            embedder_baseline,
+        } => {
+            use crate::bench::load::{LoadOptions, Scenario};
+            let scenarios = if scenarios.is_empty() {
+                vec![
+                    Scenario::Noop,
+                    Scenario::Agent,
+                    Scenario::Write,
+                    Scenario::Read,
+                    Scenario::Search,
+                    Scenario::SearchNew,
+                    Scenario::Mixed,
+                ]
+            } else {
+                scenarios
+            };
+            let options = LoadOptions {
+                scenarios,
+                connections: if smoke { connections.min(16) } else { connections },
+                duration: std::time::Duration::from_secs(if smoke { 2 } else { seconds }),
+                transport,
+                url,
+                key,
+                preload: if smoke { preload.min(100) } else { preload },
+                search_preload: if smoke { search_preload.min(200) } else { search_preload },
+                assets_dir: settings.embedding.assets_dir.clone(),
+                seed,
+                progress: !smoke && std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            };
+            let mut reports = Vec::new();
+            for scenario in options.scenarios.clone() {
+                eprintln!("scenario {scenario:?}...");
+                reports.push(crate::bench::load::run_scenario(scenario, &options).await?);
+            }
+            std::fs::create_dir_all(&out)?;
+            let mut table = crate::bench::report::markdown(&reports);
+            if embedder_baseline {
+                let rates = crate::bench::embedder_baseline(&settings, 256, 128)
+                    .await
+                    .map_err(|e| anyhow::anyhow!(e.to_string()))?;
+                table.push_str("\n### Raw embedder (in-process)\n\n| path | texts/s |\n|---|---|\n");
+                for (name, rate) in rates {
+                    table.push_str(&format!("| {name} | {rate:.1} |\n"));
+                }
+            }
+            std::fs::write(out.join("report.json"), serde_json::to_string_pretty(&reports)?)?;
+            std::fs::write(out.join("report.md"), &table)?;
+            crate::bench::report::plot(&reports, &out.join("latency.svg"))?;
+            println!("{table}");
+            eprintln!("wrote {}", out.display());
+        }
+        Command::BenchEmbedder { texts, concurrency } => {
+            let results = crate::bench::embedder_baseline(&settings, texts, concurrency)
+                .await
+                .map_err(|e| anyhow::anyhow!(e.to_string()))?;
+            println!("| embedder path | texts/s |\n|---|---|");
+            for (name, rate) in results {
+                println!("| {name} | {rate:.1} |");
+            }
+        }
+        Command::CrashWriter { session, writers } => crash_writer(&settings, session, writers).await?,
+    }
+    Ok(())
+}
