@@ -128,54 +128,26 @@ async fn update_keeps_previous_versions_and_rejects_stale_versions() {
     app.session("s1").await;
     let stored = app.store("s1", "alice", "first draft of the plan").await;
     let id = stored.context.id.to_string();
-    let updated = app
-        .service()
-        .update_context(
-            &app.principal,
-            UpdateContextRequest {
-                id: id.clone(),
-                expected_version: Some(1),
-                content: Some("second draft of the plan".into()),
-                agent_id: Some("alice".into()),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    let edit = |content: &str, expected_version: Option<i64>, agent: &str| {
+        let request = UpdateContextRequest {
+            id: id.clone(),
+            expected_version,
+            content: Some(content.into()),
+            agent_id: Some(agent.into()),
+            ..Default::default()
+        };
+        app.service().update_context(&app.principal, request)
+    };
+    let updated = edit("second draft of the plan", Some(1), "alice").await.unwrap();
     assert_eq!(updated.version, 2);
-    let stale = app
-        .service()
-        .update_context(
-            &app.principal,
-            UpdateContextRequest {
-                id: id.clone(),
-                expected_version: Some(1),
-                content: Some("lost update".into()),
-                agent_id: Some("alice".into()),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap_err();
+    let stale = edit("lost update", Some(1), "alice").await.unwrap_err();
     assert_eq!(stale.code(), ErrorCode::Conflict);
     let got = app.get(&id).await.unwrap();
     assert_eq!(got.context.content, "second draft of the plan");
     assert_eq!(got.versions.len(), 1);
     assert_eq!(got.versions[0].content, "first draft of the plan");
 
-    let not_author = app
-        .service()
-        .update_context(
-            &app.principal,
-            UpdateContextRequest {
-                id,
-                content: Some("hijack".into()),
-                agent_id: Some("mallory".into()),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap_err();
+    let not_author = edit("hijack", None, "mallory").await.unwrap_err();
     assert_eq!(not_author.code(), ErrorCode::PermissionDenied);
 }
 
