@@ -10,6 +10,7 @@ use crate::embed::{CachedEmbedder, Embedder, FastEmbedder};
 use crate::error::{StoreError, StoreResult};
 use crate::metrics::Metrics;
 use crate::service::ContextService;
+use crate::store::graph::neo4j::Neo4jGraphStore;
 use crate::store::graph::sqlite::{SqliteGraphStore, SqliteOptions};
 use crate::store::vector::CollectionSpec;
 use crate::store::vector::edge::EdgeVectorStore;
@@ -41,7 +42,8 @@ pub async fn open_graph(settings: &Settings) -> StoreResult<Arc<dyn GraphStore>>
             readers: settings.graph.readers,
             synchronous: settings.graph.synchronous,
         })?)),
-        other => Err(StoreError::Backend(format!("unknown graph backend '{other}'"))),
+        "neo4j" => Ok(Arc::new(Neo4jGraphStore::connect(&settings.graph.neo4j.options()).await?)),
+        other => Err(StoreError::Backend(format!("unknown graph backend '{other}' (sqlite or neo4j)"))),
     }
 }
 

@@ -58,10 +58,66 @@ pub struct EmbeddingSettings {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct GraphSettings {
-    /// "sqlite" (embedded).
+    /// "sqlite" (embedded, the default) or "neo4j".
     pub backend: String,
+    /// SQLite: read connections.
     pub readers: u32,
+    /// SQLite: how commits are synced.
     pub synchronous: Synchronous,
+    pub neo4j: Neo4jSettings,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Neo4jSettings {
+    /// bolt://host:7687 (one server) or neo4j://host:7687.
+    pub uri: String,
+    pub user: String,
+    pub password: String,
+    /// None = the server's default database.
+    pub database: Option<String>,
+    pub max_connections: usize,
+    pub fetch_size: usize,
+    /// How long a call waits for a free pooled connection before failing with `unavailable`.
+    pub acquire_timeout_ms: u64,
+    pub connect_timeout_ms: u64,
+    /// Consecutive unreachable calls that open the circuit breaker, and how long it stays open.
+    pub breaker_threshold: u32,
+    pub breaker_cooldown_ms: u64,
+}
+
+impl Default for Neo4jSettings {
+    fn default() -> Self {
+        Self {
+            uri: "bolt://127.0.0.1:7687".into(),
+            user: "neo4j".into(),
+            password: String::new(),
+            database: None,
+            max_connections: 32,
+            fetch_size: 500,
+            acquire_timeout_ms: 2000,
+            connect_timeout_ms: 2000,
+            breaker_threshold: 3,
+            breaker_cooldown_ms: 1000,
+        }
+    }
+}
+
+impl Neo4jSettings {
+    pub fn options(&self) -> crate::store::graph::neo4j::Neo4jOptions {
+        crate::store::graph::neo4j::Neo4jOptions {
+            uri: self.uri.clone(),
+            user: self.user.clone(),
+            password: self.password.clone(),
+            database: self.database.clone(),
+            max_connections: self.max_connections,
+            fetch_size: self.fetch_size,
+            acquire_timeout: Duration::from_millis(self.acquire_timeout_ms),
+            connect_timeout: Duration::from_millis(self.connect_timeout_ms),
+            breaker_threshold: self.breaker_threshold,
+            breaker_cooldown: Duration::from_millis(self.breaker_cooldown_ms),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -163,7 +219,7 @@ impl Default for EmbeddingSettings {
 
 impl Default for GraphSettings {
     fn default() -> Self {
-        Self { backend: "sqlite".into(), readers: 8, synchronous: Synchronous::Full }
+        Self { backend: "sqlite".into(), readers: 8, synchronous: Synchronous::Full, neo4j: Neo4jSettings::default() }
     }
 }
 

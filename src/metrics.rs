@@ -18,6 +18,10 @@ pub struct Metrics {
     pub backend_latency: HistogramVec,
     pub items: IntGaugeVec,
     pub active_connections: IntGauge,
+    /// Connection pool occupancy per backend: state = max | in_use.
+    pub pool_connections: IntGaugeVec,
+    /// 1 while a backend is reported down by the readiness check or its circuit breaker.
+    pub backend_up: IntGaugeVec,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, collector: T) -> T {
@@ -94,6 +98,16 @@ impl Metrics {
             active_connections: register(
                 &registry,
                 IntGauge::new("active_connections", "Open HTTP connections").unwrap(),
+            ),
+            pool_connections: register(
+                &registry,
+                IntGaugeVec::new(Opts::new("pool_connections", "Connection pool size and use"), &["backend", "state"])
+                    .unwrap(),
+            ),
+            backend_up: register(
+                &registry,
+                IntGaugeVec::new(Opts::new("backend_up", "Whether a backend answers (1) or not (0)"), &["backend"])
+                    .unwrap(),
             ),
             registry,
         }

@@ -83,13 +83,10 @@ pub async fn health() -> Json<Value> {
 }
 
 pub async fn ready(State(state): State<HttpState>) -> Response {
-    match state.service.ready().await {
-        Ok(()) => Json(json!({"status": "ready"})).into_response(),
-        Err(err) => {
-            (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "unavailable", "reason": err.to_string()})))
-                .into_response()
-        }
-    }
+    let report = state.service.ready().await;
+    let status = if report.ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let body = json!({"status": if report.ready { "ready" } else { "unavailable" }, "backends": report.backends});
+    (status, Json(body)).into_response()
 }
 
 /// Prometheus text; with authentication on, the caller needs the query (analyst) permission.

@@ -114,12 +114,31 @@ impl ContextService {
         self.applied.lock().unwrap_or_else(|e| e.into_inner()).push(journal_seq);
     }
 
-    /// Stores and embedder answer: the readiness check.
-    pub async fn ready(&self) -> ServiceResult<()> {
-        self.graph.counts().await?;
-        self.vectors.count().await?;
-        self.embedder.embed(vec!["readiness probe".to_string()]).await?;
-        Ok(())
+    /// Whether each backend answers (within 2 s): the readiness check, naming the backend that does not.
+    pub async fn ready(&self) -> Readiness {
+        fn health(role: &'static str, backend: &'static str, outcome: Option<ServiceResult<()>>) -> BackendHealth {
+            let error = match outcome {
+                Some(Ok(())) => None,
+                Some(Err(err)) => Some(err.to_string()),
+                None => Some("no answer within 2 s".to_string()),
+            };
+            BackendHealth { role, backend, ok: error.is_none(), error }
+        }
+        let limit = std::time::Duration::from_secs(2);
+        let graph = tokio::time::timeout(limit, self.graph.ping()).await.ok().map(|r| r.map_err(Into::into));
+        let vectors =
+            tokio::time::timeout(limit, self.vectors.count()).await.ok().map(|r| r.map(|_| ()).map_err(Into::into));
+        let probe = vec!["readiness probe".to_string()];
+        let embedder = tokio::time::timeout(limit, self.embedder.embed(probe))
+            .await
+            .ok()
+            .map(|r| r.map(|_| ()).map_err(Into::into));
+        let backends = vec![
+            health("graph", self.graph.backend(), graph),
+            health("vectors", self.vectors.backend(), vectors),
+            health("embedder", "fastembed", embedder),
+        ];
+        Readiness { ready: backends.iter().all(|b| b.ok), backends }
     }
 
     /// Cache effectiveness for everyone; store-wide item counts only for admins (they describe data the
@@ -149,8 +168,15 @@ impl ContextService {
         })
     }
 
-    /// Refreshes the item-count gauges.
+    /// Refreshes the item-count and pool gauges.
     pub async fn refresh_item_metrics(&self) -> ServiceResult<()> {
+        if let Some(pool) = self.graph.pool_status() {
+            let gauge = &self.metrics.pool_connections;
+            gauge.with_label_values(&[self.graph.backend(), "max"]).set(pool.max as i64);
+            gauge.with_label_values(&[self.graph.backend(), "in_use"]).set(pool.in_use as i64);
+        }
+        let graph_up = self.graph.ping().await.is_ok();
+        self.metrics.backend_up.with_label_values(&[self.graph.backend()]).set(i64::from(graph_up));
         let counts = self.graph.counts().await?;
         let items = &self.metrics.items;
         items.with_label_values(&["sessions"]).set(counts.sessions as i64);
@@ -161,6 +187,24 @@ impl ContextService {
         items.with_label_values(&["indexed_vectors"]).set(self.vectors.indexed().await? as i64);
         Ok(())
     }
+}
+
+/// The readiness report: one entry per backend.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Readiness {
+    pub ready: bool,
+    pub backends: Vec<BackendHealth>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BackendHealth {
+    /// graph, vectors or embedder.
+    pub role: &'static str,
+    /// sqlite, neo4j, qdrant-edge, qdrant, fastembed.
+    pub backend: &'static str,
+    pub ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// Parses an opaque cursor that carries a context id.

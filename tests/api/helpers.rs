@@ -77,6 +77,9 @@ pub struct SwitchableVectors {
 
 #[async_trait]
 impl VectorStore for SwitchableVectors {
+    fn backend(&self) -> &'static str {
+        self.inner.backend()
+    }
     async fn upsert(&self, points: Vec<VectorPoint>) -> StoreResult<()> {
         if self.failing_writes.load(Ordering::SeqCst) {
             return Err(StoreError::Unavailable("vector writes switched off by the test".into()));
@@ -112,13 +115,45 @@ impl VectorStore for SwitchableVectors {
     }
 }
 
-/// A service on the real embedded stores in its own temp dir.
+/// The Neo4j server the test scripts started (`CTX_TEST_NEO4J_URI`, e.g. bolt://127.0.0.1:7687).
+pub fn neo4j_uri() -> String {
+    std::env::var("CTX_TEST_NEO4J_URI")
+        .expect("this test needs Neo4j: run it through scripts/test, which starts one and sets CTX_TEST_NEO4J_URI")
+}
+
+/// Graph settings for the test Neo4j.
+pub fn neo4j_settings(settings: &mut Settings) {
+    settings.graph.backend = "neo4j".into();
+    settings.graph.neo4j.uri = neo4j_uri();
+    settings.graph.neo4j.max_connections = 16;
+}
+
+/// Exclusive use of the test Neo4j, emptied first: the tests that use it run one at a time.
+pub async fn neo4j_exclusive() -> tokio::sync::OwnedMutexGuard<()> {
+    static LOCK: OnceLock<Arc<tokio::sync::Mutex<()>>> = OnceLock::new();
+    let guard = LOCK.get_or_init(Default::default).clone().lock_owned().await;
+    let graph = neo4rs::Graph::new(neo4j_uri(), "neo4j", "").expect("neo4j driver");
+    graph.run(neo4rs::query("MATCH (n) DETACH DELETE n")).await.expect("test Neo4j emptied");
+    guard
+}
+
+/// Which graph store the service-level tests use: `CTX_TEST_GRAPH=neo4j` runs them on the test Neo4j
+/// (scripts/test does a second pass that way), anything else on SQLite.
+pub fn graph_under_test() -> &'static str {
+    match std::env::var("CTX_TEST_GRAPH").as_deref() {
+        Ok("neo4j") => "neo4j",
+        _ => "sqlite",
+    }
+}
+
+/// A service on real stores (SQLite or Neo4j, see `graph_under_test`; qdrant-edge) in its own temp dir.
 pub struct TestCore {
     pub core: Option<Core>,
     pub dir: tempfile::TempDir,
     pub embedder: Arc<SwitchableEmbedder>,
     pub vectors: Arc<SwitchableVectors>,
     pub principal: Principal,
+    neo4j: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
 
 impl TestCore {
@@ -127,7 +162,18 @@ impl TestCore {
     }
 
     pub async fn start_in(dir: tempfile::TempDir) -> Self {
-        let settings = test_settings(dir.path());
+        let neo4j = match graph_under_test() {
+            "neo4j" => Some(neo4j_exclusive().await),
+            _ => None,
+        };
+        Self::open(dir, neo4j).await
+    }
+
+    async fn open(dir: tempfile::TempDir, neo4j: Option<tokio::sync::OwnedMutexGuard<()>>) -> Self {
+        let mut settings = test_settings(dir.path());
+        if neo4j.is_some() {
+            neo4j_settings(&mut settings);
+        }
         let metrics = Arc::new(Metrics::new());
         let embedder = Arc::new(SwitchableEmbedder {
             inner: Arc::new(CachedEmbedder::new(model(), 10_000, metrics.clone())),
@@ -140,7 +186,7 @@ impl TestCore {
         });
         let core =
             Core::assemble(&settings, graph, vectors.clone(), embedder.clone(), metrics).await.expect("core starts");
-        Self { core: Some(core), dir, embedder, vectors, principal: Principal::local_trusted("tester") }
+        Self { core: Some(core), dir, embedder, vectors, principal: Principal::local_trusted("tester"), neo4j }
     }
 
     pub fn service(&self) -> &Arc<ContextService> {
@@ -151,8 +197,9 @@ impl TestCore {
     pub async fn restart(mut self) -> Self {
         self.core.take().expect("running").shutdown().await;
         let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        let neo4j = self.neo4j.take();
         drop(self);
-        Self::start_in(dir).await
+        Self::open(dir, neo4j).await
     }
 
     pub async fn session(&self, id: &str) {

@@ -3,6 +3,7 @@
 mod bench_smoke;
 mod durability;
 mod embedder;
+mod graph_conformance;
 mod helpers;
 mod http;
 mod mcp;

@@ -10,13 +10,13 @@ use context_store::store::{VectorPoint, VectorStore};
 use serde_json::json;
 use uuid::Uuid;
 
-fn random_vector(rng: &mut fastrand::Rng) -> Vec<f32> {
+pub fn random_vector(rng: &mut fastrand::Rng) -> Vec<f32> {
     let v: Vec<f32> = (0..384).map(|_| rng.f32() - 0.5).collect();
     let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
     v.into_iter().map(|x| x / norm).collect()
 }
 
-fn dataset(rng: &mut fastrand::Rng, now: Timestamp) -> Vec<VectorPoint> {
+pub fn dataset(rng: &mut fastrand::Rng, now: Timestamp) -> Vec<VectorPoint> {
     let agents = ["alice", "bob", "carol"];
     let types = ["note", "decision", "code"];
     let tags = ["red", "green", "blue", "amber"];
@@ -57,7 +57,7 @@ fn dataset(rng: &mut fastrand::Rng, now: Timestamp) -> Vec<VectorPoint> {
         .collect()
 }
 
-fn random_filter(rng: &mut fastrand::Rng, now: Timestamp) -> ContextFilter {
+pub fn random_filter(rng: &mut fastrand::Rng, now: Timestamp) -> ContextFilter {
     let mut args = ContextFilterArgs::default();
     if rng.bool() {
         args.session_id = Some(format!("s{}", rng.usize(..3)));

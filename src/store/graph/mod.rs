@@ -5,6 +5,7 @@
 //! transaction as the change itself. A journal entry is cleared only after the vector store has made the
 //! matching change durable, so start-up can always bring the vector side back in line with the graph.
 
+pub mod neo4j;
 pub mod sqlite;
 
 use async_trait::async_trait;
@@ -62,8 +63,24 @@ pub struct StateKey {
     pub key: String,
 }
 
+/// Occupancy of a backend's connection pool, for /metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolStatus {
+    pub max: usize,
+    pub in_use: usize,
+}
+
 #[async_trait]
 pub trait GraphStore: Send + Sync + 'static {
+    /// The backend's name in health reports and metrics.
+    fn backend(&self) -> &'static str;
+    /// A cheap round trip: succeeds when the backend answers.
+    async fn ping(&self) -> StoreResult<()>;
+    /// Connection pool occupancy, for backends with a pool of connections.
+    fn pool_status(&self) -> Option<PoolStatus> {
+        None
+    }
+
     /// Creates a session; `Conflict` when the id is taken.
     async fn create_session(&self, session: &Session) -> StoreResult<()>;
     async fn get_session(&self, id: &str) -> StoreResult<Option<Session>>;

@@ -12,7 +12,7 @@ use rusqlite::{Connection, OptionalExtension, Row, Transaction, params, params_f
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::{GraphStore, IndexEntry, InsertOutcome, PendingIndex, RelatedContext, StateKey, StoreCounts};
+use super::{GraphStore, IndexEntry, InsertOutcome, PendingIndex, PoolStatus, RelatedContext, StateKey, StoreCounts};
 use crate::domain::{
     AgentState, Context, ContextFilter, ContextVersion, ReadScope, Relation, Session, Timestamp, Visibility,
 };
@@ -341,6 +341,20 @@ impl SqliteGraphStore {
 
 #[async_trait]
 impl GraphStore for SqliteGraphStore {
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        self.read(|conn| Ok(conn.query_row("SELECT 1", [], |_| Ok(()))?)).await
+    }
+
+    fn pool_status(&self) -> Option<PoolStatus> {
+        let state = self.readers.state();
+        let max = self.readers.max_size() as usize;
+        Some(PoolStatus { max, in_use: (state.connections - state.idle_connections) as usize })
+    }
+
     async fn create_session(&self, session: &Session) -> StoreResult<()> {
         let session = session.clone();
         self.write(move |tx| {

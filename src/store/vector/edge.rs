@@ -136,6 +136,10 @@ fn to_context(payload: Option<qdrant_edge::Payload>) -> StoreResult<Context> {
 
 #[async_trait]
 impl VectorStore for EdgeVectorStore {
+    fn backend(&self) -> &'static str {
+        "qdrant-edge"
+    }
+
     async fn upsert(&self, points: Vec<VectorPoint>) -> StoreResult<()> {
         let points = points
             .into_iter()

@@ -29,6 +29,8 @@ pub struct VectorHit {
 
 #[async_trait]
 pub trait VectorStore: Send + Sync + 'static {
+    /// The backend's name in health reports.
+    fn backend(&self) -> &'static str;
     /// Inserts or replaces points; returns once they are visible to searches.
     async fn upsert(&self, points: Vec<VectorPoint>) -> StoreResult<()>;
     async fn delete(&self, ids: &[Uuid]) -> StoreResult<()>;

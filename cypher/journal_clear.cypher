@@ -1,0 +1,3 @@
+UNWIND $seqs AS seq
+MATCH (j:IndexJournal {seq: seq})
+DELETE j

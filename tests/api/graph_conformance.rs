@@ -1,0 +1,447 @@
+//! One conformance suite for the `GraphStore` trait, run unchanged against every implementation: the
+//! embedded SQLite store (always) and Neo4j (the server scripts/test starts; ignored without it, so a plain
+//! `cargo test` reports those tests as ignored, never as passed).
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use context_store::domain::{AgentState, Context, ReadScope, Relation, Session, Timestamp, Visibility, content_hash};
+use context_store::error::StoreError;
+use context_store::store::GraphStore;
+use context_store::store::graph::neo4j::Neo4jGraphStore;
+use context_store::store::graph::sqlite::{SqliteGraphStore, SqliteOptions, Synchronous};
+use context_store::store::graph::{InsertOutcome, StateKey};
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::helpers::{neo4j_exclusive, neo4j_settings, public_context, test_settings};
+use crate::vector_conformance::{dataset, random_filter, random_vector};
+
+type Store = Arc<dyn GraphStore>;
+
+fn admin() -> ReadScope {
+    ReadScope { agent_id: "root".into(), admin: true, sessions: None }
+}
+
+fn agent(id: &str) -> ReadScope {
+    ReadScope { agent_id: id.into(), admin: false, sessions: None }
+}
+
+fn session(id: &str) -> Session {
+    Session {
+        id: id.into(),
+        purpose: format!("purpose of {id}"),
+        metadata: json!({"team": "core"}).as_object().unwrap().clone(),
+        created_by: "alice".into(),
+        created_at: Timestamp::now(),
+    }
+}
+
+async fn insert(store: &Store, context: &Context) -> i64 {
+    match store.insert_context(context, &random_vector(&mut fastrand::Rng::new()), &admin()).await.unwrap() {
+        InsertOutcome::Inserted { journal_seq } => journal_seq,
+        InsertOutcome::Duplicate(existing) => panic!("unexpected duplicate of {}", existing.id),
+    }
+}
+
+fn next_version(context: &Context, content: &str) -> Context {
+    Context {
+        content: content.into(),
+        content_hash: content_hash(content),
+        version: context.version + 1,
+        updated_at: Timestamp::now(),
+        ..context.clone()
+    }
+}
+
+async fn sessions(store: Store) {
+    for id in ["b", "a", "c"] {
+        store.create_session(&session(id)).await.unwrap();
+    }
+    assert!(matches!(store.create_session(&session("a")).await, Err(StoreError::Conflict(_))));
+    let got = store.get_session("a").await.unwrap().expect("session a");
+    assert_eq!((got.purpose.as_str(), got.created_by.as_str()), ("purpose of a", "alice"));
+    assert_eq!(got.metadata.get("team"), Some(&json!("core")));
+    assert_eq!(store.get_session("missing").await.unwrap(), None);
+    let ids = |list: Vec<Session>| list.into_iter().map(|s| s.id).collect::<Vec<_>>();
+    assert_eq!(ids(store.list_sessions(None, 10, None).await.unwrap()), ["a", "b", "c"]);
+    assert_eq!(ids(store.list_sessions(Some("a"), 1, None).await.unwrap()), ["b"]);
+    let only = ["c".to_string(), "a".to_string()];
+    assert_eq!(ids(store.list_sessions(None, 10, Some(&only)).await.unwrap()), ["a", "c"]);
+    assert_eq!(store.counts().await.unwrap().sessions, 3);
+}
+
+async fn inserts_dedup_and_journal(store: Store) {
+    let orphan = public_context("no session", "nowhere", "alice");
+    let missing = store.insert_context(&orphan, &[0.0; 384], &admin()).await;
+    assert!(matches!(missing, Err(StoreError::NotFound)), "{missing:?}");
+    store.create_session(&session("s")).await.unwrap();
+    let mut first = public_context("the same words", "s", "bob");
+    first.visibility = Visibility::Private;
+    let seq = insert(&store, &first).await;
+    // Bob's private context is no duplicate for alice (she may not see it), but it is for bob.
+    let again = public_context("the same words", "s", "alice");
+    let outcome = store.insert_context(&again, &[0.1; 384], &agent("bob")).await.unwrap();
+    assert_eq!(outcome, InsertOutcome::Duplicate(Box::new(first.clone())));
+    let outcome = store.insert_context(&again, &[0.1; 384], &agent("alice")).await.unwrap();
+    assert!(matches!(outcome, InsertOutcome::Inserted { .. }), "{outcome:?}");
+    assert_eq!(store.find_duplicate("s", &first.content_hash, &agent("carol")).await.unwrap(), Some(again.clone()));
+    assert_eq!(store.find_duplicate("other", &first.content_hash, &admin()).await.unwrap(), None);
+
+    let pending = store.pending_index(100).await.unwrap();
+    assert_eq!(pending.len(), 2);
+    assert_eq!((pending[0].seq, pending[0].id), (seq, first.id), "oldest first");
+    store.clear_pending(&[seq]).await.unwrap();
+    assert_eq!(store.pending_index(100).await.unwrap().len(), 1);
+    let counts = store.counts().await.unwrap();
+    assert_eq!((counts.contexts, counts.pending_index), (2, 1));
+    assert_eq!(store.get_context(first.id).await.unwrap(), Some(first));
+}
+
+async fn concurrent_inserts_of_one_text_store_it_once(store: Store) {
+    store.create_session(&session("s")).await.unwrap();
+    let tasks: Vec<_> = (0..16)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let context = public_context("raced text", "s", &format!("agent-{i}"));
+                store.insert_context(&context, &[0.5; 384], &admin()).await.unwrap()
+            })
+        })
+        .collect();
+    let mut inserted = 0;
+    for task in tasks {
+        if matches!(task.await.unwrap(), InsertOutcome::Inserted { .. }) {
+            inserted += 1;
+        }
+    }
+    assert_eq!(inserted, 1);
+    assert_eq!(store.counts().await.unwrap().contexts, 1);
+}
+
+async fn updates_keep_versions_and_detect_conflicts(store: Store) {
+    store.create_session(&session("s")).await.unwrap();
+    let mut v1 = public_context("first words", "s", "alice");
+    v1.tags = vec!["red".into()];
+    v1.metadata = json!({"stage": "draft", "n": 1}).as_object().unwrap().clone();
+    insert(&store, &v1).await;
+    let mut v2 = next_version(&v1, "second words");
+    v2.tags = vec!["blue".into()];
+    v2.metadata = json!({"n": 2}).as_object().unwrap().clone();
+    let (_, previous) = store.update_context(&v2, &[0.2; 384]).await.unwrap();
+    assert_eq!(previous, v1);
+    let stale = store.update_context(&v2, &[0.2; 384]).await;
+    assert!(matches!(stale, Err(StoreError::VersionConflict { expected: 1, current: 2 })), "{stale:?}");
+    assert_eq!(store.get_context(v1.id).await.unwrap(), Some(v2.clone()));
+    let versions = store.context_versions(v1.id).await.unwrap();
+    assert_eq!(versions.len(), 1);
+    assert_eq!((versions[0].version, versions[0].content.as_str()), (1, "first words"));
+    assert_eq!(versions[0].tags, ["red"]);
+    assert_eq!(versions[0].metadata.get("stage"), Some(&json!("draft")));
+
+    // Filters see the new state only: the dropped metadata key and tag no longer match.
+    let filter = |args: serde_json::Value| {
+        context_store::domain::ContextFilter::parse(serde_json::from_value(args).unwrap(), admin(), Timestamp::now())
+            .unwrap()
+    };
+    let count = |found: Vec<Context>| found.len();
+    assert_eq!(
+        count(store.list_contexts(&filter(json!({"metadata": {"stage": "draft"}})), None, 10).await.unwrap()),
+        0
+    );
+    assert_eq!(count(store.list_contexts(&filter(json!({"metadata": {"n": 2}})), None, 10).await.unwrap()), 1);
+    assert_eq!(count(store.list_contexts(&filter(json!({"tags_any": ["red"]})), None, 10).await.unwrap()), 0);
+    assert_eq!(count(store.list_contexts(&filter(json!({"tags_all": ["blue"]})), None, 10).await.unwrap()), 1);
+
+    let (seq, _) = store.update_context(&next_version(&v2, "third words"), &[0.3; 384]).await.unwrap();
+    store.rollback_update(&v2, seq).await.unwrap();
+    assert_eq!(store.get_context(v1.id).await.unwrap(), Some(v2.clone()));
+    assert_eq!(store.context_versions(v1.id).await.unwrap().len(), 1, "the undone update leaves no version");
+    assert!(store.pending_index(100).await.unwrap().iter().all(|p| p.seq != seq));
+    let missing = store.update_context(&next_version(&public_context("x", "s", "a"), "y"), &[0.0; 384]).await;
+    assert!(matches!(missing, Err(StoreError::NotFound)), "{missing:?}");
+}
+
+async fn concurrent_updates_of_one_version_let_one_win(store: Store) {
+    store.create_session(&session("s")).await.unwrap();
+    let v1 = public_context("contended", "s", "alice");
+    insert(&store, &v1).await;
+    let tasks: Vec<_> = (0..8)
+        .map(|i| {
+            let (store, v2) = (store.clone(), next_version(&v1, &format!("writer {i}")));
+            tokio::spawn(async move { store.update_context(&v2, &[0.1; 384]).await })
+        })
+        .collect();
+    let mut won = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(_) => won += 1,
+            Err(StoreError::VersionConflict { expected: 1, current: 2 }) => {}
+            Err(other) => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(won, 1);
+    assert_eq!(store.context_versions(v1.id).await.unwrap().len(), 1);
+}
+
+async fn deletes_hide_roll_back_and_purge(store: Store) {
+    store.create_session(&session("s")).await.unwrap();
+    let kept = public_context("kept", "s", "alice");
+    let gone = public_context("gone", "s", "alice");
+    insert(&store, &kept).await;
+    insert(&store, &gone).await;
+    let stale = store.delete_context(gone.id, Some(7)).await;
+    assert!(matches!(stale, Err(StoreError::VersionConflict { expected: 7, current: 1 })), "{stale:?}");
+    let (seq, deleted) = store.delete_context(gone.id, Some(1)).await.unwrap();
+    assert_eq!(deleted, gone);
+    assert_eq!(store.get_context(gone.id).await.unwrap(), None);
+    assert_eq!(store.get_contexts(&[gone.id, kept.id]).await.unwrap(), vec![kept.clone()]);
+    assert!(matches!(store.delete_context(gone.id, None).await, Err(StoreError::NotFound)));
+    store.rollback_delete(gone.id, seq).await.unwrap();
+    assert_eq!(store.get_context(gone.id).await.unwrap(), Some(gone.clone()));
+
+    let (seq, _) = store.delete_context(gone.id, None).await.unwrap();
+    store.clear_pending(&[seq]).await.unwrap();
+    store.purge_context(gone.id).await.unwrap();
+    assert_eq!(store.context_versions(gone.id).await.unwrap(), vec![]);
+    assert_eq!(store.counts().await.unwrap().contexts, 1);
+
+    let failed = public_context("vector write failed", "s", "alice");
+    let seq = insert(&store, &failed).await;
+    store.rollback_insert(failed.id, seq).await.unwrap();
+    assert_eq!(store.get_context(failed.id).await.unwrap(), None);
+    assert!(store.pending_index(100).await.unwrap().iter().all(|p| p.id != failed.id));
+    // The id is free again: a retried insert succeeds.
+    insert(&store, &failed).await;
+}
+
+async fn filters_and_cursors_agree_with_the_oracle(store: Store) {
+    let mut rng = fastrand::Rng::with_seed(7);
+    let now = Timestamp::now();
+    for id in ["s0", "s1", "s2"] {
+        store.create_session(&session(id)).await.unwrap();
+    }
+    let points = dataset(&mut rng, now);
+    for point in &points {
+        store.insert_context(&point.context, &point.vector, &admin()).await.unwrap();
+    }
+    for round in 0..40 {
+        let mut filter = random_filter(&mut rng, now);
+        if round % 5 == 0 {
+            filter.scope.sessions = Some(vec!["s1".into(), "s2".into()]);
+        }
+        let mut expected: Vec<Uuid> =
+            points.iter().filter(|p| filter.matches(&p.context)).map(|p| p.context.id).collect();
+        expected.sort_by(|a, b| b.cmp(a));
+        let got: Vec<Uuid> = store.list_contexts(&filter, None, 1000).await.unwrap().iter().map(|c| c.id).collect();
+        assert_eq!(got, expected, "round {round}: {filter:?}");
+        // Pages of 7 concatenate to the same list.
+        let mut paged = Vec::new();
+        let mut after = None;
+        loop {
+            let page = store.list_contexts(&filter, after, 7).await.unwrap();
+            paged.extend(page.iter().map(|c| c.id));
+            match page.last() {
+                Some(last) if page.len() == 7 => after = Some(last.id),
+                _ => break,
+            }
+        }
+        assert_eq!(paged, expected, "round {round}: paged");
+    }
+    let returned = store.list_contexts(&random_filter(&mut rng, now), None, 1).await.unwrap();
+    if let Some(context) = returned.first() {
+        let original = points.iter().find(|p| p.context.id == context.id).unwrap();
+        assert_eq!(context, &original.context, "every field round-trips");
+    }
+}
+
+async fn relations_traverse_breadth_first(store: Store) {
+    store.create_session(&session("s")).await.unwrap();
+    let [a, b, c, d] = ["a", "b", "c", "d"].map(|t| public_context(&format!("node {t}"), "s", "alice"));
+    for context in [&a, &b, &c, &d] {
+        insert(&store, context).await;
+    }
+    let link = |from: &Context, to: &Context, relation: &str| Relation {
+        from_id: from.id,
+        to_id: to.id,
+        relation: relation.into(),
+        metadata: Default::default(),
+        created_at: Timestamp::now(),
+    };
+    store.link(&link(&a, &b, "cites")).await.unwrap();
+    store.link(&link(&b, &c, "cites")).await.unwrap();
+    store.link(&link(&c, &d, "blocks")).await.unwrap();
+    store.link(&link(&a, &b, "cites")).await.unwrap(); // replaces, never duplicates
+    let ghost = public_context("never stored", "s", "alice");
+    assert!(matches!(store.link(&link(&a, &ghost, "cites")).await, Err(StoreError::NotFound)));
+
+    let reached = |found: Vec<context_store::store::RelatedContext>| {
+        found.into_iter().map(|r| (r.context.content, r.depth, r.relation, r.via)).collect::<Vec<_>>()
+    };
+    assert_eq!(
+        reached(store.related(a.id, 2, None, false, 100).await.unwrap()),
+        [("node b".to_string(), 1, "cites".to_string(), a.id), ("node c".to_string(), 2, "cites".to_string(), b.id)]
+    );
+    assert_eq!(
+        reached(store.related(d.id, 3, None, true, 100).await.unwrap()),
+        [
+            ("node c".to_string(), 1, "blocks".to_string(), d.id),
+            ("node b".to_string(), 2, "cites".to_string(), c.id),
+            ("node a".to_string(), 3, "cites".to_string(), b.id),
+        ]
+    );
+    assert_eq!(store.related(a.id, 3, Some("blocks"), false, 100).await.unwrap().len(), 0);
+    assert_eq!(store.related(a.id, 3, None, false, 1).await.unwrap().len(), 1, "max_nodes bounds the walk");
+
+    let mut around_b: Vec<(Uuid, String)> =
+        store.neighbours(&[b.id], 10).await.unwrap().into_iter().map(|(s, r)| (s, r.context.content)).collect();
+    around_b.sort();
+    assert_eq!(around_b, [(b.id, "node a".to_string()), (b.id, "node c".to_string())]);
+    assert_eq!(store.neighbours(&[b.id, c.id], 1).await.unwrap().len(), 2, "per_node bounds each start");
+    // Deleted contexts are not reported.
+    store.delete_context(c.id, None).await.unwrap();
+    assert_eq!(store.neighbours(&[b.id], 10).await.unwrap().len(), 1);
+    assert_eq!(reached(store.related(a.id, 3, None, false, 100).await.unwrap()).len(), 2, "b and d; c is deleted");
+}
+
+async fn agent_state_compare_and_set_ttl_and_prefixes(store: Store) {
+    let now = Timestamp::now();
+    let state = |key: &str, value: serde_json::Value, session: Option<&str>| AgentState {
+        agent_id: "alice".into(),
+        session_id: session.map(str::to_string),
+        key: key.into(),
+        value,
+        version: 0,
+        updated_at: now,
+        expires_at: None,
+    };
+    let key = |k: &str, session: Option<&str>| StateKey {
+        agent_id: "alice".into(),
+        session_id: session.map(str::to_string),
+        key: k.into(),
+    };
+    assert_eq!(store.set_state(&state("plan", json!({"step": 1}), None), Some(0)).await.unwrap().version, 1);
+    let again = store.set_state(&state("plan", json!(1), None), Some(0)).await;
+    assert!(matches!(again, Err(StoreError::VersionConflict { expected: 0, current: 1 })), "{again:?}");
+    assert_eq!(store.set_state(&state("plan", json!({"step": 2}), None), None).await.unwrap().version, 2);
+    assert_eq!(store.set_state(&state("plan", json!({"step": 3}), None), Some(2)).await.unwrap().version, 3);
+    let got = store.get_state(&key("plan", None)).await.unwrap().expect("stored");
+    assert_eq!((got.version, got.value), (3, json!({"step": 3})));
+    assert_eq!(store.get_state(&key("plan", Some("s"))).await.unwrap(), None, "sessions keep states apart");
+
+    for k in ["task/1", "task/2", "task/3", "note"] {
+        store.set_state(&state(k, json!(k), Some("s")), None).await.unwrap();
+    }
+    let keys = |found: Vec<AgentState>| found.into_iter().map(|s| s.key).collect::<Vec<_>>();
+    assert_eq!(
+        keys(store.list_state("alice", Some("s"), "task/", None, 10).await.unwrap()),
+        ["task/1", "task/2", "task/3"]
+    );
+    assert_eq!(keys(store.list_state("alice", Some("s"), "task/", Some("task/1"), 1).await.unwrap()), ["task/2"]);
+    assert_eq!(keys(store.list_state("alice", None, "", None, 10).await.unwrap()), ["plan"]);
+    assert_eq!(keys(store.list_state("bob", Some("s"), "", None, 10).await.unwrap()), Vec::<String>::new());
+
+    let mut expired = state("flash", json!(true), None);
+    expired.expires_at = Some(Timestamp(now.millis() - 1));
+    store.set_state(&expired, None).await.unwrap();
+    assert_eq!(store.get_state(&key("flash", None)).await.unwrap(), None);
+    assert_eq!(
+        store.set_state(&state("flash", json!(false), None), Some(0)).await.unwrap().version,
+        1,
+        "expired = absent"
+    );
+
+    assert!(matches!(store.delete_state(&key("nothing", None), None).await, Err(StoreError::NotFound)));
+    let stale = store.delete_state(&key("plan", None), Some(1)).await;
+    assert!(matches!(stale, Err(StoreError::VersionConflict { expected: 1, current: 3 })), "{stale:?}");
+    store.delete_state(&key("plan", None), Some(3)).await.unwrap();
+    assert_eq!(store.get_state(&key("plan", None)).await.unwrap(), None);
+    assert_eq!(store.counts().await.unwrap().agent_states, 5);
+}
+
+async fn index_entries_carry_embeddings_in_id_order(store: Store) {
+    store.create_session(&session("s")).await.unwrap();
+    let mut rng = fastrand::Rng::with_seed(3);
+    let mut stored = Vec::new();
+    for i in 0..25 {
+        let context = public_context(&format!("indexed {i}"), "s", "alice");
+        let embedding = random_vector(&mut rng);
+        store.insert_context(&context, &embedding, &admin()).await.unwrap();
+        stored.push((context, embedding));
+    }
+    store.delete_context(stored[3].0.id, None).await.unwrap();
+    let entries = store.index_entries(&[stored[0].0.id, stored[3].0.id]).await.unwrap();
+    assert_eq!(entries.len(), 1, "deleted contexts have no index entry");
+    assert_eq!(entries[0].context, stored[0].0);
+    let drift = entries[0].embedding.iter().zip(&stored[0].1).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+    assert!(drift < 1e-6, "embedding round-trips, drift {drift}");
+
+    let mut scanned = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store.scan_index_entries(after, 10).await.unwrap();
+        after = page.last().map(|e| e.context.id);
+        scanned.extend(page.into_iter().map(|e| e.context.id));
+        if after.is_none() {
+            break;
+        }
+    }
+    let expected: Vec<Uuid> = stored
+        .iter()
+        .map(|(c, _)| c.id)
+        .filter(|id| *id != stored[3].0.id)
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    assert_eq!(scanned, expected);
+    store.ping().await.unwrap();
+}
+
+/// Each suite function runs against SQLite (in a temp dir) and against the test Neo4j (emptied first).
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let dir = tempfile::tempdir().unwrap();
+                    let store = SqliteGraphStore::open(&SqliteOptions {
+                        path: dir.path().join("graph.sqlite3"),
+                        readers: 4,
+                        synchronous: Synchronous::Normal,
+                    })
+                    .unwrap();
+                    super::$name(Arc::new(store)).await;
+                }
+            )*
+            use super::*;
+        }
+        mod neo4j {
+            $(
+                #[tokio::test]
+                #[ignore = "needs Neo4j: scripts/test starts one and runs this"]
+                async fn $name() {
+                    let _exclusive = neo4j_exclusive().await;
+                    let mut settings = test_settings(std::path::Path::new("/nonexistent"));
+                    neo4j_settings(&mut settings);
+                    let store = Neo4jGraphStore::connect(&settings.graph.neo4j.options()).await.unwrap();
+                    super::$name(Arc::new(store)).await;
+                }
+            )*
+            use super::*;
+        }
+    };
+}
+
+conformance!(
+    sessions,
+    inserts_dedup_and_journal,
+    concurrent_inserts_of_one_text_store_it_once,
+    updates_keep_versions_and_detect_conflicts,
+    concurrent_updates_of_one_version_let_one_win,
+    deletes_hide_roll_back_and_purge,
+    filters_and_cursors_agree_with_the_oracle,
+    relations_traverse_breadth_first,
+    agent_state_compare_and_set_ttl_and_prefixes,
+    index_entries_carry_embeddings_in_id_order,
+);
