@@ -9,7 +9,7 @@ use context_store::service::{SearchRequest, UpdateContextRequest};
 use context_store::store::InsertOutcome;
 use uuid::Uuid;
 
-use crate::helpers::{TestCore, assets_dir};
+use crate::helpers::{TestCore, assets_dir, graph_under_test, neo4j_exclusive, neo4j_uri};
 
 #[tokio::test]
 async fn a_failed_vector_write_leaves_no_graph_node_and_no_journal_entry() {
@@ -97,7 +97,11 @@ async fn journaled_items_missing_from_the_vector_store_are_repaired_at_start_up(
 /// Runs the hidden `crash-writer` command, collects acknowledged ids for a while, then kills it with
 /// SIGKILL. Returns (id, content) of every acknowledged write.
 fn run_and_kill(data_dir: &std::path::Path, run_for: Duration) -> Vec<(Uuid, String)> {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_context-store"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_context-store"));
+    if graph_under_test() == "neo4j" {
+        command.env("CTX__GRAPH__BACKEND", "neo4j").env("CTX__GRAPH__NEO4J__URI", neo4j_uri());
+    }
+    let mut child = command
         .args(["crash-writer", "--session", "crash", "--writers", "16"])
         .env("CTX__DATA_DIR", data_dir)
         .env("CTX__EMBEDDING__ASSETS_DIR", assets_dir())
@@ -144,13 +148,17 @@ fn run_and_kill(data_dir: &std::path::Path, run_for: Duration) -> Vec<(Uuid, Str
 #[tokio::test]
 async fn every_acknowledged_write_survives_kill_9_under_concurrent_writers() {
     let dir = tempfile::tempdir().unwrap();
+    let neo4j = match graph_under_test() {
+        "neo4j" => Some(neo4j_exclusive().await),
+        _ => None,
+    };
     let mut all = Vec::new();
     for round in 0..2 {
         let acked = run_and_kill(dir.path(), Duration::from_millis(1500 + 700 * round));
         assert!(!acked.is_empty(), "round {round}: the writer acknowledged nothing");
         all.extend(acked);
     }
-    let app = TestCore::start_in(dir).await;
+    let app = TestCore::open(dir, neo4j).await;
     let ids: Vec<Uuid> = all.iter().map(|(id, _)| *id).collect();
     let in_graph = app.service().graph().get_contexts(&ids).await.unwrap();
     assert_eq!(in_graph.len(), ids.len(), "every acknowledged write is in the graph");

@@ -169,7 +169,8 @@ impl TestCore {
         Self::open(dir, neo4j).await
     }
 
-    async fn open(dir: tempfile::TempDir, neo4j: Option<tokio::sync::OwnedMutexGuard<()>>) -> Self {
+    /// Opens the stores as they are (no emptying): `neo4j` is the exclusive use of the test Neo4j, if used.
+    pub async fn open(dir: tempfile::TempDir, neo4j: Option<tokio::sync::OwnedMutexGuard<()>>) -> Self {
         let mut settings = test_settings(dir.path());
         if neo4j.is_some() {
             neo4j_settings(&mut settings);
@@ -186,6 +187,7 @@ impl TestCore {
         });
         let core =
             Core::assemble(&settings, graph, vectors.clone(), embedder.clone(), metrics).await.expect("core starts");
+        assert_eq!(core.service.graph().backend(), graph_under_test(), "the graph store under test");
         Self { core: Some(core), dir, embedder, vectors, principal: Principal::local_trusted("tester"), neo4j }
     }
 
