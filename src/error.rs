@@ -49,6 +49,9 @@ pub enum StoreError {
     Unavailable(String),
     #[error("backend failure: {0}")]
     Backend(String),
+    /// An analyst query the backend refused (syntax, a write, too slow): the message is for the caller.
+    #[error("query rejected: {0}")]
+    InvalidQuery(String),
 }
 
 impl From<rusqlite::Error> for StoreError {
@@ -131,6 +134,7 @@ impl From<StoreError> for ServiceError {
                 "expected_version {expected} does not match the current version {current}"
             )),
             StoreError::Conflict(message) => ServiceError::Conflict(message),
+            StoreError::InvalidQuery(message) => ServiceError::InvalidArgument(message),
             StoreError::Unavailable(message) => {
                 tracing::warn!(%message, "backend unavailable");
                 ServiceError::Unavailable("a backend is unavailable, retry later".into())

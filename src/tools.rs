@@ -19,7 +19,7 @@ use crate::service::*;
 #[derive(Debug, Clone)]
 pub struct ToolSpec {
     pub name: &'static str,
-    pub description: &'static str,
+    pub description: std::borrow::Cow<'static, str>,
     pub read_only: bool,
     pub destructive: bool,
     pub idempotent: bool,
@@ -82,7 +82,7 @@ macro_rules! tool_table {
                 let (read_only, destructive, idempotent) = $hints;
                 ToolSpec {
                     name: stringify!($name),
-                    description: $description,
+                    description: $description.into(),
                     read_only,
                     destructive,
                     idempotent,
@@ -147,6 +147,8 @@ tool_table! {
         "Delete a key of your agent state (optionally only at expected_version).";
     get_metrics(GetMetricsRequest) -> MetricsSummary, READ,
         "Counts of stored items and cache effectiveness.";
+    query_graph(QueryGraphRequest) -> QueryGraphResponse, READ,
+        "Read-only analyst query over the whole graph (needs the query permission): Cypher on Neo4j, SQL on the embedded store. The description served by a running server names its language and schema.";
 }
 
 /// Every tool, in a stable order.
@@ -154,13 +156,26 @@ pub fn catalogue() -> Vec<ToolSpec> {
     let mut tools = service_tools();
     tools.push(ToolSpec {
         name: "authenticate_agent",
-        description: "Exchange an API key for a short-lived bearer token (JWT), optionally with fewer permissions.",
+        description: "Exchange an API key for a short-lived bearer token (JWT), optionally with fewer permissions."
+            .into(),
         read_only: false,
         destructive: false,
         idempotent: false,
         input_schema: schema_for_type::<TokenRequest>(),
         output_schema: schema_for_output::<TokenResponse>(),
     });
+    tools
+}
+
+/// Every tool, with descriptions that depend on the running service (query_graph names its language and
+/// schema).
+pub fn catalogue_for(service: &ContextService) -> Vec<ToolSpec> {
+    let mut tools = catalogue();
+    for tool in &mut tools {
+        if tool.name == "query_graph" {
+            tool.description = service.query_graph_description().into();
+        }
+    }
     tools
 }
 

@@ -41,14 +41,14 @@ fn to_mcp_tool(spec: &ToolSpec) -> Tool {
         .destructive(spec.destructive)
         .idempotent(spec.idempotent)
         .open_world(false);
-    Tool::new_with_raw(spec.name, Some(spec.description.into()), spec.input_schema.clone())
+    Tool::new_with_raw(spec.name, Some(spec.description.clone()), spec.input_schema.clone())
         .with_raw_output_schema(spec.output_schema.clone())
         .with_annotations(annotations)
 }
 
 impl McpServer {
     pub fn new(service: Arc<ContextService>, auth: Arc<Authenticator>, default_principal: Principal) -> Self {
-        let tools = tools::catalogue().iter().map(to_mcp_tool).collect();
+        let tools = tools::catalogue_for(&service).iter().map(to_mcp_tool).collect();
         Self { service, auth, default_principal, tools: Arc::new(tools) }
     }
 

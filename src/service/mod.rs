@@ -5,6 +5,7 @@
 //! Journal entries are cleared by `maintenance` only after the vector store has flushed, so a crash at any
 //! point is repaired by `repair_pending` at start-up.
 
+pub mod analytics;
 mod contexts;
 mod maintenance;
 pub mod requests;
@@ -25,6 +26,7 @@ use crate::error::{ServiceError, ServiceResult};
 use crate::metrics::Metrics;
 use crate::store::{GraphStore, VectorStore};
 
+pub use analytics::{QueryGraphRequest, QueryGraphResponse};
 pub use maintenance::MaintenanceOptions;
 pub use requests::*;
 

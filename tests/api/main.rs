@@ -9,6 +9,7 @@ mod http;
 mod mcp;
 mod recall;
 mod security;
+mod service_analytics;
 mod service_contexts;
 mod service_search;
 mod service_state;

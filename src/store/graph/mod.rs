@@ -63,6 +63,15 @@ pub struct StateKey {
     pub key: String,
 }
 
+/// The answer to an analyst query: column names and rows of JSON values in column order.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, schemars::JsonSchema)]
+pub struct QueryRows {
+    pub columns: Vec<String>,
+    pub rows: Vec<Vec<serde_json::Value>>,
+    /// More rows matched than the limit allowed.
+    pub truncated: bool,
+}
+
 /// Occupancy of a backend's connection pool, for /metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PoolStatus {
@@ -76,6 +85,19 @@ pub trait GraphStore: Send + Sync + 'static {
     fn backend(&self) -> &'static str;
     /// A cheap round trip: succeeds when the backend answers.
     async fn ping(&self) -> StoreResult<()>;
+    /// The language of analyst queries ("sql" or "cypher") and a summary of what they can read, generated
+    /// when the store opened.
+    fn query_language(&self) -> &'static str;
+    fn query_schema(&self) -> String;
+    /// A read-only analyst query with named parameters: at most `limit` rows, stopped after `timeout`.
+    /// Writes, syntax errors and timeouts are `InvalidQuery`.
+    async fn analyst_query(
+        &self,
+        query: &str,
+        params: &serde_json::Map<String, serde_json::Value>,
+        limit: usize,
+        timeout: std::time::Duration,
+    ) -> StoreResult<QueryRows>;
     /// Connection pool occupancy, for backends with a pool of connections.
     fn pool_status(&self) -> Option<PoolStatus> {
         None

@@ -22,7 +22,9 @@ use serde_json::{Map, Value};
 use tokio::sync::Semaphore;
 use uuid::Uuid;
 
-use super::{GraphStore, IndexEntry, InsertOutcome, PendingIndex, PoolStatus, RelatedContext, StateKey, StoreCounts};
+use super::{
+    GraphStore, IndexEntry, InsertOutcome, PendingIndex, PoolStatus, QueryRows, RelatedContext, StateKey, StoreCounts,
+};
 use crate::domain::{
     AgentState, Context, ContextFilter, ContextVersion, ReadScope, Relation, Session, Timestamp, Visibility,
 };
@@ -82,8 +84,19 @@ pub struct Neo4jOptions {
     pub breaker_cooldown: Duration,
 }
 
+/// What analysts' Cypher can read: the model of this store (Neo4j itself is schemaless).
+const MODEL: &str = "Neo4j, Cypher in a READ transaction. (:Agent {id})-[:AUTHORED]->(:Context {id, session_id, \
+agent_id, type, content, tags, metadata (JSON text), `m.<key>` (top-level metadata scalars), visibility, created_at, \
+updated_at, version, expires_at, content_hash, deleted, embedding})-[:IN_SESSION]->(:Session {id, purpose, metadata, \
+created_by, created_at}); (:Context)-[:TAGGED]->(:Tag {name}); (:Context)-[:RELATES_TO {relation, metadata, \
+created_at}]->(:Context); (:Context)-[:SUPERSEDES]->(:ContextVersion {context_id, version, type, content, tags, \
+metadata, visibility, updated_at}); (:AgentState {agent_id, session_id ('' = none), key, value (JSON text), version, \
+updated_at, expires_at}). Times are milliseconds since the Unix epoch; filter deleted contexts with NOT c.deleted.";
+
 pub struct Neo4jGraphStore {
     graph: Graph,
+    /// MODEL plus the labels and relationship types found at start-up.
+    schema: String,
     /// One permit per pooled connection: bounds waiting and tells how many are in use.
     permits: Arc<Semaphore>,
     options: Neo4jOptions,
@@ -461,14 +474,40 @@ impl Neo4jGraphStore {
         }
         let config = config.build().map_err(store_error)?;
         let graph = Graph::connect(config).map_err(store_error)?;
-        let store = Self {
+        let mut store = Self {
             graph,
+            schema: MODEL.to_string(),
             permits: Arc::new(Semaphore::new(options.max_connections.max(1))),
             options: options.clone(),
             breaker: CircuitBreaker::new("neo4j", options.breaker_threshold, options.breaker_cooldown),
         };
         store.apply_schema().await?;
+        store.schema = store.describe().await?;
         Ok(store)
+    }
+
+    /// The model plus what the database holds now (labels, relationship types, indexes).
+    async fn describe(&self) -> StoreResult<String> {
+        let listed = transaction!(self, |txn| {
+            let mut lists = Vec::new();
+            for (statement, column) in [
+                ("CALL db.labels() YIELD label RETURN label ORDER BY label", "label"),
+                ("CALL db.relationshipTypes() YIELD relationshipType AS t RETURN t ORDER BY t", "t"),
+                ("SHOW INDEXES YIELD name RETURN name ORDER BY name", "name"),
+            ] {
+                let names: Vec<String> = rows(txn, query(statement))
+                    .await?
+                    .iter()
+                    .map(|r| r.get::<String>(column))
+                    .collect::<Result<_, _>>()?;
+                lists.push(names.join(", "));
+            }
+            Ok(lists)
+        })?;
+        Ok(format!(
+            "{MODEL} Present now: labels [{}]; relationship types [{}]; indexes [{}].",
+            listed[0], listed[1], listed[2]
+        ))
     }
 
     async fn apply_schema(&self) -> StoreResult<()> {
@@ -557,6 +596,62 @@ impl GraphStore for Neo4jGraphStore {
             txn.run(query("RETURN 1")).await?;
             Ok(())
         })
+    }
+
+    fn query_language(&self) -> &'static str {
+        "cypher"
+    }
+
+    fn query_schema(&self) -> String {
+        self.schema.clone()
+    }
+
+    async fn analyst_query(
+        &self,
+        text: &str,
+        params: &Map<String, Value>,
+        limit: usize,
+        timeout: Duration,
+    ) -> StoreResult<QueryRows> {
+        let mut statement = query(text).extra("tx_timeout", timeout.as_millis() as i64);
+        for (name, value) in params {
+            let value = BoltType::try_from(value.clone())
+                .map_err(|e| StoreError::InvalidQuery(format!("parameter {name}: {e}")))?;
+            statement = statement.param(name, value);
+        }
+        let rejected = |err: neo4rs::Error| match &err {
+            neo4rs::Error::Neo4j(e) if e.code().starts_with("Neo.ClientError") => {
+                StoreError::InvalidQuery(format!("{}: {}", e.code(), e.message()))
+            }
+            _ => store_error(err),
+        };
+        let run = async {
+            let _permit = self.permit().await?;
+            // A READ transaction: the server refuses write clauses.
+            let mut stream = self.graph.execute_read(statement).await.map_err(rejected)?;
+            let mut found = QueryRows::default();
+            while let Some(row) = stream.next().await.map_err(rejected)? {
+                if found.rows.len() == limit {
+                    found.truncated = true;
+                    break;
+                }
+                if found.columns.is_empty() {
+                    found.columns = row.keys().into_iter().map(|k| k.value.clone()).collect();
+                    found.columns.sort();
+                }
+                let values = found.columns.iter().map(|c| row.get::<Value>(c)).collect::<Result<Vec<_>, _>>();
+                found.rows.push(values.map_err(|e| StoreError::Backend(format!("unreadable row: {e}")))?);
+            }
+            stream.finish().await.map_err(rejected)?;
+            Ok(found)
+        };
+        let deadline = timeout + Duration::from_secs(1);
+        self.guarded(async {
+            tokio::time::timeout(deadline, run).await.unwrap_or_else(|_| {
+                Err(StoreError::InvalidQuery(format!("the query ran longer than {} ms", timeout.as_millis())))
+            })
+        })
+        .await
     }
 
     fn pool_status(&self) -> Option<PoolStatus> {

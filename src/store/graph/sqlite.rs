@@ -12,7 +12,9 @@ use rusqlite::{Connection, OptionalExtension, Row, Transaction, params, params_f
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::{GraphStore, IndexEntry, InsertOutcome, PendingIndex, PoolStatus, RelatedContext, StateKey, StoreCounts};
+use super::{
+    GraphStore, IndexEntry, InsertOutcome, PendingIndex, PoolStatus, QueryRows, RelatedContext, StateKey, StoreCounts,
+};
 use crate::domain::{
     AgentState, Context, ContextFilter, ContextVersion, ReadScope, Relation, Session, Timestamp, Visibility,
 };
@@ -41,6 +43,9 @@ pub struct SqliteOptions {
 pub struct SqliteGraphStore {
     writer: Arc<Mutex<Connection>>,
     readers: r2d2::Pool<SqliteConnectionManager>,
+    path: PathBuf,
+    /// Tables and columns analysts can query, read from the database when it opened.
+    schema: String,
 }
 
 fn encode_embedding(embedding: &[f32]) -> Vec<u8> {
@@ -295,7 +300,8 @@ impl SqliteGraphStore {
         let manager = SqliteConnectionManager::file(&options.path)
             .with_init(|conn| conn.execute_batch("PRAGMA query_only = 1; PRAGMA busy_timeout = 5000;"));
         let readers = r2d2::Pool::builder().max_size(options.readers.max(1)).min_idle(Some(1)).build(manager)?;
-        Ok(Self { writer: Arc::new(Mutex::new(writer)), readers })
+        let schema = describe_tables(&writer)?;
+        Ok(Self { writer: Arc::new(Mutex::new(writer)), readers, path: options.path.clone(), schema })
     }
 
     pub fn path_in(data_dir: &Path) -> PathBuf {
@@ -347,6 +353,30 @@ impl GraphStore for SqliteGraphStore {
 
     async fn ping(&self) -> StoreResult<()> {
         self.read(|conn| Ok(conn.query_row("SELECT 1", [], |_| Ok(()))?)).await
+    }
+
+    fn query_language(&self) -> &'static str {
+        "sql"
+    }
+
+    fn query_schema(&self) -> String {
+        format!(
+            "SQLite, read-only. Times are milliseconds since the Unix epoch; JSON columns hold JSON text \
+             (use json_extract); contexts.deleted = 1 marks deleted rows; agent_state.session_id '' = none. \
+             Tables: {}",
+            self.schema
+        )
+    }
+
+    async fn analyst_query(
+        &self,
+        query: &str,
+        params: &serde_json::Map<String, Value>,
+        limit: usize,
+        timeout: std::time::Duration,
+    ) -> StoreResult<QueryRows> {
+        let (path, query, params) = (self.path.clone(), query.to_string(), params.clone());
+        tokio::task::spawn_blocking(move || analyst_query(&path, &query, &params, limit, timeout)).await?
     }
 
     fn pool_status(&self) -> Option<PoolStatus> {
@@ -904,6 +934,105 @@ impl GraphStore for SqliteGraphStore {
         })
         .await
     }
+}
+
+/// "table(column TYPE, ...)" for every table, from the database itself.
+fn describe_tables(conn: &Connection) -> rusqlite::Result<String> {
+    let mut tables = conn.prepare(
+        "SELECT m.name, group_concat(p.name || ' ' || p.type, ', ') FROM sqlite_master m \
+         JOIN pragma_table_info(m.name) p WHERE m.type IN ('table', 'view') AND m.name NOT LIKE 'sqlite_%' \
+         GROUP BY m.name ORDER BY m.name",
+    )?;
+    let described = tables
+        .query_map([], |row| Ok(format!("{}({})", row.get::<_, String>(0)?, row.get::<_, String>(1)?)))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(described.join("; "))
+}
+
+/// A JSON parameter as an SQLite value: objects and arrays are bound as JSON text.
+fn sql_value(value: &Value) -> SqlValue {
+    match value {
+        Value::Null => SqlValue::Null,
+        Value::Bool(flag) => SqlValue::Integer(i64::from(*flag)),
+        Value::Number(number) => match number.as_i64() {
+            Some(i) => SqlValue::Integer(i),
+            None => SqlValue::Real(number.as_f64().unwrap_or(f64::NAN)),
+        },
+        Value::String(text) => SqlValue::Text(text.clone()),
+        Value::Array(_) | Value::Object(_) => SqlValue::Text(value.to_string()),
+    }
+}
+
+fn json_value(value: rusqlite::types::ValueRef<'_>) -> Value {
+    use rusqlite::types::ValueRef;
+    match value {
+        ValueRef::Null => Value::Null,
+        ValueRef::Integer(i) => i.into(),
+        ValueRef::Real(f) => serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number),
+        ValueRef::Text(bytes) => String::from_utf8_lossy(bytes).into_owned().into(),
+        ValueRef::Blob(bytes) => format!("x'{}'", hex::encode(bytes)).into(),
+    }
+}
+
+/// Runs one read-only statement on a read-only connection of its own (so no PRAGMA can loosen a pooled one).
+fn analyst_query(
+    path: &Path,
+    query: &str,
+    params: &serde_json::Map<String, Value>,
+    limit: usize,
+    timeout: std::time::Duration,
+) -> StoreResult<QueryRows> {
+    use rusqlite::OpenFlags;
+    let rejected = |err: rusqlite::Error| match err {
+        rusqlite::Error::SqliteFailure(code, _) if code.code == rusqlite::ErrorCode::OperationInterrupted => {
+            StoreError::InvalidQuery(format!("the query ran longer than {} ms", timeout.as_millis()))
+        }
+        rusqlite::Error::SqliteFailure(code, _)
+            if matches!(code.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) =>
+        {
+            StoreError::Unavailable(err.to_string())
+        }
+        other => StoreError::InvalidQuery(other.to_string()),
+    };
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags)?;
+    conn.execute_batch("PRAGMA query_only = 1; PRAGMA busy_timeout = 2000;")?;
+    let interrupt = conn.get_interrupt_handle();
+    let (done, finished) = std::sync::mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        if finished.recv_timeout(timeout) == Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
+            interrupt.interrupt();
+        }
+    });
+    let result = (|| {
+        let mut statement = conn.prepare(query).map_err(rejected)?;
+        if !statement.readonly() {
+            return Err(StoreError::InvalidQuery("only read-only statements (SELECT) are allowed".into()));
+        }
+        for index in 1..=statement.parameter_count() {
+            let name = statement.parameter_name(index).unwrap_or("?");
+            let value = params.get(name.trim_start_matches([':', '@', '$'])).ok_or_else(|| {
+                StoreError::InvalidQuery(format!("parameter {name} has no value in params (use :name)"))
+            })?;
+            statement.raw_bind_parameter(index, sql_value(value)).map_err(rejected)?;
+        }
+        let columns: Vec<String> = statement.column_names().into_iter().map(str::to_string).collect();
+        let width = columns.len();
+        let mut rows = Vec::new();
+        let mut truncated = false;
+        let mut cursor = statement.raw_query();
+        while let Some(row) = cursor.next().map_err(rejected)? {
+            if rows.len() == limit {
+                truncated = true;
+                break;
+            }
+            rows.push((0..width).map(|i| row.get_ref(i).map(json_value)).collect::<rusqlite::Result<Vec<_>>>()?);
+        }
+        Ok(QueryRows { columns, rows, truncated })
+    })();
+    let _ = done.send(());
+    let _ = watchdog.join();
+    result
 }
 
 /// Live contexts among `ids` (in no particular order), selected with `CONTEXT_COLUMNS` plus `extra`.

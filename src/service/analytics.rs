@@ -1,0 +1,83 @@
+//! Analysts' read-only graph queries (query_graph): Cypher on Neo4j, SQL on the embedded SQLite store.
+
+use std::time::Duration;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::ContextService;
+use crate::auth::{Permission, Principal};
+use crate::error::{ServiceError, ServiceResult};
+use crate::store::graph::QueryRows;
+
+pub const DEFAULT_QUERY_ROWS: u32 = 100;
+pub const MAX_QUERY_ROWS: u32 = 10_000;
+pub const DEFAULT_QUERY_TIMEOUT_MS: u64 = 5_000;
+pub const MAX_QUERY_TIMEOUT_MS: u64 = 60_000;
+pub const MAX_QUERY_BYTES: usize = 20_000;
+
+/// Arguments of `query_graph`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QueryGraphRequest {
+    /// One read-only statement in the store's language (see the tool description): Cypher on Neo4j,
+    /// SQL (SQLite) on the embedded store.
+    pub query: String,
+    /// Named parameters: `$name` in Cypher, `:name` in SQL.
+    #[serde(default)]
+    pub params: Map<String, Value>,
+    /// At most this many rows (default 100, at most 10000); `truncated` says when more matched.
+    #[serde(default)]
+    pub limit: Option<u32>,
+    /// Stop the query after this many milliseconds (default 5000, at most 60000).
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+}
+
+/// Result of `query_graph`.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct QueryGraphResponse {
+    /// "sql" or "cypher".
+    pub language: String,
+    #[serde(flatten)]
+    pub result: QueryRows,
+}
+
+impl ContextService {
+    /// The query_graph tool description: the language and a summary of the schema, from the open store.
+    pub fn query_graph_description(&self) -> String {
+        format!(
+            "Read-only analyst query over the whole graph (needs the query permission; sees every item). \
+             Language: {}. {}",
+            self.graph.query_language(),
+            self.graph.query_schema()
+        )
+    }
+
+    pub async fn query_graph(
+        &self,
+        principal: &Principal,
+        request: QueryGraphRequest,
+    ) -> ServiceResult<QueryGraphResponse> {
+        principal.require(Permission::Query)?;
+        let query = request.query.trim();
+        if query.is_empty() {
+            return Err(ServiceError::invalid("query must not be empty"));
+        }
+        if query.len() > MAX_QUERY_BYTES {
+            return Err(ServiceError::invalid(format!("query is longer than {MAX_QUERY_BYTES} bytes")));
+        }
+        let limit = request.limit.unwrap_or(DEFAULT_QUERY_ROWS);
+        if !(1..=MAX_QUERY_ROWS).contains(&limit) {
+            return Err(ServiceError::invalid(format!("limit must be between 1 and {MAX_QUERY_ROWS}")));
+        }
+        let timeout_ms = request.timeout_ms.unwrap_or(DEFAULT_QUERY_TIMEOUT_MS);
+        if !(1..=MAX_QUERY_TIMEOUT_MS).contains(&timeout_ms) {
+            return Err(ServiceError::invalid(format!("timeout_ms must be between 1 and {MAX_QUERY_TIMEOUT_MS}")));
+        }
+        let result =
+            self.graph.analyst_query(query, &request.params, limit as usize, Duration::from_millis(timeout_ms)).await?;
+        Ok(QueryGraphResponse { language: self.graph.query_language().to_string(), result })
+    }
+}
