@@ -7,6 +7,7 @@ mod graph_conformance;
 mod helpers;
 mod http;
 mod mcp;
+mod neo4j_outage;
 mod recall;
 mod security;
 mod service_analytics;
