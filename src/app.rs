@@ -14,6 +14,7 @@ use crate::store::graph::neo4j::Neo4jGraphStore;
 use crate::store::graph::sqlite::{SqliteGraphStore, SqliteOptions};
 use crate::store::vector::CollectionSpec;
 use crate::store::vector::edge::EdgeVectorStore;
+use crate::store::vector::qdrant::QdrantVectorStore;
 use crate::store::{GraphStore, VectorStore};
 
 /// The service with its background maintenance running.
@@ -53,7 +54,11 @@ pub async fn open_vectors(settings: &Settings) -> StoreResult<Arc<dyn VectorStor
             let spec = collection_spec(settings)?;
             Ok(Arc::new(EdgeVectorStore::open(&settings.data_dir.join("vectors"), &spec).await?))
         }
-        other => Err(StoreError::Backend(format!("unknown vector backend '{other}'"))),
+        "qdrant" => {
+            let spec = collection_spec(settings)?;
+            Ok(Arc::new(QdrantVectorStore::connect(&settings.vector.qdrant.options(), &spec).await?))
+        }
+        other => Err(StoreError::Backend(format!("unknown vector backend '{other}' (edge or qdrant)"))),
     }
 }
 

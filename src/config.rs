@@ -123,13 +123,57 @@ impl Neo4jSettings {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct VectorSettings {
-    /// "edge" (embedded qdrant-edge).
+    /// "edge" (embedded qdrant-edge, the default) or "qdrant" (a Qdrant server or cluster over gRPC).
     pub backend: String,
+    pub qdrant: QdrantSettings,
     /// A collection definition file; the built-in collections/contexts.json when absent.
     pub collection_file: Option<PathBuf>,
     pub flush_interval_ms: u64,
     pub optimize_interval_ms: u64,
     pub optimize_min_new_points: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QdrantSettings {
+    /// gRPC URL of the server (port 6334).
+    pub url: String,
+    pub api_key: Option<String>,
+    /// Collection name; the definition's name ("contexts") when absent.
+    pub collection: Option<String>,
+    /// gRPC channels kept open.
+    pub channels: usize,
+    pub timeout_ms: u64,
+    pub breaker_threshold: u32,
+    pub breaker_cooldown_ms: u64,
+}
+
+impl Default for QdrantSettings {
+    fn default() -> Self {
+        Self {
+            url: "http://127.0.0.1:6334".into(),
+            api_key: None,
+            collection: None,
+            channels: 4,
+            timeout_ms: 5000,
+            breaker_threshold: 3,
+            breaker_cooldown_ms: 1000,
+        }
+    }
+}
+
+impl QdrantSettings {
+    pub fn options(&self) -> crate::store::vector::qdrant::QdrantOptions {
+        crate::store::vector::qdrant::QdrantOptions {
+            url: self.url.clone(),
+            api_key: self.api_key.clone(),
+            collection: self.collection.clone(),
+            channels: self.channels,
+            timeout: Duration::from_millis(self.timeout_ms),
+            breaker_threshold: self.breaker_threshold,
+            breaker_cooldown: Duration::from_millis(self.breaker_cooldown_ms),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -227,6 +271,7 @@ impl Default for VectorSettings {
     fn default() -> Self {
         Self {
             backend: "edge".into(),
+            qdrant: QdrantSettings::default(),
             collection_file: None,
             flush_interval_ms: 1000,
             optimize_interval_ms: 30_000,

@@ -6,6 +6,7 @@ use context_store::domain::{
 };
 use context_store::store::vector::CollectionSpec;
 use context_store::store::vector::edge::EdgeVectorStore;
+use context_store::store::vector::qdrant::QdrantVectorStore;
 use context_store::store::{VectorPoint, VectorStore};
 use serde_json::json;
 use uuid::Uuid;
@@ -97,10 +98,7 @@ pub fn random_filter(rng: &mut fastrand::Rng, now: Timestamp) -> ContextFilter {
     ContextFilter::parse(args, scope, now).unwrap()
 }
 
-#[tokio::test]
-async fn edge_store_filters_agree_with_the_in_memory_oracle() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = EdgeVectorStore::open(dir.path(), &CollectionSpec::builtin()).await.unwrap();
+async fn filters_agree_with_the_in_memory_oracle(store: &dyn VectorStore) {
     let mut rng = fastrand::Rng::with_seed(42);
     let now = Timestamp::now();
     let points = dataset(&mut rng, now);
@@ -119,10 +117,7 @@ async fn edge_store_filters_agree_with_the_in_memory_oracle() {
     }
 }
 
-#[tokio::test]
-async fn payload_round_trips_and_deletes_remove_points() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = EdgeVectorStore::open(dir.path(), &CollectionSpec::builtin()).await.unwrap();
+async fn payload_round_trips_and_deletes_remove_points(store: &dyn VectorStore) {
     let mut rng = fastrand::Rng::with_seed(1);
     let points = dataset(&mut rng, Timestamp::now());
     store.upsert(points[..10].to_vec()).await.unwrap();
@@ -139,3 +134,37 @@ async fn payload_round_trips_and_deletes_remove_points() {
     assert!(store.existing_ids(&[points[3].context.id]).await.unwrap().is_empty());
     assert_eq!(store.count().await.unwrap(), 9);
 }
+
+/// Each suite function runs against qdrant-edge (in a temp dir) and, when `QDRANT_URL` names a server,
+/// against Qdrant server in a fresh collection (scripts/test skips these otherwise, and says so).
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod edge {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let dir = tempfile::tempdir().unwrap();
+                    let store = EdgeVectorStore::open(dir.path(), &CollectionSpec::builtin()).await.unwrap();
+                    super::$name(&store).await;
+                }
+            )*
+            use super::*;
+        }
+        mod qdrant_server {
+            $(
+                #[tokio::test]
+                #[ignore = "needs a Qdrant server: set QDRANT_URL (gRPC, e.g. http://127.0.0.1:6334)"]
+                async fn $name() {
+                    let url = std::env::var("QDRANT_URL").expect("QDRANT_URL names a Qdrant server");
+                    let mut settings = context_store::config::QdrantSettings { url, ..Default::default() };
+                    settings.collection = Some(format!("test_{}", uuid::Uuid::now_v7().simple()));
+                    let store = QdrantVectorStore::connect(&settings.options(), &CollectionSpec::builtin()).await.unwrap();
+                    super::$name(&store).await;
+                }
+            )*
+            use super::*;
+        }
+    };
+}
+
+conformance!(filters_agree_with_the_in_memory_oracle, payload_round_trips_and_deletes_remove_points);

@@ -5,6 +5,7 @@ pub mod collection;
 pub mod edge;
 pub mod filter;
 pub mod payload;
+pub mod qdrant;
 
 use async_trait::async_trait;
 use uuid::Uuid;
