@@ -14,6 +14,7 @@ use crate::helpers::{assets_dir, spawn_app};
 
 const TOOLS: &[&str] = &[
     "authenticate_agent",
+    "query_graph",
     "create_session",
     "get_session",
     "list_sessions",
@@ -65,6 +66,9 @@ async fn exercise(client: &Client, session: &str) {
     let mut expected = TOOLS.to_vec();
     expected.sort();
     assert_eq!(names, expected);
+    let query_graph = tools.iter().find(|t| t.name == "query_graph").unwrap();
+    let description = query_graph.description.as_deref().unwrap_or_default();
+    assert!(description.contains("Language: sql") && description.contains("contexts("), "{description}");
     for tool in &tools {
         assert!(tool.output_schema.is_some(), "{} has an output schema", tool.name);
         let annotations = tool.annotations.as_ref().expect("annotations");
