@@ -7,4 +7,6 @@ CREATE CONSTRAINT agent_state_key IF NOT EXISTS FOR (s:AgentState) REQUIRE (s.ag
 CREATE CONSTRAINT journal_seq IF NOT EXISTS FOR (j:IndexJournal) REQUIRE j.seq IS UNIQUE;
 CREATE INDEX context_session_hash IF NOT EXISTS FOR (c:Context) ON (c.session_id, c.content_hash);
 CREATE INDEX context_session IF NOT EXISTS FOR (c:Context) ON (c.session_id);
+CREATE INDEX context_expiry IF NOT EXISTS FOR (c:Context) ON (c.expires_at);
+CREATE INDEX agent_state_expiry IF NOT EXISTS FOR (s:AgentState) ON (s.expires_at);
 CREATE INDEX context_version IF NOT EXISTS FOR (v:ContextVersion) ON (v.context_id, v.version);

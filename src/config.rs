@@ -64,6 +64,8 @@ pub struct GraphSettings {
     pub readers: u32,
     /// SQLite: how commits are synced.
     pub synchronous: Synchronous,
+    /// How often contexts and agent state past their TTL are removed from both stores.
+    pub expiry_interval_ms: u64,
     pub neo4j: Neo4jSettings,
 }
 
@@ -263,7 +265,13 @@ impl Default for EmbeddingSettings {
 
 impl Default for GraphSettings {
     fn default() -> Self {
-        Self { backend: "sqlite".into(), readers: 8, synchronous: Synchronous::Full, neo4j: Neo4jSettings::default() }
+        Self {
+            backend: "sqlite".into(),
+            readers: 8,
+            synchronous: Synchronous::Full,
+            expiry_interval_ms: 60_000,
+            neo4j: Neo4jSettings::default(),
+        }
     }
 }
 
@@ -335,6 +343,7 @@ impl Settings {
             flush_interval: Duration::from_millis(self.vector.flush_interval_ms),
             optimize_interval: Duration::from_millis(self.vector.optimize_interval_ms),
             optimize_min_new_points: self.vector.optimize_min_new_points,
+            expiry_interval: Duration::from_millis(self.graph.expiry_interval_ms),
         }
     }
 }

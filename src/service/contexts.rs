@@ -175,14 +175,21 @@ impl ContextService {
         let id = parse_uuid("id", &request.id)?;
         let _ordered = self.item_lock(id).lock().await;
         self.writable_context(principal, &agent, id).await?;
-        let (journal_seq, _deleted) = self.graph.delete_context(id, request.expected_version).await?;
+        self.remove_context(id, request.expected_version).await?;
+        Ok(DeleteContextResponse { id: id.to_string(), deleted: true })
+    }
+
+    /// Deletes a context from both stores (the caller holds its item lock): graph tombstone and journal
+    /// entry, then the vector delete (undone in the graph if it fails), then the purge.
+    pub(super) async fn remove_context(&self, id: Uuid, expected_version: Option<i64>) -> ServiceResult<()> {
+        let (journal_seq, _deleted) = self.graph.delete_context(id, expected_version).await?;
         if let Err(err) = self.vectors.delete(&[id]).await {
             self.graph.rollback_delete(id, journal_seq).await?;
             return Err(err.into());
         }
         self.graph.purge_context(id).await?;
         self.written(journal_seq);
-        Ok(DeleteContextResponse { id: id.to_string(), deleted: true })
+        Ok(())
     }
 
     pub async fn list_contexts(

@@ -21,6 +21,15 @@ pub struct MaintenanceOptions {
     pub optimize_interval: Duration,
     /// New points since the last optimisation that make another worthwhile.
     pub optimize_min_new_points: u64,
+    /// How often expired contexts and agent state are removed from both stores.
+    pub expiry_interval: Duration,
+}
+
+/// What one expiry pass removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Expired {
+    pub contexts: u64,
+    pub agent_states: u64,
 }
 
 impl Default for MaintenanceOptions {
@@ -29,6 +38,7 @@ impl Default for MaintenanceOptions {
             flush_interval: Duration::from_secs(1),
             optimize_interval: Duration::from_secs(30),
             optimize_min_new_points: 1000,
+            expiry_interval: Duration::from_secs(60),
         }
     }
 }
@@ -62,6 +72,35 @@ impl ContextService {
             self.graph.clear_pending(&seqs).await?;
             repaired += pending.len();
         }
+    }
+
+    /// Removes contexts and agent state whose TTL has passed at `now`, from both stores (contexts go through
+    /// the same journaled delete as `delete_context`). Reads already hide expired items; this frees space.
+    pub async fn expire(&self, now: crate::domain::Timestamp) -> ServiceResult<Expired> {
+        let mut expired = Expired::default();
+        loop {
+            let ids = self.graph.expired_contexts(now, REPAIR_BATCH).await?;
+            if ids.is_empty() {
+                break;
+            }
+            for id in ids {
+                let _ordered = self.item_lock(id).lock().await;
+                match self.remove_context(id, None).await {
+                    Ok(()) => expired.contexts += 1,
+                    // Deleted meanwhile by its author.
+                    Err(crate::error::ServiceError::NotFound(_)) => {}
+                    Err(err) => return Err(err),
+                }
+            }
+        }
+        loop {
+            let purged = self.graph.purge_expired_state(now, REPAIR_BATCH).await?;
+            expired.agent_states += purged;
+            if purged < REPAIR_BATCH as u64 {
+                break;
+            }
+        }
+        Ok(expired)
     }
 
     /// Flushes the vector store and clears the journal entries whose writes it now holds durably.
@@ -102,12 +141,21 @@ impl ContextService {
     pub async fn run_maintenance(&self, options: MaintenanceOptions, stop: CancellationToken) {
         let mut flush_tick = tokio::time::interval(options.flush_interval);
         let mut optimize_tick = tokio::time::interval(options.optimize_interval);
+        let mut expiry_tick = tokio::time::interval(options.expiry_interval);
+        expiry_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         flush_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         optimize_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut points_at_last_optimize = 0u64;
         loop {
             tokio::select! {
                 _ = stop.cancelled() => break,
+                _ = expiry_tick.tick() => {
+                    match self.expire(crate::domain::Timestamp::now()).await {
+                        Ok(expired) if expired != Expired::default() => tracing::info!(?expired, "expired items removed"),
+                        Ok(_) => {}
+                        Err(err) => tracing::warn!(error = %err, "expiry pass failed; will retry"),
+                    }
+                }
                 _ = flush_tick.tick() => {
                     if let Err(err) = self.flush().await {
                         tracing::warn!(error = %err, "vector flush failed; will retry");

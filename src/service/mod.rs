@@ -27,7 +27,7 @@ use crate::metrics::Metrics;
 use crate::store::{GraphStore, VectorStore};
 
 pub use analytics::{QueryGraphRequest, QueryGraphResponse};
-pub use maintenance::MaintenanceOptions;
+pub use maintenance::{Expired, MaintenanceOptions};
 pub use requests::*;
 
 /// Tunables of the service layer.

@@ -397,6 +397,43 @@ async fn index_entries_carry_embeddings_in_id_order(store: Store) {
     store.ping().await.unwrap();
 }
 
+async fn expired_items_are_found_and_purged(store: Store) {
+    store.create_session(&session("s")).await.unwrap();
+    let now = Timestamp::now();
+    let mut past = public_context("expired", "s", "alice");
+    past.expires_at = Some(Timestamp(now.millis() - 1000));
+    let mut future = public_context("not yet", "s", "alice");
+    future.expires_at = Some(Timestamp(now.millis() + 60_000));
+    let forever = public_context("forever", "s", "alice");
+    for context in [&past, &future, &forever] {
+        insert(&store, context).await;
+    }
+    assert_eq!(store.expired_contexts(now, 10).await.unwrap(), vec![past.id]);
+    store.delete_context(past.id, None).await.unwrap();
+    assert_eq!(
+        store.expired_contexts(now, 10).await.unwrap(),
+        Vec::<Uuid>::new(),
+        "deleted ones are not reported again"
+    );
+
+    let state = |key: &str, expires_at: Option<i64>| AgentState {
+        agent_id: "alice".into(),
+        session_id: None,
+        key: key.into(),
+        value: json!(key),
+        version: 0,
+        updated_at: now,
+        expires_at: expires_at.map(Timestamp),
+    };
+    for (key, expires) in [("old-1", Some(now.millis() - 5)), ("old-2", Some(now.millis() - 1)), ("new", None)] {
+        store.set_state(&state(key, expires), None).await.unwrap();
+    }
+    assert_eq!(store.purge_expired_state(now, 1).await.unwrap(), 1, "the limit bounds one pass");
+    assert_eq!(store.purge_expired_state(now, 10).await.unwrap(), 1);
+    assert_eq!(store.purge_expired_state(now, 10).await.unwrap(), 0);
+    assert_eq!(store.counts().await.unwrap().agent_states, 1);
+}
+
 /// Each suite function runs against SQLite (in a temp dir) and against the test Neo4j (emptied first).
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
@@ -444,4 +481,5 @@ conformance!(
     relations_traverse_breadth_first,
     agent_state_compare_and_set_ttl_and_prefixes,
     index_entries_carry_embeddings_in_id_order,
+    expired_items_are_found_and_purged,
 );

@@ -102,3 +102,36 @@ async fn oversized_state_values_are_rejected() {
     assert_eq!(err.code(), ErrorCode::PayloadTooLarge);
     assert_eq!(app.service().graph().counts().await.unwrap().agent_states, 0);
 }
+
+#[tokio::test]
+async fn the_expiry_pass_removes_expired_contexts_and_state_from_both_stores() {
+    use context_store::domain::Timestamp;
+    use context_store::service::StoreContextRequest;
+    let app = TestCore::start().await;
+    app.session("ttl").await;
+    let short = |text: &str| StoreContextRequest {
+        session_id: "ttl".into(),
+        content: text.into(),
+        ttl_seconds: Some(60),
+        ..Default::default()
+    };
+    let doomed = app.service().store_context(&app.principal, short("a short-lived note")).await.unwrap();
+    let kept = app.store("ttl", "tester", "a note that stays").await;
+    let lease = SetAgentStateRequest { ttl_seconds: Some(60), ..set("lease", json!("held"), None) };
+    app.service().set_agent_state(&app.principal, lease).await.unwrap();
+    app.service().set_agent_state(&app.principal, set("plan", json!(1), None)).await.unwrap();
+
+    let nothing_yet = app.service().expire(Timestamp::now()).await.unwrap();
+    assert_eq!((nothing_yet.contexts, nothing_yet.agent_states), (0, 0));
+    // Two minutes from now both TTLs have passed.
+    let later = Timestamp(Timestamp::now().millis() + 120_000);
+    let expired = app.service().expire(later).await.unwrap();
+    assert_eq!((expired.contexts, expired.agent_states), (1, 1));
+    let doomed_id = doomed.context.id;
+    assert!(app.service().graph().get_context(doomed_id).await.unwrap().is_none());
+    assert!(app.service().vectors().existing_ids(&[doomed_id]).await.unwrap().is_empty(), "its vector is gone");
+    assert_eq!(app.service().vectors().existing_ids(&[kept.context.id]).await.unwrap(), vec![kept.context.id]);
+    let counts = app.service().graph().counts().await.unwrap();
+    assert_eq!((counts.contexts, counts.agent_states), (1, 1));
+    assert_eq!(app.service().expire(later).await.unwrap().contexts, 0, "a second pass finds nothing");
+}

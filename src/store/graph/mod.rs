@@ -11,7 +11,7 @@ pub mod sqlite;
 use async_trait::async_trait;
 use uuid::Uuid;
 
-use crate::domain::{AgentState, Context, ContextFilter, ContextVersion, ReadScope, Relation, Session};
+use crate::domain::{AgentState, Context, ContextFilter, ContextVersion, ReadScope, Relation, Session, Timestamp};
 use crate::error::StoreResult;
 
 /// Result of inserting a context: either new (with its journal sequence) or an existing duplicate.
@@ -192,6 +192,11 @@ pub trait GraphStore: Send + Sync + 'static {
     ) -> StoreResult<Vec<AgentState>>;
     /// Deletes agent state; `NotFound` when absent, `VersionConflict` on a stale expected version.
     async fn delete_state(&self, key: &StateKey, expected_version: Option<i64>) -> StoreResult<()>;
+
+    /// Live contexts whose expiry is at or before `now`, at most `limit` (the expiry task removes them).
+    async fn expired_contexts(&self, now: Timestamp, limit: usize) -> StoreResult<Vec<Uuid>>;
+    /// Removes at most `limit` agent state entries whose expiry is at or before `now`; returns how many.
+    async fn purge_expired_state(&self, now: Timestamp, limit: usize) -> StoreResult<u64>;
 
     /// Journal entries not yet cleared, oldest first.
     async fn pending_index(&self, limit: usize) -> StoreResult<Vec<PendingIndex>>;

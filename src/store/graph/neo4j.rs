@@ -62,6 +62,8 @@ mod cypher {
     pub const JOURNAL_CLEAR: &str = include_str!("../../../cypher/journal_clear.cypher");
     pub const INDEX_ENTRIES: &str = include_str!("../../../cypher/index_entries.cypher");
     pub const INDEX_SCAN: &str = include_str!("../../../cypher/index_scan.cypher");
+    pub const CONTEXT_EXPIRED: &str = include_str!("../../../cypher/context_expired.cypher");
+    pub const STATE_PURGE_EXPIRED: &str = include_str!("../../../cypher/state_purge_expired.cypher");
     pub const COUNTS: &str = include_str!("../../../cypher/counts.cypher");
 }
 
@@ -1038,6 +1040,21 @@ impl GraphStore for Neo4jGraphStore {
                 txn.run(state_params(query(cypher::STATE_DELETE), key)).await?;
                 Ok(())
             }
+        })
+    }
+
+    async fn expired_contexts(&self, now: Timestamp, limit: usize) -> StoreResult<Vec<Uuid>> {
+        transaction!(self, |txn| {
+            let statement = query(cypher::CONTEXT_EXPIRED).param("now", now.millis()).param("limit", limit as i64);
+            rows(txn, statement).await?.iter().map(|row| Ok(parse_uuid(&row.get::<String>("id")?)?)).collect()
+        })
+    }
+
+    async fn purge_expired_state(&self, now: Timestamp, limit: usize) -> StoreResult<u64> {
+        transaction!(self, |txn| {
+            let statement = query(cypher::STATE_PURGE_EXPIRED).param("now", now.millis()).param("limit", limit as i64);
+            let found = rows(txn, statement).await?;
+            Ok(found.first().map(|row| row.get::<i64>("purged")).transpose()?.unwrap_or(0) as u64)
         })
     }
 

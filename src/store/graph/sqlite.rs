@@ -872,6 +872,30 @@ impl GraphStore for SqliteGraphStore {
         .await
     }
 
+    async fn expired_contexts(&self, now: Timestamp, limit: usize) -> StoreResult<Vec<Uuid>> {
+        self.read(move |conn| {
+            let mut statement = conn.prepare_cached(
+                "SELECT id FROM contexts WHERE expires_at IS NOT NULL AND expires_at <= ?1 AND deleted = 0 LIMIT ?2",
+            )?;
+            let rows = statement
+                .query_map(params![now.millis(), limit as i64], |row| parse_uuid(&row.get::<_, String>(0)?))?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn purge_expired_state(&self, now: Timestamp, limit: usize) -> StoreResult<u64> {
+        self.write(move |tx| {
+            let purged = tx.execute(
+                "DELETE FROM agent_state WHERE rowid IN (SELECT rowid FROM agent_state \
+                 WHERE expires_at IS NOT NULL AND expires_at <= ?1 LIMIT ?2)",
+                params![now.millis(), limit as i64],
+            )?;
+            Ok(purged as u64)
+        })
+        .await
+    }
+
     async fn pending_index(&self, limit: usize) -> StoreResult<Vec<PendingIndex>> {
         self.read(move |conn| {
             let mut statement = conn.prepare_cached("SELECT seq, item_id FROM index_journal ORDER BY seq LIMIT ?1")?;

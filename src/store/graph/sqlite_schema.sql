@@ -29,6 +29,7 @@ CREATE TABLE IF NOT EXISTS contexts (
 CREATE INDEX IF NOT EXISTS contexts_by_session ON contexts(session_id, id);
 CREATE INDEX IF NOT EXISTS contexts_by_hash ON contexts(session_id, content_hash);
 CREATE INDEX IF NOT EXISTS contexts_by_agent ON contexts(agent_id, id);
+CREATE INDEX IF NOT EXISTS contexts_by_expiry ON contexts(expires_at) WHERE expires_at IS NOT NULL;
 
 -- (Context)-[:TAGGED]->(Tag)
 CREATE TABLE IF NOT EXISTS context_tags (
@@ -74,6 +75,7 @@ CREATE TABLE IF NOT EXISTS agent_state (
     expires_at  INTEGER,
     PRIMARY KEY (agent_id, session_id, key)
 );
+CREATE INDEX IF NOT EXISTS agent_state_by_expiry ON agent_state(expires_at) WHERE expires_at IS NOT NULL;
 
 -- Vector-side changes not yet known durable; replayed at start-up.
 CREATE TABLE IF NOT EXISTS index_journal (
