@@ -5,14 +5,12 @@
 //! Rounds: `CTX_CRASH_ROUNDS` (default 3 in the suite; 10 for the full run described in README).
 
 use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use context_store::auth::{KeyStore, NewKey, Permissions};
 use serde_json::{Value, json};
 
-use crate::helpers::assets_dir;
+use crate::helpers::{ServerProcess, admin_key_in};
 
 const WRITERS: usize = 128;
 
@@ -30,48 +28,6 @@ struct Ledger {
     states: HashMap<String, i64>,
     /// Items whose last operation got no answer (the kill): either outcome is correct.
     uncertain: std::collections::HashSet<String>,
-}
-
-struct Server {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn start(dir: &std::path::Path) -> (Server, Duration) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let started = Instant::now();
-    let child = Command::new(env!("CARGO_BIN_EXE_context-store"))
-        .arg("serve")
-        .env("CTX__DATA_DIR", dir)
-        .env("CTX__SERVER__PORT", port.to_string())
-        .env("CTX__EMBEDDING__ASSETS_DIR", assets_dir())
-        .env("CTX__SERVER__RATE_LIMIT_PER_SECOND", "1000000")
-        .env("CTX__SERVER__RATE_LIMIT_BURST", "1000000")
-        .env("CTX__SERVER__MAX_CONCURRENCY", "1024")
-        .env("CTX__GRAPH__SYNCHRONOUS", "normal")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("server starts");
-    let server = Server { child, base: format!("http://127.0.0.1:{port}") };
-    let probe = reqwest::Client::new();
-    loop {
-        if let Ok(response) = probe.get(format!("{}/health/ready", server.base)).send().await
-            && response.status().is_success()
-        {
-            return (server, started.elapsed());
-        }
-        assert!(started.elapsed() < Duration::from_secs(60), "the server did not become ready");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// Calls a tool: Ok(result), Err(Some(code)) for a tool error, Err(None) when no answer came.
@@ -152,7 +108,7 @@ async fn writer(base: String, key: String, index: usize, round: usize, ledger: A
     }
 }
 
-async fn verify(server: &Server, key: &str, ledger: &Ledger, round: usize) {
+async fn verify(server: &ServerProcess, key: &str, ledger: &Ledger, round: usize) {
     let http = reqwest::Client::new();
     let mut present = Vec::new();
     for (id, acked) in &ledger.contexts {
@@ -192,19 +148,11 @@ async fn verify(server: &Server, key: &str, ledger: &Ledger, round: usize) {
 async fn acknowledged_writes_survive_kill_9_of_the_server_under_128_writers() {
     let rounds: usize = std::env::var("CTX_CRASH_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(3);
     let dir = tempfile::tempdir().unwrap();
-    let keys = KeyStore::open(dir.path()).unwrap();
-    let new = NewKey {
-        agent_id: "crash-admin".into(),
-        agent_type: "test".into(),
-        permissions: Permissions::all(),
-        sessions: None,
-    };
-    let key = keys.create(&new).unwrap().1;
-    drop(keys);
+    let key = admin_key_in(dir.path());
     let ledger = Arc::new(Mutex::new(Ledger::default()));
     let mut rng = fastrand::Rng::with_seed(99);
     for round in 0..rounds {
-        let (server, ready) = start(dir.path()).await;
+        let (server, ready) = ServerProcess::start(dir.path(), &[("CTX__GRAPH__SYNCHRONOUS", "normal")]).await;
         eprintln!("crash test: round {round}: ready {:.2} s after start", ready.as_secs_f64());
         if round == 0 {
             let session = json!({"id": "crash", "purpose": "crash test"});
@@ -222,7 +170,7 @@ async fn acknowledged_writes_survive_kill_9_of_the_server_under_128_writers() {
             task.await.expect("a writer saw a tool error");
         }
     }
-    let (server, ready) = start(dir.path()).await;
+    let (server, ready) = ServerProcess::start(dir.path(), &[("CTX__GRAPH__SYNCHRONOUS", "normal")]).await;
     eprintln!("crash test: final restart: ready {:.2} s after start", ready.as_secs_f64());
     let ledger = ledger.lock().unwrap().clone_view();
     let deleted = ledger.contexts.values().filter(|a| **a == Acked::Deleted).count();

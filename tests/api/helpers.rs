@@ -370,3 +370,74 @@ impl Drop for TestApp {
         }
     }
 }
+
+/// The real `context-store serve` binary as a child process on a free port, killed (SIGKILL) when dropped.
+pub struct ServerProcess {
+    pub child: std::process::Child,
+    pub base: String,
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl ServerProcess {
+    /// Starts the server on `dir` (rate limits off unless `env` sets them) and waits until it is ready;
+    /// returns it with the time from spawn to ready.
+    pub async fn start(dir: &Path, env: &[(&str, &str)]) -> (Self, std::time::Duration) {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let started = std::time::Instant::now();
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_context-store"));
+        command
+            .arg("serve")
+            .env("CTX__DATA_DIR", dir)
+            .env("CTX__SERVER__PORT", port.to_string())
+            .env("CTX__EMBEDDING__ASSETS_DIR", assets_dir())
+            .env("CTX__SERVER__RATE_LIMIT_PER_SECOND", "1000000")
+            .env("CTX__SERVER__RATE_LIMIT_BURST", "1000000")
+            .env("CTX__SERVER__MAX_CONCURRENCY", "1024")
+            .env("RUST_LOG", "error")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::inherit());
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        let server = Self { child: command.spawn().expect("server starts"), base: format!("http://127.0.0.1:{port}") };
+        let probe = reqwest::Client::new();
+        loop {
+            if let Ok(response) = probe.get(format!("{}/health/ready", server.base)).send().await
+                && response.status().is_success()
+            {
+                return (server, started.elapsed());
+            }
+            assert!(started.elapsed() < std::time::Duration::from_secs(60), "the server did not become ready");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Peak resident memory of the server so far (VmHWM), in MiB.
+    pub fn peak_rss_mib(&self) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        let kib: f64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0.0);
+        kib / 1024.0
+    }
+}
+
+/// Creates an admin API key in the key store of `dir` (before a server starts on it) and returns it.
+pub fn admin_key_in(dir: &Path) -> String {
+    let keys = context_store::auth::KeyStore::open(dir).expect("key store opens");
+    let new = context_store::auth::NewKey {
+        agent_id: "test-admin".into(),
+        agent_type: "test".into(),
+        permissions: context_store::auth::Permissions::all(),
+        sessions: None,
+    };
+    keys.create(&new).expect("key created").1
+}
