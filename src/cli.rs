@@ -22,8 +22,14 @@ pub enum Command {
     Serve,
     /// Serve MCP over stdin/stdout (logs go to stderr).
     Stdio,
-    /// Rebuild the vector side from the graph.
-    Reindex,
+    /// Rebuild the vector side from the graph (progress bar; resumes after an interruption).
+    Reindex {
+        /// Ignore a checkpoint left by an interrupted run and start from the first context.
+        #[arg(long)]
+        from_start: bool,
+    },
+    /// Check the data dir, embedding assets, model, stores and keys; exit status 1 if anything fails.
+    Doctor,
     /// Manage API keys (stored as hashes in the data dir; a key is shown only when created).
     Keys {
         #[command(subcommand)]
@@ -196,6 +202,40 @@ async fn crash_writer(settings: &Settings, session: String, writers: usize) -> a
     Ok(())
 }
 
+/// Rebuilds the vector side from the graph in id order, writing a checkpoint (the last id done) to the data
+/// dir after every batch, so an interrupted run continues where it stopped.
+async fn reindex(settings: &Settings, from_start: bool) -> anyhow::Result<()> {
+    let checkpoint = settings.data_dir.join("reindex.checkpoint");
+    let resume = match std::fs::read_to_string(&checkpoint) {
+        Ok(text) if !from_start => Some(uuid::Uuid::parse_str(text.trim())?),
+        _ => None,
+    };
+    let core = Core::start(settings).await?;
+    let total = core.service.graph().counts().await.map_err(|e| anyhow::anyhow!(e.to_string()))?.contexts;
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} ({per_sec}, eta {eta})")
+            .expect("valid template"),
+    );
+    bar.set_message("reindex");
+    if let Some(after) = resume {
+        eprintln!("resuming after {after} (use --from-start to begin again)");
+    }
+    let done = core
+        .service
+        .reindex(500, resume, |done, last| {
+            bar.set_position(done);
+            let _ = std::fs::write(&checkpoint, last.to_string());
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!(e.to_string()))?;
+    bar.finish();
+    let _ = std::fs::remove_file(&checkpoint);
+    eprintln!("reindex complete: {done} contexts");
+    core.shutdown().await;
+    Ok(())
+}
+
 /// Runs one command with the settings the command line points at.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let settings = Settings::load(cli.config.as_deref())?;
@@ -211,15 +251,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             crate::mcp::serve_stdio(core.service.clone(), core.auth.clone(), principal).await?;
             core.shutdown().await;
         }
-        Command::Reindex => {
-            let core = Core::start(&settings).await?;
-            let done = core
-                .service
-                .reindex(500, |n| eprintln!("reindexed {n}"))
-                .await
-                .map_err(|e| anyhow::anyhow!(e.to_string()))?;
-            eprintln!("reindex complete: {done} contexts");
-            core.shutdown().await;
+        Command::Reindex { from_start } => reindex(&settings, from_start).await?,
+        Command::Doctor => {
+            let checks = crate::doctor::run(&settings).await;
+            if checks.iter().any(|c| !c.ok) {
+                std::process::exit(1);
+            }
         }
         Command::Keys { action } => keys_command(&settings, action)?,
         Command::Bench {

@@ -8,6 +8,7 @@ pub mod auth;
 pub mod bench;
 pub mod cli;
 pub mod config;
+pub mod doctor;
 pub mod domain;
 pub mod embed;
 pub mod error;

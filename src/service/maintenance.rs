@@ -118,19 +118,25 @@ impl ContextService {
         Ok(taken.len())
     }
 
-    /// Rebuilds the vector side from the graph: upserts every live context's stored embedding.
-    /// `progress` is called with the number done so far.
-    pub async fn reindex(&self, batch: usize, mut progress: impl FnMut(u64)) -> ServiceResult<u64> {
-        let mut after = None;
+    /// Rebuilds the vector side from the graph: upserts every live context's stored embedding, in id order,
+    /// starting after `after` (a checkpoint of an interrupted run). `progress` is called after each batch with
+    /// the number done in this run and the last id done.
+    pub async fn reindex(
+        &self,
+        batch: usize,
+        mut after: Option<Uuid>,
+        mut progress: impl FnMut(u64, Uuid),
+    ) -> ServiceResult<u64> {
         let mut done = 0u64;
         loop {
             let entries = self.graph.scan_index_entries(after, batch).await?;
-            let Some(last) = entries.last() else { break };
-            after = Some(last.context.id);
+            let Some(last) = entries.last().map(|e| e.context.id) else { break };
+            after = Some(last);
             done += entries.len() as u64;
             let points = entries.into_iter().map(|e| VectorPoint { context: e.context, vector: e.embedding }).collect();
             self.vectors.upsert(points).await?;
-            progress(done);
+            self.vectors.flush().await?;
+            progress(done, last);
         }
         self.vectors.flush().await?;
         Ok(done)

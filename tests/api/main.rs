@@ -9,6 +9,7 @@ mod helpers;
 mod http;
 mod mcp;
 mod neo4j_outage;
+mod operations;
 mod overload;
 mod recall;
 mod security;

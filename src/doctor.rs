@@ -1,0 +1,111 @@
+//! `context-store doctor`: checks what the service needs, one line per check: data dir, embedding assets
+//! (sha256), the model, both stores (opened as the service would: a fresh data dir gets empty stores), keys.
+//! Exit status 1 when a check fails.
+
+use std::path::Path;
+use std::time::Instant;
+
+use crate::config::Settings;
+use crate::embed::fastembed::ModelAssets;
+
+/// sha256 of the ONNX graph scripts/setup exports (also checked there).
+pub const MODEL_ONNX_SHA256: &str = "054c1ac508f04538ad93aa46e3980da386bb22d35aa8363247f150b2cb5da291";
+
+/// One check's outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Check {
+    pub name: &'static str,
+    pub ok: bool,
+    pub detail: String,
+}
+
+fn check(name: &'static str, outcome: Result<String, String>) -> Check {
+    match outcome {
+        Ok(detail) => Check { name, ok: true, detail },
+        Err(detail) => Check { name, ok: false, detail },
+    }
+}
+
+fn data_dir(dir: &Path) -> Result<String, String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: cannot create: {e}", dir.display()))?;
+    let probe = dir.join(".doctor-probe");
+    std::fs::write(&probe, b"probe").map_err(|e| format!("{}: not writable: {e}", dir.display()))?;
+    let _ = std::fs::remove_file(probe);
+    Ok(format!("{} is writable", dir.display()))
+}
+
+fn assets(settings: &Settings) -> Result<String, String> {
+    use sha2::Digest;
+    let assets = ModelAssets::in_dir(&settings.embedding.assets_dir);
+    assets.check().map_err(|e| e.to_string())?;
+    let onnx = std::fs::read(assets.model_dir.join("model.onnx")).map_err(|e| e.to_string())?;
+    let digest = hex::encode(sha2::Sha256::digest(&onnx));
+    if digest != MODEL_ONNX_SHA256 {
+        return Err(format!("model.onnx has sha256 {digest}, expected {MODEL_ONNX_SHA256}: run scripts/setup"));
+    }
+    Ok(format!("{} (ONNX Runtime and all-MiniLM-L6-v2, sha256 verified)", settings.embedding.assets_dir.display()))
+}
+
+/// Runs every check; prints them as it goes.
+pub async fn run(settings: &Settings) -> Vec<Check> {
+    let mut checks = Vec::new();
+    let mut report = |c: Check| {
+        println!("{} {:<10} {}", if c.ok { "ok  " } else { "FAIL" }, c.name, c.detail);
+        checks.push(c);
+    };
+    report(Check { name: "version", ok: true, detail: format!("context-store {}", env!("CARGO_PKG_VERSION")) });
+    report(check("data_dir", data_dir(&settings.data_dir)));
+    report(check("assets", assets(settings)));
+
+    let started = Instant::now();
+    let embedder = crate::app::open_embedder(settings, std::sync::Arc::new(crate::metrics::Metrics::new()));
+    let embedded = match embedder {
+        Ok(embedder) => embedder
+            .embed(vec!["doctor probe".into()])
+            .await
+            .map(|v| format!("fastembed: a {}-d embedding in {:?}", v[0].len(), started.elapsed()))
+            .map_err(|e| e.to_string()),
+        Err(err) => Err(err.to_string()),
+    };
+    report(check("embedder", embedded));
+
+    let graph = match crate::app::open_graph(settings).await {
+        Ok(graph) => match graph.counts().await {
+            Ok(c) => Ok(format!(
+                "{}: {} sessions, {} contexts, {} agent states, {} journaled changes pending",
+                graph.backend(),
+                c.sessions,
+                c.contexts,
+                c.agent_states,
+                c.pending_index
+            )),
+            Err(err) => Err(format!("{}: {err}", settings.graph.backend)),
+        },
+        Err(err) => Err(format!("{}: {err}", settings.graph.backend)),
+    };
+    report(check("graph", graph));
+
+    let vectors = match crate::app::open_vectors(settings).await {
+        Ok(vectors) => match (vectors.count().await, vectors.indexed().await) {
+            (Ok(count), Ok(indexed)) => {
+                Ok(format!("{}: {count} points, {indexed} in the HNSW index", vectors.backend()))
+            }
+            (Err(err), _) | (_, Err(err)) => Err(format!("{}: {err}", vectors.backend())),
+        },
+        Err(err) => Err(format!(
+            "{}: {err} (the embedded store opens in one process at a time: stop a running server first)",
+            settings.vector.backend
+        )),
+    };
+    report(check("vectors", vectors));
+
+    let keys = crate::auth::KeyStore::open(&settings.data_dir)
+        .and_then(|keys| keys.list())
+        .map(|list| {
+            let active = list.iter().filter(|k| !k.revoked).count();
+            format!("{active} active API keys ({} revoked)", list.len() - active)
+        })
+        .map_err(|e| e.to_string());
+    report(check("keys", keys));
+    checks
+}
