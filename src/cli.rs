@@ -30,6 +30,17 @@ pub enum Command {
     },
     /// Check the data dir, embedding assets, model, stores and keys; exit status 1 if anything fails.
     Doctor,
+    /// Write every session, context (with embedding and versions), relation and agent state as JSON Lines.
+    Export {
+        /// The file to write; `-` for standard output.
+        #[arg(long, default_value = "-")]
+        out: PathBuf,
+    },
+    /// Read an export and store what is missing (idempotent: running it again changes nothing).
+    Import {
+        /// The JSON Lines file written by `export`.
+        file: PathBuf,
+    },
     /// Manage API keys (stored as hashes in the data dir; a key is shown only when created).
     Keys {
         #[command(subcommand)]
@@ -236,6 +247,20 @@ async fn reindex(settings: &Settings, from_start: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A progress counter on stderr (hidden when stderr is not a terminal).
+fn counting_bar(what: &'static str) -> indicatif::ProgressBar {
+    let bar = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        indicatif::ProgressBar::new_spinner()
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {pos} {msg} ({per_sec})").expect("valid template"),
+    );
+    bar.set_message(what);
+    bar
+}
+
 /// Runs one command with the settings the command line points at.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let settings = Settings::load(cli.config.as_deref())?;
@@ -252,6 +277,36 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             core.shutdown().await;
         }
         Command::Reindex { from_start } => reindex(&settings, from_start).await?,
+        Command::Export { out } => {
+            let core = Core::start(&settings).await?;
+            let bar = counting_bar("exported");
+            let counts = if out.as_os_str() == "-" {
+                let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
+                core.service.export(&mut stdout, |n| bar.set_position(n)).await
+            } else {
+                let mut file = std::io::BufWriter::new(std::fs::File::create(&out)?);
+                let counts = core.service.export(&mut file, |n| bar.set_position(n)).await;
+                std::io::Write::flush(&mut file)?;
+                counts
+            }
+            .map_err(|e| anyhow::anyhow!(e.to_string()))?;
+            bar.finish_and_clear();
+            eprintln!("exported {}", serde_json::to_string(&counts)?);
+            core.shutdown().await;
+        }
+        Command::Import { file } => {
+            let core = Core::start(&settings).await?;
+            let bar = counting_bar("imported lines");
+            let input = std::io::BufReader::new(std::fs::File::open(&file)?);
+            let counts = core
+                .service
+                .import(input, |n| bar.set_position(n))
+                .await
+                .map_err(|e| anyhow::anyhow!(e.to_string()))?;
+            bar.finish_and_clear();
+            eprintln!("imported {}", serde_json::to_string(&counts)?);
+            core.shutdown().await;
+        }
         Command::Doctor => {
             let checks = crate::doctor::run(&settings).await;
             if checks.iter().any(|c| !c.ok) {

@@ -12,6 +12,7 @@ pub mod requests;
 mod search;
 mod sessions;
 mod state;
+pub mod transfer;
 
 use std::sync::Arc;
 use std::sync::Mutex;

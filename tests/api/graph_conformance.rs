@@ -434,6 +434,81 @@ async fn expired_items_are_found_and_purged(store: Store) {
     assert_eq!(store.counts().await.unwrap().agent_states, 1);
 }
 
+async fn export_scans_and_version_import(store: Store) {
+    store.create_session(&session("s")).await.unwrap();
+    let [a, b, c] = ["a", "b", "c"].map(|t| public_context(&format!("export {t}"), "s", "alice"));
+    for context in [&a, &b, &c] {
+        insert(&store, context).await;
+    }
+    let relation = Relation {
+        from_id: a.id,
+        to_id: b.id,
+        relation: "cites".into(),
+        metadata: json!({"why": "because"}).as_object().unwrap().clone(),
+        created_at: Timestamp(1_700_000_000_123),
+    };
+    store.link(&relation).await.unwrap();
+    store.link(&Relation { from_id: c.id, to_id: a.id, relation: "blocks".into(), ..relation.clone() }).await.unwrap();
+    assert_eq!(store.relations_from(&[a.id, b.id]).await.unwrap(), vec![relation.clone()]);
+    assert_eq!(store.relations_from(&[c.id]).await.unwrap().len(), 1);
+
+    let state = |agent: &str, session: Option<&str>, key: &str| AgentState {
+        agent_id: agent.into(),
+        session_id: session.map(str::to_string),
+        key: key.into(),
+        value: json!([agent, key]),
+        version: 0,
+        updated_at: Timestamp::now(),
+        expires_at: None,
+    };
+    for (agent, session, key) in
+        [("bob", None, "k"), ("alice", Some("s"), "b"), ("alice", None, "z"), ("alice", Some("s"), "a")]
+    {
+        store.set_state(&state(agent, session, key), None).await.unwrap();
+    }
+    let mut scanned = Vec::new();
+    let mut after: Option<StateKey> = None;
+    loop {
+        let page = store.scan_states(after.as_ref(), 3).await.unwrap();
+        let Some(last) = page.last() else { break };
+        after = Some(StateKey {
+            agent_id: last.agent_id.clone(),
+            session_id: last.session_id.clone(),
+            key: last.key.clone(),
+        });
+        scanned.extend(page.into_iter().map(|s| (s.agent_id, s.session_id, s.key)));
+    }
+    let expected = [("alice", None, "z"), ("alice", Some("s"), "a"), ("alice", Some("s"), "b"), ("bob", None, "k")]
+        .map(|(a, s, k)| (a.to_string(), s.map(str::to_string), k.to_string()));
+    assert_eq!(scanned, expected, "ordered by agent, session ('' first), key");
+
+    let versions = vec![
+        context_store::domain::ContextVersion {
+            id: a.id,
+            version: 2,
+            context_type: "note".into(),
+            content: "the second draft".into(),
+            tags: vec!["x".into()],
+            metadata: json!({"n": 2}).as_object().unwrap().clone(),
+            visibility: Visibility::Public,
+            updated_at: Timestamp(1_700_000_000_002),
+        },
+        context_store::domain::ContextVersion {
+            id: a.id,
+            version: 1,
+            context_type: "note".into(),
+            content: "the first draft".into(),
+            tags: vec![],
+            metadata: Default::default(),
+            visibility: Visibility::Private,
+            updated_at: Timestamp(1_700_000_000_001),
+        },
+    ];
+    store.import_versions(a.id, &versions).await.unwrap();
+    store.import_versions(a.id, &versions).await.unwrap(); // idempotent
+    assert_eq!(store.context_versions(a.id).await.unwrap(), versions);
+}
+
 /// Each suite function runs against SQLite (in a temp dir) and against the test Neo4j (emptied first).
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
@@ -482,4 +557,5 @@ conformance!(
     agent_state_compare_and_set_ttl_and_prefixes,
     index_entries_carry_embeddings_in_id_order,
     expired_items_are_found_and_purged,
+    export_scans_and_version_import,
 );

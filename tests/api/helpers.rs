@@ -149,11 +149,12 @@ pub fn graph_under_test() -> &'static str {
 /// A service on real stores (SQLite or Neo4j, see `graph_under_test`; qdrant-edge) in its own temp dir.
 pub struct TestCore {
     pub core: Option<Core>,
-    pub dir: tempfile::TempDir,
     pub embedder: Arc<SwitchableEmbedder>,
     pub vectors: Arc<SwitchableVectors>,
     pub principal: Principal,
     neo4j: Option<tokio::sync::OwnedMutexGuard<()>>,
+    /// Last: fields drop in order, and the stores must close before their folder goes.
+    pub dir: tempfile::TempDir,
 }
 
 impl TestCore {

@@ -85,3 +85,107 @@ async fn a_copy_of_the_stopped_data_dir_restores_everything() {
         .unwrap();
     assert_eq!(hits.hits[0].context.content, "operations note number 2 about backups");
 }
+
+#[tokio::test]
+async fn export_then_import_round_trips_everything_and_import_is_idempotent() {
+    use context_store::service::{
+        AgentStateKeyRequest, LinkContextsRequest, SetAgentStateRequest, StoreContextRequest, UpdateContextRequest,
+    };
+    use serde_json::json;
+    let mut source = TestCore::start().await;
+    source.session("x").await;
+    let service = source.service().clone();
+    let first = source.store("x", "ann", "the first plan for the launch").await.context;
+    let update = UpdateContextRequest {
+        id: first.id.to_string(),
+        content: Some("the second plan for the launch".into()),
+        tags: Some(vec!["plan".into()]),
+        agent_id: Some("ann".into()),
+        ..Default::default()
+    };
+    service.update_context(&source.principal, update).await.unwrap();
+    let private = StoreContextRequest {
+        session_id: "x".into(),
+        content: "bob keeps this to himself".into(),
+        agent_id: Some("bob".into()),
+        visibility: Some(context_store::domain::Visibility::Private),
+        metadata: Some(json!({"team": "core", "n": 3}).as_object().unwrap().clone()),
+        ..Default::default()
+    };
+    let second = service.store_context(&source.principal, private).await.unwrap().context;
+    let link = LinkContextsRequest {
+        from_id: first.id.to_string(),
+        to_id: second.id.to_string(),
+        relation: "cites".into(),
+        metadata: Some(json!({"why": "context"}).as_object().unwrap().clone()),
+        agent_id: Some("bob".into()),
+    };
+    service.link_contexts(&source.principal, link).await.unwrap();
+    let state = SetAgentStateRequest {
+        key: "plan".into(),
+        value: json!({"step": 2}),
+        session_id: Some("x".into()),
+        agent_id: Some("ann".into()),
+        expected_version: None,
+        ttl_seconds: None,
+    };
+    service.set_agent_state(&source.principal, state).await.unwrap();
+    let ids = vec![first.id, second.id];
+    let graph = service.graph().clone();
+    let (contexts, versions, related) = (
+        graph.get_contexts(&ids).await.unwrap(),
+        graph.context_versions(first.id).await.unwrap(),
+        graph.related(first.id, 1, None, false, 10).await.unwrap(),
+    );
+    let counts = graph.counts().await.unwrap();
+    drop((service, graph));
+    source.core.take().unwrap().shutdown().await;
+    // The stores close when the test core goes; the export opens them in a process of its own.
+    let dir = std::mem::replace(&mut source.dir, tempfile::tempdir().unwrap());
+    drop(source);
+
+    let file = dir.path().join("export.jsonl");
+    let exported = binary(dir.path()).args(["export", "--out"]).arg(&file).output().unwrap();
+    assert!(exported.status.success(), "{}", String::from_utf8_lossy(&exported.stderr));
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap().lines().count(),
+        1 + 1 + 2 + 1 + 1,
+        "header, session, 2 contexts, relation, state"
+    );
+
+    let target = tempfile::tempdir().unwrap();
+    let imported = binary(target.path()).arg("import").arg(&file).output().unwrap();
+    let report = String::from_utf8_lossy(&imported.stderr);
+    assert!(imported.status.success(), "{report}");
+    assert!(report.contains(r#""contexts":2,"versions":1,"relations":1,"agent_states":1"#), "{report}");
+    let again = binary(target.path()).arg("import").arg(&file).output().unwrap();
+    let report = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        report.contains(r#""sessions":0,"contexts":0,"versions":0"#) && report.contains(r#""agent_states":0"#),
+        "{report}"
+    );
+
+    let restored = TestCore::start_in(target).await;
+    let graph = restored.service().graph();
+    let mut got = graph.get_contexts(&ids).await.unwrap();
+    let mut want = contexts;
+    got.sort_by_key(|c| c.id);
+    want.sort_by_key(|c| c.id);
+    assert_eq!(got, want, "every field of every context");
+    assert_eq!(graph.context_versions(first.id).await.unwrap(), versions);
+    assert_eq!(graph.related(first.id, 1, None, false, 10).await.unwrap(), related);
+    let restored_counts = graph.counts().await.unwrap();
+    assert_eq!(
+        (restored_counts.sessions, restored_counts.contexts, restored_counts.agent_states),
+        (counts.sessions, counts.contexts, counts.agent_states)
+    );
+    assert_eq!(restored.service().vectors().existing_ids(&ids).await.unwrap().len(), 2);
+    let key = AgentStateKeyRequest {
+        key: "plan".into(),
+        session_id: Some("x".into()),
+        agent_id: Some("ann".into()),
+        expected_version: None,
+    };
+    let state = restored.service().get_agent_state(&restored.principal, key).await.unwrap();
+    assert_eq!(state.state.value, json!({"step": 2}));
+}

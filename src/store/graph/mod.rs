@@ -193,6 +193,13 @@ pub trait GraphStore: Send + Sync + 'static {
     /// Deletes agent state; `NotFound` when absent, `VersionConflict` on a stale expected version.
     async fn delete_state(&self, key: &StateKey, expected_version: Option<i64>) -> StoreResult<()>;
 
+    /// The RELATES_TO edges leaving each of `ids` (export).
+    async fn relations_from(&self, ids: &[Uuid]) -> StoreResult<Vec<Relation>>;
+    /// Every agent state (live or not yet purged) ordered by (agent, session, key), after `after` (export).
+    async fn scan_states(&self, after: Option<&StateKey>, limit: usize) -> StoreResult<Vec<AgentState>>;
+    /// Writes previous versions of a live context as they were (import); existing ones are replaced.
+    async fn import_versions(&self, id: Uuid, versions: &[ContextVersion]) -> StoreResult<()>;
+
     /// Live contexts whose expiry is at or before `now`, at most `limit` (the expiry task removes them).
     async fn expired_contexts(&self, now: Timestamp, limit: usize) -> StoreResult<Vec<Uuid>>;
     /// Removes at most `limit` agent state entries whose expiry is at or before `now`; returns how many.

@@ -64,6 +64,9 @@ mod cypher {
     pub const INDEX_SCAN: &str = include_str!("../../../cypher/index_scan.cypher");
     pub const CONTEXT_EXPIRED: &str = include_str!("../../../cypher/context_expired.cypher");
     pub const STATE_PURGE_EXPIRED: &str = include_str!("../../../cypher/state_purge_expired.cypher");
+    pub const RELATIONS_FROM: &str = include_str!("../../../cypher/relations_from.cypher");
+    pub const STATE_SCAN: &str = include_str!("../../../cypher/state_scan.cypher");
+    pub const VERSIONS_IMPORT: &str = include_str!("../../../cypher/versions_import.cypher");
     pub const COUNTS: &str = include_str!("../../../cypher/counts.cypher");
 }
 
@@ -1040,6 +1043,58 @@ impl GraphStore for Neo4jGraphStore {
                 txn.run(state_params(query(cypher::STATE_DELETE), key)).await?;
                 Ok(())
             }
+        })
+    }
+
+    async fn relations_from(&self, ids: &[Uuid]) -> StoreResult<Vec<Relation>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        transaction!(self, |txn| {
+            let statement =
+                query(cypher::RELATIONS_FROM).param("ids", ids.iter().map(Uuid::to_string).collect::<Vec<_>>());
+            rows(txn, statement)
+                .await?
+                .iter()
+                .map(|row| {
+                    Ok(Relation {
+                        from_id: parse_uuid(&row.get::<String>("from_id")?)?,
+                        to_id: parse_uuid(&row.get::<String>("to_id")?)?,
+                        relation: row.get("relation")?,
+                        metadata: serde_json::from_str(&row.get::<String>("metadata")?).map_err(StoreError::from)?,
+                        created_at: Timestamp(row.get("created_at")?),
+                    })
+                })
+                .collect()
+        })
+    }
+
+    async fn scan_states(&self, after: Option<&StateKey>, limit: usize) -> StoreResult<Vec<AgentState>> {
+        let after =
+            after.cloned().unwrap_or(StateKey { agent_id: String::new(), session_id: None, key: String::new() });
+        transaction!(self, |txn| {
+            let statement = state_params(query(cypher::STATE_SCAN), &after).param("limit", limit as i64);
+            rows(txn, statement).await?.iter().map(state_of).collect()
+        })
+    }
+
+    async fn import_versions(&self, id: Uuid, versions: &[ContextVersion]) -> StoreResult<()> {
+        let listed: Vec<Value> = versions
+            .iter()
+            .map(|v| {
+                serde_json::json!({
+                    "version": v.version, "type": v.context_type, "content": v.content, "tags": v.tags,
+                    "metadata": json_text(&v.metadata), "visibility": v.visibility.as_str(),
+                    "updated_at": v.updated_at.millis(), "content_hash": crate::domain::content_hash(&v.content),
+                })
+            })
+            .collect();
+        transaction!(self, |txn| {
+            let statement = query(cypher::VERSIONS_IMPORT)
+                .param("id", id.to_string())
+                .param("versions", bolt(Value::Array(listed.clone()))?);
+            txn.run(statement).await?;
+            Ok(())
         })
     }
 

@@ -872,6 +872,77 @@ impl GraphStore for SqliteGraphStore {
         .await
     }
 
+    async fn relations_from(&self, ids: &[Uuid]) -> StoreResult<Vec<Relation>> {
+        let ids: Vec<String> = ids.iter().map(Uuid::to_string).collect();
+        self.read(move |conn| {
+            let mut found = Vec::new();
+            for chunk in ids.chunks(500) {
+                let sql = format!(
+                    "SELECT from_id, to_id, relation, metadata, created_at FROM relations WHERE from_id IN ({}) \
+                     ORDER BY from_id, relation, to_id",
+                    placeholders(chunk.len())
+                );
+                let mut statement = conn.prepare_cached(&sql)?;
+                let rows = statement.query_map(params_from_iter(chunk.iter()), |row| {
+                    Ok(Relation {
+                        from_id: parse_uuid(&row.get::<_, String>(0)?)?,
+                        to_id: parse_uuid(&row.get::<_, String>(1)?)?,
+                        relation: row.get(2)?,
+                        metadata: parse_json(&row.get::<_, String>(3)?)?,
+                        created_at: Timestamp(row.get(4)?),
+                    })
+                })?;
+                for row in rows {
+                    found.push(row?);
+                }
+            }
+            Ok(found)
+        })
+        .await
+    }
+
+    async fn scan_states(&self, after: Option<&StateKey>, limit: usize) -> StoreResult<Vec<AgentState>> {
+        let after =
+            after.cloned().unwrap_or(StateKey { agent_id: String::new(), session_id: None, key: String::new() });
+        self.read(move |conn| {
+            let mut statement = conn.prepare_cached(
+                "SELECT agent_id, session_id, key, value, version, updated_at, expires_at FROM agent_state \
+                 WHERE (agent_id, session_id, key) > (?1, ?2, ?3) ORDER BY agent_id, session_id, key LIMIT ?4",
+            )?;
+            let rows = statement.query_map(
+                params![after.agent_id, after.session_id.unwrap_or_default(), after.key, limit as i64],
+                state_from_row,
+            )?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn import_versions(&self, id: Uuid, versions: &[ContextVersion]) -> StoreResult<()> {
+        let versions = versions.to_vec();
+        self.write(move |tx| {
+            let mut insert = tx.prepare_cached(
+                "INSERT OR REPLACE INTO context_versions (context_id, version, type, content, tags, metadata, \
+                 visibility, updated_at, content_hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )?;
+            for v in &versions {
+                insert.execute(params![
+                    id.to_string(),
+                    v.version,
+                    v.context_type,
+                    v.content,
+                    json_text(&v.tags),
+                    json_text(&v.metadata),
+                    v.visibility.as_str(),
+                    v.updated_at.millis(),
+                    crate::domain::content_hash(&v.content),
+                ])?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
     async fn expired_contexts(&self, now: Timestamp, limit: usize) -> StoreResult<Vec<Uuid>> {
         self.read(move |conn| {
             let mut statement = conn.prepare_cached(

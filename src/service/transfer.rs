@@ -1,0 +1,178 @@
+//! Export and import of everything in JSON Lines: sessions, contexts with their embeddings and previous
+//! versions, relations, agent state. Import is idempotent: what is already there is left alone, so running
+//! it twice (or after an interruption) changes nothing the first run did.
+
+use std::io::{BufRead, Write};
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::ContextService;
+use crate::domain::{AgentState, Context, ContextVersion, ReadScope, Relation, Session, Timestamp};
+use crate::error::{ServiceError, ServiceResult, StoreError};
+use crate::store::VectorPoint;
+use crate::store::graph::{InsertOutcome, StateKey};
+
+pub const FORMAT: &str = "context-store-export";
+pub const FORMAT_VERSION: u32 = 1;
+const PAGE: usize = 500;
+
+/// One line of an export.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Record {
+    Header { format: String, version: u32, exported_at: Timestamp },
+    Session(Session),
+    Context { context: Context, embedding: Vec<f32>, versions: Vec<ContextVersion> },
+    Relation(Relation),
+    AgentState(AgentState),
+}
+
+/// What an export wrote or an import did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct TransferCounts {
+    pub sessions: u64,
+    pub contexts: u64,
+    pub versions: u64,
+    pub relations: u64,
+    pub agent_states: u64,
+    /// Import only: records already present, left as they were.
+    pub unchanged: u64,
+}
+
+fn write_line(out: &mut impl Write, record: &Record) -> ServiceResult<()> {
+    serde_json::to_writer(&mut *out, record).map_err(|e| ServiceError::Internal(e.to_string()))?;
+    out.write_all(b"\n").map_err(|e| ServiceError::Unavailable(format!("cannot write the export: {e}")))
+}
+
+impl ContextService {
+    /// Writes every item as JSON Lines; `progress` gets the number of records written so far.
+    pub async fn export(&self, out: &mut impl Write, mut progress: impl FnMut(u64)) -> ServiceResult<TransferCounts> {
+        let mut counts = TransferCounts::default();
+        let mut written = 0u64;
+        let mut emit = |out: &mut dyn Write, record: Record| -> ServiceResult<()> {
+            let mut out = out;
+            write_line(&mut out, &record)?;
+            written += 1;
+            progress(written);
+            Ok(())
+        };
+        emit(out, Record::Header { format: FORMAT.into(), version: FORMAT_VERSION, exported_at: Timestamp::now() })?;
+        let mut after: Option<String> = None;
+        loop {
+            let sessions = self.graph.list_sessions(after.as_deref(), PAGE, None).await?;
+            let Some(last) = sessions.last() else { break };
+            after = Some(last.id.clone());
+            for session in sessions {
+                counts.sessions += 1;
+                emit(out, Record::Session(session))?;
+            }
+        }
+        let mut after: Option<Uuid> = None;
+        let mut relations = Vec::new();
+        loop {
+            let entries = self.graph.scan_index_entries(after, PAGE).await?;
+            let Some(last) = entries.last() else { break };
+            after = Some(last.context.id);
+            let ids: Vec<Uuid> = entries.iter().map(|e| e.context.id).collect();
+            relations.extend(self.graph.relations_from(&ids).await?);
+            for entry in entries {
+                let versions = self.graph.context_versions(entry.context.id).await?;
+                counts.contexts += 1;
+                counts.versions += versions.len() as u64;
+                emit(out, Record::Context { context: entry.context, embedding: entry.embedding, versions })?;
+            }
+        }
+        // Relations after every context, so an import can link both ends.
+        for relation in relations {
+            counts.relations += 1;
+            emit(out, Record::Relation(relation))?;
+        }
+        let mut after: Option<StateKey> = None;
+        loop {
+            let states = self.graph.scan_states(after.as_ref(), PAGE).await?;
+            let Some(last) = states.last() else { break };
+            after = Some(StateKey {
+                agent_id: last.agent_id.clone(),
+                session_id: last.session_id.clone(),
+                key: last.key.clone(),
+            });
+            for state in states {
+                counts.agent_states += 1;
+                emit(out, Record::AgentState(state))?;
+            }
+        }
+        self.vectors.flush().await?;
+        Ok(counts)
+    }
+
+    /// Reads JSON Lines written by `export` and stores what is missing; `progress` gets lines read so far.
+    pub async fn import(&self, input: impl BufRead, mut progress: impl FnMut(u64)) -> ServiceResult<TransferCounts> {
+        let mut counts = TransferCounts::default();
+        let everything = ReadScope { agent_id: String::new(), admin: true, sessions: None };
+        for (index, line) in input.lines().enumerate() {
+            let line = line.map_err(|e| ServiceError::invalid(format!("cannot read the import: {e}")))?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            let record: Record = serde_json::from_str(&line)
+                .map_err(|e| ServiceError::invalid(format!("line {}: not an export record: {e}", index + 1)))?;
+            match record {
+                Record::Header { format, version, .. } => {
+                    if format != FORMAT || version != FORMAT_VERSION {
+                        return Err(ServiceError::invalid(format!("unsupported export format {format} v{version}")));
+                    }
+                }
+                Record::Session(session) => match self.graph.create_session(&session).await {
+                    Ok(()) => counts.sessions += 1,
+                    Err(StoreError::Conflict(_)) => counts.unchanged += 1,
+                    Err(err) => return Err(err.into()),
+                },
+                Record::Context { context, embedding, versions } => {
+                    if self.graph.get_context(context.id).await?.is_some() {
+                        counts.unchanged += 1;
+                        continue;
+                    }
+                    let _ordered = self.item_lock(context.id).lock().await;
+                    match self.graph.insert_context(&context, &embedding, &everything).await? {
+                        InsertOutcome::Duplicate(_) => counts.unchanged += 1,
+                        InsertOutcome::Inserted { journal_seq } => {
+                            let point = VectorPoint { context: context.clone(), vector: embedding };
+                            if let Err(err) = self.vectors.upsert(vec![point]).await {
+                                self.graph.rollback_insert(context.id, journal_seq).await?;
+                                return Err(err.into());
+                            }
+                            self.written(journal_seq);
+                            self.graph.import_versions(context.id, &versions).await?;
+                            counts.contexts += 1;
+                            counts.versions += versions.len() as u64;
+                        }
+                    }
+                }
+                Record::Relation(relation) => match self.graph.link(&relation).await {
+                    Ok(()) => counts.relations += 1,
+                    // An end was not imported (its text already existed under another id): nothing to link.
+                    Err(StoreError::NotFound) => counts.unchanged += 1,
+                    Err(err) => return Err(err.into()),
+                },
+                Record::AgentState(state) => {
+                    let key = StateKey {
+                        agent_id: state.agent_id.clone(),
+                        session_id: state.session_id.clone(),
+                        key: state.key.clone(),
+                    };
+                    match self.graph.get_state(&key).await? {
+                        Some(current) if current.value == state.value => counts.unchanged += 1,
+                        _ => {
+                            self.graph.set_state(&state, None).await?;
+                            counts.agent_states += 1;
+                        }
+                    }
+                }
+            }
+            progress(index as u64 + 1);
+        }
+        self.flush().await?;
+        Ok(counts)
+    }
+}
