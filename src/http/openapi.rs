@@ -47,13 +47,15 @@ pub fn document() -> Value {
         let input = hoist_definitions(&tool.input_schema, &mut input_components);
         let output = hoist_definitions(&tool.output_schema, &mut input_components);
         components.extend(input_components);
+        // A body is required only when some argument is: tools whose arguments are all optional take none.
+        let body_required = input.get("required").and_then(Value::as_array).is_some_and(|r| !r.is_empty());
         let error = json!({"description": "The tool failed", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ToolError"}}}});
         paths.insert(
             format!("/mcp/tool/{}", tool.name),
             json!({"post": {
                 "operationId": tool.name,
                 "summary": tool.description,
-                "requestBody": {"required": true, "content": {"application/json": {"schema": input}}},
+                "requestBody": {"required": body_required, "content": {"application/json": {"schema": input}}},
                 "responses": {
                     "200": {"description": "The tool's result", "content": {"application/json": {"schema": output}}},
                     "400": error, "401": error, "403": error, "404": error, "409": error,

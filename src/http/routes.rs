@@ -56,7 +56,7 @@ pub async fn call_tool(
         Value::Null
     } else {
         match serde_json::from_slice(&body) {
-            Ok(value @ (Value::Object(_) | Value::Null)) => value,
+            Ok(value @ Value::Object(_)) => value,
             Ok(_) | Err(_) => {
                 let error =
                     ToolError { code: ErrorCode::InvalidArgument, message: "the body must be a JSON object".into() };
