@@ -8,6 +8,7 @@ mod graph_conformance;
 mod helpers;
 mod http;
 mod mcp;
+mod mcp_fuzz;
 mod neo4j_outage;
 mod operations;
 mod overload;
