@@ -98,7 +98,7 @@ impl Default for Neo4jSettings {
             max_connections: 32,
             fetch_size: 500,
             acquire_timeout_ms: 2000,
-            connect_timeout_ms: 2000,
+            connect_timeout_ms: 3000,
             breaker_threshold: 3,
             breaker_cooldown_ms: 1000,
         }

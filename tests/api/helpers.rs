@@ -126,6 +126,9 @@ pub fn neo4j_settings(settings: &mut Settings) {
     settings.graph.backend = "neo4j".into();
     settings.graph.neo4j.uri = neo4j_uri();
     settings.graph.neo4j.max_connections = 16;
+    // Test machines are shared and a fresh JVM is slow to open its first connections: wider than production.
+    settings.graph.neo4j.connect_timeout_ms = 15_000;
+    settings.graph.neo4j.acquire_timeout_ms = 15_000;
 }
 
 /// Exclusive use of the test Neo4j, emptied first: the tests that use it run one at a time.

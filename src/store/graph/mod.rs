@@ -47,6 +47,59 @@ pub struct RelatedContext {
     pub via: Uuid,
 }
 
+/// The bookkeeping of a breadth-first walk over RELATES_TO edges, shared by the stores: they fetch one level
+/// of edges at a time (one query per level, never one per node) and hand them here.
+#[derive(Debug)]
+pub struct RelatedWalk {
+    seen: std::collections::HashSet<Uuid>,
+    frontier: Vec<Uuid>,
+    /// (node, depth, relation, via), in the order reached.
+    reached: Vec<(Uuid, u32, String, Uuid)>,
+    max_nodes: usize,
+}
+
+impl RelatedWalk {
+    pub fn new(start: Uuid, max_nodes: usize) -> Self {
+        Self { seen: [start].into(), frontier: vec![start], reached: Vec::new(), max_nodes }
+    }
+
+    /// The nodes whose edges the next level needs; empty when the walk is over.
+    pub fn frontier(&self) -> &[Uuid] {
+        if self.reached.len() >= self.max_nodes { &[] } else { &self.frontier }
+    }
+
+    /// Takes one level's edges (from, to, relation), ordered as they should be reached.
+    pub fn absorb(&mut self, level: u32, edges: impl IntoIterator<Item = (Uuid, Uuid, String)>) {
+        let mut next = Vec::new();
+        for (from, to, relation) in edges {
+            if self.reached.len() >= self.max_nodes {
+                break;
+            }
+            if self.seen.insert(to) {
+                self.reached.push((to, level, relation, from));
+                next.push(to);
+            }
+        }
+        self.frontier = next;
+    }
+
+    /// Every node reached, to be loaded.
+    pub fn reached_ids(&self) -> Vec<Uuid> {
+        self.reached.iter().map(|r| r.0).collect()
+    }
+
+    /// The reached nodes that are live contexts (`live`), nearest first.
+    pub fn finish(self, live: Vec<Context>) -> Vec<RelatedContext> {
+        let mut contexts: std::collections::HashMap<Uuid, Context> = live.into_iter().map(|c| (c.id, c)).collect();
+        self.reached
+            .into_iter()
+            .filter_map(|(node, depth, relation, via)| {
+                contexts.remove(&node).map(|context| RelatedContext { context, depth, relation, via })
+            })
+            .collect()
+    }
+}
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StoreCounts {
     pub sessions: u64,

@@ -10,7 +10,6 @@
 //! switches, dropped connections) are retried with backoff a few times; a backend that stays unreachable
 //! opens a circuit breaker so calls fail fast with `Unavailable` until it answers again.
 
-use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,7 +22,8 @@ use tokio::sync::Semaphore;
 use uuid::Uuid;
 
 use super::{
-    GraphStore, IndexEntry, InsertOutcome, PendingIndex, PoolStatus, QueryRows, RelatedContext, StateKey, StoreCounts,
+    GraphStore, IndexEntry, InsertOutcome, PendingIndex, PoolStatus, QueryRows, RelatedContext, RelatedWalk, StateKey,
+    StoreCounts,
 };
 use crate::domain::{
     AgentState, Context, ContextFilter, ContextVersion, ReadScope, Relation, Session, Timestamp, Visibility,
@@ -911,46 +911,27 @@ impl GraphStore for Neo4jGraphStore {
         max_nodes: usize,
     ) -> StoreResult<Vec<RelatedContext>> {
         transaction!(self, |txn| {
-            {
-                // Breadth-first, one statement per level: never one per node.
-                let mut seen = HashSet::from([id]);
-                let mut frontier = vec![id];
-                let mut reached: Vec<(Uuid, u32, String, Uuid)> = Vec::new();
-                for level in 1..=depth {
-                    if frontier.is_empty() || reached.len() >= max_nodes {
-                        break;
-                    }
-                    let statement = query(cypher::RELATION_STEP)
-                        .param("ids", frontier.iter().map(Uuid::to_string).collect::<Vec<_>>())
-                        .param("both", both_directions)
-                        .param("relation", relation.map(str::to_string));
-                    let mut next = Vec::new();
-                    for row in rows(txn, statement).await? {
-                        if reached.len() >= max_nodes {
-                            break;
-                        }
+            let mut walk = RelatedWalk::new(id, max_nodes);
+            for level in 1..=depth {
+                if walk.frontier().is_empty() {
+                    break;
+                }
+                let statement = query(cypher::RELATION_STEP)
+                    .param("ids", walk.frontier().iter().map(Uuid::to_string).collect::<Vec<_>>())
+                    .param("both", both_directions)
+                    .param("relation", relation.map(str::to_string));
+                let edges = rows(txn, statement)
+                    .await?
+                    .iter()
+                    .map(|row| {
                         let from = parse_uuid(&row.get::<String>("from_id")?)?;
-                        let to = parse_uuid(&row.get::<String>("to_id")?)?;
-                        if seen.insert(to) {
-                            reached.push((to, level, row.get("relation")?, from));
-                            next.push(to);
-                        }
-                    }
-                    frontier = next;
-                }
-                if reached.is_empty() {
-                    return Ok(Vec::new());
-                }
-                let ids: Vec<Uuid> = reached.iter().map(|r| r.0).collect();
-                let mut contexts: HashMap<Uuid, Context> =
-                    live_contexts(txn, &ids).await?.into_iter().map(|c| (c.id, c)).collect();
-                Ok(reached
-                    .into_iter()
-                    .filter_map(|(node, depth, relation, via)| {
-                        contexts.remove(&node).map(|context| RelatedContext { context, depth, relation, via })
+                        Ok((from, parse_uuid(&row.get::<String>("to_id")?)?, row.get::<String>("relation")?))
                     })
-                    .collect())
+                    .collect::<TxResult<Vec<_>>>()?;
+                walk.absorb(level, edges);
             }
+            let live = live_contexts(txn, &walk.reached_ids()).await?;
+            Ok(walk.finish(live))
         })
     }
 

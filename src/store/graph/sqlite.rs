@@ -13,7 +13,8 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::{
-    GraphStore, IndexEntry, InsertOutcome, PendingIndex, PoolStatus, QueryRows, RelatedContext, StateKey, StoreCounts,
+    GraphStore, IndexEntry, InsertOutcome, PendingIndex, PoolStatus, QueryRows, RelatedContext, RelatedWalk, StateKey,
+    StoreCounts,
 };
 use crate::domain::{
     AgentState, Context, ContextFilter, ContextVersion, ReadScope, Relation, Session, Timestamp, Visibility,
@@ -669,15 +670,12 @@ impl GraphStore for SqliteGraphStore {
     ) -> StoreResult<Vec<RelatedContext>> {
         let relation = relation.map(str::to_string);
         self.read(move |conn| {
-            // Breadth-first, one query per level: never one query per node.
-            let mut seen = std::collections::HashSet::from([id]);
-            let mut frontier = vec![id];
-            let mut reached: Vec<(Uuid, u32, String, Uuid)> = Vec::new();
+            let mut walk = RelatedWalk::new(id, max_nodes);
             for level in 1..=depth {
-                if frontier.is_empty() || reached.len() >= max_nodes {
+                if walk.frontier().is_empty() {
                     break;
                 }
-                let ids: Vec<String> = frontier.iter().map(Uuid::to_string).collect();
+                let ids: Vec<String> = walk.frontier().iter().map(Uuid::to_string).collect();
                 let marks = placeholders(ids.len());
                 let mut sql = format!("SELECT from_id, to_id, relation FROM relations WHERE from_id IN ({marks})");
                 let mut values: Vec<SqlValue> = ids.iter().cloned().map(SqlValue::from).collect();
@@ -705,30 +703,10 @@ impl GraphStore for SqliteGraphStore {
                         ))
                     })?
                     .collect::<rusqlite::Result<Vec<_>>>()?;
-                let mut next = Vec::new();
-                for (from, to, name) in edges {
-                    if reached.len() >= max_nodes {
-                        break;
-                    }
-                    if seen.insert(to) {
-                        reached.push((to, level, name, from));
-                        next.push(to);
-                    }
-                }
-                frontier = next;
+                walk.absorb(level, edges);
             }
-            if reached.is_empty() {
-                return Ok(Vec::new());
-            }
-            let ids: Vec<Uuid> = reached.iter().map(|r| r.0).collect();
-            let mut contexts: std::collections::HashMap<Uuid, Context> =
-                live_by_ids(conn, "", &ids, context_from_row)?.into_iter().map(|c| (c.id, c)).collect();
-            Ok(reached
-                .into_iter()
-                .filter_map(|(node, depth, relation, via)| {
-                    contexts.remove(&node).map(|context| RelatedContext { context, depth, relation, via })
-                })
-                .collect())
+            let live = live_by_ids(conn, "", &walk.reached_ids(), context_from_row)?;
+            Ok(walk.finish(live))
         })
         .await
     }
