@@ -160,6 +160,21 @@ pub struct TestCore {
     pub dir: tempfile::TempDir,
 }
 
+/// A test that ends without `shutdown` leaves the maintenance task and a blocking flush possibly running
+/// while the runtime winds down; qdrant-edge panics (and aborts the test binary) when its folder vanishes
+/// under a flush. So the folder goes a few seconds later, on a thread of its own.
+impl Drop for TestCore {
+    fn drop(&mut self) {
+        if self.core.is_some() {
+            let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir"));
+            std::thread::spawn(move || {
+                std::thread::sleep(std::time::Duration::from_secs(5));
+                drop(dir);
+            });
+        }
+    }
+}
+
 impl TestCore {
     pub async fn start() -> Self {
         Self::start_in(tempfile::tempdir().expect("temp dir")).await
