@@ -178,9 +178,9 @@ impl ContextService {
             gauge.with_label_values(&[self.graph.backend(), "max"]).set(pool.max as i64);
             gauge.with_label_values(&[self.graph.backend(), "in_use"]).set(pool.in_use as i64);
         }
-        let graph_up = self.graph.ping().await.is_ok();
-        self.metrics.backend_up.with_label_values(&[self.graph.backend()]).set(i64::from(graph_up));
-        let counts = self.graph.counts().await?;
+        let counts = self.graph.counts().await;
+        self.metrics.backend_up.with_label_values(&[self.graph.backend()]).set(i64::from(counts.is_ok()));
+        let counts = counts?;
         let items = &self.metrics.items;
         items.with_label_values(&["sessions"]).set(counts.sessions as i64);
         items.with_label_values(&["contexts"]).set(counts.contexts as i64);

@@ -6,24 +6,6 @@ use serde_json::{Map, Value, json};
 
 use crate::helpers::spawn_app_with;
 
-const TOOLS: &[&str] = &[
-    "create_session",
-    "store_context",
-    "get_context",
-    "update_context",
-    "delete_context",
-    "list_contexts",
-    "search_context",
-    "link_contexts",
-    "get_related",
-    "set_agent_state",
-    "get_agent_state",
-    "list_agent_state",
-    "delete_agent_state",
-    "query_graph",
-    "authenticate_agent",
-];
-
 fn random_string(rng: &mut fastrand::Rng) -> String {
     match rng.u8(..6) {
         0 => String::new(),
@@ -67,7 +49,8 @@ fn random_message(rng: &mut fastrand::Rng) -> Value {
         _ => random_string(rng),
     };
     let params = if method == "tools/call" && rng.u8(..4) != 0 {
-        let name = if rng.u8(..5) == 0 { random_string(rng) } else { TOOLS[rng.usize(..TOOLS.len())].to_string() };
+        let tools = context_store::tools::catalogue();
+        let name = if rng.u8(..5) == 0 { random_string(rng) } else { tools[rng.usize(..tools.len())].name.to_string() };
         json!({"name": name, "arguments": random_value(rng, 0)})
     } else {
         random_value(rng, 0)

@@ -533,11 +533,6 @@ impl Neo4jGraphStore {
         self.breaker.is_open()
     }
 
-    /// The driver, for analysts' read-only queries.
-    pub fn graph(&self) -> &Graph {
-        &self.graph
-    }
-
     /// Calls the backend through the circuit breaker.
     async fn guarded<T>(&self, call: impl Future<Output = StoreResult<T>>) -> StoreResult<T> {
         self.breaker.admit()?;
@@ -673,12 +668,10 @@ impl GraphStore for Neo4jGraphStore {
                 .param("created_by", session.created_by.clone())
                 .param("created_at", session.created_at.millis());
             let id = session.id.clone();
-            {
-                if rows(txn, statement).await?.is_empty() {
-                    return Err(StoreError::Conflict(format!("session '{id}' already exists")).into());
-                }
-                Ok(())
+            if rows(txn, statement).await?.is_empty() {
+                return Err(StoreError::Conflict(format!("session '{id}' already exists")).into());
             }
+            Ok(())
         })
         .map_err(|e| match e {
             StoreError::Conflict(_) => StoreError::Conflict(format!("session '{}' already exists", session.id)),
@@ -689,10 +682,8 @@ impl GraphStore for Neo4jGraphStore {
     async fn get_session(&self, id: &str) -> StoreResult<Option<Session>> {
         transaction!(self, |txn| {
             let statement = query(cypher::SESSION_GET).param("id", id);
-            {
-                let found = rows(txn, statement).await?;
-                found.first().map(session_of).transpose()
-            }
+            let found = rows(txn, statement).await?;
+            found.first().map(session_of).transpose()
         })
     }
 
@@ -727,107 +718,89 @@ impl GraphStore for Neo4jGraphStore {
         dedup_scope: &ReadScope,
     ) -> StoreResult<InsertOutcome> {
         transaction!(self, |txn| {
-            {
-                let locked = rows(txn, query(cypher::SESSION_LOCK).param("id", context.session_id.clone())).await?;
-                if locked.is_empty() {
-                    return Err(StoreError::NotFound.into());
-                }
-                if let Some(existing) =
-                    duplicate_of(txn, &context.session_id, &context.content_hash, dedup_scope).await?
-                {
-                    return Ok(InsertOutcome::Duplicate(Box::new(existing)));
-                }
-                let statement = query(cypher::CONTEXT_INSERT)
-                    .param("session_id", context.session_id.clone())
-                    .param("agent_id", context.agent_id.clone())
-                    .param("tags", context.tags.clone())
-                    .param("props", context_props(context, embedding)?);
-                txn.run(statement).await?;
-                let journal_seq = journal(txn, context.id, "upsert").await?;
-                Ok(InsertOutcome::Inserted { journal_seq })
+            let locked = rows(txn, query(cypher::SESSION_LOCK).param("id", context.session_id.clone())).await?;
+            if locked.is_empty() {
+                return Err(StoreError::NotFound.into());
             }
+            if let Some(existing) = duplicate_of(txn, &context.session_id, &context.content_hash, dedup_scope).await? {
+                return Ok(InsertOutcome::Duplicate(Box::new(existing)));
+            }
+            let statement = query(cypher::CONTEXT_INSERT)
+                .param("session_id", context.session_id.clone())
+                .param("agent_id", context.agent_id.clone())
+                .param("tags", context.tags.clone())
+                .param("props", context_props(context, embedding)?);
+            txn.run(statement).await?;
+            let journal_seq = journal(txn, context.id, "upsert").await?;
+            Ok(InsertOutcome::Inserted { journal_seq })
         })
     }
 
     async fn update_context(&self, updated: &Context, embedding: &[f32]) -> StoreResult<(i64, Context)> {
         transaction!(self, |txn| {
-            {
-                let previous = lock_context(txn, updated.id).await?;
-                if previous.version != updated.version - 1 {
-                    return Err(StoreError::VersionConflict {
-                        expected: updated.version - 1,
-                        current: previous.version,
-                    }
-                    .into());
-                }
-                let statement = query(cypher::CONTEXT_UPDATE)
-                    .param("id", updated.id.to_string())
-                    .param("tags", updated.tags.clone())
-                    .param("props", context_props(updated, embedding)?);
-                txn.run(statement).await?;
-                let seq = journal(txn, updated.id, "upsert").await?;
-                Ok((seq, previous))
+            let previous = lock_context(txn, updated.id).await?;
+            if previous.version != updated.version - 1 {
+                return Err(
+                    StoreError::VersionConflict { expected: updated.version - 1, current: previous.version }.into()
+                );
             }
+            let statement = query(cypher::CONTEXT_UPDATE)
+                .param("id", updated.id.to_string())
+                .param("tags", updated.tags.clone())
+                .param("props", context_props(updated, embedding)?);
+            txn.run(statement).await?;
+            let seq = journal(txn, updated.id, "upsert").await?;
+            Ok((seq, previous))
         })
     }
 
     async fn delete_context(&self, id: Uuid, expected_version: Option<i64>) -> StoreResult<(i64, Context)> {
         transaction!(self, |txn| {
+            let current = lock_context(txn, id).await?;
+            if let Some(expected) = expected_version
+                && expected != current.version
             {
-                let current = lock_context(txn, id).await?;
-                if let Some(expected) = expected_version
-                    && expected != current.version
-                {
-                    return Err(StoreError::VersionConflict { expected, current: current.version }.into());
-                }
-                txn.run(query(cypher::CONTEXT_SET_DELETED).param("id", id.to_string()).param("deleted", true)).await?;
-                let seq = journal(txn, id, "delete").await?;
-                Ok((seq, current))
+                return Err(StoreError::VersionConflict { expected, current: current.version }.into());
             }
+            txn.run(query(cypher::CONTEXT_SET_DELETED).param("id", id.to_string()).param("deleted", true)).await?;
+            let seq = journal(txn, id, "delete").await?;
+            Ok((seq, current))
         })
     }
 
     async fn purge_context(&self, id: Uuid) -> StoreResult<()> {
         transaction!(self, |txn| {
-            {
-                txn.run(query(cypher::CONTEXT_PURGE).param("id", id.to_string())).await?;
-                Ok(())
-            }
+            txn.run(query(cypher::CONTEXT_PURGE).param("id", id.to_string())).await?;
+            Ok(())
         })
     }
 
     async fn rollback_insert(&self, id: Uuid, journal_seq: i64) -> StoreResult<()> {
         transaction!(self, |txn| {
-            {
-                txn.run(query(cypher::CONTEXT_REMOVE).param("id", id.to_string())).await?;
-                txn.run(query(cypher::JOURNAL_CLEAR).param("seqs", vec![journal_seq])).await?;
-                Ok(())
-            }
+            txn.run(query(cypher::CONTEXT_REMOVE).param("id", id.to_string())).await?;
+            txn.run(query(cypher::JOURNAL_CLEAR).param("seqs", vec![journal_seq])).await?;
+            Ok(())
         })
     }
 
     async fn rollback_update(&self, previous: &Context, journal_seq: i64) -> StoreResult<()> {
         transaction!(self, |txn| {
-            {
-                let statement = query(cypher::CONTEXT_RESTORE)
-                    .param("id", previous.id.to_string())
-                    .param("version", previous.version)
-                    .param("tags", previous.tags.clone())
-                    .param("props", context_props(previous, &[])?);
-                txn.run(statement).await?;
-                txn.run(query(cypher::JOURNAL_CLEAR).param("seqs", vec![journal_seq])).await?;
-                Ok(())
-            }
+            let statement = query(cypher::CONTEXT_RESTORE)
+                .param("id", previous.id.to_string())
+                .param("version", previous.version)
+                .param("tags", previous.tags.clone())
+                .param("props", context_props(previous, &[])?);
+            txn.run(statement).await?;
+            txn.run(query(cypher::JOURNAL_CLEAR).param("seqs", vec![journal_seq])).await?;
+            Ok(())
         })
     }
 
     async fn rollback_delete(&self, id: Uuid, journal_seq: i64) -> StoreResult<()> {
         transaction!(self, |txn| {
-            {
-                txn.run(query(cypher::CONTEXT_SET_DELETED).param("id", id.to_string()).param("deleted", false)).await?;
-                txn.run(query(cypher::JOURNAL_CLEAR).param("seqs", vec![journal_seq])).await?;
-                Ok(())
-            }
+            txn.run(query(cypher::CONTEXT_SET_DELETED).param("id", id.to_string()).param("deleted", false)).await?;
+            txn.run(query(cypher::JOURNAL_CLEAR).param("seqs", vec![journal_seq])).await?;
+            Ok(())
         })
     }
 
@@ -849,34 +822,30 @@ impl GraphStore for Neo4jGraphStore {
         limit: usize,
     ) -> StoreResult<Vec<Context>> {
         transaction!(self, |txn| {
-            {
-                let statement = filter_query(filter, after, limit)?;
-                rows(txn, statement).await?.iter().map(context_of).collect()
-            }
+            let statement = filter_query(filter, after, limit)?;
+            rows(txn, statement).await?.iter().map(context_of).collect()
         })
     }
 
     async fn context_versions(&self, id: Uuid) -> StoreResult<Vec<ContextVersion>> {
         transaction!(self, |txn| {
-            {
-                let found = rows(txn, query(cypher::CONTEXT_VERSIONS).param("id", id.to_string())).await?;
-                found
-                    .iter()
-                    .map(|row| {
-                        let v: VersionRow = row.get("version")?;
-                        Ok(ContextVersion {
-                            id,
-                            version: v.version,
-                            context_type: v.context_type,
-                            content: v.content,
-                            tags: v.tags,
-                            metadata: serde_json::from_str(&v.metadata).map_err(StoreError::from)?,
-                            visibility: parse_visibility(&v.visibility)?,
-                            updated_at: Timestamp(v.updated_at),
-                        })
+            let found = rows(txn, query(cypher::CONTEXT_VERSIONS).param("id", id.to_string())).await?;
+            found
+                .iter()
+                .map(|row| {
+                    let v: VersionRow = row.get("version")?;
+                    Ok(ContextVersion {
+                        id,
+                        version: v.version,
+                        context_type: v.context_type,
+                        content: v.content,
+                        tags: v.tags,
+                        metadata: serde_json::from_str(&v.metadata).map_err(StoreError::from)?,
+                        visibility: parse_visibility(&v.visibility)?,
+                        updated_at: Timestamp(v.updated_at),
                     })
-                    .collect()
-            }
+                })
+                .collect()
         })
     }
 
@@ -888,17 +857,15 @@ impl GraphStore for Neo4jGraphStore {
                 .param("relation", relation.relation.clone())
                 .param("metadata", json_text(&relation.metadata))
                 .param("created_at", relation.created_at.millis());
-            {
-                let found = rows(txn, statement).await?;
-                let linked: i64 = match found.first() {
-                    Some(row) => row.get("linked")?,
-                    None => 0,
-                };
-                if linked == 0 {
-                    return Err(StoreError::NotFound.into());
-                }
-                Ok(())
+            let found = rows(txn, statement).await?;
+            let linked: i64 = match found.first() {
+                Some(row) => row.get("linked")?,
+                None => 0,
+            };
+            if linked == 0 {
+                return Err(StoreError::NotFound.into());
             }
+            Ok(())
         })
     }
 
@@ -943,18 +910,16 @@ impl GraphStore for Neo4jGraphStore {
             let statement = query(cypher::RELATION_NEIGHBOURS)
                 .param("ids", ids.iter().map(Uuid::to_string).collect::<Vec<_>>())
                 .param("per_node", per_node as i64);
-            {
-                rows(txn, statement)
-                    .await?
-                    .iter()
-                    .map(|row| {
-                        let start = parse_uuid(&row.get::<String>("start")?)?;
-                        let context = context_of(row)?;
-                        let relation: String = row.get("relation")?;
-                        Ok((start, RelatedContext { context, depth: 1, relation, via: start }))
-                    })
-                    .collect()
-            }
+            rows(txn, statement)
+                .await?
+                .iter()
+                .map(|row| {
+                    let start = parse_uuid(&row.get::<String>("start")?)?;
+                    let context = context_of(row)?;
+                    let relation: String = row.get("relation")?;
+                    Ok((start, RelatedContext { context, depth: 1, relation, via: start }))
+                })
+                .collect()
         })
     }
 
@@ -963,22 +928,20 @@ impl GraphStore for Neo4jGraphStore {
             StateKey { agent_id: state.agent_id.clone(), session_id: state.session_id.clone(), key: state.key.clone() };
         transaction!(self, |txn| {
             let key = key.clone();
+            let current = lock_state(txn, &key, state.updated_at).await?;
+            if let Some(expected) = expected_version
+                && expected != current
             {
-                let current = lock_state(txn, &key, state.updated_at).await?;
-                if let Some(expected) = expected_version
-                    && expected != current
-                {
-                    return Err(StoreError::VersionConflict { expected, current }.into());
-                }
-                let stored = AgentState { version: current + 1, ..state.clone() };
-                let statement = state_params(query(cypher::STATE_WRITE), &key)
-                    .param("value", json_text(&stored.value))
-                    .param("version", stored.version)
-                    .param("updated_at", stored.updated_at.millis())
-                    .param("expires_at", stored.expires_at.map(Timestamp::millis));
-                txn.run(statement).await?;
-                Ok(stored)
+                return Err(StoreError::VersionConflict { expected, current }.into());
             }
+            let stored = AgentState { version: current + 1, ..state.clone() };
+            let statement = state_params(query(cypher::STATE_WRITE), &key)
+                .param("value", json_text(&stored.value))
+                .param("version", stored.version)
+                .param("updated_at", stored.updated_at.millis())
+                .param("expires_at", stored.expires_at.map(Timestamp::millis));
+            txn.run(statement).await?;
+            Ok(stored)
         })
     }
 
@@ -1011,19 +974,17 @@ impl GraphStore for Neo4jGraphStore {
 
     async fn delete_state(&self, key: &StateKey, expected_version: Option<i64>) -> StoreResult<()> {
         transaction!(self, |txn| {
-            {
-                let current = lock_state(txn, key, Timestamp::now()).await?;
-                if current == 0 {
-                    return Err(StoreError::NotFound.into());
-                }
-                if let Some(expected) = expected_version
-                    && expected != current
-                {
-                    return Err(StoreError::VersionConflict { expected, current }.into());
-                }
-                txn.run(state_params(query(cypher::STATE_DELETE), key)).await?;
-                Ok(())
+            let current = lock_state(txn, key, Timestamp::now()).await?;
+            if current == 0 {
+                return Err(StoreError::NotFound.into());
             }
+            if let Some(expected) = expected_version
+                && expected != current
+            {
+                return Err(StoreError::VersionConflict { expected, current }.into());
+            }
+            txn.run(state_params(query(cypher::STATE_DELETE), key)).await?;
+            Ok(())
         })
     }
 
@@ -1096,15 +1057,11 @@ impl GraphStore for Neo4jGraphStore {
 
     async fn pending_index(&self, limit: usize) -> StoreResult<Vec<PendingIndex>> {
         transaction!(self, |txn| {
-            {
-                rows(txn, query(cypher::JOURNAL_PENDING).param("limit", limit as i64))
-                    .await?
-                    .iter()
-                    .map(|row| {
-                        Ok(PendingIndex { seq: row.get("seq")?, id: parse_uuid(&row.get::<String>("item_id")?)? })
-                    })
-                    .collect()
-            }
+            rows(txn, query(cypher::JOURNAL_PENDING).param("limit", limit as i64))
+                .await?
+                .iter()
+                .map(|row| Ok(PendingIndex { seq: row.get("seq")?, id: parse_uuid(&row.get::<String>("item_id")?)? }))
+                .collect()
         })
     }
 
@@ -1113,12 +1070,10 @@ impl GraphStore for Neo4jGraphStore {
             return Ok(());
         }
         transaction!(self, |txn| {
-            {
-                for chunk in seqs.chunks(1000) {
-                    txn.run(query(cypher::JOURNAL_CLEAR).param("seqs", chunk.to_vec())).await?;
-                }
-                Ok(())
+            for chunk in seqs.chunks(1000) {
+                txn.run(query(cypher::JOURNAL_CLEAR).param("seqs", chunk.to_vec())).await?;
             }
+            Ok(())
         })
     }
 
@@ -1144,17 +1099,15 @@ impl GraphStore for Neo4jGraphStore {
 
     async fn counts(&self) -> StoreResult<StoreCounts> {
         transaction!(self, |txn| {
-            {
-                let found = rows(txn, query(cypher::COUNTS)).await?;
-                let row = found.first().ok_or_else(|| StoreError::Backend("counts returned no row".into()))?;
-                let count = |name: &str| -> TxResult<u64> { Ok(row.get::<i64>(name)? as u64) };
-                Ok(StoreCounts {
-                    sessions: count("sessions")?,
-                    contexts: count("contexts")?,
-                    agent_states: count("agent_states")?,
-                    pending_index: count("pending_index")?,
-                })
-            }
+            let found = rows(txn, query(cypher::COUNTS)).await?;
+            let row = found.first().ok_or_else(|| StoreError::Backend("counts returned no row".into()))?;
+            let count = |name: &str| -> TxResult<u64> { Ok(row.get::<i64>(name)? as u64) };
+            Ok(StoreCounts {
+                sessions: count("sessions")?,
+                contexts: count("contexts")?,
+                agent_states: count("agent_states")?,
+                pending_index: count("pending_index")?,
+            })
         })
     }
 }
