@@ -37,7 +37,7 @@ impl ErrorCode {
 }
 
 /// Failures of a backend (graph store, vector store, embedder).
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error("not found")]
     NotFound,

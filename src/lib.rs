@@ -12,8 +12,11 @@ pub mod doctor;
 pub mod domain;
 pub mod embed;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod mcp;
+pub mod memory;
 pub mod metrics;
 pub mod search;
 pub mod service;

@@ -2,9 +2,9 @@
 
 use clap::Parser;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    context_store::memory::limit_arenas();
     let cli = context_store::cli::Cli::parse();
     context_store::cli::init_tracing();
-    context_store::cli::run(cli).await
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(context_store::cli::run(cli))
 }

@@ -104,6 +104,15 @@ macro_rules! tool_table {
                 other => Err(ToolError { code: ErrorCode::NotFound, message: format!("no tool named '{other}'") }),
             }
         }
+
+        /// Decodes a service tool's arguments into its request type and encodes that back to JSON, without
+        /// calling anything: what the fuzz targets and their regression tests exercise.
+        pub fn decode_arguments(name: &str, arguments: Value) -> Result<Value, ToolError> {
+            match name {
+                $(stringify!($name) => encode(decode::<$request>(arguments)?),)*
+                other => Err(ToolError { code: ErrorCode::NotFound, message: format!("no tool named '{other}'") }),
+            }
+        }
     };
 }
 

@@ -131,6 +131,8 @@ struct Target {
     admin: String,
     server: Option<Server>,
     ready_seconds: Option<f64>,
+    /// Contexts imported into the data directory before the server started (search at scale).
+    bulk_loaded: Option<Vec<String>>,
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -146,6 +148,7 @@ async fn start_target(options: &LoadOptions, scenario: Scenario) -> anyhow::Resu
             admin,
             server: None,
             ready_seconds: None,
+            bulk_loaded: None,
         });
     }
     let dir = tempfile::tempdir()?;
@@ -168,6 +171,12 @@ async fn start_target(options: &LoadOptions, scenario: Scenario) -> anyhow::Resu
     };
     let admin = keys.create(&admin_key).map_err(|e| anyhow::anyhow!(e.to_string()))?.1;
     drop(keys);
+    let bulk_loaded = if matches!(scenario, Scenario::Search | Scenario::SearchNew) && options.search_preload > 0 {
+        let (dir, assets, count) = (dir.path(), &options.assets_dir, options.search_preload);
+        Some(super::preload::bulk_preload(dir, assets, options.seed, count, options.progress).await?)
+    } else {
+        None
+    };
     let port = free_port()?;
     let mut command = std::process::Command::new(std::env::current_exe()?);
     command
@@ -201,7 +210,7 @@ async fn start_target(options: &LoadOptions, scenario: Scenario) -> anyhow::Resu
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    Ok(Target { base, bearers, admin, server: Some(server), ready_seconds: Some(ready) })
+    Ok(Target { base, bearers, admin, server: Some(server), ready_seconds: Some(ready), bulk_loaded })
 }
 
 /// One connection: its own client (one keep-alive connection), its own identity.
@@ -339,7 +348,7 @@ async fn preload(
     Ok(ids)
 }
 
-fn progress_bar(enabled: bool, length: u64, message: &'static str) -> indicatif::ProgressBar {
+pub(super) fn progress_bar(enabled: bool, length: u64, message: &'static str) -> indicatif::ProgressBar {
     if !enabled {
         return indicatif::ProgressBar::hidden();
     }
@@ -387,8 +396,11 @@ async fn prepare(scenario: Scenario, target: &Target, options: &LoadOptions) -> 
         return Ok(Fixture::default());
     }
     let run = uuid::Uuid::now_v7().simple().to_string();
-    let sessions: Vec<String> = (0..(options.connections / 8).max(1)).map(|i| format!("bench-{run}-{i}")).collect();
-    for session in &sessions {
+    let mut sessions: Vec<String> = (0..(options.connections / 8).max(1)).map(|i| format!("bench-{run}-{i}")).collect();
+    if target.bulk_loaded.is_some() {
+        sessions = (0..super::preload::SESSIONS).map(super::preload::session_id).collect();
+    }
+    for session in sessions.iter().filter(|_| target.bulk_loaded.is_none()) {
         admin
             .call("create_session", json!({"id": session, "purpose": "benchmark"}))
             .await
@@ -399,7 +411,10 @@ async fn prepare(scenario: Scenario, target: &Target, options: &LoadOptions) -> 
         Scenario::Write => 0,
         _ => options.preload,
     };
-    let context_ids = preload(&admin, &sessions, count, options.seed, options.progress).await?;
+    let context_ids = match &target.bulk_loaded {
+        Some(ids) => ids.clone(),
+        None => preload(&admin, &sessions, count, options.seed, options.progress).await?,
+    };
     if matches!(scenario, Scenario::Search | Scenario::SearchNew) && count >= 5_000 {
         wait_for_index(&admin, options.progress).await;
     }

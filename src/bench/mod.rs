@@ -2,6 +2,7 @@
 //! in parallel sessions, and through the micro-batcher), and the load harness (`load`, `report`).
 
 pub mod load;
+pub mod preload;
 pub mod report;
 
 use std::sync::Arc;

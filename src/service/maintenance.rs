@@ -183,6 +183,8 @@ impl ContextService {
                         }
                     }
                     let _ = self.refresh_item_metrics().await;
+                    // Optimising copies segments and bursts of requests leave freed buffers: give them back.
+                    tokio::task::spawn_blocking(crate::memory::trim);
                 }
             }
         }

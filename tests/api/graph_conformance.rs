@@ -119,6 +119,40 @@ async fn concurrent_inserts_of_one_text_store_it_once(store: Store) {
     assert_eq!(store.counts().await.unwrap().contexts, 1);
 }
 
+/// 48 writes at once, a third of them failing (missing session): every failure leaves nothing behind and
+/// every success lands, whether the store commits them one by one or in groups.
+async fn concurrent_writes_fail_alone(store: Store) {
+    store.create_session(&session("s")).await.unwrap();
+    let tasks: Vec<_> = (0..48)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let target = if i % 3 == 0 { "missing" } else { "s" };
+                let context = public_context(&format!("text {i}"), target, "alice");
+                (context.clone(), store.insert_context(&context, &[0.25; 384], &admin()).await)
+            })
+        })
+        .collect();
+    let (mut stored, mut refused) = (Vec::new(), 0);
+    for task in tasks {
+        match task.await.unwrap() {
+            (context, Ok(InsertOutcome::Inserted { .. })) => stored.push(context),
+            (context, Err(StoreError::NotFound)) => {
+                assert_eq!(context.session_id, "missing");
+                assert_eq!(store.get_context(context.id).await.unwrap(), None);
+                refused += 1;
+            }
+            (_, other) => panic!("unexpected outcome {other:?}"),
+        }
+    }
+    assert_eq!((stored.len(), refused), (32, 16));
+    for context in &stored {
+        assert_eq!(store.get_context(context.id).await.unwrap().as_ref(), Some(context));
+    }
+    let counts = store.counts().await.unwrap();
+    assert_eq!((counts.contexts, counts.pending_index), (32, 32), "one journal entry per stored context");
+}
+
 async fn updates_keep_versions_and_detect_conflicts(store: Store) {
     store.create_session(&session("s")).await.unwrap();
     let mut v1 = public_context("first words", "s", "alice");
@@ -549,6 +583,7 @@ conformance!(
     sessions,
     inserts_dedup_and_journal,
     concurrent_inserts_of_one_text_store_it_once,
+    concurrent_writes_fail_alone,
     updates_keep_versions_and_detect_conflicts,
     concurrent_updates_of_one_version_let_one_win,
     deletes_hide_roll_back_and_purge,

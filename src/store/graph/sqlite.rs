@@ -3,7 +3,6 @@
 //! relations (RELATES_TO), context_versions (SUPERSEDES), agent_state, plus the index journal.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use r2d2_sqlite::SqliteConnectionManager;
@@ -12,6 +11,7 @@ use rusqlite::{Connection, OptionalExtension, Row, Transaction, params, params_f
 use serde_json::Value;
 use uuid::Uuid;
 
+use super::sqlite_writer::GroupWriter;
 use super::{
     GraphStore, IndexEntry, InsertOutcome, PendingIndex, PoolStatus, QueryRows, RelatedContext, RelatedWalk, StateKey,
     StoreCounts,
@@ -21,7 +21,7 @@ use crate::domain::{
 };
 use crate::error::{StoreError, StoreResult};
 
-const SCHEMA: &str = include_str!("sqlite_schema.sql");
+pub(crate) const SCHEMA: &str = include_str!("sqlite_schema.sql");
 
 const CONTEXT_COLUMNS: &str = "c.id, c.session_id, c.agent_id, c.type, c.content, c.tags, c.metadata, \
      c.visibility, c.created_at, c.updated_at, c.version, c.expires_at, c.content_hash";
@@ -42,7 +42,7 @@ pub struct SqliteOptions {
 }
 
 pub struct SqliteGraphStore {
-    writer: Arc<Mutex<Connection>>,
+    writer: GroupWriter,
     readers: r2d2::Pool<SqliteConnectionManager>,
     path: PathBuf,
     /// Tables and columns analysts can query, read from the database when it opened.
@@ -132,8 +132,14 @@ fn placeholders(n: usize) -> String {
     vec!["?"; n].join(", ")
 }
 
+/// The page query of `list_contexts` for the conditions of `filter_sql` (plus the cursor); the last
+/// parameter is the page size.
+pub(crate) fn list_contexts_sql(conditions: &[String]) -> String {
+    format!("SELECT {CONTEXT_COLUMNS} FROM contexts c WHERE {} ORDER BY c.id DESC LIMIT ?", conditions.join(" AND "))
+}
+
 /// SQL conditions (on alias `c`) and their parameters for a filter, scope and expiry included.
-fn filter_sql(filter: &ContextFilter) -> (Vec<String>, Vec<SqlValue>) {
+pub(crate) fn filter_sql(filter: &ContextFilter) -> (Vec<String>, Vec<SqlValue>) {
     let mut conditions = vec!["c.deleted = 0".to_string()];
     let mut values: Vec<SqlValue> = Vec::new();
     scope_sql(&filter.scope, filter.now, &mut conditions, &mut values);
@@ -302,28 +308,20 @@ impl SqliteGraphStore {
             .with_init(|conn| conn.execute_batch("PRAGMA query_only = 1; PRAGMA busy_timeout = 5000;"));
         let readers = r2d2::Pool::builder().max_size(options.readers.max(1)).min_idle(Some(1)).build(manager)?;
         let schema = describe_tables(&writer)?;
-        Ok(Self { writer: Arc::new(Mutex::new(writer)), readers, path: options.path.clone(), schema })
+        Ok(Self { writer: GroupWriter::start(writer)?, readers, path: options.path.clone(), schema })
     }
 
     pub fn path_in(data_dir: &Path) -> PathBuf {
         data_dir.join("graph.sqlite3")
     }
 
-    /// Runs `work` in one write transaction on the writer connection, off the async workers.
+    /// Runs `work` as one atomic write on the writer thread (group commit, see `sqlite_writer`).
     async fn write<T, F>(&self, work: F) -> StoreResult<T>
     where
         T: Send + 'static,
         F: FnOnce(&Transaction<'_>) -> StoreResult<T> + Send + 'static,
     {
-        let writer = self.writer.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut conn = writer.lock().unwrap_or_else(|e| e.into_inner());
-            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            let result = work(&tx)?;
-            tx.commit()?;
-            Ok(result)
-        })
-        .await?
+        self.writer.write(work).await
     }
 
     /// Runs `work` on a pooled read-only connection, off the async workers.
@@ -598,11 +596,7 @@ impl GraphStore for SqliteGraphStore {
         }
         values.push((limit as i64).into());
         self.read(move |conn| {
-            let sql = format!(
-                "SELECT {CONTEXT_COLUMNS} FROM contexts c WHERE {} ORDER BY c.id DESC LIMIT ?",
-                conditions.join(" AND ")
-            );
-            let mut statement = conn.prepare_cached(&sql)?;
+            let mut statement = conn.prepare_cached(&list_contexts_sql(&conditions))?;
             let rows = statement.query_map(params_from_iter(values.iter()), context_from_row)?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })

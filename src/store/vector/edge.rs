@@ -46,7 +46,7 @@ fn distance(name: &str) -> StoreResult<Distance> {
     }
 }
 
-fn qdrant_filter(filter: &ContextFilter) -> StoreResult<Filter> {
+pub(crate) fn qdrant_filter(filter: &ContextFilter) -> StoreResult<Filter> {
     serde_json::from_value(to_qdrant_json(filter)).map_err(|e| edge_error(format!("filter: {e}")))
 }
 

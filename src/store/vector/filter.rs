@@ -68,8 +68,9 @@ pub fn to_qdrant_json(filter: &ContextFilter) -> Value {
     for (key, value) in &filter.metadata {
         let path = format!("metadata.{key}");
         let condition = match value.as_f64() {
-            // Non-integer numbers cannot use an exact match; a closed range of one point is equal.
-            Some(number) if !value.is_i64() && !value.is_u64() => {
+            // Exact matches take 64-bit signed integers only; other numbers (fractions, integers above
+            // i64::MAX) are compared as a closed range of one point, as SQLite compares them as reals.
+            Some(number) if !value.is_i64() => {
                 json!({"key": path, "range": {"gte": number, "lte": number}})
             }
             _ => match_value(&path, value.clone()),

@@ -93,7 +93,7 @@ fn condition(json: &Value) -> StoreResult<Condition> {
 }
 
 /// A REST-notation filter (`{"must": [...], "should": [...], "must_not": [...]}`) as a gRPC filter.
-fn filter(json: &Value) -> StoreResult<Filter> {
+pub(crate) fn filter(json: &Value) -> StoreResult<Filter> {
     let list = |name: &str| -> StoreResult<Vec<Condition>> {
         json.get(name)
             .and_then(Value::as_array)
