@@ -4,6 +4,7 @@
 
 use std::io::{BufRead, Write};
 
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -16,6 +17,11 @@ use crate::store::graph::{InsertOutcome, StateKey};
 pub const FORMAT: &str = "context-store-export";
 pub const FORMAT_VERSION: u32 = 1;
 const PAGE: usize = 500;
+/// Contexts read ahead and imported concurrently.
+const IMPORT_CHUNK: usize = 256;
+const IMPORT_PARALLELISM: usize = 16;
+
+type ImportedContext = (Context, Vec<f32>, Vec<ContextVersion>);
 
 /// One line of an export.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -109,7 +115,7 @@ impl ContextService {
     /// Reads JSON Lines written by `export` and stores what is missing; `progress` gets lines read so far.
     pub async fn import(&self, input: impl BufRead, mut progress: impl FnMut(u64)) -> ServiceResult<TransferCounts> {
         let mut counts = TransferCounts::default();
-        let everything = ReadScope { agent_id: String::new(), admin: true, sessions: None };
+        let mut contexts = Vec::new();
         for (index, line) in input.lines().enumerate() {
             let line = line.map_err(|e| ServiceError::invalid(format!("cannot read the import: {e}")))?;
             if line.trim().is_empty() {
@@ -117,6 +123,10 @@ impl ContextService {
             }
             let record: Record = serde_json::from_str(&line)
                 .map_err(|e| ServiceError::invalid(format!("line {}: not an export record: {e}", index + 1)))?;
+            // Contexts are imported in concurrent chunks; anything else waits for the contexts before it.
+            if !matches!(record, Record::Context { .. }) && !contexts.is_empty() {
+                self.import_contexts(std::mem::take(&mut contexts), &mut counts).await?;
+            }
             match record {
                 Record::Header { format, version, .. } => {
                     if format != FORMAT || version != FORMAT_VERSION {
@@ -129,24 +139,9 @@ impl ContextService {
                     Err(err) => return Err(err.into()),
                 },
                 Record::Context { context, embedding, versions } => {
-                    if self.graph.get_context(context.id).await?.is_some() {
-                        counts.unchanged += 1;
-                        continue;
-                    }
-                    let _ordered = self.item_lock(context.id).lock().await;
-                    match self.graph.insert_context(&context, &embedding, &everything).await? {
-                        InsertOutcome::Duplicate(_) => counts.unchanged += 1,
-                        InsertOutcome::Inserted { journal_seq } => {
-                            let point = VectorPoint { context: context.clone(), vector: embedding };
-                            if let Err(err) = self.vectors.upsert(vec![point]).await {
-                                self.graph.rollback_insert(context.id, journal_seq).await?;
-                                return Err(err.into());
-                            }
-                            self.written(journal_seq);
-                            self.graph.import_versions(context.id, &versions).await?;
-                            counts.contexts += 1;
-                            counts.versions += versions.len() as u64;
-                        }
+                    contexts.push((context, embedding, versions));
+                    if contexts.len() >= IMPORT_CHUNK {
+                        self.import_contexts(std::mem::take(&mut contexts), &mut counts).await?;
                     }
                 }
                 Record::Relation(relation) => match self.graph.link(&relation).await {
@@ -172,7 +167,48 @@ impl ContextService {
             }
             progress(index as u64 + 1);
         }
+        self.import_contexts(contexts, &mut counts).await?;
         self.flush().await?;
         Ok(counts)
+    }
+
+    /// Imports contexts `IMPORT_PARALLELISM` at a time (their writes share group commits); the first
+    /// failure stops the import after the contexts already in flight.
+    async fn import_contexts(&self, chunk: Vec<ImportedContext>, counts: &mut TransferCounts) -> ServiceResult<()> {
+        let mut outcomes = futures::stream::iter(chunk.into_iter().map(|item| self.import_context(item)))
+            .buffer_unordered(IMPORT_PARALLELISM);
+        while let Some(outcome) = outcomes.next().await {
+            match outcome? {
+                Some(versions) => {
+                    counts.contexts += 1;
+                    counts.versions += versions;
+                }
+                None => counts.unchanged += 1,
+            }
+        }
+        Ok(())
+    }
+
+    /// One context with its embedding and versions, unless it is there already (`None`); returns the
+    /// number of versions imported.
+    async fn import_context(&self, (context, embedding, versions): ImportedContext) -> ServiceResult<Option<u64>> {
+        if self.graph.get_context(context.id).await?.is_some() {
+            return Ok(None);
+        }
+        let everything = ReadScope { agent_id: String::new(), admin: true, sessions: None };
+        let _ordered = self.item_lock(context.id).lock().await;
+        match self.graph.insert_context(&context, &embedding, &everything).await? {
+            InsertOutcome::Duplicate(_) => Ok(None),
+            InsertOutcome::Inserted { journal_seq } => {
+                let id = context.id;
+                if let Err(err) = self.vectors.upsert(vec![VectorPoint { context, vector: embedding }]).await {
+                    self.graph.rollback_insert(id, journal_seq).await?;
+                    return Err(err.into());
+                }
+                self.written(journal_seq);
+                self.graph.import_versions(id, &versions).await?;
+                Ok(Some(versions.len() as u64))
+            }
+        }
     }
 }
