@@ -328,7 +328,7 @@ async fn preload(
                         return Ok::<(), anyhow::Error>(());
                     }
                     let body = json!({"session_id": sessions[n % sessions.len()],
-                                      "content": format!("{} #{n}", sentences.next_sentence()),
+                                      "content": sentences.unique_sentence(n as u64),
                                       "tags": [format!("t{}", n % 10)], "agent_id": format!("bench-agent-{}", n % 8)});
                     let stored =
                         admin.call("store_context", body).await.map_err(|e| anyhow::anyhow!("preload: {e}"))?;
@@ -470,6 +470,7 @@ async fn step(
     fixture: &Fixture,
     rng: &mut fastrand::Rng,
     sentences: &mut Sentences,
+    unique: u64,
 ) -> (&'static str, Result<Value, String>) {
     if scenario == Scenario::Noop {
         return ("health", connection.health().await);
@@ -477,7 +478,7 @@ async fn step(
     let session = &fixture.sessions[rng.usize(..fixture.sessions.len())];
     let id_index = rng.usize(..fixture.context_ids.len().max(1));
     let any_id = || fixture.context_ids.get(id_index).cloned().unwrap_or_default();
-    let store = |sentences: &mut Sentences| json!({"session_id": session, "content": format!("{} [{}]", sentences.next_sentence(), uuid::Uuid::now_v7())});
+    let store = |sentences: &mut Sentences| json!({"session_id": session, "content": sentences.unique_sentence(unique)});
     let roll = rng.u32(..100);
     let (op, arguments) = match scenario {
         Scenario::Noop => unreachable!("handled above"),
@@ -547,14 +548,19 @@ pub async fn run_scenario(scenario: Scenario, options: &LoadOptions) -> anyhow::
             let connection = Connection::new(&target.base, &target.bearers[index], options.transport);
             let (fixture, done) = (fixture.clone(), done.clone());
             let seed = options.seed.wrapping_add(index as u64);
+            let connections = options.connections;
             tokio::spawn(async move {
                 let agent = format!("bench-agent-{index}");
                 let mut rng = fastrand::Rng::with_seed(seed);
                 let mut sentences = Sentences::new(seed ^ 0xabc);
                 let mut recorder = Recorder::new();
+                // Unique across connections: this connection's index plus a multiple of their number.
+                let mut unique = 1_000_000 + index as u64;
                 while tokio::time::Instant::now() < deadline {
                     let began = Instant::now();
-                    let (op, outcome) = step(scenario, &connection, &agent, &fixture, &mut rng, &mut sentences).await;
+                    let (op, outcome) =
+                        step(scenario, &connection, &agent, &fixture, &mut rng, &mut sentences, unique).await;
+                    unique += connections as u64;
                     recorder.record(op, began.elapsed(), &outcome);
                     done.fetch_add(1, Ordering::Relaxed);
                 }

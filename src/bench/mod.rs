@@ -89,6 +89,12 @@ impl Sentences {
         Self { rng: fastrand::Rng::with_seed(seed) }
     }
 
+    /// A sentence made unique by the number `n` (a few tokens more): the texts of every write scenario,
+    /// and of the raw embedder baseline they are compared with, so both embed the same kind of text.
+    pub fn unique_sentence(&mut self, n: u64) -> String {
+        format!("{} #{n}", self.next_sentence())
+    }
+
     pub fn next_sentence(&mut self) -> String {
         let pick = |rng: &mut fastrand::Rng, list: &[&'static str]| list[rng.usize(..list.len())];
         let subject = pick(&mut self.rng, SUBJECTS);
@@ -110,7 +116,7 @@ pub async fn embedder_baseline(
     let assets = ModelAssets::in_dir(&settings.embedding.assets_dir);
     assets.check()?;
     let mut sentences = Sentences::new(11);
-    let texts: Vec<String> = (0..n_texts).map(|_| sentences.next_sentence()).collect();
+    let texts: Vec<String> = (0..n_texts as u64).map(|n| sentences.unique_sentence(1_000_000 + n)).collect();
     let mut results = Vec::new();
     let mut session = load_session(&assets, settings.embedding.max_tokens)?;
     session
