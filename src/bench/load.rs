@@ -478,7 +478,8 @@ async fn step(
     let session = &fixture.sessions[rng.usize(..fixture.sessions.len())];
     let id_index = rng.usize(..fixture.context_ids.len().max(1));
     let any_id = || fixture.context_ids.get(id_index).cloned().unwrap_or_default();
-    let store = |sentences: &mut Sentences| json!({"session_id": session, "content": sentences.unique_sentence(unique)});
+    let store =
+        |sentences: &mut Sentences| json!({"session_id": session, "content": sentences.unique_sentence(unique)});
     let roll = rng.u32(..100);
     let (op, arguments) = match scenario {
         Scenario::Noop => unreachable!("handled above"),

@@ -64,8 +64,7 @@ async fn import_file(assets_dir: &Path, seed: u64, count: usize, progress: bool)
     let mut sentences = Sentences::new(seed.wrapping_mul(7919));
     let mut done = 0;
     while done < count {
-        let texts: Vec<String> =
-            (done..count.min(done + CHUNK)).map(|n| sentences.unique_sentence(n as u64)).collect();
+        let texts: Vec<String> = (done..count.min(done + CHUNK)).map(|n| sentences.unique_sentence(n as u64)).collect();
         let vectors = model.embed(texts.clone()).await.map_err(|e| anyhow::anyhow!("{e}"))?;
         for (content, embedding) in texts.into_iter().zip(vectors) {
             let context = Context {

@@ -1139,7 +1139,11 @@ fn duplicate_of(
     let mut conditions = vec!["c.deleted = 0".to_string(), "c.session_id = ?".into(), "c.content_hash = ?".into()];
     let mut values: Vec<SqlValue> = vec![session_id.to_string().into(), content_hash.to_string().into()];
     scope_sql(scope, Timestamp::now(), &mut conditions, &mut values);
-    let sql =
-        format!("SELECT {CONTEXT_COLUMNS} FROM contexts c WHERE {} ORDER BY c.id LIMIT 1", conditions.join(" AND "));
+    // Without INDEXED BY the planner walks `contexts_by_session` to get id order and checks every context of
+    // the session for the hash: 24 ms per store at 6 000 contexts per session (0.2 ms with the hash index).
+    let sql = format!(
+        "SELECT {CONTEXT_COLUMNS} FROM contexts c INDEXED BY contexts_by_hash WHERE {} ORDER BY c.id LIMIT 1",
+        conditions.join(" AND ")
+    );
     conn.query_row(&sql, params_from_iter(values.iter()), context_from_row).optional()
 }
