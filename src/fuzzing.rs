@@ -212,6 +212,14 @@ mod tests {
     }
 
     #[test]
+    fn metadata_keys_of_every_allowed_character_convert() {
+        for key in ["n:::", "a/b", "x@y", "a-b", "größe", "_", "k1"] {
+            let args: ContextFilterArgs = serde_json::from_value(json!({"metadata": {key: 1.5}})).unwrap();
+            check_filter(0, args);
+        }
+    }
+
+    #[test]
     fn metadata_filters_of_every_number_kind_convert() {
         for value in [json!(1), json!(-3), json!(1.5), json!(u64::MAX), json!(true), json!("x")] {
             let args: ContextFilterArgs = serde_json::from_value(json!({"metadata": {"n": value}})).unwrap();

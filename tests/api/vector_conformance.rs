@@ -38,7 +38,7 @@ pub fn dataset(rng: &mut fastrand::Rng, now: Timestamp) -> Vec<VectorPoint> {
                     content_hash: content_hash(&content),
                     content,
                     tags: item_tags,
-                    metadata: json!({"priority": rng.i64(0..3), "team": team, "flag": rng.bool()})
+                    metadata: json!({"priority": rng.i64(0..3), "team": team, "flag": rng.bool(), "owner:team": team})
                         .as_object()
                         .unwrap()
                         .clone(),
@@ -80,7 +80,8 @@ pub fn random_filter(rng: &mut fastrand::Rng, now: Timestamp) -> ContextFilter {
     }
     if rng.u8(..4) == 0 {
         args.metadata = Some(
-            match rng.u8(..3) {
+            match rng.u8(..4) {
+                3 => json!({"owner:team": "core"}),
                 0 => json!({"team": "core"}),
                 1 => json!({"priority": 2}),
                 _ => json!({"flag": true}),
