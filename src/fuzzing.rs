@@ -40,10 +40,17 @@ pub fn check_tool_arguments(selector: u8, arguments: Value) {
             if matches!(name, "list_contexts" | "search_context")
                 && let Ok(mut args) = serde_json::from_value::<serde_json::Map<String, Value>>(arguments)
             {
-                for field in ["query", "limit", "cursor", "agent_id", "candidates", "fuzzy_threshold"] {
-                    args.remove(field);
-                }
-                for field in ["vector_weight", "expand_related", "exact"] {
+                let not_filter = [
+                    "query",
+                    "limit",
+                    "cursor",
+                    "agent_id",
+                    "candidates",
+                    "fuzzy_threshold",
+                    "vector_weight",
+                    "expand_related",
+                ];
+                for field in not_filter {
                     args.remove(field);
                 }
                 if let Ok(filter_args) = serde_json::from_value::<ContextFilterArgs>(Value::Object(args)) {
