@@ -9,6 +9,7 @@
 //!   with exactly as many parameters as placeholders.
 
 use std::cell::RefCell;
+use std::sync::OnceLock;
 
 use rusqlite::{Connection, params_from_iter};
 use serde_json::Value;
@@ -28,8 +29,10 @@ pub fn tool_arguments(data: &[u8]) {
 
 /// The structured half of `tool_arguments`, also driven by the property test with generated JSON.
 pub fn check_tool_arguments(selector: u8, arguments: Value) {
-    let catalogue = tools::catalogue();
-    let names: Vec<&str> = catalogue.iter().map(|t| t.name).filter(|n| *n != "authenticate_agent").collect();
+    // The catalogue generates every JSON schema: build the name list once, not per input.
+    static NAMES: OnceLock<Vec<&'static str>> = OnceLock::new();
+    let names = NAMES
+        .get_or_init(|| tools::catalogue().iter().map(|t| t.name).filter(|n| *n != "authenticate_agent").collect());
     let name = names[selector as usize % names.len()];
     match tools::decode_arguments(name, arguments.clone()) {
         Err(err) => assert_eq!(err.code, ErrorCode::InvalidArgument, "{name}: {}", err.message),
