@@ -68,12 +68,6 @@ impl From<rusqlite::Error> for StoreError {
     }
 }
 
-impl From<r2d2::Error> for StoreError {
-    fn from(err: r2d2::Error) -> Self {
-        StoreError::Unavailable(format!("connection pool: {err}"))
-    }
-}
-
 impl From<tokio::task::JoinError> for StoreError {
     fn from(err: tokio::task::JoinError) -> Self {
         StoreError::Backend(format!("blocking task failed: {err}"))

@@ -90,9 +90,8 @@ pub fn check_filter(selector: u8, args: ContextFilterArgs) {
     if let Err(err) = qdrant::filter(&json) {
         panic!("the gRPC conversion refuses the filter {json}: {err}");
     }
-    let (conditions, mut values) = filter_sql(&filter);
-    values.push(10i64.into());
-    let sql = list_contexts_sql(&conditions);
+    let (conditions, values) = filter_sql(&filter);
+    let sql = list_contexts_sql(&conditions, 10);
     let placeholders = sql.matches('?').count();
     assert_eq!(placeholders, values.len(), "{sql}");
     SQLITE.with(|conn| {

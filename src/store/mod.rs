@@ -3,6 +3,7 @@
 
 pub mod breaker;
 pub mod graph;
+pub mod lanes;
 pub mod vector;
 
 pub use graph::{GraphStore, IndexEntry, InsertOutcome, PendingIndex, PoolStatus, RelatedContext, StoreCounts};

@@ -7,6 +7,7 @@
 
 pub mod neo4j;
 pub mod sqlite;
+mod sqlite_readers;
 mod sqlite_writer;
 
 use async_trait::async_trait;

@@ -5,12 +5,12 @@
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
-use r2d2_sqlite::SqliteConnectionManager;
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, params, params_from_iter};
 use serde_json::Value;
 use uuid::Uuid;
 
+use super::sqlite_readers::ReaderThreads;
 use super::sqlite_writer::GroupWriter;
 use super::{
     GraphStore, IndexEntry, InsertOutcome, PendingIndex, PoolStatus, QueryRows, RelatedContext, RelatedWalk, StateKey,
@@ -43,7 +43,7 @@ pub struct SqliteOptions {
 
 pub struct SqliteGraphStore {
     writer: GroupWriter,
-    readers: r2d2::Pool<SqliteConnectionManager>,
+    readers: ReaderThreads,
     path: PathBuf,
     /// Tables and columns analysts can query, read from the database when it opened.
     schema: String,
@@ -132,10 +132,25 @@ fn placeholders(n: usize) -> String {
     vec!["?"; n].join(", ")
 }
 
-/// The page query of `list_contexts` for the conditions of `filter_sql` (plus the cursor); the last
-/// parameter is the page size.
-pub(crate) fn list_contexts_sql(conditions: &[String]) -> String {
-    format!("SELECT {CONTEXT_COLUMNS} FROM contexts c WHERE {} ORDER BY c.id DESC LIMIT ?", conditions.join(" AND "))
+/// Prepared statements kept per connection: the filter shapes of `list_contexts` and page sizes differ in
+/// their SQL text, so the default 16 would evict hot statements.
+const STATEMENT_CACHE: usize = 128;
+
+/// The page query of `list_contexts` for the conditions of `filter_sql` (plus the cursor).
+pub(crate) fn list_contexts_sql(conditions: &[String], limit: usize) -> String {
+    format!(
+        "SELECT {CONTEXT_COLUMNS} FROM contexts c WHERE {} ORDER BY c.id DESC{}",
+        conditions.join(" AND "),
+        limit_sql(limit)
+    )
+}
+
+/// A `LIMIT` clause with the number written out, never a bound parameter: SQLite (3.53, bundled) lets the
+/// planner look at a bound LIMIT, which marks the statement to be prepared again whenever its bindings are cleared,
+/// and rusqlite clears them each time a cached statement goes back to the cache. With `LIMIT ?` every
+/// `list_contexts` was parsed and planned anew (17% of the server's CPU under the read benchmark).
+fn limit_sql(limit: usize) -> String {
+    format!(" LIMIT {limit}")
 }
 
 /// SQL conditions (on alias `c`) and their parameters for a filter, scope and expiry included.
@@ -304,9 +319,13 @@ impl SqliteGraphStore {
              PRAGMA busy_timeout = 5000;"
         ))?;
         writer.execute_batch(SCHEMA)?;
-        let manager = SqliteConnectionManager::file(&options.path)
-            .with_init(|conn| conn.execute_batch("PRAGMA query_only = 1; PRAGMA busy_timeout = 5000;"));
-        let readers = r2d2::Pool::builder().max_size(options.readers.max(1)).min_idle(Some(1)).build(manager)?;
+        writer.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+        let readers = ReaderThreads::start(options.readers as usize, || {
+            let conn = Connection::open(&options.path)?;
+            conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+            conn.execute_batch("PRAGMA query_only = 1; PRAGMA busy_timeout = 5000;")?;
+            Ok(conn)
+        })?;
         let schema = describe_tables(&writer)?;
         Ok(Self { writer: GroupWriter::start(writer)?, readers, path: options.path.clone(), schema })
     }
@@ -324,23 +343,13 @@ impl SqliteGraphStore {
         self.writer.write(work).await
     }
 
-    /// Runs `work` on a pooled read-only connection, off the async workers.
+    /// Runs `work` on a read-only connection on a reader thread, off the async workers.
     async fn read<T, F>(&self, work: F) -> StoreResult<T>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
     {
-        let pool = self.readers.clone();
-        tokio::task::spawn_blocking(move || {
-            let conn = pool.get()?;
-            work(&conn)
-        })
-        .await?
-    }
-
-    /// A read-only connection for analysts' SQL (query_graph).
-    pub fn reader(&self) -> StoreResult<r2d2::PooledConnection<SqliteConnectionManager>> {
-        Ok(self.readers.get()?)
+        self.readers.read(work).await
     }
 }
 
@@ -379,9 +388,7 @@ impl GraphStore for SqliteGraphStore {
     }
 
     fn pool_status(&self) -> Option<PoolStatus> {
-        let state = self.readers.state();
-        let max = self.readers.max_size() as usize;
-        Some(PoolStatus { max, in_use: (state.connections - state.idle_connections) as usize })
+        Some(PoolStatus { max: self.readers.threads(), in_use: self.readers.busy() })
     }
 
     async fn create_session(&self, session: &Session) -> StoreResult<()> {
@@ -434,11 +441,11 @@ impl GraphStore for SqliteGraphStore {
             }
             None => String::new(),
         };
-        values.push((limit as i64).into());
         self.read(move |conn| {
             let sql = format!(
                 "SELECT id, purpose, metadata, created_by, created_at FROM sessions WHERE id > ?{restriction} \
-                 ORDER BY id LIMIT ?"
+                 ORDER BY id{}",
+                limit_sql(limit)
             );
             let mut statement = conn.prepare_cached(&sql)?;
             let rows = statement.query_map(params_from_iter(values.iter()), session_from_row)?;
@@ -594,9 +601,8 @@ impl GraphStore for SqliteGraphStore {
             conditions.push("c.id < ?".into());
             values.push(after.to_string().into());
         }
-        values.push((limit as i64).into());
         self.read(move |conn| {
-            let mut statement = conn.prepare_cached(&list_contexts_sql(&conditions))?;
+            let mut statement = conn.prepare_cached(&list_contexts_sql(&conditions, limit))?;
             let rows = statement.query_map(params_from_iter(values.iter()), context_from_row)?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })
@@ -803,15 +809,14 @@ impl GraphStore for SqliteGraphStore {
         let (agent_id, session) = (agent_id.to_string(), session_id.unwrap_or("").to_string());
         let (prefix, after) = (prefix.to_string(), after_key.unwrap_or("").to_string());
         self.read(move |conn| {
-            let mut statement = conn.prepare_cached(
+            let mut statement = conn.prepare_cached(&format!(
                 "SELECT agent_id, session_id, key, value, version, updated_at, expires_at FROM agent_state \
                  WHERE agent_id = ?1 AND session_id = ?2 AND substr(key, 1, length(?3)) = ?3 AND key > ?4 \
-                 AND (expires_at IS NULL OR expires_at > ?5) ORDER BY key LIMIT ?6",
-            )?;
-            let rows = statement.query_map(
-                params![agent_id, session, prefix, after, Timestamp::now().millis(), limit as i64],
-                state_from_row,
-            )?;
+                 AND (expires_at IS NULL OR expires_at > ?5) ORDER BY key{}",
+                limit_sql(limit)
+            ))?;
+            let rows = statement
+                .query_map(params![agent_id, session, prefix, after, Timestamp::now().millis()], state_from_row)?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })
         .await
@@ -877,14 +882,13 @@ impl GraphStore for SqliteGraphStore {
         let after =
             after.cloned().unwrap_or(StateKey { agent_id: String::new(), session_id: None, key: String::new() });
         self.read(move |conn| {
-            let mut statement = conn.prepare_cached(
+            let mut statement = conn.prepare_cached(&format!(
                 "SELECT agent_id, session_id, key, value, version, updated_at, expires_at FROM agent_state \
-                 WHERE (agent_id, session_id, key) > (?1, ?2, ?3) ORDER BY agent_id, session_id, key LIMIT ?4",
-            )?;
-            let rows = statement.query_map(
-                params![after.agent_id, after.session_id.unwrap_or_default(), after.key, limit as i64],
-                state_from_row,
-            )?;
+                 WHERE (agent_id, session_id, key) > (?1, ?2, ?3) ORDER BY agent_id, session_id, key{}",
+                limit_sql(limit)
+            ))?;
+            let rows = statement
+                .query_map(params![after.agent_id, after.session_id.unwrap_or_default(), after.key], state_from_row)?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })
         .await
@@ -917,11 +921,11 @@ impl GraphStore for SqliteGraphStore {
 
     async fn expired_contexts(&self, now: Timestamp, limit: usize) -> StoreResult<Vec<Uuid>> {
         self.read(move |conn| {
-            let mut statement = conn.prepare_cached(
-                "SELECT id FROM contexts WHERE expires_at IS NOT NULL AND expires_at <= ?1 AND deleted = 0 LIMIT ?2",
-            )?;
-            let rows = statement
-                .query_map(params![now.millis(), limit as i64], |row| parse_uuid(&row.get::<_, String>(0)?))?;
+            let mut statement = conn.prepare_cached(&format!(
+                "SELECT id FROM contexts WHERE expires_at IS NOT NULL AND expires_at <= ?1 AND deleted = 0{}",
+                limit_sql(limit)
+            ))?;
+            let rows = statement.query_map(params![now.millis()], |row| parse_uuid(&row.get::<_, String>(0)?))?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })
         .await
@@ -930,9 +934,12 @@ impl GraphStore for SqliteGraphStore {
     async fn purge_expired_state(&self, now: Timestamp, limit: usize) -> StoreResult<u64> {
         self.write(move |tx| {
             let purged = tx.execute(
-                "DELETE FROM agent_state WHERE rowid IN (SELECT rowid FROM agent_state \
-                 WHERE expires_at IS NOT NULL AND expires_at <= ?1 LIMIT ?2)",
-                params![now.millis(), limit as i64],
+                &format!(
+                    "DELETE FROM agent_state WHERE rowid IN (SELECT rowid FROM agent_state \
+                     WHERE expires_at IS NOT NULL AND expires_at <= ?1{})",
+                    limit_sql(limit)
+                ),
+                params![now.millis()],
             )?;
             Ok(purged as u64)
         })
@@ -941,8 +948,9 @@ impl GraphStore for SqliteGraphStore {
 
     async fn pending_index(&self, limit: usize) -> StoreResult<Vec<PendingIndex>> {
         self.read(move |conn| {
-            let mut statement = conn.prepare_cached("SELECT seq, item_id FROM index_journal ORDER BY seq LIMIT ?1")?;
-            let rows = statement.query_map(params![limit as i64], |row| {
+            let mut statement = conn
+                .prepare_cached(&format!("SELECT seq, item_id FROM index_journal ORDER BY seq{}", limit_sql(limit)))?;
+            let rows = statement.query_map([], |row| {
                 Ok(PendingIndex { seq: row.get(0)?, id: parse_uuid(&row.get::<_, String>(1)?)? })
             })?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
@@ -978,10 +986,11 @@ impl GraphStore for SqliteGraphStore {
         self.read(move |conn| {
             let sql = format!(
                 "SELECT {CONTEXT_COLUMNS}, c.embedding FROM contexts c WHERE c.deleted = 0 AND c.id > ?1 \
-                 ORDER BY c.id LIMIT ?2"
+                 ORDER BY c.id{}",
+                limit_sql(limit)
             );
             let mut statement = conn.prepare_cached(&sql)?;
-            let rows = statement.query_map(params![after, limit as i64], index_entry_from_row)?;
+            let rows = statement.query_map(params![after], index_entry_from_row)?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })
         .await
@@ -1146,4 +1155,30 @@ fn duplicate_of(
         conditions.join(" AND ")
     );
     conn.query_row(&sql, params_from_iter(values.iter()), context_from_row).optional()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::ReadScope;
+
+    #[test]
+    fn cached_list_statements_are_not_prepared_again_per_call() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(SCHEMA).unwrap();
+        let scope = ReadScope { agent_id: "agent-a".into(), admin: false, sessions: None };
+        for (n, session) in ["s1", "s2", "s3", "s4"].into_iter().enumerate() {
+            let filter = ContextFilter {
+                session_id: Some(session.into()),
+                scope: scope.clone(),
+                now: Timestamp(1_000 + n as i64),
+                ..ContextFilter::default()
+            };
+            let (conditions, values) = filter_sql(&filter);
+            let mut statement = conn.prepare_cached(&list_contexts_sql(&conditions, 20)).unwrap();
+            let rows = statement.query_map(params_from_iter(values.iter()), context_from_row).unwrap().count();
+            assert_eq!(rows, 0);
+            assert_eq!(statement.get_status(rusqlite::StatementStatus::RePrepare), 0, "call {n}");
+        }
+    }
 }

@@ -21,11 +21,14 @@ use super::payload::{from_payload, to_payload};
 use super::{CollectionSpec, VectorHit, VectorPoint, VectorStore, filter::to_qdrant_json};
 use crate::domain::{Context, ContextFilter};
 use crate::error::{StoreError, StoreResult};
+use crate::store::lanes::BlockingLanes;
 
 pub struct EdgeVectorStore {
     shard: Arc<EdgeShard>,
     gate: Arc<RwLock<()>>,
     hnsw_ef: usize,
+    /// Searches and scrolls are CPU-bound: one lane per core, the rest wait as tasks, not threads.
+    query_lanes: BlockingLanes,
 }
 
 fn edge_error(err: impl std::fmt::Display) -> StoreError {
@@ -57,7 +60,12 @@ impl EdgeVectorStore {
         let spec = spec.clone();
         let shard = tokio::task::spawn_blocking(move || open_shard(&dir, &spec).map(|s| (s, spec))).await??;
         let (shard, spec) = shard;
-        Ok(Self { shard: Arc::new(shard), gate: Arc::new(RwLock::new(())), hnsw_ef: spec.search.hnsw_ef })
+        Ok(Self {
+            shard: Arc::new(shard),
+            gate: Arc::new(RwLock::new(())),
+            hnsw_ef: spec.search.hnsw_ef,
+            query_lanes: BlockingLanes::per_core(),
+        })
     }
 
     /// Vectors covered by an HNSW index (the rest are searched exactly).
@@ -82,6 +90,22 @@ impl EdgeVectorStore {
             }
         })
         .await?
+    }
+
+    /// A read-only query on one of the query lanes.
+    async fn query<T, F>(&self, work: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&EdgeShard) -> StoreResult<T> + Send + 'static,
+    {
+        let shard = self.shard.clone();
+        let gate = self.gate.clone();
+        self.query_lanes
+            .run(move || {
+                let _guard = gate.read().unwrap_or_else(|e| e.into_inner());
+                work(&shard)
+            })
+            .await
     }
 }
 
@@ -200,7 +224,7 @@ impl VectorStore for EdgeVectorStore {
     ) -> StoreResult<Vec<VectorHit>> {
         let filter = qdrant_filter(filter)?;
         let hnsw_ef = self.hnsw_ef.max(limit);
-        self.blocking(false, move |shard| {
+        self.query(move |shard| {
             let request = SearchRequest {
                 query: QueryEnum::Nearest(NamedQuery { query: VectorInternal::Dense(vector), using: None }),
                 filter: Some(filter),
@@ -223,7 +247,7 @@ impl VectorStore for EdgeVectorStore {
 
     async fn scroll(&self, filter: &ContextFilter, limit: usize) -> StoreResult<Vec<Context>> {
         let filter = qdrant_filter(filter)?;
-        self.blocking(false, move |shard| {
+        self.query(move |shard| {
             let (records, _next) = shard
                 .scroll(ScrollRequest {
                     offset: None,
