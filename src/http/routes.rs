@@ -12,7 +12,7 @@ use super::HttpState;
 use crate::auth::{AuthFailure, Principal};
 use crate::error::ErrorCode;
 use crate::mcp::timed_call;
-use crate::tools::ToolError;
+use crate::tools::{AsJsonBytes, ToolError};
 
 pub fn status_of(code: ErrorCode) -> StatusCode {
     match code {
@@ -64,8 +64,8 @@ pub async fn call_tool(
             }
         }
     };
-    match timed_call(&state.service, &state.auth, &principal, &name, arguments).await {
-        Ok(value) => Json(value).into_response(),
+    match timed_call::<AsJsonBytes>(&state.service, &state.auth, &principal, &name, arguments).await {
+        Ok(body) => ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response(),
         Err(error) => {
             // Arguments that do not fit the tool's schema are well-formed JSON the server cannot process.
             let status = if error.code == ErrorCode::InvalidArgument && error.message.starts_with("invalid arguments") {

@@ -89,7 +89,8 @@ impl ServerHandler for McpServer {
     ) -> Result<CallToolResponse, McpError> {
         let principal = self.principal(&context);
         let arguments = request.arguments.map(Value::Object).unwrap_or(Value::Null);
-        let result = timed_call(&self.service, &self.auth, &principal, &request.name, arguments).await;
+        let result =
+            timed_call::<tools::AsValue>(&self.service, &self.auth, &principal, &request.name, arguments).await;
         Ok(match result {
             Ok(value) => CallToolResult::structured(value),
             Err(err) => CallToolResult::structured_error(err.to_json()),
@@ -99,15 +100,15 @@ impl ServerHandler for McpServer {
 }
 
 /// Calls a tool and records its count (by status) and latency.
-pub async fn timed_call(
+pub async fn timed_call<E: tools::Encoding>(
     service: &ContextService,
     auth: &Authenticator,
     principal: &Principal,
     name: &str,
     arguments: Value,
-) -> Result<Value, tools::ToolError> {
+) -> Result<E::Output, tools::ToolError> {
     let started = Instant::now();
-    let result = tools::call(service, auth, principal, name, arguments).await;
+    let result = tools::call::<E>(service, auth, principal, name, arguments).await;
     let metrics = service.metrics();
     // Unknown names share one label so callers cannot grow the label set.
     let label = if result.as_ref().is_err_and(|e| e.message.starts_with("no tool named")) { "unknown" } else { name };
