@@ -3,8 +3,8 @@
 //! Reads queue on one channel that every reader thread takes from. Under load the queue is never empty, so
 //! a reader thread goes from one read to the next without sleeping, and the only hand-off per read is the
 //! answer waking its task. A pool of connections lent to `spawn_blocking` instead woke a blocking thread per
-//! read (futex wake, context switch, sleep again): at 128 connections over half the read path's CPU went to
-//! those hand-offs and the pool's lock (`BENCHMARKS.md`, session 4). This is hand-written rather than r2d2
+//! read (futex wake, context switch, sleep again): at 128 connections about a fifth of the server's CPU went
+//! to those hand-offs and the pool's lock (`BENCHMARKS.md`, session 4). This is hand-written rather than r2d2
 //! because r2d2 lends connections to the caller's thread and cannot take work to a connection's thread.
 
 use std::panic::AssertUnwindSafe;
