@@ -30,10 +30,6 @@ impl BlockingLanes {
         Self::new(std::thread::available_parallelism().map_or(2, usize::from))
     }
 
-    pub fn lanes(&self) -> usize {
-        self.lanes
-    }
-
     /// Lanes in use right now.
     pub fn busy(&self) -> usize {
         self.lanes - self.permits.available_permits()
