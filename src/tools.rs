@@ -92,10 +92,6 @@ impl Encoding for AsJsonBytes {
     }
 }
 
-fn encode<T: Serialize>(value: T) -> Result<Value, ToolError> {
-    AsValue::encode(&value)
-}
-
 /// Arguments of `get_metrics`: none.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -136,7 +132,7 @@ macro_rules! tool_table {
         /// calling anything: what the fuzz targets and their regression tests exercise.
         pub fn decode_arguments(name: &str, arguments: Value) -> Result<Value, ToolError> {
             match name {
-                $(stringify!($name) => encode(decode::<$request>(arguments)?),)*
+                $(stringify!($name) => AsValue::encode(&decode::<$request>(arguments)?),)*
                 other => Err(ToolError { code: ErrorCode::NotFound, message: format!("no tool named '{other}'") }),
             }
         }

@@ -146,9 +146,9 @@ pub(crate) fn list_contexts_sql(conditions: &[String], limit: usize) -> String {
 }
 
 /// A `LIMIT` clause with the number written out, never a bound parameter: SQLite (3.53, bundled) lets the
-/// planner look at a bound LIMIT, which marks the statement to be prepared again whenever its bindings are cleared,
-/// and rusqlite clears them each time a cached statement goes back to the cache. With `LIMIT ?` every
-/// `list_contexts` was parsed and planned anew (17% of the server's CPU under the read benchmark).
+/// planner look at a bound LIMIT, which marks the statement to be prepared again whenever that parameter is
+/// bound anew (or the bindings cleared, as rusqlite does when a cached statement goes back to the cache).
+/// With `LIMIT ?` every `list_contexts` was parsed and planned anew (17% of the server's CPU under the read benchmark).
 fn limit_sql(limit: usize) -> String {
     format!(" LIMIT {limit}")
 }
@@ -1180,5 +1180,16 @@ mod tests {
             assert_eq!(rows, 0);
             assert_eq!(statement.get_status(rusqlite::StatementStatus::RePrepare), 0, "call {n}");
         }
+        // The control: the same query with a bound LIMIT is prepared again on every call (binding the LIMIT
+        // expires the plan that looked at it).
+        let (conditions, mut values) = filter_sql(&ContextFilter { scope, ..ContextFilter::default() });
+        values.push(20i64.into());
+        let bound = format!("{} LIMIT ?", list_contexts_sql(&conditions, 20).trim_end_matches(" LIMIT 20"));
+        for _ in 0..3 {
+            let mut statement = conn.prepare_cached(&bound).unwrap();
+            statement.query_map(params_from_iter(values.iter()), context_from_row).unwrap().for_each(drop);
+        }
+        let statement = conn.prepare_cached(&bound).unwrap();
+        assert_eq!(statement.get_status(rusqlite::StatementStatus::RePrepare), 3, "{bound}");
     }
 }

@@ -57,7 +57,7 @@ impl ReaderThreads {
 
     /// Reader threads running a read right now.
     pub fn busy(&self) -> usize {
-        self.busy.load(Ordering::Relaxed).min(self.threads)
+        self.busy.load(Ordering::Relaxed)
     }
 
     /// Runs `work` on the next free reader connection.
