@@ -15,6 +15,8 @@ pub struct Metrics {
     pub embed_batch_latency: Histogram,
     pub search_cache_hits: IntCounter,
     pub search_cache_misses: IntCounter,
+    /// Approximate searches that came back short and were run again exactly.
+    pub search_exact_fallbacks: IntCounter,
     pub backend_latency: HistogramVec,
     pub items: IntGaugeVec,
     pub active_connections: IntGauge,
@@ -82,6 +84,14 @@ impl Metrics {
             search_cache_misses: register(
                 &registry,
                 IntCounter::new("search_cache_misses_total", "Search result cache misses").unwrap(),
+            ),
+            search_exact_fallbacks: register(
+                &registry,
+                IntCounter::new(
+                    "search_exact_fallbacks_total",
+                    "Vector searches that returned fewer hits than asked through the index and were run exactly",
+                )
+                .unwrap(),
             ),
             backend_latency: register(
                 &registry,

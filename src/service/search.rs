@@ -9,6 +9,7 @@ use crate::auth::{Permission, Principal};
 use crate::domain::{Context, ContextFilter, Timestamp, limits, parse_limit};
 use crate::error::{ServiceError, ServiceResult};
 use crate::search::rerank::{FuzzyQuery, fuse, normalise};
+use crate::store::vector::{SearchPath, search_filled};
 
 /// Related contexts shown per search hit at most.
 const RELATED_PER_HIT: usize = 10;
@@ -107,7 +108,10 @@ impl ContextService {
         let (mode, degraded_reason, scored) = match self.embedder.embed(vec![plan.query.clone()]).await {
             Ok(mut vectors) => {
                 let vector = vectors.pop().ok_or_else(|| ServiceError::Internal("no query vector".into()))?;
-                let hits = self.vectors.search(vector, &plan.filter, plan.candidates, false).await?;
+                let (hits, path) = search_filled(self.vectors.as_ref(), vector, &plan.filter, plan.candidates).await?;
+                if path == SearchPath::ExactFallback {
+                    self.metrics.search_exact_fallbacks.inc();
+                }
                 let scored: Vec<(Context, f64)> = hits.into_iter().map(|h| (h.context, h.score as f64)).collect();
                 (SearchMode::Hybrid, None, scored)
             }

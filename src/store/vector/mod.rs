@@ -55,3 +55,31 @@ pub trait VectorStore: Send + Sync + 'static {
     /// Builds indexes if worthwhile; may take minutes. Returns whether anything changed.
     async fn optimize(&self) -> StoreResult<bool>;
 }
+
+/// How an approximate search was answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SearchPath {
+    /// The HNSW search filled the page.
+    Approximate,
+    /// The HNSW search came back short and the same search was run exactly.
+    ExactFallback,
+}
+
+/// The `limit` nearest points that pass `filter`, through the HNSW index, with one safeguard: an index search
+/// that returns fewer than `limit` hits is run again exactly. A filtered HNSW search only walks links between
+/// points that pass the filter, and an unlucky build leaves some of those islands cut off: the search then
+/// ends with one or two hits while hundreds of points match (seen in `tests/api/recall.rs`, 1 hit of 1 500
+/// matching; Qdrant reports the same in qdrant/qdrant#3094). A short page also happens when fewer than
+/// `limit` points match at all; the exact search then scores only those few points through the payload index.
+pub async fn search_filled(
+    store: &dyn VectorStore,
+    vector: Vec<f32>,
+    filter: &ContextFilter,
+    limit: usize,
+) -> StoreResult<(Vec<VectorHit>, SearchPath)> {
+    let hits = store.search(vector.clone(), filter, limit, false).await?;
+    if hits.len() >= limit {
+        return Ok((hits, SearchPath::Approximate));
+    }
+    Ok((store.search(vector, filter, limit, true).await?, SearchPath::ExactFallback))
+}
