@@ -178,6 +178,8 @@ async fn start_target(options: &LoadOptions, scenario: Scenario) -> anyhow::Resu
         None
     };
     let port = free_port()?;
+    let log_path = dir.path().join("server.log");
+    let log = std::fs::File::create(&log_path)?;
     let mut command = std::process::Command::new(std::env::current_exe()?);
     command
         .arg("serve")
@@ -189,17 +191,22 @@ async fn start_target(options: &LoadOptions, scenario: Scenario) -> anyhow::Resu
         .env("CTX__SERVER__MAX_CONCURRENCY", (options.connections * 4).max(64).to_string())
         .env("RUST_LOG", "warn")
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
+        .stderr(log);
     if matches!(scenario, Scenario::Search | Scenario::SearchNew) {
         // Measure the search path itself: no result cache (query embeddings are still cached).
         command.env("CTX__SEARCH__CACHE_ENTRIES", "0");
     }
     let started = Instant::now();
     let child = command.spawn()?;
-    let server = Server { child, _dir: dir };
+    let mut server = Server { child, _dir: dir };
     let base = format!("http://127.0.0.1:{port}");
     let probe = reqwest::Client::new();
     let ready = loop {
+        if let Some(status) = server.child.try_wait()? {
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let error = log.split("Stack backtrace:").next().unwrap_or_default().trim();
+            anyhow::bail!("the server exited before it was ready ({status}):\n{error}");
+        }
         if let Ok(response) = probe.get(format!("{base}/health/ready")).send().await
             && response.status().is_success()
         {
