@@ -332,6 +332,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let scenarios = if scenarios.is_empty() {
                 vec![
                     Scenario::Noop,
+                    Scenario::Ping,
                     Scenario::Agent,
                     Scenario::Write,
                     Scenario::Read,

@@ -32,6 +32,9 @@ pub enum Scenario {
     Mixed,
     /// GET /health through the same clients: the no-op baseline.
     Noop,
+    /// JSON-RPC `ping` over MCP Streamable HTTP (POST /mcp, authenticated): what the MCP transport costs a
+    /// request before any tool runs.
+    Ping,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
@@ -220,6 +223,9 @@ async fn start_target(options: &LoadOptions, scenario: Scenario) -> anyhow::Resu
     Ok(Target { base, bearers, admin, server: Some(server), ready_seconds: Some(ready), bulk_loaded })
 }
 
+/// The MCP protocol version the load generator speaks (sent as `MCP-Protocol-Version`).
+const MCP_PROTOCOL_VERSION: &str = "2025-06-18";
+
 /// One connection: its own client (one keep-alive connection), its own identity.
 #[derive(Clone)]
 struct Connection {
@@ -258,7 +264,7 @@ impl Connection {
                 self.http
                     .post(format!("{}/mcp", self.base))
                     .header("accept", "application/json, text/event-stream")
-                    .header("mcp-protocol-version", "2025-06-18")
+                    .header("mcp-protocol-version", MCP_PROTOCOL_VERSION)
                     .json(&request)
             }
         };
@@ -300,6 +306,31 @@ impl Connection {
         // Failures are rare: read them in full for the error code.
         let body: Value = serde_json::from_slice(&body).map_err(|e| format!("{status} body: {e}"))?;
         tool_result(self.transport, status, body).map(|_| ())
+    }
+
+    /// An MCP `ping`: the answer must be a JSON-RPC result.
+    async fn ping(&self) -> Result<(), String> {
+        #[derive(serde::Deserialize)]
+        struct Pong {
+            result: Option<serde::de::IgnoredAny>,
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let response = self
+            .http
+            .post(format!("{}/mcp", self.base))
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-protocol-version", MCP_PROTOCOL_VERSION)
+            .json(&json!({"jsonrpc": "2.0", "id": id, "method": "ping"}))
+            .bearer_auth(&self.bearer)
+            .send()
+            .await
+            .map_err(|e| format!("transport: {e}"))?;
+        let status = response.status();
+        let body = response.bytes().await.map_err(|e| format!("body: {e}"))?;
+        match serde_json::from_slice::<Pong>(&body) {
+            Ok(Pong { result: Some(_) }) if status.is_success() => Ok(()),
+            _ => Err(format!("{status} {}", String::from_utf8_lossy(&body))),
+        }
     }
 
     async fn health(&self) -> Result<(), String> {
@@ -424,7 +455,7 @@ async fn wait_for_index(admin: &Connection, progress: bool) {
 
 async fn prepare(scenario: Scenario, target: &Target, options: &LoadOptions) -> anyhow::Result<Fixture> {
     let admin = Connection::new(&target.base, &target.admin, Transport::Http);
-    if scenario == Scenario::Noop {
+    if matches!(scenario, Scenario::Noop | Scenario::Ping) {
         return Ok(Fixture::default());
     }
     let run = uuid::Uuid::now_v7().simple().to_string();
@@ -504,8 +535,10 @@ async fn step(
     sentences: &mut Sentences,
     unique: u64,
 ) -> (&'static str, Result<(), String>) {
-    if scenario == Scenario::Noop {
-        return ("health", connection.health().await);
+    match scenario {
+        Scenario::Noop => return ("health", connection.health().await),
+        Scenario::Ping => return ("ping", connection.ping().await),
+        _ => {}
     }
     let session = &fixture.sessions[rng.usize(..fixture.sessions.len())];
     let id_index = rng.usize(..fixture.context_ids.len().max(1));
@@ -514,7 +547,7 @@ async fn step(
         |sentences: &mut Sentences| json!({"session_id": session, "content": sentences.unique_sentence(unique)});
     let roll = rng.u32(..100);
     let (op, arguments) = match scenario {
-        Scenario::Noop => unreachable!("handled above"),
+        Scenario::Noop | Scenario::Ping => unreachable!("handled above"),
         Scenario::Write => ("store_context", store(sentences)),
         Scenario::Agent => match roll {
             0..15 => ("store_context", store(sentences)),

@@ -18,7 +18,7 @@ fn the_load_harness_runs_every_scenario_without_errors() {
     let reports: Vec<Value> =
         serde_json::from_str(&std::fs::read_to_string(out.path().join("report.json")).unwrap()).unwrap();
     let scenarios: Vec<&str> = reports.iter().map(|r| r["scenario"].as_str().unwrap()).collect();
-    assert_eq!(scenarios, vec!["noop", "agent", "write", "read", "search", "search_new", "mixed"]);
+    assert_eq!(scenarios, vec!["noop", "ping", "agent", "write", "read", "search", "search_new", "mixed"]);
     for report in &reports {
         assert!(report["total"]["ops"].as_u64().unwrap() > 0, "{report}");
         assert_eq!(report["total"]["errors"].as_u64(), Some(0), "{}", report["error_samples"]);

@@ -3,7 +3,6 @@
 
 use serde_json::{Value, json};
 
-use super::payload::KIND_CONTEXT;
 use crate::domain::{ContextFilter, Visibility};
 
 fn match_value(key: &str, value: Value) -> Value {
@@ -15,8 +14,12 @@ fn match_any<T: serde::Serialize>(key: &str, values: &[T]) -> Value {
 }
 
 /// The filter as Qdrant REST JSON: `{"must": [...]}`.
+///
+/// Every point is a context, so there is no condition on the payload's `kind`: the HNSW walk checks the
+/// filter on every point it visits, and that always-true keyword check was a fifth of a search's CPU at
+/// 100k points (BENCHMARKS.md, session 5). A second kind of point would need the condition back.
 pub fn to_qdrant_json(filter: &ContextFilter) -> Value {
-    let mut must = vec![match_value("kind", json!(KIND_CONTEXT))];
+    let mut must = Vec::new();
 
     if !filter.scope.admin {
         // Public contexts, or private ones the caller authored; admin_only is never visible.

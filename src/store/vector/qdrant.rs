@@ -322,9 +322,9 @@ mod tests {
         .unwrap();
         let scope = ReadScope { agent_id: "bob".into(), admin: false, sessions: Some(vec!["s".into()]) };
         let converted = filter(&to_qdrant_json(&ContextFilter::parse(args, scope, Timestamp(10)).unwrap())).unwrap();
-        // kind, scope visibility, scope sessions, expiry, session, types, tags_any, tags_all, agents, created,
+        // Scope visibility, scope sessions, expiry, session, types, tags_any, tags_all, agents, created,
         // visibility and four metadata keys.
-        assert_eq!(converted.must.len(), 15);
+        assert_eq!(converted.must.len(), 14);
         assert!(condition(&serde_json::json!({"key": "x", "match": {"text": "y"}})).is_err(), "unknown kinds fail");
     }
 }
