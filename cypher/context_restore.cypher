@@ -1,8 +1,7 @@
-// Undo of an update whose vector write failed: the previous state comes back (the embedding stays as it is,
-// as in the embedded store) and the version node written by the update goes.
+// Undo of an update whose vector write failed: the previous state and its embedding come back, and the version
+// node written by the update goes.
 MATCH (c:Context {id: $id})
-WITH c, c.embedding AS embedding
-SET c = $props, c.embedding = embedding
+SET c = $props
 WITH c
 OPTIONAL MATCH (c)-[:SUPERSEDES]->(v:ContextVersion {version: $version})
 DETACH DELETE v

@@ -155,10 +155,10 @@ impl ContextService {
             let mut entries = self.graph.index_entries(&[id]).await?;
             entries.pop().map(|e| e.embedding).ok_or_else(|| ServiceError::NotFound(format!("context {id}")))?
         };
-        let (journal_seq, previous) = self.graph.update_context(&updated, &embedding).await?;
+        let (journal_seq, previous, previous_embedding) = self.graph.update_context(&updated, &embedding).await?;
         let point = VectorPoint { context: updated.clone(), vector: embedding };
         if let Err(err) = self.vectors.upsert(vec![point]).await {
-            self.graph.rollback_update(&previous, journal_seq).await?;
+            self.graph.rollback_update(&previous, &previous_embedding, journal_seq).await?;
             return Err(err.into());
         }
         self.written(journal_seq);

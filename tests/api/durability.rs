@@ -16,6 +16,7 @@ async fn a_failed_vector_write_leaves_no_graph_node_and_no_journal_entry() {
     let app = TestCore::start().await;
     app.session("s1").await;
     let kept = app.store("s1", "alice", "original text").await;
+    let kept_embedding = app.service().graph().index_entries(&[kept.context.id]).await.unwrap().remove(0).embedding;
     app.vectors.failing_writes.store(true, Ordering::SeqCst);
 
     let err = app
@@ -53,6 +54,8 @@ async fn a_failed_vector_write_leaves_no_graph_node_and_no_journal_entry() {
     assert_eq!(current.context.content, "original text");
     assert_eq!(current.context.version, 1);
     assert!(current.versions.is_empty(), "the failed update left no version behind");
+    let entry = app.service().graph().index_entries(&[kept.context.id]).await.unwrap().remove(0);
+    assert!(entry.embedding == kept_embedding, "a re-index would pair the old text with the new text's embedding");
     // Only the first store's journal entry may remain, and only until the next flush.
     app.service().flush().await.unwrap();
     assert_eq!(app.service().graph().counts().await.unwrap().pending_index, 0);

@@ -162,8 +162,10 @@ async fn updates_keep_versions_and_detect_conflicts(store: Store) {
     let mut v2 = next_version(&v1, "second words");
     v2.tags = vec!["blue".into()];
     v2.metadata = json!({"n": 2}).as_object().unwrap().clone();
-    let (_, previous) = store.update_context(&v2, &[0.2; 384]).await.unwrap();
+    let v1_embedding = store.index_entries(&[v1.id]).await.unwrap().remove(0).embedding;
+    let (_, previous, previous_embedding) = store.update_context(&v2, &[0.2; 384]).await.unwrap();
     assert_eq!(previous, v1);
+    assert_eq!(previous_embedding, v1_embedding);
     let stale = store.update_context(&v2, &[0.2; 384]).await;
     assert!(matches!(stale, Err(StoreError::VersionConflict { expected: 1, current: 2 })), "{stale:?}");
     assert_eq!(store.get_context(v1.id).await.unwrap(), Some(v2.clone()));
@@ -187,9 +189,12 @@ async fn updates_keep_versions_and_detect_conflicts(store: Store) {
     assert_eq!(count(store.list_contexts(&filter(json!({"tags_any": ["red"]})), None, 10).await.unwrap()), 0);
     assert_eq!(count(store.list_contexts(&filter(json!({"tags_all": ["blue"]})), None, 10).await.unwrap()), 1);
 
-    let (seq, _) = store.update_context(&next_version(&v2, "third words"), &[0.3; 384]).await.unwrap();
-    store.rollback_update(&v2, seq).await.unwrap();
+    let (seq, _, v2_embedding) = store.update_context(&next_version(&v2, "third words"), &[0.3; 384]).await.unwrap();
+    assert_eq!(v2_embedding, vec![0.2; 384]);
+    store.rollback_update(&v2, &v2_embedding, seq).await.unwrap();
     assert_eq!(store.get_context(v1.id).await.unwrap(), Some(v2.clone()));
+    let restored = store.index_entries(&[v1.id]).await.unwrap();
+    assert_eq!(restored[0].embedding, vec![0.2; 384], "the undone update's embedding does not stay");
     assert_eq!(store.context_versions(v1.id).await.unwrap().len(), 1, "the undone update leaves no version");
     assert!(store.pending_index(100).await.unwrap().iter().all(|p| p.seq != seq));
     let missing = store.update_context(&next_version(&public_context("x", "s", "a"), "y"), &[0.0; 384]).await;

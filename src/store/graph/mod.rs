@@ -185,9 +185,9 @@ pub trait GraphStore: Send + Sync + 'static {
         dedup_scope: &ReadScope,
     ) -> StoreResult<InsertOutcome>;
     /// Replaces a context by its next version (`updated.version` = current + 1), keeping the current one
-    /// as a previous version. Returns the journal sequence and the replaced context.
+    /// as a previous version. Returns the journal sequence, the replaced context and its embedding.
     /// `VersionConflict` when the stored version is not `updated.version - 1`.
-    async fn update_context(&self, updated: &Context, embedding: &[f32]) -> StoreResult<(i64, Context)>;
+    async fn update_context(&self, updated: &Context, embedding: &[f32]) -> StoreResult<(i64, Context, Vec<f32>)>;
     /// Marks a context deleted (hidden from every read) and journals it. Returns the journal sequence
     /// and the deleted context. `VersionConflict` when `expected_version` is given and differs.
     async fn delete_context(&self, id: Uuid, expected_version: Option<i64>) -> StoreResult<(i64, Context)>;
@@ -196,8 +196,14 @@ pub trait GraphStore: Send + Sync + 'static {
 
     /// Undo of `insert_context` after a failed vector write.
     async fn rollback_insert(&self, id: Uuid, journal_seq: i64) -> StoreResult<()>;
-    /// Undo of `update_context` after a failed vector write: `previous` becomes current again.
-    async fn rollback_update(&self, previous: &Context, journal_seq: i64) -> StoreResult<()>;
+    /// Undo of `update_context` after a failed vector write: `previous` and its embedding become current
+    /// again (a kept new embedding would be re-indexed later beside the old text).
+    async fn rollback_update(
+        &self,
+        previous: &Context,
+        previous_embedding: &[f32],
+        journal_seq: i64,
+    ) -> StoreResult<()>;
     /// Undo of `delete_context` after a failed vector write.
     async fn rollback_delete(&self, id: Uuid, journal_seq: i64) -> StoreResult<()>;
 

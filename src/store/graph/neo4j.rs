@@ -426,6 +426,15 @@ async fn lock_context(txn: &mut Txn, id: Uuid) -> TxResult<Context> {
     }
 }
 
+/// `lock_context` with the context's embedding (the same statement returns both).
+async fn lock_entry(txn: &mut Txn, id: Uuid) -> TxResult<IndexEntry> {
+    let found = rows(txn, query(cypher::CONTEXT_LOCK).param("id", id.to_string())).await?;
+    match found.first() {
+        Some(row) => index_entry_of(row),
+        None => Err(StoreError::NotFound.into()),
+    }
+}
+
 async fn live_contexts(txn: &mut Txn, ids: &[Uuid]) -> TxResult<Vec<Context>> {
     let ids: Vec<String> = ids.iter().map(Uuid::to_string).collect();
     rows(txn, query(cypher::CONTEXT_GET_MANY).param("ids", ids)).await?.iter().map(context_of).collect()
@@ -736,9 +745,9 @@ impl GraphStore for Neo4jGraphStore {
         })
     }
 
-    async fn update_context(&self, updated: &Context, embedding: &[f32]) -> StoreResult<(i64, Context)> {
+    async fn update_context(&self, updated: &Context, embedding: &[f32]) -> StoreResult<(i64, Context, Vec<f32>)> {
         transaction!(self, |txn| {
-            let previous = lock_context(txn, updated.id).await?;
+            let IndexEntry { context: previous, embedding: previous_embedding } = lock_entry(txn, updated.id).await?;
             if previous.version != updated.version - 1 {
                 return Err(
                     StoreError::VersionConflict { expected: updated.version - 1, current: previous.version }.into()
@@ -750,7 +759,7 @@ impl GraphStore for Neo4jGraphStore {
                 .param("props", context_props(updated, embedding)?);
             txn.run(statement).await?;
             let seq = journal(txn, updated.id, "upsert").await?;
-            Ok((seq, previous))
+            Ok((seq, previous, previous_embedding))
         })
     }
 
@@ -783,13 +792,18 @@ impl GraphStore for Neo4jGraphStore {
         })
     }
 
-    async fn rollback_update(&self, previous: &Context, journal_seq: i64) -> StoreResult<()> {
+    async fn rollback_update(
+        &self,
+        previous: &Context,
+        previous_embedding: &[f32],
+        journal_seq: i64,
+    ) -> StoreResult<()> {
         transaction!(self, |txn| {
             let statement = query(cypher::CONTEXT_RESTORE)
                 .param("id", previous.id.to_string())
                 .param("version", previous.version)
                 .param("tags", previous.tags.clone())
-                .param("props", context_props(previous, &[])?);
+                .param("props", context_props(previous, previous_embedding)?);
             txn.run(statement).await?;
             txn.run(query(cypher::JOURNAL_CLEAR).param("seqs", vec![journal_seq])).await?;
             Ok(())

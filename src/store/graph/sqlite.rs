@@ -489,10 +489,14 @@ impl GraphStore for SqliteGraphStore {
         .await
     }
 
-    async fn update_context(&self, updated: &Context, embedding: &[f32]) -> StoreResult<(i64, Context)> {
+    async fn update_context(&self, updated: &Context, embedding: &[f32]) -> StoreResult<(i64, Context, Vec<f32>)> {
         let (updated, embedding) = (updated.clone(), embedding.to_vec());
         self.write(move |tx| {
             let previous = load_context(tx, updated.id)?.ok_or(StoreError::NotFound)?;
+            let previous_embedding: Vec<u8> =
+                tx.query_row("SELECT embedding FROM contexts WHERE id = ?1", params![updated.id.to_string()], |row| {
+                    row.get(0)
+                })?;
             if previous.version != updated.version - 1 {
                 return Err(StoreError::VersionConflict { expected: updated.version - 1, current: previous.version });
             }
@@ -513,7 +517,7 @@ impl GraphStore for SqliteGraphStore {
             )?;
             write_context(tx, &updated, Some(&embedding))?;
             let seq = journal(tx, updated.id, "upsert")?;
-            Ok((seq, previous))
+            Ok((seq, previous, decode_embedding(&previous_embedding)))
         })
         .await
     }
@@ -555,10 +559,15 @@ impl GraphStore for SqliteGraphStore {
         .await
     }
 
-    async fn rollback_update(&self, previous: &Context, journal_seq: i64) -> StoreResult<()> {
-        let previous = previous.clone();
+    async fn rollback_update(
+        &self,
+        previous: &Context,
+        previous_embedding: &[f32],
+        journal_seq: i64,
+    ) -> StoreResult<()> {
+        let (previous, previous_embedding) = (previous.clone(), previous_embedding.to_vec());
         self.write(move |tx| {
-            write_context(tx, &previous, None)?;
+            write_context(tx, &previous, Some(&previous_embedding))?;
             tx.execute(
                 "DELETE FROM context_versions WHERE context_id = ?1 AND version = ?2",
                 params![previous.id.to_string(), previous.version],
