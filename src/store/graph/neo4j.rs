@@ -418,21 +418,17 @@ async fn journal(txn: &mut Txn, id: Uuid, op: &str) -> TxResult<i64> {
     Ok(seq)
 }
 
-async fn lock_context(txn: &mut Txn, id: Uuid) -> TxResult<Context> {
-    let found = rows(txn, query(cypher::CONTEXT_LOCK).param("id", id.to_string())).await?;
-    match found.first() {
-        Some(row) => context_of(row),
-        None => Err(StoreError::NotFound.into()),
-    }
-}
-
-/// `lock_context` with the context's embedding (the same statement returns both).
+/// Takes the context's write lock; returns its live state and embedding.
 async fn lock_entry(txn: &mut Txn, id: Uuid) -> TxResult<IndexEntry> {
     let found = rows(txn, query(cypher::CONTEXT_LOCK).param("id", id.to_string())).await?;
     match found.first() {
         Some(row) => index_entry_of(row),
         None => Err(StoreError::NotFound.into()),
     }
+}
+
+async fn lock_context(txn: &mut Txn, id: Uuid) -> TxResult<Context> {
+    Ok(lock_entry(txn, id).await?.context)
 }
 
 async fn live_contexts(txn: &mut Txn, ids: &[Uuid]) -> TxResult<Vec<Context>> {
