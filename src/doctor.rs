@@ -92,10 +92,7 @@ pub async fn run(settings: &Settings) -> Vec<Check> {
             }
             (Err(err), _) | (_, Err(err)) => Err(format!("{}: {err}", vectors.backend())),
         },
-        Err(err) => Err(format!(
-            "{}: {err} (the embedded store opens in one process at a time: stop a running server first)",
-            settings.vector.backend
-        )),
+        Err(err) => Err(format!("{}: {err}", settings.vector.backend)),
     };
     report(check("vectors", vectors));
 

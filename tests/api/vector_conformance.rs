@@ -169,3 +169,27 @@ macro_rules! conformance {
 }
 
 conformance!(filters_agree_with_the_in_memory_oracle, payload_round_trips_and_deletes_remove_points);
+
+#[tokio::test]
+async fn the_embedded_store_opens_in_one_process_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = CollectionSpec::builtin();
+    let first = EdgeVectorStore::open(dir.path(), &spec).await.unwrap();
+    let context = crate::helpers::public_context("held by the first opener", "s", "alice");
+    let point = VectorPoint { context, vector: random_vector(&mut fastrand::Rng::with_seed(1)) };
+    first.upsert(vec![point]).await.unwrap();
+    // A second opener (another process, as `export` or `doctor` beside a running server) is refused and
+    // changes nothing.
+    let second = EdgeVectorStore::open(dir.path(), &spec).await;
+    match second {
+        Err(context_store::error::StoreError::Unavailable(message)) => {
+            assert!(message.contains("another process"), "{message}")
+        }
+        other => panic!("expected unavailable, got {:?}", other.map(|_| "an open store")),
+    }
+    assert_eq!(first.count().await.unwrap(), 1);
+    first.flush().await.unwrap();
+    drop(first);
+    let reopened = EdgeVectorStore::open(dir.path(), &spec).await.unwrap();
+    assert_eq!(reopened.count().await.unwrap(), 1, "the lock goes with the store");
+}

@@ -29,6 +29,31 @@ pub struct EdgeVectorStore {
     hnsw_ef: usize,
     /// Searches and scrolls are CPU-bound: one lane per core, the rest wait as tasks, not threads.
     query_lanes: BlockingLanes,
+    /// An exclusive lock on `<dir>/.lock` for as long as the store is open (the kernel drops it when the
+    /// process dies). qdrant-edge has no lock of its own, and two processes on one shard (a server and an
+    /// `export`, `doctor` or `reindex`) would each write segments and WAL the other does not know of.
+    _process_lock: Arc<std::fs::File>,
+}
+
+/// Takes the shard directory's process lock, or says which directory is in use.
+fn lock_dir(dir: &Path) -> StoreResult<std::fs::File> {
+    std::fs::create_dir_all(dir).map_err(|e| edge_error(format!("create {}: {e}", dir.display())))?;
+    let path = dir.join(".lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| edge_error(format!("open {}: {e}", path.display())))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Unavailable(format!(
+            "the embedded vector store {} is open in another process (a running server?); it opens in one \
+             process at a time",
+            dir.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(edge_error(format!("lock {}: {e}", path.display()))),
+    }
 }
 
 fn edge_error(err: impl std::fmt::Display) -> StoreError {
@@ -58,13 +83,18 @@ impl EdgeVectorStore {
     pub async fn open(dir: &Path, spec: &CollectionSpec) -> StoreResult<Self> {
         let dir: PathBuf = dir.to_path_buf();
         let spec = spec.clone();
-        let shard = tokio::task::spawn_blocking(move || open_shard(&dir, &spec).map(|s| (s, spec))).await??;
-        let (shard, spec) = shard;
+        let opened = tokio::task::spawn_blocking(move || {
+            let lock = lock_dir(&dir)?;
+            open_shard(&dir, &spec).map(|shard| (shard, spec, lock))
+        })
+        .await??;
+        let (shard, spec, lock) = opened;
         Ok(Self {
             shard: Arc::new(shard),
             gate: Arc::new(RwLock::new(())),
             hnsw_ef: spec.search.hnsw_ef,
             query_lanes: BlockingLanes::per_core(),
+            _process_lock: Arc::new(lock),
         })
     }
 
