@@ -20,9 +20,14 @@ use context_store::store::{VectorHit, VectorPoint, VectorStore};
 use uuid::Uuid;
 
 pub fn assets_dir() -> PathBuf {
-    std::env::var_os("CTX__EMBEDDING__ASSETS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("assets"))
+    std::env::var_os("CTX__EMBEDDING__ASSETS_DIR").map(PathBuf::from).unwrap_or_else(|| checkout().join("assets"))
+}
+
+/// The checkout the tests run from. Cargo sets `CARGO_MANIFEST_DIR` when it runs a test too, and that is
+/// preferred to the path compiled in: cargo may reuse a test binary built in another clone that shares the
+/// target directory, whose compiled-in path points at that other clone's assets.
+pub fn checkout() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR").map(PathBuf::from).unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into())
 }
 
 /// The real model, loaded once for the whole test binary.
