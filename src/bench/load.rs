@@ -257,21 +257,26 @@ impl Connection {
     async fn send(&self, tool: &str, arguments: Value) -> Result<(u16, axum::body::Bytes), String> {
         let request = match self.transport {
             Transport::Http => self.http.post(format!("{}/mcp/tool/{tool}", self.base)).json(&arguments),
-            Transport::Mcp => {
-                let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-                let request = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
-                                     "params": {"name": tool, "arguments": arguments}});
-                self.http
-                    .post(format!("{}/mcp", self.base))
-                    .header("accept", "application/json, text/event-stream")
-                    .header("mcp-protocol-version", MCP_PROTOCOL_VERSION)
-                    .json(&request)
-            }
+            Transport::Mcp => self.mcp_request("tools/call", Some(json!({"name": tool, "arguments": arguments}))),
         };
         let response = request.bearer_auth(&self.bearer).send().await.map_err(|e| format!("transport: {e}"))?;
         let status = response.status().as_u16();
         let body = response.bytes().await.map_err(|e| format!("body: {e}"))?;
         Ok((status, body))
+    }
+
+    /// A JSON-RPC request to POST /mcp with the headers Streamable HTTP asks for (not yet authenticated).
+    fn mcp_request(&self, method: &str, params: Option<Value>) -> reqwest::RequestBuilder {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut message = json!({"jsonrpc": "2.0", "id": id, "method": method});
+        if let Some(params) = params {
+            message["params"] = params;
+        }
+        self.http
+            .post(format!("{}/mcp", self.base))
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-protocol-version", MCP_PROTOCOL_VERSION)
+            .json(&message)
     }
 
     /// Calls a tool and returns its result; `Err` carries the error code or transport failure.
@@ -314,13 +319,8 @@ impl Connection {
         struct Pong {
             result: Option<serde::de::IgnoredAny>,
         }
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let response = self
-            .http
-            .post(format!("{}/mcp", self.base))
-            .header("accept", "application/json, text/event-stream")
-            .header("mcp-protocol-version", MCP_PROTOCOL_VERSION)
-            .json(&json!({"jsonrpc": "2.0", "id": id, "method": "ping"}))
+            .mcp_request("ping", None)
             .bearer_auth(&self.bearer)
             .send()
             .await

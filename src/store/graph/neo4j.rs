@@ -427,10 +427,6 @@ async fn lock_entry(txn: &mut Txn, id: Uuid) -> TxResult<IndexEntry> {
     }
 }
 
-async fn lock_context(txn: &mut Txn, id: Uuid) -> TxResult<Context> {
-    Ok(lock_entry(txn, id).await?.context)
-}
-
 async fn live_contexts(txn: &mut Txn, ids: &[Uuid]) -> TxResult<Vec<Context>> {
     let ids: Vec<String> = ids.iter().map(Uuid::to_string).collect();
     rows(txn, query(cypher::CONTEXT_GET_MANY).param("ids", ids)).await?.iter().map(context_of).collect()
@@ -761,7 +757,7 @@ impl GraphStore for Neo4jGraphStore {
 
     async fn delete_context(&self, id: Uuid, expected_version: Option<i64>) -> StoreResult<(i64, Context)> {
         transaction!(self, |txn| {
-            let current = lock_context(txn, id).await?;
+            let current = lock_entry(txn, id).await?.context;
             if let Some(expected) = expected_version
                 && expected != current.version
             {

@@ -492,11 +492,10 @@ impl GraphStore for SqliteGraphStore {
     async fn update_context(&self, updated: &Context, embedding: &[f32]) -> StoreResult<(i64, Context, Vec<f32>)> {
         let (updated, embedding) = (updated.clone(), embedding.to_vec());
         self.write(move |tx| {
-            let previous = load_context(tx, updated.id)?.ok_or(StoreError::NotFound)?;
-            let previous_embedding: Vec<u8> =
-                tx.query_row("SELECT embedding FROM contexts WHERE id = ?1", params![updated.id.to_string()], |row| {
-                    row.get(0)
-                })?;
+            let IndexEntry { context: previous, embedding: previous_embedding } =
+                live_by_ids(tx, ", c.embedding", &[updated.id], index_entry_from_row)?
+                    .pop()
+                    .ok_or(StoreError::NotFound)?;
             if previous.version != updated.version - 1 {
                 return Err(StoreError::VersionConflict { expected: updated.version - 1, current: previous.version });
             }
@@ -517,7 +516,7 @@ impl GraphStore for SqliteGraphStore {
             )?;
             write_context(tx, &updated, Some(&embedding))?;
             let seq = journal(tx, updated.id, "upsert")?;
-            Ok((seq, previous, decode_embedding(&previous_embedding)))
+            Ok((seq, previous, previous_embedding))
         })
         .await
     }

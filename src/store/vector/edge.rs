@@ -139,8 +139,8 @@ impl EdgeVectorStore {
     }
 }
 
+/// Opens the shard in `dir`, which `lock_dir` created and locked.
 fn open_shard(dir: &Path, spec: &CollectionSpec) -> StoreResult<EdgeShard> {
-    std::fs::create_dir_all(dir).map_err(|e| edge_error(format!("create {}: {e}", dir.display())))?;
     let hnsw = HnswIndexConfig {
         m: spec.hnsw_config.m,
         ef_construct: spec.hnsw_config.ef_construct,
