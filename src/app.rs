@@ -142,6 +142,31 @@ fn check_bind_address(host: &str, auth_enabled: bool) -> anyhow::Result<()> {
     }
 }
 
+/// Shows the first-start admin key once: on a terminal it is printed; otherwise (a service manager, a pipe,
+/// a log collector) it goes to an owner-only file in the data dir, and only that file's path is logged, so
+/// the key never lands in service logs.
+fn hand_over_admin_key(key: &str, data_dir: &std::path::Path) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    if std::io::stderr().is_terminal() {
+        eprintln!(
+            "\nNo API key existed, so an admin key was created. It is shown only now; keep it safe:\n\n    {key}\n\n\
+             Create agent keys with `context-store keys create`.\n"
+        );
+        return Ok(());
+    }
+    let path = data_dir.join(ADMIN_KEY_FILE);
+    crate::private_files::write_private(&path, format!("{key}\n").as_bytes())?;
+    tracing::warn!(
+        path = %path.display(),
+        "no API key existed, so an admin key was created and written to this owner-only file (stderr is not a \
+         terminal, so it is not printed): read it, keep it safe, then delete the file"
+    );
+    Ok(())
+}
+
+/// Where the first-start admin key goes when stderr is not a terminal.
+pub const ADMIN_KEY_FILE: &str = "admin.key";
+
 impl App {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         check_bind_address(&settings.server.host, settings.auth.enabled)?;
@@ -155,11 +180,7 @@ impl App {
         if settings.auth.enabled
             && let Some(key) = core.auth.ensure_admin_key().map_err(|e| anyhow::anyhow!(e.to_string()))?
         {
-            // Shown once; only its hash is kept.
-            eprintln!(
-                "\nNo API key existed, so an admin key was created. It is shown only now; keep it safe:\n\n    {key}\n\n\
-                 Create agent keys with `context-store keys create`.\n"
-            );
+            hand_over_admin_key(&key, &settings.data_dir)?;
         }
         let listener = tokio::net::TcpListener::bind((settings.server.host.as_str(), settings.server.port)).await?;
         Ok(Self { core, listener, settings })
@@ -190,7 +211,8 @@ impl App {
                 stop.cancel();
             }
         };
-        axum::serve(listener, router).with_graceful_shutdown(graceful).await?;
+        let service = router.into_make_service_with_connect_info::<crate::http::ClientAddr>();
+        axum::serve(listener, service).with_graceful_shutdown(graceful).await?;
         core.shutdown().await;
         Ok(())
     }

@@ -166,9 +166,19 @@ fn keys_command(settings: &Settings, action: KeysAction) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The log filter when `RUST_LOG` is not set. qdrant-edge warns at every start that its feature flags and
+/// multi-mmap check were never initialised: both are set up by Qdrant's own `main`, not exposed by the
+/// crate, and their defaults are what the embedded store wants, so those two notices are quieted.
+const DEFAULT_LOG_FILTER: &str = "info,qdrant_edge::common::flags=error,qdrant_edge::common::mmap::ops=error";
+
+/// Logs go to stderr; colours only when it is a terminal (a file or a pipe gets plain text).
 pub fn init_tracing() {
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| DEFAULT_LOG_FILTER.into()),
+        )
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
 }

@@ -34,13 +34,17 @@ pub struct ServerSettings {
     pub body_limit_bytes: usize,
     /// Requests served at once; more are shed with 503 + Retry-After.
     pub max_concurrency: usize,
-    /// Host header values accepted on /mcp (DNS-rebinding protection).
+    /// Host header values accepted on every route (DNS-rebinding protection).
     pub allowed_hosts: Vec<String>,
-    /// Origin header values accepted on /mcp (scheme://host:port, `:*` for any port); others get 403.
+    /// Origin header values accepted on every route (scheme://host:port, `:*` for any port); others get 403.
     pub allowed_origins: Vec<String>,
     /// Requests per second each agent may make (a burst of `rate_limit_burst`); more get 429.
     pub rate_limit_per_second: u32,
     pub rate_limit_burst: u32,
+    /// Failed authentications (bad bearer, bad key at /auth/token) per second per client address, with a
+    /// burst of `auth_failure_burst`; past them the address gets 429 until the quota refills.
+    pub auth_failures_per_second: u32,
+    pub auth_failure_burst: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -66,6 +70,9 @@ pub struct GraphSettings {
     pub synchronous: Synchronous,
     /// How often contexts and agent state past their TTL are removed from both stores.
     pub expiry_interval_ms: u64,
+    /// How often journal entries no running write will finish are looked for and repaired (an entry still
+    /// pending at two looks in a row).
+    pub repair_interval_ms: u64,
     pub neo4j: Neo4jSettings,
 }
 
@@ -83,6 +90,9 @@ pub struct Neo4jSettings {
     /// How long a call waits for a free pooled connection before failing with `unavailable`.
     pub acquire_timeout_ms: u64,
     pub connect_timeout_ms: u64,
+    /// How long one call (a transaction with its retries) may take before it fails with `unavailable`: a
+    /// server that stops answering on an open connection is noticed after this long.
+    pub call_timeout_ms: u64,
     /// Consecutive unreachable calls that open the circuit breaker, and how long it stays open.
     pub breaker_threshold: u32,
     pub breaker_cooldown_ms: u64,
@@ -99,6 +109,7 @@ impl Default for Neo4jSettings {
             fetch_size: 500,
             acquire_timeout_ms: 2000,
             connect_timeout_ms: 3000,
+            call_timeout_ms: 10_000,
             breaker_threshold: 3,
             breaker_cooldown_ms: 1000,
         }
@@ -116,6 +127,7 @@ impl Neo4jSettings {
             fetch_size: self.fetch_size,
             acquire_timeout: Duration::from_millis(self.acquire_timeout_ms),
             connect_timeout: Duration::from_millis(self.connect_timeout_ms),
+            call_timeout: Duration::from_millis(self.call_timeout_ms),
             breaker_threshold: self.breaker_threshold,
             breaker_cooldown: Duration::from_millis(self.breaker_cooldown_ms),
         }
@@ -246,6 +258,8 @@ impl Default for ServerSettings {
             allowed_origins: vec!["http://localhost:*".into(), "http://127.0.0.1:*".into()],
             rate_limit_per_second: 200,
             rate_limit_burst: 400,
+            auth_failures_per_second: 2,
+            auth_failure_burst: 20,
         }
     }
 }
@@ -270,6 +284,7 @@ impl Default for GraphSettings {
             readers: 8,
             synchronous: Synchronous::Full,
             expiry_interval_ms: 60_000,
+            repair_interval_ms: 5_000,
             neo4j: Neo4jSettings::default(),
         }
     }
@@ -344,6 +359,7 @@ impl Settings {
             optimize_interval: Duration::from_millis(self.vector.optimize_interval_ms),
             optimize_min_new_points: self.vector.optimize_min_new_points,
             expiry_interval: Duration::from_millis(self.graph.expiry_interval_ms),
+            repair_interval: Duration::from_millis(self.graph.repair_interval_ms),
         }
     }
 }

@@ -34,6 +34,8 @@ pub mod limits {
     pub const MAX_RELATED_DEPTH: u32 = 3;
     pub const MAX_TTL_SECONDS: i64 = 10 * 365 * 24 * 3600;
     pub const MAX_FILTER_VALUES: usize = 64;
+    /// Metadata keys one filter may test (each is a condition in every backend's query).
+    pub const MAX_METADATA_FILTER_KEYS: usize = 32;
 }
 
 /// A point in time, stored as milliseconds since the Unix epoch and shown as RFC 3339.
@@ -196,6 +198,9 @@ pub struct Relation {
     pub relation: String,
     pub metadata: Map<String, Value>,
     pub created_at: Timestamp,
+    /// The agent that made (or last re-made) the link; empty for links older than this field.
+    #[serde(default)]
+    pub created_by: String,
 }
 
 /// sha256 of the content, hex encoded: the dedup key within a session.
@@ -379,14 +384,22 @@ impl ReadScope {
     }
 
     pub fn may_see(&self, context: &Context) -> bool {
-        if !self.may_see_session(&context.session_id) {
-            return false;
-        }
-        match context.visibility {
+        self.may_see_session(&context.session_id) && self.may_see_visibility(context.visibility, &context.agent_id)
+    }
+
+    /// Whether an item with this visibility by this author is visible, sessions aside.
+    pub fn may_see_visibility(&self, visibility: Visibility, author: &str) -> bool {
+        match visibility {
             Visibility::Public => true,
-            Visibility::Private => self.admin || context.agent_id == self.agent_id,
+            Visibility::Private => self.admin || author == self.agent_id,
             Visibility::AdminOnly => self.admin,
         }
+    }
+
+    /// Whether a previous version of a visible context is visible: each version by its own visibility
+    /// (a draft kept private and later made public stays private).
+    pub fn may_see_version(&self, context: &Context, version: &ContextVersion) -> bool {
+        self.may_see(context) && self.may_see_visibility(version.visibility, &context.agent_id)
     }
 }
 
@@ -418,6 +431,13 @@ impl ContextFilter {
         }
         let visibility = bounded_list("visibility", args.visibility)?;
         let metadata = parse_metadata(args.metadata.as_ref())?;
+        if metadata.len() > limits::MAX_METADATA_FILTER_KEYS {
+            return Err(ServiceError::invalid(format!(
+                "the metadata filter tests {} keys; at most {} are allowed",
+                metadata.len(),
+                limits::MAX_METADATA_FILTER_KEYS
+            )));
+        }
         for (key, value) in &metadata {
             if !(value.is_string() || value.is_number() || value.is_boolean()) {
                 return Err(ServiceError::invalid(format!(

@@ -52,6 +52,9 @@ pub enum StoreError {
     /// An analyst query the backend refused (syntax, a write, too slow): the message is for the caller.
     #[error("query rejected: {0}")]
     InvalidQuery(String),
+    /// An answer or a value past a documented size cap: the message is for the caller.
+    #[error("too large: {0}")]
+    TooLarge(String),
 }
 
 impl From<rusqlite::Error> for StoreError {
@@ -96,6 +99,8 @@ pub enum ServiceError {
     #[error("{0}")]
     Conflict(String),
     #[error("{0}")]
+    ResourceExhausted(String),
+    #[error("{0}")]
     Unavailable(String),
     #[error("internal error")]
     Internal(String),
@@ -110,6 +115,7 @@ impl ServiceError {
             ServiceError::PermissionDenied(_) => ErrorCode::PermissionDenied,
             ServiceError::Unauthenticated(_) => ErrorCode::Unauthenticated,
             ServiceError::Conflict(_) => ErrorCode::Conflict,
+            ServiceError::ResourceExhausted(_) => ErrorCode::ResourceExhausted,
             ServiceError::Unavailable(_) => ErrorCode::Unavailable,
             ServiceError::Internal(_) => ErrorCode::Internal,
         }
@@ -129,6 +135,7 @@ impl From<StoreError> for ServiceError {
             )),
             StoreError::Conflict(message) => ServiceError::Conflict(message),
             StoreError::InvalidQuery(message) => ServiceError::InvalidArgument(message),
+            StoreError::TooLarge(message) => ServiceError::PayloadTooLarge(message),
             StoreError::Unavailable(message) => {
                 tracing::warn!(%message, "backend unavailable");
                 ServiceError::Unavailable("a backend is unavailable, retry later".into())

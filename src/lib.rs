@@ -18,6 +18,7 @@ pub mod http;
 pub mod mcp;
 pub mod memory;
 pub mod metrics;
+pub mod private_files;
 pub mod search;
 pub mod service;
 pub mod store;

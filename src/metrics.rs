@@ -24,6 +24,31 @@ pub struct Metrics {
     pub pool_connections: IntGaugeVec,
     /// 1 while a backend is reported down by the readiness check or its circuit breaker.
     pub backend_up: IntGaugeVec,
+    /// Analyst queries (query_graph) running now.
+    pub analyst_queries_running: IntGauge,
+    /// Journal entries repaired while serving (writes that did not finish both stores).
+    pub journal_repairs: IntCounter,
+}
+
+/// Adds one to a gauge for as long as it lives.
+pub struct GaugeGuard(IntGauge);
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// Counts something in flight on a gauge: `let _running = gauge.guard();`.
+pub trait GaugeExt {
+    fn guard(&self) -> GaugeGuard;
+}
+
+impl GaugeExt for IntGauge {
+    fn guard(&self) -> GaugeGuard {
+        self.inc();
+        GaugeGuard(self.clone())
+    }
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, collector: T) -> T {
@@ -118,6 +143,14 @@ impl Metrics {
                 &registry,
                 IntGaugeVec::new(Opts::new("backend_up", "Whether a backend answers (1) or not (0)"), &["backend"])
                     .unwrap(),
+            ),
+            analyst_queries_running: register(
+                &registry,
+                IntGauge::new("analyst_queries_running", "Analyst queries (query_graph) running").unwrap(),
+            ),
+            journal_repairs: register(
+                &registry,
+                IntCounter::new("journal_repairs_total", "Journal entries repaired while serving").unwrap(),
             ),
             registry,
         }

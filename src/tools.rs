@@ -51,6 +51,7 @@ impl From<ServiceError> for ToolError {
             | ServiceError::PermissionDenied(_)
             | ServiceError::Unauthenticated(_)
             | ServiceError::Conflict(_)
+            | ServiceError::ResourceExhausted(_)
             | ServiceError::Unavailable(_) => err.to_string(),
         };
         ToolError { code: err.code(), message }
@@ -113,6 +114,14 @@ macro_rules! tool_table {
                     output_schema: schema_for_output::<$response>(),
                 }
             }),*]
+        }
+
+        /// Whether a tool of the service table only reads (unknown names count as reads: they do nothing).
+        fn is_read_only(name: &str) -> bool {
+            match name {
+                $(stringify!($name) => $hints.0,)*
+                _ => true,
+            }
         }
 
         /// Runs one tool of the service table: decode the arguments, call the service, encode the result.
@@ -178,9 +187,9 @@ tool_table! {
     delete_agent_state(AgentStateKeyRequest) -> DeleteAgentStateResponse, REMOVE,
         "Delete a key of your agent state (optionally only at expected_version).";
     get_metrics(GetMetricsRequest) -> MetricsSummary, READ,
-        "Counts of stored items and cache effectiveness.";
+        "Cache effectiveness (process-wide counters: query or admin permission) and counts of stored items (admins).";
     query_graph(QueryGraphRequest) -> QueryGraphResponse, READ,
-        "Read-only analyst query over the whole graph (needs the query permission): Cypher on Neo4j, SQL on the embedded store. The description served by a running server names its language and schema.";
+        "Read-only analyst query (needs the query permission): SQL on the embedded store, scoped to what the caller may read; Cypher on Neo4j, for admins. The description served by a running server names its language, scope rule and schema.";
 }
 
 /// Every tool, in a stable order.
@@ -211,18 +220,28 @@ pub fn catalogue_for(service: &ContextService) -> Vec<ToolSpec> {
     tools
 }
 
-/// Runs one tool.
+/// Runs one tool. A tool that writes runs as a task of its own, so once it started it runs to completion
+/// even when its caller goes away (client gone, request timeout): a write cancelled between the graph and
+/// the vector store would leave them apart until a repair.
 pub async fn call<E: Encoding>(
-    service: &ContextService,
+    service: &Arc<ContextService>,
     auth: &Authenticator,
     principal: &Principal,
     name: &str,
     arguments: Value,
-) -> Result<E::Output, ToolError> {
+) -> Result<E::Output, ToolError>
+where
+    E::Output: Send + 'static,
+{
     if name == "authenticate_agent" {
         return E::encode(&auth.exchange(decode(arguments)?)?);
     }
-    call_service::<E>(service, principal, name, arguments).await
+    if is_read_only(name) {
+        return call_service::<E>(service, principal, name, arguments).await;
+    }
+    let (service, principal, name) = (service.clone(), principal.clone(), name.to_string());
+    let write = tokio::spawn(async move { call_service::<E>(&service, &principal, &name, arguments).await });
+    write.await.map_err(|err| ServiceError::Internal(format!("write task failed: {err}")))?
 }
 
 /// The search tool's service method is `search`; the table names tools after their MCP names.

@@ -57,16 +57,33 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 fn record_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<KeyRecord> {
-    let permissions: String = row.get(3)?;
-    let sessions: Option<String> = row.get(4)?;
+    record_at(row, 0)
+}
+
+/// A key record from `COLUMNS` starting at column `at`. It fails closed: permissions or a session list
+/// that cannot be read give no permission and no session (an unreadable session list never means "all").
+fn record_at(row: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<KeyRecord> {
+    let key_id: String = row.get(at)?;
+    let permissions: String = row.get(at + 3)?;
+    let sessions: Option<String> = row.get(at + 4)?;
+    let permissions = Permissions::parse(&permissions).unwrap_or_else(|err| {
+        tracing::warn!(%key_id, %err, "API key with unreadable permissions: it is granted none");
+        Permissions::default()
+    });
+    let sessions = sessions.map(|text| {
+        serde_json::from_str::<Vec<String>>(&text).unwrap_or_else(|err| {
+            tracing::warn!(%key_id, %err, "API key with an unreadable session list: it may use no session");
+            Vec::new()
+        })
+    });
     Ok(KeyRecord {
-        key_id: row.get(0)?,
-        agent_id: row.get(1)?,
-        agent_type: row.get(2)?,
-        permissions: Permissions::parse(&permissions).unwrap_or_default(),
-        sessions: sessions.and_then(|s| serde_json::from_str(&s).ok()),
-        created_at: Timestamp(row.get(5)?),
-        revoked: row.get::<_, i64>(6)? != 0,
+        key_id,
+        agent_id: row.get(at + 1)?,
+        agent_type: row.get(at + 2)?,
+        permissions,
+        sessions,
+        created_at: Timestamp(row.get(at + 5)?),
+        revoked: row.get::<_, i64>(at + 6)? != 0,
     })
 }
 
@@ -78,9 +95,11 @@ impl KeyStore {
     }
 
     pub fn open(data_dir: &Path) -> StoreResult<Self> {
-        std::fs::create_dir_all(data_dir)
+        crate::private_files::private_dir(data_dir)
             .map_err(|e| StoreError::Backend(format!("create {}: {e}", data_dir.display())))?;
         let conn = Connection::open(Self::path_in(data_dir))?;
+        crate::private_files::private_file(&Self::path_in(data_dir))
+            .map_err(|e| StoreError::Backend(format!("restrict {}: {e}", data_dir.display())))?;
         conn.execute_batch(
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000;
              CREATE TABLE IF NOT EXISTS api_keys (
@@ -171,19 +190,7 @@ impl KeyStore {
             conn.prepare_cached(&format!(
                 "SELECT secret_hash, {COLUMNS} FROM api_keys WHERE key_id = ?1 AND revoked = 0"
             ))?
-            .query_row(params![key_id], |row| {
-                let hash: Vec<u8> = row.get(0)?;
-                let record = KeyRecord {
-                    key_id: row.get(1)?,
-                    agent_id: row.get(2)?,
-                    agent_type: row.get(3)?,
-                    permissions: Permissions::parse(&row.get::<_, String>(4)?).unwrap_or_default(),
-                    sessions: row.get::<_, Option<String>>(5)?.and_then(|s| serde_json::from_str(&s).ok()),
-                    created_at: Timestamp(row.get(6)?),
-                    revoked: false,
-                };
-                Ok((hash, record))
-            })
+            .query_row(params![key_id], |row| Ok((row.get::<_, Vec<u8>>(0)?, record_at(row, 1)?)))
             .optional()
         })?;
         Ok(stored.and_then(|(hash, record)| constant_time_eq(&hash, &digest(secret)).then_some(record)))
@@ -192,4 +199,35 @@ impl KeyStore {
 
 pub fn is_api_key(presented: &str) -> bool {
     presented.starts_with(PREFIX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_whose_session_list_cannot_be_read_may_use_no_session() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = KeyStore::open(dir.path()).unwrap();
+        let new = NewKey {
+            agent_id: "alice".into(),
+            agent_type: "test".into(),
+            permissions: Permissions { read: true, ..Default::default() },
+            sessions: Some(vec!["s1".into()]),
+        };
+        let (record, key) = keys.create(&new).unwrap();
+        assert_eq!(keys.verify(&key).unwrap().unwrap().sessions, Some(vec!["s1".to_string()]));
+        keys.with(|conn| {
+            conn.execute("UPDATE api_keys SET sessions = '[\"s1\"' WHERE key_id = ?1", params![record.key_id])
+        })
+        .unwrap();
+        let verified = keys.verify(&key).unwrap().expect("the key itself is still valid");
+        assert_eq!(verified.sessions, Some(Vec::new()), "an unreadable list never means every session");
+        assert_eq!(keys.list().unwrap()[0].sessions, Some(Vec::new()));
+        keys.with(|conn| {
+            conn.execute("UPDATE api_keys SET permissions = 'read,root' WHERE key_id = ?1", params![record.key_id])
+        })
+        .unwrap();
+        assert_eq!(keys.verify(&key).unwrap().unwrap().permissions, Permissions::default());
+    }
 }

@@ -43,18 +43,10 @@ pub fn load_secret(configured: Option<&str>, data_dir: &Path) -> StoreResult<Str
     match std::fs::read_to_string(&path) {
         Ok(secret) if !secret.trim().is_empty() => Ok(secret.trim().to_string()),
         _ => {
-            use std::io::Write;
-            use std::os::unix::fs::OpenOptionsExt;
-            std::fs::create_dir_all(data_dir).map_err(|e| StoreError::Backend(e.to_string()))?;
+            crate::private_files::private_dir(data_dir).map_err(|e| StoreError::Backend(e.to_string()))?;
             let secret = random_hex(32);
-            let mut file = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&path)
+            crate::private_files::write_private(&path, secret.as_bytes())
                 .map_err(|e| StoreError::Backend(format!("cannot write {}: {e}", path.display())))?;
-            file.write_all(secret.as_bytes()).map_err(|e| StoreError::Backend(e.to_string()))?;
             Ok(secret)
         }
     }

@@ -27,6 +27,11 @@ impl Embedder for CachedEmbedder {
         self.inner.dimension()
     }
 
+    /// Past the cache: a dead model must not look alive because its answer to the probe text is cached.
+    async fn probe(&self) -> StoreResult<()> {
+        self.inner.probe().await
+    }
+
     async fn embed(&self, texts: Vec<String>) -> StoreResult<Vec<Vec<f32>>> {
         let mut vectors: Vec<Option<Vec<f32>>> = Vec::with_capacity(texts.len());
         let mut missing = Vec::new();

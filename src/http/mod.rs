@@ -2,6 +2,7 @@
 //! `/health`, `/health/ready`, `/metrics` and `/openapi.json`, with body limits, timeouts and load shedding.
 
 mod connections;
+mod guards;
 mod openapi;
 mod routes;
 
@@ -10,15 +11,14 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::http::StatusCode;
 use axum::routing::{get, post};
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use tower_http::timeout::TimeoutLayer;
 
 pub use connections::CountingListener;
+pub use guards::ClientAddr;
 
 use std::num::NonZeroU32;
 
@@ -44,6 +44,11 @@ pub struct HttpState {
     pub slots: Arc<Semaphore>,
     /// Requests per agent per second.
     pub rate_limiter: Arc<AgentRateLimiter>,
+    /// Failed authentications per client address.
+    pub failed_auth: Arc<guards::FailedAuthLimiter>,
+    pub allowed_hosts: Arc<Vec<String>>,
+    pub allowed_origins: Arc<Vec<String>>,
+    pub request_timeout: Duration,
 }
 
 impl HttpState {
@@ -57,6 +62,13 @@ impl HttpState {
             default_principal: Principal::local_trusted(&settings.identity.agent_id),
             slots: Arc::new(Semaphore::new(settings.server.max_concurrency)),
             rate_limiter: Arc::new(governor::RateLimiter::keyed(Quota::per_second(per_second).allow_burst(burst))),
+            failed_auth: Arc::new(guards::FailedAuthLimiter::new(
+                settings.server.auth_failures_per_second,
+                settings.server.auth_failure_burst,
+            )),
+            allowed_hosts: Arc::new(settings.server.allowed_hosts.clone()),
+            allowed_origins: Arc::new(settings.server.allowed_origins.clone()),
+            request_timeout: Duration::from_millis(settings.server.request_timeout_ms),
         }
     }
 }
@@ -78,22 +90,23 @@ pub fn router(state: HttpState, settings: &ServerSettings, stop: CancellationTok
         mcp_config,
     );
 
+    let json = axum::middleware::from_fn(guards::require_json);
     let api = Router::new()
-        .route("/mcp/tool/{name}", post(routes::call_tool))
+        .route("/mcp/tool/{name}", post(routes::call_tool).layer(json.clone()))
         .nest_service("/mcp", mcp)
         .route("/metrics", get(routes::metrics))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), routes::authenticate))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), routes::shed_load));
-    let operations = Router::new()
-        .route("/health", get(routes::health))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), routes::authenticate));
+    // Readiness probes backends and token exchange checks a key: both count against the concurrency limit.
+    let limited = Router::new()
         .route("/health/ready", get(routes::ready))
-        .route("/auth/token", post(routes::token))
-        .route("/openapi.json", get(routes::openapi));
-    api.merge(operations)
+        .route("/auth/token", post(routes::token).layer(json))
+        .merge(api)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), routes::shed_load));
+    let open = Router::new().route("/health", get(routes::health)).route("/openapi.json", get(routes::openapi));
+    limited
+        .merge(open)
         .layer(DefaultBodyLimit::max(settings.body_limit_bytes))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::SERVICE_UNAVAILABLE,
-            Duration::from_millis(settings.request_timeout_ms),
-        ))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), guards::time_limit))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), guards::check_host_and_origin))
         .with_state(state)
 }

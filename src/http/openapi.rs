@@ -59,7 +59,7 @@ pub fn document() -> Value {
                 "responses": {
                     "200": {"description": "The tool's result", "content": {"application/json": {"schema": output}}},
                     "400": error, "401": error, "403": error, "404": error, "409": error,
-                    "413": error, "422": error, "429": error, "503": error
+                    "413": error, "415": error, "422": error, "429": error, "503": error
                 }
             }}),
         );

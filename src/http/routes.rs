@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::HttpState;
+use super::guards::{ClientAddr, client_ip, too_many_failures};
 use crate::auth::{AuthFailure, Principal};
 use crate::error::ErrorCode;
 use crate::mcp::timed_call;
@@ -31,7 +32,7 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
 const CHALLENGE: &str = "Bearer realm=\"context-store\"";
 const INVALID_TOKEN_CHALLENGE: &str = "Bearer realm=\"context-store\", error=\"invalid_token\"";
 
-fn error_response(status: StatusCode, error: &ToolError) -> Response {
+pub(super) fn error_response(status: StatusCode, error: &ToolError) -> Response {
     let mut response = (status, Json(error.to_json())).into_response();
     match status {
         StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS => {
@@ -106,8 +107,16 @@ pub async fn openapi() -> Json<Value> {
     Json(super::openapi::document())
 }
 
-/// `POST /auth/token`: an API key in, a short-lived JWT out.
-pub async fn token(State(state): State<HttpState>, body: Bytes) -> Response {
+/// `POST /auth/token`: an API key in, a short-lived JWT out. A wrong key counts as a failed authentication.
+pub async fn token(
+    State(state): State<HttpState>,
+    connect_info: Option<axum::Extension<axum::extract::ConnectInfo<ClientAddr>>>,
+    body: Bytes,
+) -> Response {
+    let ip = connect_info.map(|info| info.0.0.0.ip());
+    if let Some(wait) = ip.and_then(|ip| state.failed_auth.blocked_for(ip)) {
+        return too_many_failures(wait);
+    }
     let request = match serde_json::from_slice::<crate::auth::TokenRequest>(&body) {
         Ok(request) => request,
         Err(err) => {
@@ -120,6 +129,11 @@ pub async fn token(State(state): State<HttpState>, body: Bytes) -> Response {
         Ok(Ok(token)) => Json(token).into_response(),
         Ok(Err(err)) => {
             let error = ToolError::from(err);
+            if error.code == ErrorCode::Unauthenticated
+                && let Some(wait) = ip.and_then(|ip| state.failed_auth.failed(ip))
+            {
+                return too_many_failures(wait);
+            }
             error_response(status_of(error.code), &error)
         }
         Err(_) => error_response(
@@ -130,9 +144,14 @@ pub async fn token(State(state): State<HttpState>, body: Bytes) -> Response {
 }
 
 /// Establishes the caller's identity from `Authorization: Bearer <API key or JWT>` (or the local trusted
-/// principal when authentication is off), then applies the per-agent rate limit.
+/// principal when authentication is off), then applies the per-agent rate limit. An address that presented
+/// too many invalid credentials is turned away (429) before its credential is checked.
 pub async fn authenticate(State(state): State<HttpState>, mut request: Request, next: Next) -> Response {
+    let ip = client_ip(&request);
     let principal = if state.auth_enabled {
+        if let Some(wait) = ip.and_then(|ip| state.failed_auth.blocked_for(ip)) {
+            return too_many_failures(wait);
+        }
         let bearer = request
             .headers()
             .get(header::AUTHORIZATION)
@@ -147,6 +166,11 @@ pub async fn authenticate(State(state): State<HttpState>, mut request: Request, 
         match outcome {
             Ok(Ok(principal)) => principal,
             Ok(Err(failure)) => {
+                if failure == AuthFailure::Invalid
+                    && let Some(wait) = ip.and_then(|ip| state.failed_auth.failed(ip))
+                {
+                    return too_many_failures(wait);
+                }
                 let (message, challenge) = match failure {
                     AuthFailure::Missing => ("send Authorization: Bearer <API key or token>", CHALLENGE),
                     AuthFailure::Invalid => ("the credential is invalid, expired or revoked", INVALID_TOKEN_CHALLENGE),

@@ -101,12 +101,15 @@ impl ServerHandler for McpServer {
 
 /// Calls a tool and records its count (by status) and latency.
 pub async fn timed_call<E: tools::Encoding>(
-    service: &ContextService,
+    service: &Arc<ContextService>,
     auth: &Authenticator,
     principal: &Principal,
     name: &str,
     arguments: Value,
-) -> Result<E::Output, tools::ToolError> {
+) -> Result<E::Output, tools::ToolError>
+where
+    E::Output: Send + 'static,
+{
     let started = Instant::now();
     let result = tools::call::<E>(service, auth, principal, name, arguments).await;
     let metrics = service.metrics();

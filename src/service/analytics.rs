@@ -9,13 +9,15 @@ use serde_json::{Map, Value};
 use super::ContextService;
 use crate::auth::{Permission, Principal};
 use crate::error::{ServiceError, ServiceResult};
-use crate::store::graph::QueryRows;
+use crate::store::graph::{AnalystRequest, AnalystTicket, MAX_ANSWER_BYTES, QueryRows};
 
 pub const DEFAULT_QUERY_ROWS: u32 = 100;
 pub const MAX_QUERY_ROWS: u32 = 10_000;
 pub const DEFAULT_QUERY_TIMEOUT_MS: u64 = 5_000;
 pub const MAX_QUERY_TIMEOUT_MS: u64 = 60_000;
 pub const MAX_QUERY_BYTES: usize = 20_000;
+/// Analyst queries that may run at once; more are refused with `resource_exhausted`.
+pub const MAX_CONCURRENT_QUERIES: usize = 4;
 
 /// Arguments of `query_graph`.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
@@ -45,11 +47,22 @@ pub struct QueryGraphResponse {
 }
 
 impl ContextService {
-    /// The query_graph tool description: the language and a summary of the schema, from the open store.
+    /// The query_graph tool description: the language, what a caller sees, and a summary of the schema,
+    /// from the open store.
     pub fn query_graph_description(&self) -> String {
+        let scope = if self.graph.scoped_analyst_queries() {
+            "Sees exactly what the caller may read elsewhere: admins every row; other callers the sessions their \
+             key is limited to, public contexts and their own private ones (never admin_only), previous versions \
+             filtered the same way, relations between visible contexts and their own agent state, without \
+             embeddings, deleted or expired rows."
+        } else {
+            "Reads the whole graph, so it needs the admin permission on this backend."
+        };
         format!(
-            "Read-only analyst query over the whole graph (needs the query permission; sees every item). \
-             Language: {}. {}",
+            "Read-only analyst query (needs the query permission). {scope} No file access, procedures outside \
+             schema introspection, or writes; answers are capped at {} rows and {} bytes. Language: {}. {}",
+            MAX_QUERY_ROWS,
+            MAX_ANSWER_BYTES,
             self.graph.query_language(),
             self.graph.query_schema()
         )
@@ -76,8 +89,29 @@ impl ContextService {
         if !(1..=MAX_QUERY_TIMEOUT_MS).contains(&timeout_ms) {
             return Err(ServiceError::invalid(format!("timeout_ms must be between 1 and {MAX_QUERY_TIMEOUT_MS}")));
         }
-        let result =
-            self.graph.analyst_query(query, &request.params, limit as usize, Duration::from_millis(timeout_ms)).await?;
+        let scope = principal.read_scope(&principal.agent_id);
+        if !scope.admin && !self.graph.scoped_analyst_queries() {
+            return Err(ServiceError::PermissionDenied(format!(
+                "analyst queries on {} read the whole graph, so they need the admin permission",
+                self.graph.backend()
+            )));
+        }
+        // Each analyst query holds a blocking thread (or a backend connection) for up to its timeout.
+        let slot = self.analyst_slots.clone().try_acquire_owned().map_err(|_| {
+            ServiceError::ResourceExhausted(format!(
+                "{MAX_CONCURRENT_QUERIES} analyst queries are already running; retry when one has finished"
+            ))
+        })?;
+        let running = crate::metrics::GaugeExt::guard(&self.metrics.analyst_queries_running);
+        let analyst = AnalystRequest {
+            ticket: AnalystTicket { slot, running },
+            query,
+            params: &request.params,
+            limit: limit as usize,
+            timeout: Duration::from_millis(timeout_ms),
+            scope: &scope,
+        };
+        let result = self.graph.analyst_query(analyst).await?;
         Ok(QueryGraphResponse { language: self.graph.query_language().to_string(), result })
     }
 }

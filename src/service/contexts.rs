@@ -73,6 +73,8 @@ impl ContextService {
             return Ok(StoreContextResponse { context: existing, deduplicated: true });
         }
         let embedding = self.embed_one(&context.content).await?;
+        // Held across both stores, so a running journal repair waits for this write instead of racing it.
+        let _ordered = self.item_lock(context.id).lock().await;
         let journal_seq = match self.graph.insert_context(&context, &embedding, &scope).await {
             Ok(InsertOutcome::Inserted { journal_seq }) => journal_seq,
             Ok(InsertOutcome::Duplicate(existing)) => {
@@ -100,8 +102,14 @@ impl ContextService {
         principal.require(Permission::Read)?;
         let agent = principal.acting_agent(request.agent_id.as_deref())?;
         let id = parse_uuid("id", &request.id)?;
-        let context = self.visible_context(id, &principal.read_scope(&agent)).await?;
-        let versions = if request.include_versions { self.graph.context_versions(id).await? } else { Vec::new() };
+        let scope = principal.read_scope(&agent);
+        let context = self.visible_context(id, &scope).await?;
+        let versions = if request.include_versions {
+            let versions = self.graph.context_versions(id).await?;
+            versions.into_iter().filter(|version| scope.may_see_version(&context, version)).collect()
+        } else {
+            Vec::new()
+        };
         Ok(GetContextResponse { context, versions })
     }
 
@@ -224,9 +232,18 @@ impl ContextService {
         let to_id = parse_uuid("to_id", &request.to_id)?;
         let relation = parse_identifier("relation", &request.relation)?;
         let metadata = parse_metadata(request.metadata.as_ref())?;
-        self.visible_context(from_id, &scope).await?;
+        // A link is part of its source: only the source's author (or an admin) adds one; the target only
+        // has to be visible. The link records who made it.
+        self.writable_context(principal, &agent, from_id).await?;
         self.visible_context(to_id, &scope).await?;
-        let edge = Relation { from_id, to_id, relation: relation.clone(), metadata, created_at: Timestamp::now() };
+        let edge = Relation {
+            from_id,
+            to_id,
+            relation: relation.clone(),
+            metadata,
+            created_at: Timestamp::now(),
+            created_by: agent.clone(),
+        };
         self.graph.link(&edge).await.map_err(|err| match err {
             crate::error::StoreError::NotFound => ServiceError::NotFound("context".into()),
             other => other.into(),
@@ -254,7 +271,7 @@ impl ContextService {
         let now = Timestamp::now();
         let visible: Vec<RelatedItem> = self
             .graph
-            .related(id, depth, relation.as_deref(), request.both_directions, MAX_RELATED_NODES)
+            .related(id, depth, relation.as_deref(), request.both_directions, MAX_RELATED_NODES, &scope)
             .await?
             .into_iter()
             .filter(|r| scope.may_see(&r.context) && !r.context.is_expired(now))

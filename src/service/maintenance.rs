@@ -23,6 +23,9 @@ pub struct MaintenanceOptions {
     pub optimize_min_new_points: u64,
     /// How often expired contexts and agent state are removed from both stores.
     pub expiry_interval: Duration,
+    /// How often the journal is checked for entries no running write will finish: an entry still pending
+    /// (and not applied) at two checks in a row is repaired from the graph while the service runs.
+    pub repair_interval: Duration,
 }
 
 /// What one expiry pass removed.
@@ -39,6 +42,7 @@ impl Default for MaintenanceOptions {
             optimize_interval: Duration::from_secs(30),
             optimize_min_new_points: 1000,
             expiry_interval: Duration::from_secs(60),
+            repair_interval: Duration::from_secs(5),
         }
     }
 }
@@ -56,22 +60,62 @@ impl ContextService {
             let mut ids: Vec<Uuid> = pending.iter().map(|p| p.id).collect();
             ids.sort();
             ids.dedup();
-            let entries = self.graph.index_entries(&ids).await?;
-            let live: std::collections::HashSet<Uuid> = entries.iter().map(|e| e.context.id).collect();
-            let gone: Vec<Uuid> = ids.iter().copied().filter(|id| !live.contains(id)).collect();
-            let points: Vec<VectorPoint> =
-                entries.into_iter().map(|e| VectorPoint { context: e.context, vector: e.embedding }).collect();
-            if !points.is_empty() {
-                self.vectors.upsert(points).await?;
-            }
-            if !gone.is_empty() {
-                self.vectors.delete(&gone).await?;
-            }
+            self.reapply(&ids).await?;
             self.vectors.flush().await?;
             let seqs: Vec<i64> = pending.iter().map(|p| p.seq).collect();
             self.graph.clear_pending(&seqs).await?;
             repaired += pending.len();
         }
+    }
+
+    /// Makes the vector side of `ids` what the graph holds now: live contexts upserted, the rest deleted.
+    async fn reapply(&self, ids: &[Uuid]) -> ServiceResult<()> {
+        let entries = self.graph.index_entries(ids).await?;
+        let live: std::collections::HashSet<Uuid> = entries.iter().map(|e| e.context.id).collect();
+        let gone: Vec<Uuid> = ids.iter().copied().filter(|id| !live.contains(id)).collect();
+        let points: Vec<VectorPoint> =
+            entries.into_iter().map(|e| VectorPoint { context: e.context, vector: e.embedding }).collect();
+        if !points.is_empty() {
+            self.vectors.upsert(points).await?;
+        }
+        if !gone.is_empty() {
+            self.vectors.delete(&gone).await?;
+        }
+        Ok(())
+    }
+
+    /// Repairs, while serving, the journal entries that no running write will finish (a write cancelled
+    /// between its graph and vector steps, a failed rollback): entries pending at the previous call and still
+    /// pending, and not applied, now. Each item is repaired under its item lock, so a slow write still in
+    /// flight is waited for, never raced. Returns how many entries were repaired.
+    pub async fn repair_stale(&self) -> ServiceResult<usize> {
+        let pending = self.graph.pending_index(REPAIR_BATCH).await?;
+        let applied: std::collections::HashSet<i64> =
+            self.applied.lock().unwrap_or_else(|e| e.into_inner()).iter().copied().collect();
+        let unfinished: Vec<_> = pending.into_iter().filter(|p| !applied.contains(&p.seq)).collect();
+        let stale: Vec<_> = {
+            let mut seen = self.seen_pending.lock().unwrap_or_else(|e| e.into_inner());
+            let stale = unfinished.iter().filter(|p| seen.contains(&p.seq)).cloned().collect();
+            *seen = unfinished.iter().map(|p| p.seq).collect();
+            stale
+        };
+        if stale.is_empty() {
+            return Ok(0);
+        }
+        let mut ids: Vec<Uuid> = stale.iter().map(|p| p.id).collect();
+        ids.sort();
+        ids.dedup();
+        for id in &ids {
+            let _ordered = self.item_lock(*id).lock().await;
+            self.reapply(std::slice::from_ref(id)).await?;
+        }
+        self.vectors.flush().await?;
+        let seqs: Vec<i64> = stale.iter().map(|p| p.seq).collect();
+        self.graph.clear_pending(&seqs).await?;
+        self.seen_pending.lock().unwrap_or_else(|e| e.into_inner()).retain(|seq| !seqs.contains(seq));
+        self.generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.metrics.journal_repairs.inc_by(seqs.len() as u64);
+        Ok(seqs.len())
     }
 
     /// Removes contexts and agent state whose TTL has passed at `now`, from both stores (contexts go through
@@ -148,6 +192,8 @@ impl ContextService {
         let mut flush_tick = tokio::time::interval(options.flush_interval);
         let mut optimize_tick = tokio::time::interval(options.optimize_interval);
         let mut expiry_tick = tokio::time::interval(options.expiry_interval);
+        let mut repair_tick = tokio::time::interval(options.repair_interval);
+        repair_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         expiry_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         flush_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         optimize_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -160,6 +206,13 @@ impl ContextService {
                         Ok(expired) if expired != Expired::default() => tracing::info!(?expired, "expired items removed"),
                         Ok(_) => {}
                         Err(err) => tracing::warn!(error = %err, "expiry pass failed; will retry"),
+                    }
+                }
+                _ = repair_tick.tick() => {
+                    match self.repair_stale().await {
+                        Ok(0) => {}
+                        Ok(repaired) => tracing::warn!(repaired, "re-indexed journal entries no write finished"),
+                        Err(err) => tracing::warn!(error = %err, "journal repair failed; will retry"),
                     }
                 }
                 _ = flush_tick.tick() => {

@@ -52,6 +52,9 @@ impl Default for ServiceOptions {
     }
 }
 
+/// The readiness check's own bound on each backend check: longer than any backend's own timeouts.
+const READY_LIMIT: Duration = Duration::from_secs(15);
+
 /// Number of per-item locks that order concurrent writes to the same context.
 const ITEM_LOCKS: usize = 256;
 
@@ -66,8 +69,14 @@ pub struct ContextService {
     generation: AtomicU64,
     /// Journal entries whose vector write is applied but not yet flushed.
     applied: Mutex<Vec<i64>>,
+    /// Unfinished journal entries seen by the last `repair_stale`.
+    seen_pending: Mutex<std::collections::HashSet<i64>>,
     /// Writes to one context are serialized so the vector side sees them in graph order.
     item_locks: Vec<tokio::sync::Mutex<()>>,
+    /// Free analyst query slots (see `analytics::MAX_CONCURRENT_QUERIES`).
+    analyst_slots: Arc<tokio::sync::Semaphore>,
+    /// Where the fuzzy rerank runs: one lane per core, off the async workers.
+    rerank_lanes: crate::store::lanes::BlockingLanes,
 }
 
 impl ContextService {
@@ -89,7 +98,10 @@ impl ContextService {
             search_cache,
             generation: AtomicU64::new(0),
             applied: Mutex::new(Vec::new()),
+            seen_pending: Mutex::new(Default::default()),
             item_locks: (0..ITEM_LOCKS).map(|_| tokio::sync::Mutex::new(())).collect(),
+            analyst_slots: Arc::new(tokio::sync::Semaphore::new(analytics::MAX_CONCURRENT_QUERIES)),
+            rerank_lanes: crate::store::lanes::BlockingLanes::per_core(),
         }
     }
 
@@ -117,25 +129,26 @@ impl ContextService {
         self.applied.lock().unwrap_or_else(|e| e.into_inner()).push(journal_seq);
     }
 
-    /// Whether each backend answers (within 2 s): the readiness check, naming the backend that does not.
+    /// Whether each backend answers: the readiness check, naming the backend that does not. The three
+    /// checks run at once; each backend bounds its own call (connect and request timeouts, circuit breaker),
+    /// and `READY_LIMIT`, longer than any of those, only guards against a check that never returns.
     pub async fn ready(&self) -> Readiness {
         fn health(role: &'static str, backend: &'static str, outcome: Option<ServiceResult<()>>) -> BackendHealth {
             let error = match outcome {
                 Some(Ok(())) => None,
                 Some(Err(err)) => Some(err.to_string()),
-                None => Some("no answer within 2 s".to_string()),
+                None => Some(format!("no answer within {} s", READY_LIMIT.as_secs())),
             };
             BackendHealth { role, backend, ok: error.is_none(), error }
         }
-        let limit = std::time::Duration::from_secs(2);
-        let graph = tokio::time::timeout(limit, self.graph.ping()).await.ok().map(|r| r.map_err(Into::into));
-        let vectors =
-            tokio::time::timeout(limit, self.vectors.count()).await.ok().map(|r| r.map(|_| ()).map_err(Into::into));
-        let probe = vec!["readiness probe".to_string()];
-        let embedder = tokio::time::timeout(limit, self.embedder.embed(probe))
-            .await
-            .ok()
-            .map(|r| r.map(|_| ()).map_err(Into::into));
+        async fn bounded(check: impl std::future::Future<Output = ServiceResult<()>>) -> Option<ServiceResult<()>> {
+            tokio::time::timeout(READY_LIMIT, check).await.ok()
+        }
+        let (graph, vectors, embedder) = tokio::join!(
+            bounded(async { Ok(self.graph.ping().await?) }),
+            bounded(async { Ok(self.vectors.count().await.map(|_| ())?) }),
+            bounded(async { Ok(self.embedder.probe().await?) }),
+        );
         let backends = vec![
             health("graph", self.graph.backend(), graph),
             health("vectors", self.vectors.backend(), vectors),
@@ -144,8 +157,8 @@ impl ContextService {
         Readiness { ready: backends.iter().all(|b| b.ok), backends }
     }
 
-    /// Cache effectiveness for everyone; store-wide item counts only for admins (they describe data the
-    /// caller may not see).
+    /// Process-wide cache counters for analysts (query) and admins; store-wide item counts only for admins
+    /// (they describe data the caller may not see).
     pub async fn metrics_summary(&self, principal: &crate::auth::Principal) -> ServiceResult<MetricsSummary> {
         principal.require(crate::auth::Permission::Read)?;
         let metrics = &self.metrics;
@@ -161,14 +174,14 @@ impl ContextService {
         } else {
             None
         };
-        Ok(MetricsSummary {
-            items,
+        let caches = (principal.permissions.query || principal.permissions.admin).then(|| CacheCounters {
             embed_cache_hits: metrics.embed_cache_hits.get(),
             embed_cache_misses: metrics.embed_cache_misses.get(),
             embed_cache_hit_ratio: metrics.embed_cache_ratio(),
             search_cache_hits: metrics.search_cache_hits.get(),
             search_cache_misses: metrics.search_cache_misses.get(),
-        })
+        });
+        Ok(MetricsSummary { items, caches })
     }
 
     /// Refreshes the item-count and pool gauges.

@@ -408,6 +408,14 @@ pub struct MetricsSummary {
     /// Store-wide counts; present for admins only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub items: Option<ItemCounts>,
+    /// Process-wide cache counters; present for callers with the query or admin permission (they move with
+    /// every caller's requests, so a plain reader could test guesses of other agents' text with them).
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub caches: Option<CacheCounters>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct CacheCounters {
     pub embed_cache_hits: u64,
     pub embed_cache_misses: u64,
     pub embed_cache_hit_ratio: f64,

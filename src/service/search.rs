@@ -15,6 +15,7 @@ use crate::store::vector::{SearchPath, search_filled};
 const RELATED_PER_HIT: usize = 10;
 
 /// A validated search.
+#[derive(Clone)]
 struct SearchPlan {
     query: String,
     normalised: String,
@@ -104,7 +105,6 @@ impl ContextService {
     }
 
     async fn run_search(&self, plan: &SearchPlan) -> ServiceResult<SearchResponse> {
-        let fuzzy = FuzzyQuery::new(&plan.normalised);
         let (mode, degraded_reason, scored) = match self.embedder.embed(vec![plan.query.clone()]).await {
             Ok(mut vectors) => {
                 let vector = vectors.pop().ok_or_else(|| ServiceError::Internal("no query vector".into()))?;
@@ -124,24 +124,10 @@ impl ContextService {
         };
         let candidates = scored.len();
         let vector_weight = if mode == SearchMode::FuzzyOnly { 0.0 } else { plan.vector_weight };
-        let mut hits: Vec<SearchHit> = scored
-            .into_iter()
-            .filter(|(context, _)| plan.filter.matches(context))
-            .filter_map(|(context, vector)| {
-                let fuzzy_score = fuzzy.score(&normalise(&context.content));
-                (fuzzy_score >= plan.fuzzy_threshold).then(|| SearchHit {
-                    scores: ScoreBreakdown {
-                        vector,
-                        fuzzy: fuzzy_score,
-                        final_score: fuse(vector, fuzzy_score, vector_weight),
-                    },
-                    context,
-                    related: Vec::new(),
-                })
-            })
-            .collect();
-        hits.sort_by(|a, b| b.scores.final_score.total_cmp(&a.scores.final_score));
-        hits.truncate(plan.limit);
+        // The rerank is CPU-bound (up to `fuzzy_fallback_scan` texts): it runs on a per-core lane, never on
+        // the async workers, so long searches cannot stall other requests.
+        let rerank_plan = plan.clone();
+        let mut hits = self.rerank_lanes.run(move || Ok(rerank(&rerank_plan, scored, vector_weight))).await?;
         if plan.expand_related {
             self.expand_related(plan, &mut hits).await?;
         }
@@ -167,4 +153,29 @@ impl ContextService {
         }
         Ok(())
     }
+}
+
+/// The fuzzy rerank: keeps the candidates the filter matches and the threshold admits, fuses the scores,
+/// and returns the best `limit`, best first.
+fn rerank(plan: &SearchPlan, scored: Vec<(Context, f64)>, vector_weight: f64) -> Vec<SearchHit> {
+    let fuzzy = FuzzyQuery::new(&plan.normalised);
+    let mut hits: Vec<SearchHit> = scored
+        .into_iter()
+        .filter(|(context, _)| plan.filter.matches(context))
+        .filter_map(|(context, vector)| {
+            let fuzzy_score = fuzzy.score(&normalise(&context.content));
+            (fuzzy_score >= plan.fuzzy_threshold).then(|| SearchHit {
+                scores: ScoreBreakdown {
+                    vector,
+                    fuzzy: fuzzy_score,
+                    final_score: fuse(vector, fuzzy_score, vector_weight),
+                },
+                context,
+                related: Vec::new(),
+            })
+        })
+        .collect();
+    hits.sort_by(|a, b| b.scores.final_score.total_cmp(&a.scores.final_score));
+    hits.truncate(plan.limit);
+    hits
 }

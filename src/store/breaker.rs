@@ -2,7 +2,12 @@
 //! once with `Unavailable` for `cooldown`; then one probe call is let through, and its outcome closes the
 //! circuit again or keeps it open for another cooldown. Errors the backend answered (conflicts, bad queries)
 //! are not failures to reach it and never open the circuit.
+//!
+//! A call is admitted as an `Admission` guard. A probe whose call is cancelled (its request dropped, a
+//! readiness check's timeout) never reports an outcome, so its guard reopens the circuit with no cooldown
+//! when dropped: the next call probes again, and the breaker can never stay stuck half-open.
 
+use std::future::Future;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -37,23 +42,42 @@ impl CircuitBreaker {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Whether a call may go to the backend now.
-    pub fn admit(&self) -> Result<(), StoreError> {
+    /// Whether a call may go to the backend now: the guard records its outcome.
+    pub fn admit(&self) -> Result<Admission<'_>, StoreError> {
         let mut state = self.state();
-        match *state {
-            State::Closed { .. } => Ok(()),
+        let probe = match *state {
+            State::Closed { .. } => false,
             State::Open { until } if Instant::now() >= until => {
                 *state = State::Probing;
-                Ok(())
+                true
             }
             State::Open { .. } | State::Probing => {
-                Err(StoreError::Unavailable(format!("{} is unreachable (circuit open)", self.backend)))
+                return Err(StoreError::Unavailable(format!("{} is unreachable (circuit open)", self.backend)));
             }
-        }
+        };
+        Ok(Admission { breaker: self, probe, recorded: false })
+    }
+
+    /// Runs one call to the backend through the breaker, bounded by `limit`: a call that takes longer (a
+    /// backend that accepts connections and never answers) fails with `Unavailable` and counts as a failure.
+    pub async fn call<T>(
+        &self,
+        limit: Duration,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let admission = self.admit()?;
+        let outcome = match tokio::time::timeout(limit, call).await {
+            Ok(outcome) => outcome,
+            Err(_) => {
+                Err(StoreError::Unavailable(format!("{} did not answer within {} ms", self.backend, limit.as_millis())))
+            }
+        };
+        admission.record(&outcome);
+        outcome
     }
 
     /// Records the outcome of an admitted call.
-    pub fn record<T>(&self, outcome: &Result<T, StoreError>) {
+    fn record<T>(&self, outcome: &Result<T, StoreError>) {
         let mut state = self.state();
         match outcome {
             Err(StoreError::Unavailable(_)) => {
@@ -74,6 +98,38 @@ impl CircuitBreaker {
     pub fn is_open(&self) -> bool {
         !matches!(*self.state(), State::Closed { .. })
     }
+
+    /// A probe that ended without an outcome: the circuit is open again, due for a probe at once.
+    fn abandon_probe(&self) {
+        let mut state = self.state();
+        if *state == State::Probing {
+            *state = State::Open { until: Instant::now() };
+        }
+    }
+}
+
+/// One admitted call. `record` reports its outcome; dropping it unrecorded (the call was cancelled) lets the
+/// next call probe when this one was the probe.
+#[must_use = "record the outcome of the admitted call"]
+pub struct Admission<'a> {
+    breaker: &'a CircuitBreaker,
+    probe: bool,
+    recorded: bool,
+}
+
+impl Admission<'_> {
+    pub fn record<T>(mut self, outcome: &Result<T, StoreError>) {
+        self.recorded = true;
+        self.breaker.record(outcome);
+    }
+}
+
+impl Drop for Admission<'_> {
+    fn drop(&mut self) {
+        if self.probe && !self.recorded {
+            self.breaker.abandon_probe();
+        }
+    }
 }
 
 #[cfg(test)]
@@ -87,29 +143,59 @@ mod tests {
     #[test]
     fn opens_after_threshold_and_probes_after_cooldown() {
         let breaker = CircuitBreaker::new("neo4j", 2, Duration::from_millis(30));
-        breaker.admit().unwrap();
-        breaker.record(&down());
+        breaker.admit().unwrap().record(&down());
         assert!(!breaker.is_open(), "one failure is below the threshold");
-        breaker.record(&down());
+        breaker.admit().unwrap().record(&down());
         assert!(breaker.is_open());
         assert!(matches!(breaker.admit(), Err(StoreError::Unavailable(_))));
         std::thread::sleep(Duration::from_millis(40));
-        breaker.admit().expect("one probe after the cooldown");
+        let probe = breaker.admit().expect("one probe after the cooldown");
         assert!(breaker.admit().is_err(), "only one probe at a time");
-        breaker.record(&down());
+        probe.record(&down());
         assert!(breaker.admit().is_err(), "a failed probe opens the circuit again");
         std::thread::sleep(Duration::from_millis(40));
-        breaker.admit().unwrap();
-        breaker.record(&Ok(()));
+        breaker.admit().unwrap().record(&Ok(()));
         assert!(!breaker.is_open());
-        breaker.admit().unwrap();
+        breaker.admit().unwrap().record(&Ok(()));
+    }
+
+    #[test]
+    fn a_cancelled_probe_lets_the_next_call_probe() {
+        let breaker = CircuitBreaker::new("neo4j", 1, Duration::from_millis(10));
+        breaker.admit().unwrap().record(&down());
+        std::thread::sleep(Duration::from_millis(20));
+        let probe = breaker.admit().expect("the probe");
+        assert!(breaker.admit().is_err(), "others fail fast while it runs");
+        drop(probe); // cancelled: no outcome
+        breaker.admit().expect("the next call probes at once").record(&Ok(()));
+        assert!(!breaker.is_open(), "and its success closes the circuit");
+    }
+
+    #[tokio::test]
+    async fn a_call_that_never_answers_fails_as_unavailable_and_counts() {
+        let breaker = CircuitBreaker::new("qdrant", 1, Duration::from_secs(60));
+        let hung = breaker.call(Duration::from_millis(20), std::future::pending::<Result<(), StoreError>>()).await;
+        assert!(matches!(hung, Err(StoreError::Unavailable(_))), "{hung:?}");
+        assert!(breaker.is_open());
+    }
+
+    #[tokio::test]
+    async fn a_probe_dropped_mid_call_does_not_stick() {
+        let breaker = CircuitBreaker::new("neo4j", 1, Duration::from_millis(10));
+        breaker.admit().unwrap().record(&down());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let probe = breaker.call(Duration::from_secs(60), std::future::pending::<Result<(), StoreError>>());
+        // The probe is cancelled the way a request timeout cancels it.
+        assert!(tokio::time::timeout(Duration::from_millis(20), probe).await.is_err());
+        breaker.call(Duration::from_secs(1), async { Ok(()) }).await.expect("a new probe runs and succeeds");
+        assert!(!breaker.is_open());
     }
 
     #[test]
     fn answered_errors_do_not_count() {
         let breaker = CircuitBreaker::new("neo4j", 1, Duration::from_secs(60));
-        breaker.record::<()>(&Err(StoreError::Conflict("taken".into())));
-        breaker.record::<()>(&Err(StoreError::NotFound));
+        breaker.admit().unwrap().record::<()>(&Err(StoreError::Conflict("taken".into())));
+        breaker.admit().unwrap().record::<()>(&Err(StoreError::NotFound));
         assert!(!breaker.is_open());
     }
 }

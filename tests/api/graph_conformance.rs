@@ -306,6 +306,7 @@ async fn relations_traverse_breadth_first(store: Store) {
         relation: relation.into(),
         metadata: Default::default(),
         created_at: Timestamp::now(),
+        created_by: "alice".into(),
     };
     store.link(&link(&a, &b, "cites")).await.unwrap();
     store.link(&link(&b, &c, "cites")).await.unwrap();
@@ -314,23 +315,28 @@ async fn relations_traverse_breadth_first(store: Store) {
     let ghost = public_context("never stored", "s", "alice");
     assert!(matches!(store.link(&link(&a, &ghost, "cites")).await, Err(StoreError::NotFound)));
 
+    let everything = context_store::domain::ReadScope { admin: true, ..Default::default() };
     let reached = |found: Vec<context_store::store::RelatedContext>| {
         found.into_iter().map(|r| (r.context.content, r.depth, r.relation, r.via)).collect::<Vec<_>>()
     };
     assert_eq!(
-        reached(store.related(a.id, 2, None, false, 100).await.unwrap()),
+        reached(store.related(a.id, 2, None, false, 100, &everything).await.unwrap()),
         [("node b".to_string(), 1, "cites".to_string(), a.id), ("node c".to_string(), 2, "cites".to_string(), b.id)]
     );
     assert_eq!(
-        reached(store.related(d.id, 3, None, true, 100).await.unwrap()),
+        reached(store.related(d.id, 3, None, true, 100, &everything).await.unwrap()),
         [
             ("node c".to_string(), 1, "blocks".to_string(), d.id),
             ("node b".to_string(), 2, "cites".to_string(), c.id),
             ("node a".to_string(), 3, "cites".to_string(), b.id),
         ]
     );
-    assert_eq!(store.related(a.id, 3, Some("blocks"), false, 100).await.unwrap().len(), 0);
-    assert_eq!(store.related(a.id, 3, None, false, 1).await.unwrap().len(), 1, "max_nodes bounds the walk");
+    assert_eq!(store.related(a.id, 3, Some("blocks"), false, 100, &everything).await.unwrap().len(), 0);
+    assert_eq!(
+        store.related(a.id, 3, None, false, 1, &everything).await.unwrap().len(),
+        1,
+        "max_nodes bounds the walk"
+    );
 
     let mut around_b: Vec<(Uuid, String)> =
         store.neighbours(&[b.id], 10).await.unwrap().into_iter().map(|(s, r)| (s, r.context.content)).collect();
@@ -340,7 +346,30 @@ async fn relations_traverse_breadth_first(store: Store) {
     // Deleted contexts are not reported.
     store.delete_context(c.id, None).await.unwrap();
     assert_eq!(store.neighbours(&[b.id], 10).await.unwrap().len(), 1);
-    assert_eq!(reached(store.related(a.id, 3, None, false, 100).await.unwrap()).len(), 2, "b and d; c is deleted");
+    assert_eq!(
+        reached(store.related(a.id, 3, None, false, 100, &everything).await.unwrap()).len(),
+        1,
+        "b only: c is deleted, and the walk does not pass through it to d"
+    );
+
+    // A context the scope may not see is neither reported nor walked through: a -> hidden -> e.
+    let mut hidden = public_context("bob's private hub", "s", "bob");
+    hidden.visibility = context_store::domain::Visibility::Private;
+    let e = public_context("node e", "s", "alice");
+    insert(&store, &hidden).await;
+    insert(&store, &e).await;
+    store.link(&link(&a, &hidden, "cites")).await.unwrap();
+    store.link(&link(&hidden, &e, "cites")).await.unwrap();
+    let alice = context_store::domain::ReadScope { agent_id: "alice".into(), admin: false, sessions: None };
+    let for_alice = reached(store.related(a.id, 3, None, false, 100, &alice).await.unwrap());
+    assert_eq!(
+        for_alice,
+        [("node b".to_string(), 1, "cites".to_string(), a.id)],
+        "neither the hub nor what lies beyond"
+    );
+    let bob = context_store::domain::ReadScope { agent_id: "bob".into(), admin: false, sessions: None };
+    let for_bob = reached(store.related(a.id, 3, None, false, 100, &bob).await.unwrap());
+    assert!(for_bob.contains(&("node e".to_string(), 2, "cites".to_string(), hidden.id)), "{for_bob:?}");
 }
 
 async fn agent_state_compare_and_set_ttl_and_prefixes(store: Store) {
@@ -485,6 +514,7 @@ async fn export_scans_and_version_import(store: Store) {
         relation: "cites".into(),
         metadata: json!({"why": "because"}).as_object().unwrap().clone(),
         created_at: Timestamp(1_700_000_000_123),
+        created_by: "alice".into(),
     };
     store.link(&relation).await.unwrap();
     store.link(&Relation { from_id: c.id, to_id: a.id, relation: "blocks".into(), ..relation.clone() }).await.unwrap();

@@ -52,6 +52,9 @@ pub fn test_settings(data_dir: &Path) -> Settings {
     settings.embedding.assets_dir = assets_dir();
     settings.graph.synchronous = context_store::store::graph::sqlite::Synchronous::Normal;
     settings.vector.flush_interval_ms = 200;
+    // Failed authentications are limited per address; the tests all come from 127.0.0.1.
+    settings.server.auth_failures_per_second = 1_000_000;
+    settings.server.auth_failure_burst = 1_000_000;
     settings
 }
 
@@ -78,6 +81,14 @@ impl Embedder for SwitchableEmbedder {
 pub struct SwitchableVectors {
     pub inner: Arc<dyn VectorStore>,
     pub failing_writes: AtomicBool,
+    /// Milliseconds every upsert waits before it runs (a slow vector store, to cancel writes mid-way).
+    pub write_delay_ms: std::sync::atomic::AtomicU64,
+}
+
+impl SwitchableVectors {
+    pub fn new(inner: Arc<dyn VectorStore>) -> Self {
+        Self { inner, failing_writes: AtomicBool::new(false), write_delay_ms: Default::default() }
+    }
 }
 
 #[async_trait]
@@ -86,6 +97,10 @@ impl VectorStore for SwitchableVectors {
         self.inner.backend()
     }
     async fn upsert(&self, points: Vec<VectorPoint>) -> StoreResult<()> {
+        let delay = self.write_delay_ms.load(Ordering::SeqCst);
+        if delay > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+        }
         if self.failing_writes.load(Ordering::SeqCst) {
             return Err(StoreError::Unavailable("vector writes switched off by the test".into()));
         }
@@ -205,10 +220,8 @@ impl TestCore {
             failing: AtomicBool::new(false),
         });
         let graph = context_store::app::open_graph(&settings).await.expect("graph opens");
-        let vectors = Arc::new(SwitchableVectors {
-            inner: context_store::app::open_vectors(&settings).await.expect("vectors open"),
-            failing_writes: AtomicBool::new(false),
-        });
+        let vectors =
+            Arc::new(SwitchableVectors::new(context_store::app::open_vectors(&settings).await.expect("vectors open")));
         let core =
             Core::assemble(&settings, graph, vectors.clone(), embedder.clone(), metrics).await.expect("core starts");
         assert_eq!(core.service.graph().backend(), graph_under_test(), "the graph store under test");

@@ -53,6 +53,7 @@ async fn tool_endpoint_round_trips_and_maps_errors_to_status_codes() {
         .http
         .post(format!("{}/mcp/tool/get_metrics", app.address))
         .bearer_auth(&app.key)
+        .header("Content-Type", "application/json")
         .body("not json")
         .send()
         .await

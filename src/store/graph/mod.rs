@@ -5,8 +5,10 @@
 //! transaction as the change itself. A journal entry is cleared only after the vector store has made the
 //! matching change durable, so start-up can always bring the vector side back in line with the graph.
 
+mod cypher_guard;
 pub mod neo4j;
 pub mod sqlite;
+mod sqlite_analyst;
 mod sqlite_readers;
 mod sqlite_writer;
 
@@ -50,19 +52,32 @@ pub struct RelatedContext {
 }
 
 /// The bookkeeping of a breadth-first walk over RELATES_TO edges, shared by the stores: they fetch one level
-/// of edges at a time (one query per level, never one per node) and hand them here.
+/// of edges at a time (one query per level, never one per node), hand them here, then load the contexts
+/// reached at that level. Only live contexts the scope may see are reported and walked on, so a hidden or
+/// deleted context never appears in an answer, not even as the `via` of another.
 #[derive(Debug)]
 pub struct RelatedWalk {
+    scope: ReadScope,
+    now: Timestamp,
     seen: std::collections::HashSet<Uuid>,
     frontier: Vec<Uuid>,
-    /// (node, depth, relation, via), in the order reached.
-    reached: Vec<(Uuid, u32, String, Uuid)>,
+    /// (node, depth, relation, via) of the current level, before `settle`.
+    level: Vec<(Uuid, u32, String, Uuid)>,
+    reached: Vec<RelatedContext>,
     max_nodes: usize,
 }
 
 impl RelatedWalk {
-    pub fn new(start: Uuid, max_nodes: usize) -> Self {
-        Self { seen: [start].into(), frontier: vec![start], reached: Vec::new(), max_nodes }
+    pub fn new(start: Uuid, max_nodes: usize, scope: ReadScope) -> Self {
+        Self {
+            scope,
+            now: Timestamp::now(),
+            seen: [start].into(),
+            frontier: vec![start],
+            level: Vec::new(),
+            reached: Vec::new(),
+            max_nodes,
+        }
     }
 
     /// The nodes whose edges the next level needs; empty when the walk is over.
@@ -72,33 +87,38 @@ impl RelatedWalk {
 
     /// Takes one level's edges (from, to, relation), ordered as they should be reached.
     pub fn absorb(&mut self, level: u32, edges: impl IntoIterator<Item = (Uuid, Uuid, String)>) {
-        let mut next = Vec::new();
+        self.level.clear();
         for (from, to, relation) in edges {
-            if self.reached.len() >= self.max_nodes {
+            if self.reached.len() + self.level.len() >= self.max_nodes {
                 break;
             }
             if self.seen.insert(to) {
-                self.reached.push((to, level, relation, from));
-                next.push(to);
+                self.level.push((to, level, relation, from));
             }
         }
-        self.frontier = next;
     }
 
-    /// Every node reached, to be loaded.
-    pub fn reached_ids(&self) -> Vec<Uuid> {
-        self.reached.iter().map(|r| r.0).collect()
+    /// The nodes the last `absorb` reached, whose contexts `settle` needs.
+    pub fn level_ids(&self) -> Vec<Uuid> {
+        self.level.iter().map(|r| r.0).collect()
     }
 
-    /// The reached nodes that are live contexts (`live`), nearest first.
-    pub fn finish(self, live: Vec<Context>) -> Vec<RelatedContext> {
+    /// Takes the live contexts among `level_ids`: the visible ones are reported and form the next frontier.
+    pub fn settle(&mut self, live: Vec<Context>) {
         let mut contexts: std::collections::HashMap<Uuid, Context> = live.into_iter().map(|c| (c.id, c)).collect();
+        self.frontier.clear();
+        for (node, depth, relation, via) in self.level.drain(..) {
+            let Some(context) = contexts.remove(&node) else { continue };
+            if self.scope.may_see(&context) && !context.is_expired(self.now) {
+                self.frontier.push(node);
+                self.reached.push(RelatedContext { context, depth, relation, via });
+            }
+        }
+    }
+
+    /// The contexts reached, nearest first.
+    pub fn finish(self) -> Vec<RelatedContext> {
         self.reached
-            .into_iter()
-            .filter_map(|(node, depth, relation, via)| {
-                contexts.remove(&node).map(|context| RelatedContext { context, depth, relation, via })
-            })
-            .collect()
     }
 }
 
@@ -127,6 +147,54 @@ pub struct QueryRows {
     pub truncated: bool,
 }
 
+/// Held by an analyst query's work until that work has really stopped (a statement interrupted, not merely
+/// abandoned by its caller): it keeps a concurrency slot and the `analyst_queries_running` gauge.
+pub struct AnalystTicket {
+    pub slot: tokio::sync::OwnedSemaphorePermit,
+    pub running: crate::metrics::GaugeGuard,
+}
+
+/// An analyst query as the service validated it.
+pub struct AnalystRequest<'a> {
+    pub query: &'a str,
+    pub params: &'a serde_json::Map<String, serde_json::Value>,
+    pub limit: usize,
+    pub timeout: std::time::Duration,
+    /// What the caller may read: stores that scope analyst queries confine the query to it.
+    pub scope: &'a ReadScope,
+    /// Dropped by the store when the query's work has ended.
+    pub ticket: AnalystTicket,
+}
+
+/// An analyst query's whole answer, as JSON, at most.
+pub const MAX_ANSWER_BYTES: usize = 16 * 1024 * 1024;
+
+/// The running size of an answer as JSON (close enough to bound memory): refuses past `MAX_ANSWER_BYTES`.
+#[derive(Debug, Default)]
+pub struct AnswerSize(usize);
+
+impl AnswerSize {
+    pub fn add(&mut self, row: &[serde_json::Value]) -> StoreResult<()> {
+        self.0 += row.iter().map(json_size).sum::<usize>() + 2;
+        if self.0 > MAX_ANSWER_BYTES {
+            return Err(crate::error::StoreError::TooLarge(format!(
+                "the answer is larger than {MAX_ANSWER_BYTES} bytes; select fewer rows or columns"
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn json_size(value: &serde_json::Value) -> usize {
+    match value {
+        serde_json::Value::Null | serde_json::Value::Bool(_) => 5,
+        serde_json::Value::Number(_) => 24,
+        serde_json::Value::String(text) => text.len() + 2,
+        serde_json::Value::Array(items) => items.iter().map(json_size).sum::<usize>() + items.len() + 2,
+        serde_json::Value::Object(map) => map.iter().map(|(k, v)| k.len() + 3 + json_size(v)).sum::<usize>() + 2,
+    }
+}
+
 /// Occupancy of a backend's connection pool, for /metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PoolStatus {
@@ -144,15 +212,13 @@ pub trait GraphStore: Send + Sync + 'static {
     /// when the store opened.
     fn query_language(&self) -> &'static str;
     fn query_schema(&self) -> String;
-    /// A read-only analyst query with named parameters: at most `limit` rows, stopped after `timeout`.
-    /// Writes, syntax errors and timeouts are `InvalidQuery`.
-    async fn analyst_query(
-        &self,
-        query: &str,
-        params: &serde_json::Map<String, serde_json::Value>,
-        limit: usize,
-        timeout: std::time::Duration,
-    ) -> StoreResult<QueryRows>;
+    /// Whether `analyst_query` confines a caller who is not an admin to its read scope. A store that cannot
+    /// answers `false`, and the service then runs its analyst queries for admins only.
+    fn scoped_analyst_queries(&self) -> bool;
+    /// A read-only analyst query with named parameters: at most `limit` rows, stopped after `timeout` or
+    /// when the returned future is dropped. Writes, refused constructs, syntax errors and timeouts are
+    /// `InvalidQuery`; an answer past the size cap is `TooLarge`.
+    async fn analyst_query(&self, request: AnalystRequest<'_>) -> StoreResult<QueryRows>;
     /// Connection pool occupancy, for backends with a pool of connections.
     fn pool_status(&self) -> Option<PoolStatus> {
         None
@@ -223,7 +289,8 @@ pub trait GraphStore: Send + Sync + 'static {
     /// Creates or replaces the edge (from)-[relation]->(to). `NotFound` when either end is missing.
     async fn link(&self, relation: &Relation) -> StoreResult<()>;
     /// Contexts reachable from `id` within `depth` edges (outgoing, or both directions), nearest first,
-    /// each reported once at its smallest depth; at most `max_nodes` are explored.
+    /// each reported once at its smallest depth; at most `max_nodes` are explored. The walk reports and
+    /// passes through only live contexts `scope` may see (see `RelatedWalk`).
     async fn related(
         &self,
         id: Uuid,
@@ -231,6 +298,7 @@ pub trait GraphStore: Send + Sync + 'static {
         relation: Option<&str>,
         both_directions: bool,
         max_nodes: usize,
+        scope: &ReadScope,
     ) -> StoreResult<Vec<RelatedContext>>;
 
     /// The direct neighbours (both directions) of each of `ids`, at most `per_node` each, in one round trip:

@@ -22,8 +22,8 @@ use tokio::sync::Semaphore;
 use uuid::Uuid;
 
 use super::{
-    GraphStore, IndexEntry, InsertOutcome, PendingIndex, PoolStatus, QueryRows, RelatedContext, RelatedWalk, StateKey,
-    StoreCounts,
+    AnalystRequest, AnswerSize, GraphStore, IndexEntry, InsertOutcome, PendingIndex, PoolStatus, QueryRows,
+    RelatedContext, RelatedWalk, StateKey, StoreCounts,
 };
 use crate::domain::{
     AgentState, Context, ContextFilter, ContextVersion, ReadScope, Relation, Session, Timestamp, Visibility,
@@ -84,6 +84,8 @@ pub struct Neo4jOptions {
     pub acquire_timeout: Duration,
     /// How long opening a connection may take.
     pub connect_timeout: Duration,
+    /// How long one call (a transaction with its retries) may take.
+    pub call_timeout: Duration,
     /// Consecutive unreachable calls that open the circuit, and how long it stays open.
     pub breaker_threshold: u32,
     pub breaker_cooldown: Duration,
@@ -94,7 +96,7 @@ const MODEL: &str = "Neo4j, Cypher in a READ transaction. (:Agent {id})-[:AUTHOR
 agent_id, type, content, tags, metadata (JSON text), `m.<key>` (top-level metadata scalars), visibility, created_at, \
 updated_at, version, expires_at, content_hash, deleted, embedding})-[:IN_SESSION]->(:Session {id, purpose, metadata, \
 created_by, created_at}); (:Context)-[:TAGGED]->(:Tag {name}); (:Context)-[:RELATES_TO {relation, metadata, \
-created_at}]->(:Context); (:Context)-[:SUPERSEDES]->(:ContextVersion {context_id, version, type, content, tags, \
+created_at, created_by}]->(:Context); (:Context)-[:SUPERSEDES]->(:ContextVersion {context_id, version, type, content, tags, \
 metadata, visibility, updated_at}); (:AgentState {agent_id, session_id ('' = none), key, value (JSON text), version, \
 updated_at, expires_at}). Times are milliseconds since the Unix epoch; filter deleted contexts with NOT c.deleted.";
 
@@ -536,10 +538,7 @@ impl Neo4jGraphStore {
 
     /// Calls the backend through the circuit breaker.
     async fn guarded<T>(&self, call: impl Future<Output = StoreResult<T>>) -> StoreResult<T> {
-        self.breaker.admit()?;
-        let outcome = call.await;
-        self.breaker.record(&outcome);
-        outcome
+        self.breaker.call(self.options.call_timeout, call).await
     }
 
     /// A pool slot, waited for at most `acquire_timeout`.
@@ -607,13 +606,15 @@ impl GraphStore for Neo4jGraphStore {
         self.schema.clone()
     }
 
-    async fn analyst_query(
-        &self,
-        text: &str,
-        params: &Map<String, Value>,
-        limit: usize,
-        timeout: Duration,
-    ) -> StoreResult<QueryRows> {
+    /// Neo4j Community has no per-user graph scoping, so analyst Cypher sees the whole graph: the service
+    /// runs it for admins only.
+    fn scoped_analyst_queries(&self) -> bool {
+        false
+    }
+
+    async fn analyst_query(&self, request: AnalystRequest<'_>) -> StoreResult<QueryRows> {
+        let AnalystRequest { query: text, params, limit, timeout, ticket: _ticket, .. } = request;
+        super::cypher_guard::check(text).map_err(StoreError::InvalidQuery)?;
         let mut statement = query(text).extra("tx_timeout", timeout.as_millis() as i64);
         for (name, value) in params {
             let value = BoltType::try_from(value.clone())
@@ -631,6 +632,7 @@ impl GraphStore for Neo4jGraphStore {
             // A READ transaction: the server refuses write clauses.
             let mut stream = self.graph.execute_read(statement).await.map_err(rejected)?;
             let mut found = QueryRows::default();
+            let mut answer = AnswerSize::default();
             while let Some(row) = stream.next().await.map_err(rejected)? {
                 if found.rows.len() == limit {
                     found.truncated = true;
@@ -641,18 +643,22 @@ impl GraphStore for Neo4jGraphStore {
                     found.columns.sort();
                 }
                 let values = found.columns.iter().map(|c| row.get::<Value>(c)).collect::<Result<Vec<_>, _>>();
-                found.rows.push(values.map_err(|e| StoreError::Backend(format!("unreadable row: {e}")))?);
+                let values = values.map_err(|e| StoreError::Backend(format!("unreadable row: {e}")))?;
+                answer.add(&values)?;
+                found.rows.push(values);
             }
             stream.finish().await.map_err(rejected)?;
             Ok(found)
         };
+        // The server stops the transaction at `tx_timeout`; past that and a grace second the query counts as
+        // answered-too-slow (not as the backend being unreachable), a little later as unreachable.
         let deadline = timeout + Duration::from_secs(1);
-        self.guarded(async {
+        let answered = async {
             tokio::time::timeout(deadline, run).await.unwrap_or_else(|_| {
                 Err(StoreError::InvalidQuery(format!("the query ran longer than {} ms", timeout.as_millis())))
             })
-        })
-        .await
+        };
+        self.breaker.call(deadline + self.options.call_timeout, answered).await
     }
 
     fn pool_status(&self) -> Option<PoolStatus> {
@@ -862,7 +868,8 @@ impl GraphStore for Neo4jGraphStore {
                 .param("to_id", relation.to_id.to_string())
                 .param("relation", relation.relation.clone())
                 .param("metadata", json_text(&relation.metadata))
-                .param("created_at", relation.created_at.millis());
+                .param("created_at", relation.created_at.millis())
+                .param("created_by", relation.created_by.clone());
             let found = rows(txn, statement).await?;
             let linked: i64 = match found.first() {
                 Some(row) => row.get("linked")?,
@@ -882,9 +889,10 @@ impl GraphStore for Neo4jGraphStore {
         relation: Option<&str>,
         both_directions: bool,
         max_nodes: usize,
+        scope: &ReadScope,
     ) -> StoreResult<Vec<RelatedContext>> {
         transaction!(self, |txn| {
-            let mut walk = RelatedWalk::new(id, max_nodes);
+            let mut walk = RelatedWalk::new(id, max_nodes, scope.clone());
             for level in 1..=depth {
                 if walk.frontier().is_empty() {
                     break;
@@ -902,9 +910,9 @@ impl GraphStore for Neo4jGraphStore {
                     })
                     .collect::<TxResult<Vec<_>>>()?;
                 walk.absorb(level, edges);
+                walk.settle(live_contexts(txn, &walk.level_ids()).await?);
             }
-            let live = live_contexts(txn, &walk.reached_ids()).await?;
-            Ok(walk.finish(live))
+            Ok(walk.finish())
         })
     }
 
@@ -1011,6 +1019,7 @@ impl GraphStore for Neo4jGraphStore {
                         relation: row.get("relation")?,
                         metadata: serde_json::from_str(&row.get::<String>("metadata")?).map_err(StoreError::from)?,
                         created_at: Timestamp(row.get("created_at")?),
+                        created_by: row.get("created_by")?,
                     })
                 })
                 .collect()

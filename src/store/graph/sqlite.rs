@@ -10,11 +10,15 @@ use rusqlite::{Connection, OptionalExtension, Row, Transaction, params, params_f
 use serde_json::Value;
 use uuid::Uuid;
 
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use super::sqlite_analyst::{self, AnalystQuery, CancelOnDrop};
 use super::sqlite_readers::ReaderThreads;
 use super::sqlite_writer::GroupWriter;
 use super::{
-    GraphStore, IndexEntry, InsertOutcome, PendingIndex, PoolStatus, QueryRows, RelatedContext, RelatedWalk, StateKey,
-    StoreCounts,
+    AnalystRequest, GraphStore, IndexEntry, InsertOutcome, PendingIndex, PoolStatus, QueryRows, RelatedContext,
+    RelatedWalk, StateKey, StoreCounts,
 };
 use crate::domain::{
     AgentState, Context, ContextFilter, ContextVersion, ReadScope, Relation, Session, Timestamp, Visibility,
@@ -306,10 +310,12 @@ fn load_context(conn: &Connection, id: Uuid) -> rusqlite::Result<Option<Context>
 impl SqliteGraphStore {
     pub fn open(options: &SqliteOptions) -> StoreResult<Self> {
         if let Some(parent) = options.path.parent() {
-            std::fs::create_dir_all(parent)
+            crate::private_files::private_dir(parent)
                 .map_err(|e| StoreError::Backend(format!("create {}: {e}", parent.display())))?;
         }
         let writer = Connection::open(&options.path)?;
+        crate::private_files::private_file(&options.path)
+            .map_err(|e| StoreError::Backend(format!("restrict {}: {e}", options.path.display())))?;
         let synchronous = match options.synchronous {
             Synchronous::Normal => "NORMAL",
             Synchronous::Full => "FULL",
@@ -319,6 +325,7 @@ impl SqliteGraphStore {
              PRAGMA busy_timeout = 5000;"
         ))?;
         writer.execute_batch(SCHEMA)?;
+        migrate(&writer)?;
         writer.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         let readers = ReaderThreads::start(options.readers as usize, || {
             let conn = Connection::open(&options.path)?;
@@ -371,20 +378,34 @@ impl GraphStore for SqliteGraphStore {
         format!(
             "SQLite, read-only. Times are milliseconds since the Unix epoch; JSON columns hold JSON text \
              (use json_extract); contexts.deleted = 1 marks deleted rows; agent_state.session_id '' = none. \
-             Tables: {}",
+             One SELECT (or WITH) statement; no PRAGMA, ATTACH or writes. Tables: {}",
             self.schema
         )
     }
 
-    async fn analyst_query(
-        &self,
-        query: &str,
-        params: &serde_json::Map<String, Value>,
-        limit: usize,
-        timeout: std::time::Duration,
-    ) -> StoreResult<QueryRows> {
-        let (path, query, params) = (self.path.clone(), query.to_string(), params.clone());
-        tokio::task::spawn_blocking(move || analyst_query(&path, &query, &params, limit, timeout)).await?
+    fn scoped_analyst_queries(&self) -> bool {
+        true
+    }
+
+    async fn analyst_query(&self, request: AnalystRequest<'_>) -> StoreResult<QueryRows> {
+        let cancelled = Arc::new(AtomicBool::new(false));
+        let query = AnalystQuery {
+            query: request.query.to_string(),
+            params: request.params.clone(),
+            limit: request.limit,
+            timeout: request.timeout,
+            scope: request.scope.clone(),
+            cancelled: cancelled.clone(),
+        };
+        let (path, ticket) = (self.path.clone(), request.ticket);
+        // Dropping this future (client gone, request timeout) stops the statement at its next progress check;
+        // the ticket is released by the blocking thread once the statement has stopped.
+        let _cancel_on_drop = CancelOnDrop(cancelled);
+        tokio::task::spawn_blocking(move || {
+            let _ticket = ticket;
+            sqlite_analyst::run(&path, &query)
+        })
+        .await?
     }
 
     fn pool_status(&self) -> Option<PoolStatus> {
@@ -653,14 +674,16 @@ impl GraphStore for SqliteGraphStore {
                 return Err(StoreError::NotFound);
             }
             tx.execute(
-                "INSERT INTO relations (from_id, to_id, relation, metadata, created_at) VALUES (?1, ?2, ?3, ?4, ?5) \
-                 ON CONFLICT(from_id, relation, to_id) DO UPDATE SET metadata = excluded.metadata",
+                "INSERT INTO relations (from_id, to_id, relation, metadata, created_at, created_by) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT(from_id, relation, to_id) \
+                 DO UPDATE SET metadata = excluded.metadata, created_by = excluded.created_by",
                 params![
                     relation.from_id.to_string(),
                     relation.to_id.to_string(),
                     relation.relation,
                     json_text(&relation.metadata),
-                    relation.created_at.millis()
+                    relation.created_at.millis(),
+                    relation.created_by
                 ],
             )?;
             Ok(())
@@ -675,10 +698,12 @@ impl GraphStore for SqliteGraphStore {
         relation: Option<&str>,
         both_directions: bool,
         max_nodes: usize,
+        scope: &ReadScope,
     ) -> StoreResult<Vec<RelatedContext>> {
         let relation = relation.map(str::to_string);
+        let scope = scope.clone();
         self.read(move |conn| {
-            let mut walk = RelatedWalk::new(id, max_nodes);
+            let mut walk = RelatedWalk::new(id, max_nodes, scope);
             for level in 1..=depth {
                 if walk.frontier().is_empty() {
                     break;
@@ -712,9 +737,9 @@ impl GraphStore for SqliteGraphStore {
                     })?
                     .collect::<rusqlite::Result<Vec<_>>>()?;
                 walk.absorb(level, edges);
+                walk.settle(live_by_ids(conn, "", &walk.level_ids(), context_from_row)?);
             }
-            let live = live_by_ids(conn, "", &walk.reached_ids(), context_from_row)?;
-            Ok(walk.finish(live))
+            Ok(walk.finish())
         })
         .await
     }
@@ -863,7 +888,8 @@ impl GraphStore for SqliteGraphStore {
             let mut found = Vec::new();
             for chunk in ids.chunks(500) {
                 let sql = format!(
-                    "SELECT from_id, to_id, relation, metadata, created_at FROM relations WHERE from_id IN ({}) \
+                    "SELECT from_id, to_id, relation, metadata, created_at, created_by FROM relations \
+                     WHERE from_id IN ({}) \
                      ORDER BY from_id, relation, to_id",
                     placeholders(chunk.len())
                 );
@@ -875,6 +901,7 @@ impl GraphStore for SqliteGraphStore {
                         relation: row.get(2)?,
                         metadata: parse_json(&row.get::<_, String>(3)?)?,
                         created_at: Timestamp(row.get(4)?),
+                        created_by: row.get(5)?,
                     })
                 })?;
                 for row in rows {
@@ -1021,6 +1048,20 @@ impl GraphStore for SqliteGraphStore {
 }
 
 /// "table(column TYPE, ...)" for every table, from the database itself.
+/// Brings a database made by an earlier version up to `SCHEMA` (whose `CREATE TABLE IF NOT EXISTS` leaves
+/// existing tables as they are).
+fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    let has_created_by: bool = conn.query_row(
+        "SELECT COUNT(*) > 0 FROM pragma_table_info('relations') WHERE name = 'created_by'",
+        [],
+        |row| row.get(0),
+    )?;
+    if !has_created_by {
+        conn.execute_batch("ALTER TABLE relations ADD COLUMN created_by TEXT NOT NULL DEFAULT ''")?;
+    }
+    Ok(())
+}
+
 fn describe_tables(conn: &Connection) -> rusqlite::Result<String> {
     let mut tables = conn.prepare(
         "SELECT m.name, group_concat(p.name || ' ' || p.type, ', ') FROM sqlite_master m \
@@ -1031,92 +1072,6 @@ fn describe_tables(conn: &Connection) -> rusqlite::Result<String> {
         .query_map([], |row| Ok(format!("{}({})", row.get::<_, String>(0)?, row.get::<_, String>(1)?)))?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     Ok(described.join("; "))
-}
-
-/// A JSON parameter as an SQLite value: objects and arrays are bound as JSON text.
-fn sql_value(value: &Value) -> SqlValue {
-    match value {
-        Value::Null => SqlValue::Null,
-        Value::Bool(flag) => SqlValue::Integer(i64::from(*flag)),
-        Value::Number(number) => match number.as_i64() {
-            Some(i) => SqlValue::Integer(i),
-            None => SqlValue::Real(number.as_f64().unwrap_or(f64::NAN)),
-        },
-        Value::String(text) => SqlValue::Text(text.clone()),
-        Value::Array(_) | Value::Object(_) => SqlValue::Text(value.to_string()),
-    }
-}
-
-fn json_value(value: rusqlite::types::ValueRef<'_>) -> Value {
-    use rusqlite::types::ValueRef;
-    match value {
-        ValueRef::Null => Value::Null,
-        ValueRef::Integer(i) => i.into(),
-        ValueRef::Real(f) => serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number),
-        ValueRef::Text(bytes) => String::from_utf8_lossy(bytes).into_owned().into(),
-        ValueRef::Blob(bytes) => format!("x'{}'", hex::encode(bytes)).into(),
-    }
-}
-
-/// Runs one read-only statement on a read-only connection of its own (so no PRAGMA can loosen a pooled one).
-fn analyst_query(
-    path: &Path,
-    query: &str,
-    params: &serde_json::Map<String, Value>,
-    limit: usize,
-    timeout: std::time::Duration,
-) -> StoreResult<QueryRows> {
-    use rusqlite::OpenFlags;
-    let rejected = |err: rusqlite::Error| match err {
-        rusqlite::Error::SqliteFailure(code, _) if code.code == rusqlite::ErrorCode::OperationInterrupted => {
-            StoreError::InvalidQuery(format!("the query ran longer than {} ms", timeout.as_millis()))
-        }
-        rusqlite::Error::SqliteFailure(code, _)
-            if matches!(code.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) =>
-        {
-            StoreError::Unavailable(err.to_string())
-        }
-        other => StoreError::InvalidQuery(other.to_string()),
-    };
-    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let conn = Connection::open_with_flags(path, flags)?;
-    conn.execute_batch("PRAGMA query_only = 1; PRAGMA busy_timeout = 2000;")?;
-    let interrupt = conn.get_interrupt_handle();
-    let (done, finished) = std::sync::mpsc::channel::<()>();
-    let watchdog = std::thread::spawn(move || {
-        if finished.recv_timeout(timeout) == Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
-            interrupt.interrupt();
-        }
-    });
-    let result = (|| {
-        let mut statement = conn.prepare(query).map_err(rejected)?;
-        if !statement.readonly() {
-            return Err(StoreError::InvalidQuery("only read-only statements (SELECT) are allowed".into()));
-        }
-        for index in 1..=statement.parameter_count() {
-            let name = statement.parameter_name(index).unwrap_or("?");
-            let value = params.get(name.trim_start_matches([':', '@', '$'])).ok_or_else(|| {
-                StoreError::InvalidQuery(format!("parameter {name} has no value in params (use :name)"))
-            })?;
-            statement.raw_bind_parameter(index, sql_value(value)).map_err(rejected)?;
-        }
-        let columns: Vec<String> = statement.column_names().into_iter().map(str::to_string).collect();
-        let width = columns.len();
-        let mut rows = Vec::new();
-        let mut truncated = false;
-        let mut cursor = statement.raw_query();
-        while let Some(row) = cursor.next().map_err(rejected)? {
-            if rows.len() == limit {
-                truncated = true;
-                break;
-            }
-            rows.push((0..width).map(|i| row.get_ref(i).map(json_value)).collect::<rusqlite::Result<Vec<_>>>()?);
-        }
-        Ok(QueryRows { columns, rows, truncated })
-    })();
-    let _ = done.send(());
-    let _ = watchdog.join();
-    result
 }
 
 /// Live contexts among `ids` (in no particular order), selected with `CONTEXT_COLUMNS` plus `extra`.

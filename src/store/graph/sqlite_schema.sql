@@ -60,6 +60,7 @@ CREATE TABLE IF NOT EXISTS relations (
     relation    TEXT NOT NULL,
     metadata    TEXT NOT NULL,
     created_at  INTEGER NOT NULL,
+    created_by  TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (from_id, relation, to_id)
 );
 CREATE INDEX IF NOT EXISTS relations_by_target ON relations(to_id);

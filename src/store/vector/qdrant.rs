@@ -42,13 +42,17 @@ pub struct QdrantVectorStore {
     collection: String,
     hnsw_ef: u64,
     breaker: CircuitBreaker,
+    /// The request timeout: a call is given this long plus a grace second.
+    timeout: Duration,
 }
 
 fn qdrant_error(err: qdrant_client::QdrantError) -> StoreError {
     let text = err.to_string();
-    // Transport failures (refused, reset, timed out) mean the server is unreachable; the rest are answers.
-    let unreachable = ["transport", "connect", "Unavailable", "DeadlineExceeded", "timed out", "Cancelled"];
-    if unreachable.iter().any(|needle| text.contains(needle)) {
+    // Transport failures (refused, reset, timed out, a stream cancelled when its connection dropped) mean the
+    // server is unreachable; the rest are answers. tonic spells it "cancelled" and "canceled".
+    let lower = text.to_ascii_lowercase();
+    let unreachable = ["transport", "connect", "unavailable", "deadlineexceeded", "deadline", "timed out", "cancel"];
+    if unreachable.iter().any(|needle| lower.contains(needle)) {
         StoreError::Unavailable(format!("qdrant: {text}"))
     } else {
         StoreError::Backend(format!("qdrant: {text}"))
@@ -135,6 +139,7 @@ impl QdrantVectorStore {
             collection,
             hnsw_ef: spec.search.hnsw_ef as u64,
             breaker: CircuitBreaker::new("qdrant", options.breaker_threshold, options.breaker_cooldown),
+            timeout: options.timeout,
         };
         store.ensure_collection(spec).await?;
         Ok(store)
@@ -182,11 +187,10 @@ impl QdrantVectorStore {
         Ok(())
     }
 
+    /// Calls the server through the circuit breaker. A call takes at most the request timeout (plus a grace
+    /// second for the channel), even when the server accepts connections and never answers.
     async fn guarded<T>(&self, call: impl std::future::Future<Output = StoreResult<T>>) -> StoreResult<T> {
-        self.breaker.admit()?;
-        let outcome = call.await;
-        self.breaker.record(&outcome);
-        outcome
+        self.breaker.call(self.timeout + Duration::from_secs(1), call).await
     }
 }
 

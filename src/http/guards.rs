@@ -1,0 +1,242 @@
+//! Request guards outside authentication: Host and Origin checks and the JSON content type (so no web page can
+//! drive the tool endpoint, even with authentication off), the per-request time limit with the stable error
+//! body, and the limit on failed authentication per client address.
+
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
+use std::time::{Duration, Instant};
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::Response;
+
+use super::HttpState;
+use super::routes::error_response;
+use crate::error::ErrorCode;
+use crate::tools::ToolError;
+
+/// The client's address, as the listener saw it (`ConnectInfo`).
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub SocketAddr);
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, super::CountingListener>> for ClientAddr {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, super::CountingListener>) -> Self {
+        ClientAddr(*stream.remote_addr())
+    }
+}
+
+/// The client address of a request, when the server was started with connect info.
+pub fn client_ip(request: &Request) -> Option<IpAddr> {
+    request.extensions().get::<axum::extract::ConnectInfo<ClientAddr>>().map(|info| info.0.0.ip())
+}
+
+/// Failed authentications per client address: past the quota, the address is turned away with 429 before
+/// any credential it sends is checked, until the quota refills.
+pub struct FailedAuthLimiter {
+    quota: governor::DefaultKeyedRateLimiter<IpAddr>,
+    blocked: moka::sync::Cache<IpAddr, Instant>,
+}
+
+impl FailedAuthLimiter {
+    pub fn new(per_second: u32, burst: u32) -> Self {
+        let per_second = NonZeroU32::new(per_second.max(1)).expect("at least one");
+        let burst = NonZeroU32::new(burst.max(1)).expect("at least one");
+        Self {
+            quota: governor::RateLimiter::keyed(governor::Quota::per_second(per_second).allow_burst(burst)),
+            blocked: moka::sync::Cache::builder().max_capacity(100_000).time_to_live(Duration::from_secs(60)).build(),
+        }
+    }
+
+    /// How long the address must wait before its next attempt, if it is turned away now.
+    pub fn blocked_for(&self, ip: IpAddr) -> Option<Duration> {
+        let until = self.blocked.get(&ip)?;
+        until.checked_duration_since(Instant::now())
+    }
+
+    /// Records a failed attempt; returns how long the address is now turned away, if it ran out of quota.
+    pub fn failed(&self, ip: IpAddr) -> Option<Duration> {
+        let not_until = self.quota.check_key(&ip).err()?;
+        let wait = not_until.wait_time_from(governor::clock::Clock::now(&governor::clock::DefaultClock::default()));
+        self.blocked.insert(ip, Instant::now() + wait);
+        Some(wait)
+    }
+}
+
+/// 429 with `Retry-After` for an address that failed authentication too often.
+pub fn too_many_failures(wait: Duration) -> Response {
+    let error = ToolError {
+        code: ErrorCode::ResourceExhausted,
+        message: "too many failed authentication attempts from this address; retry later".into(),
+    };
+    let mut response = error_response(StatusCode::TOO_MANY_REQUESTS, &error);
+    if let Ok(value) = header::HeaderValue::from_str(&(wait.as_secs() + 1).to_string()) {
+        response.headers_mut().insert(header::RETRY_AFTER, value);
+    }
+    response
+}
+
+/// Splits `host[:port]` (IPv6 in brackets) into a lower-case host and an optional port.
+fn split_authority(authority: &str) -> Option<(String, Option<u16>)> {
+    let authority = authority.trim();
+    let (host, port) = if let Some(rest) = authority.strip_prefix('[') {
+        let (host, after) = rest.split_once(']')?;
+        (host, after.strip_prefix(':'))
+    } else {
+        match authority.rsplit_once(':') {
+            // More than one colon without brackets: a bare IPv6 address.
+            Some((host, port)) if !host.contains(':') => (host, Some(port)),
+            _ => (authority, None),
+        }
+    };
+    let port = match port {
+        Some(text) => Some(text.parse::<u16>().ok()?),
+        None => None,
+    };
+    (!host.is_empty()).then(|| (host.to_ascii_lowercase(), port))
+}
+
+/// Whether the Host header names this server: an entry without a port allows any port.
+fn host_allowed(host: &str, allowed: &[String]) -> bool {
+    if allowed.is_empty() {
+        return true;
+    }
+    let Some((host, port)) = split_authority(host) else { return false };
+    allowed
+        .iter()
+        .filter_map(|entry| split_authority(entry))
+        .any(|(name, wanted)| name == host && wanted.is_none_or(|wanted| Some(wanted) == port))
+}
+
+/// Whether an Origin (`scheme://host[:port]`) is allowed: entries take the same form, `:*` for any port.
+fn origin_allowed(origin: &str, allowed: &[String]) -> bool {
+    let parse = |text: &str| -> Option<(String, String)> {
+        let (scheme, authority) = text.trim().split_once("://")?;
+        Some((scheme.to_ascii_lowercase(), authority.trim_end_matches('/').to_string()))
+    };
+    let Some((scheme, authority)) = parse(origin) else { return false };
+    let Some((host, port)) = split_authority(&authority) else { return false };
+    let default_port = match scheme.as_str() {
+        "http" => Some(80),
+        "https" => Some(443),
+        _ => None,
+    };
+    allowed.iter().any(|entry| {
+        let Some((wanted_scheme, wanted_authority)) = parse(entry) else { return false };
+        if wanted_scheme != scheme {
+            return false;
+        }
+        if let Some(wanted_host) = wanted_authority.strip_suffix(":*") {
+            return split_authority(wanted_host).is_some_and(|(name, _)| name == host);
+        }
+        split_authority(&wanted_authority)
+            .is_some_and(|(name, wanted_port)| name == host && wanted_port.or(default_port) == port.or(default_port))
+    })
+}
+
+fn forbidden(message: &str) -> Response {
+    error_response(StatusCode::FORBIDDEN, &ToolError { code: ErrorCode::PermissionDenied, message: message.into() })
+}
+
+/// The DNS-rebinding and cross-origin checks `/mcp` gets from rmcp, for every other route: the Host must be
+/// one of `server.allowed_hosts`, and an Origin, when sent, one of `server.allowed_origins`.
+pub async fn check_host_and_origin(State(state): State<HttpState>, request: Request, next: Next) -> Response {
+    match refused_host_or_origin(request.headers(), &state) {
+        Some(message) => forbidden(message),
+        None => next.run(request).await,
+    }
+}
+
+/// Why the Host or Origin of a request is refused, if it is.
+fn refused_host_or_origin(headers: &HeaderMap, state: &HttpState) -> Option<&'static str> {
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    if !host_allowed(host, &state.allowed_hosts) {
+        return Some("the Host header names no address this server answers to (server.allowed_hosts)");
+    }
+    let origin = headers.get(header::ORIGIN)?;
+    let allowed = origin.to_str().is_ok_and(|origin| origin_allowed(origin, &state.allowed_origins));
+    (!allowed).then_some("requests from this Origin are not allowed (server.allowed_origins)")
+}
+
+/// A POST body must be declared JSON: a web page cannot send `application/json` across origins without a
+/// preflight, so this keeps form posts and `text/plain` beacons out. An empty body (a tool whose arguments
+/// are all optional) needs no content type; browsers send an Origin with every cross-origin POST, which the
+/// Origin check refuses.
+pub async fn require_json(request: Request, next: Next) -> Response {
+    let empty = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|length| length.trim() == "0")
+        || (request.headers().get(header::CONTENT_LENGTH).is_none()
+            && request.headers().get(header::TRANSFER_ENCODING).is_none());
+    let is_json = empty
+        || request
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|media| media.trim().eq_ignore_ascii_case("application/json"));
+    if !is_json {
+        let error = ToolError {
+            code: ErrorCode::InvalidArgument,
+            message: "send the body as JSON with Content-Type: application/json".into(),
+        };
+        return error_response(StatusCode::UNSUPPORTED_MEDIA_TYPE, &error);
+    }
+    next.run(request).await
+}
+
+/// The per-request time limit: past it the request is dropped (which stops what it started, e.g. an analyst
+/// query) and the caller gets 503 with the stable error body and `Retry-After`.
+pub async fn time_limit(State(state): State<HttpState>, request: Request, next: Next) -> Response {
+    match tokio::time::timeout(state.request_timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            let error = ToolError {
+                code: ErrorCode::Unavailable,
+                message: format!(
+                    "the request took longer than {} ms and was stopped; retry later",
+                    state.request_timeout.as_millis()
+                ),
+            };
+            error_response(StatusCode::SERVICE_UNAVAILABLE, &error)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn list(items: &[&str]) -> Vec<String> {
+        items.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn hosts_match_by_name_and_optional_port() {
+        let allowed = list(&["localhost", "127.0.0.1", "::1", "example.com:8443"]);
+        assert!(host_allowed("localhost:8080", &allowed));
+        assert!(host_allowed("127.0.0.1", &allowed));
+        assert!(host_allowed("[::1]:8080", &allowed));
+        assert!(host_allowed("EXAMPLE.com:8443", &allowed));
+        assert!(!host_allowed("example.com:80", &allowed));
+        assert!(!host_allowed("evil.example:8080", &allowed));
+        assert!(!host_allowed("", &allowed));
+        assert!(host_allowed("anything", &[]), "an empty list allows every host");
+    }
+
+    #[test]
+    fn origins_match_scheme_host_and_port() {
+        let allowed = list(&["http://localhost:*", "http://127.0.0.1:*", "https://app.example.com"]);
+        assert!(origin_allowed("http://localhost:3000", &allowed));
+        assert!(origin_allowed("http://127.0.0.1", &allowed));
+        assert!(origin_allowed("https://app.example.com", &allowed));
+        assert!(origin_allowed("https://app.example.com:443", &allowed));
+        assert!(!origin_allowed("https://app.example.com:8443", &allowed));
+        assert!(!origin_allowed("https://localhost:3000", &allowed), "the scheme counts");
+        assert!(!origin_allowed("http://evil.example", &allowed));
+        assert!(!origin_allowed("null", &allowed));
+        assert!(!origin_allowed("http://localhost.evil.example:80", &allowed));
+    }
+}
