@@ -273,6 +273,7 @@ async fn related_contexts_follow_links_to_bounded_depth() {
                     from_id: pair[0].clone(),
                     to_id: pair[1].clone(),
                     relation: "next".into(),
+                    agent_id: Some("alice".into()),
                     ..Default::default()
                 },
             )
@@ -310,6 +311,7 @@ async fn related_contexts_follow_links_to_bounded_depth() {
                 from_id: ids[0].clone(),
                 to_id: uuid::Uuid::now_v7().to_string(),
                 relation: "next".into(),
+                agent_id: Some("alice".into()),
                 ..Default::default()
             },
         )
