@@ -45,10 +45,20 @@ pub fn private_file(path: &Path) -> std::io::Result<()> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
 }
 
-/// Writes `contents` to a new or truncated owner-only file.
+/// Writes `contents` to a new owner-only file, replacing any file (or link) at `path`: the new file is
+/// created exclusively and never through a symbolic link.
 pub fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
-    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
-    private_file(path)?;
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+        Err(err) => return Err(err),
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
     file.write_all(contents)?;
     file.sync_all()
 }

@@ -239,8 +239,12 @@ where
     if is_read_only(name) {
         return call_service::<E>(service, principal, name, arguments).await;
     }
+    let slot = service.write_slot()?;
     let (service, principal, name) = (service.clone(), principal.clone(), name.to_string());
-    let write = tokio::spawn(async move { call_service::<E>(&service, &principal, &name, arguments).await });
+    let write = tokio::spawn(async move {
+        let _slot = slot;
+        call_service::<E>(&service, &principal, &name, arguments).await
+    });
     write.await.map_err(|err| ServiceError::Internal(format!("write task failed: {err}")))?
 }
 

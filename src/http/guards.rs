@@ -31,11 +31,36 @@ pub fn client_ip(request: &Request) -> Option<IpAddr> {
     request.extensions().get::<axum::extract::ConnectInfo<ClientAddr>>().map(|info| info.0.0.ip())
 }
 
-/// Failed authentications per client address: past the quota, the address is turned away with 429 before
-/// any credential it sends is checked, until the quota refills.
+/// Failed authentications per client address (IPv6 by /64, the block one host usually holds): past the
+/// quota, the address is turned away with 429 before the credentials it sends are checked, until the quota
+/// refills. Credentials that authenticated recently are still checked, so a client sharing an address (a
+/// NAT, a proxy) with a noisy one keeps working.
 pub struct FailedAuthLimiter {
     quota: governor::DefaultKeyedRateLimiter<IpAddr>,
     blocked: moka::sync::Cache<IpAddr, Instant>,
+    /// sha256 of credentials that authenticated in the last `KNOWN_GOOD_TTL`.
+    known_good: moka::sync::Cache<Vec<u8>, ()>,
+    failures: std::sync::atomic::AtomicU64,
+}
+
+/// How long a credential that authenticated is let past a block on its address.
+const KNOWN_GOOD_TTL: Duration = Duration::from_secs(600);
+
+/// The address a failure counts against: IPv6 addresses by their /64.
+fn limited_address(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
+            let segments = v6.segments();
+            IpAddr::V6(std::net::Ipv6Addr::new(segments[0], segments[1], segments[2], segments[3], 0, 0, 0, 0))
+        }
+        IpAddr::V6(v6) => IpAddr::V4(v6.to_ipv4_mapped().expect("checked")),
+        v4 => v4,
+    }
+}
+
+fn digest(credential: &str) -> Vec<u8> {
+    use sha2::Digest;
+    sha2::Sha256::digest(credential.trim().as_bytes()).to_vec()
 }
 
 impl FailedAuthLimiter {
@@ -45,20 +70,35 @@ impl FailedAuthLimiter {
         Self {
             quota: governor::RateLimiter::keyed(governor::Quota::per_second(per_second).allow_burst(burst)),
             blocked: moka::sync::Cache::builder().max_capacity(100_000).time_to_live(Duration::from_secs(60)).build(),
+            known_good: moka::sync::Cache::builder().max_capacity(100_000).time_to_live(KNOWN_GOOD_TTL).build(),
+            failures: Default::default(),
         }
     }
 
-    /// How long the address must wait before its next attempt, if it is turned away now.
-    pub fn blocked_for(&self, ip: IpAddr) -> Option<Duration> {
-        let until = self.blocked.get(&ip)?;
-        until.checked_duration_since(Instant::now())
+    /// How long the address must wait before it may present `credential`, if it is turned away now.
+    pub fn blocked_for(&self, ip: IpAddr, credential: Option<&str>) -> Option<Duration> {
+        let until = self.blocked.get(&limited_address(ip))?;
+        let wait = until.checked_duration_since(Instant::now())?;
+        let known = credential.is_some_and(|c| self.known_good.contains_key(&digest(c)));
+        (!known).then_some(wait)
+    }
+
+    /// Records a credential that authenticated.
+    pub fn succeeded(&self, credential: &str) {
+        self.known_good.insert(digest(credential), ());
     }
 
     /// Records a failed attempt; returns how long the address is now turned away, if it ran out of quota.
     pub fn failed(&self, ip: IpAddr) -> Option<Duration> {
-        let not_until = self.quota.check_key(&ip).err()?;
+        let address = limited_address(ip);
+        // The quota keeps a cell per address it saw: drop the idle ones now and then.
+        if self.failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 4096 == 4095 {
+            self.quota.retain_recent();
+            self.quota.shrink_to_fit();
+        }
+        let not_until = self.quota.check_key(&address).err()?;
         let wait = not_until.wait_time_from(governor::clock::Clock::now(&governor::clock::DefaultClock::default()));
-        self.blocked.insert(ip, Instant::now() + wait);
+        self.blocked.insert(address, Instant::now() + wait);
         Some(wait)
     }
 }
@@ -158,37 +198,30 @@ fn refused_host_or_origin(headers: &HeaderMap, state: &HttpState) -> Option<&'st
     (!allowed).then_some("requests from this Origin are not allowed (server.allowed_origins)")
 }
 
-/// A POST body must be declared JSON: a web page cannot send `application/json` across origins without a
-/// preflight, so this keeps form posts and `text/plain` beacons out. An empty body (a tool whose arguments
-/// are all optional) needs no content type; browsers send an Origin with every cross-origin POST, which the
-/// Origin check refuses.
-pub async fn require_json(request: Request, next: Next) -> Response {
-    let empty = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
+/// Whether a request declares a JSON body. A POST body must: a web page cannot send `application/json`
+/// across origins without a preflight, so this keeps form posts and `text/plain` beacons out. An empty body
+/// (a tool whose arguments are all optional) needs no content type; browsers send an Origin with every
+/// cross-origin POST, which the Origin check refuses.
+pub fn declares_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|length| length.trim() == "0")
-        || (request.headers().get(header::CONTENT_LENGTH).is_none()
-            && request.headers().get(header::TRANSFER_ENCODING).is_none());
-    let is_json = empty
-        || request
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(';').next())
-            .is_some_and(|media| media.trim().eq_ignore_ascii_case("application/json"));
-    if !is_json {
-        let error = ToolError {
-            code: ErrorCode::InvalidArgument,
-            message: "send the body as JSON with Content-Type: application/json".into(),
-        };
-        return error_response(StatusCode::UNSUPPORTED_MEDIA_TYPE, &error);
-    }
-    next.run(request).await
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|media| media.trim().eq_ignore_ascii_case("application/json"))
+}
+
+/// 415 for a body that is not declared JSON.
+pub fn not_json() -> Response {
+    let error = ToolError {
+        code: ErrorCode::InvalidArgument,
+        message: "send the body as JSON with Content-Type: application/json".into(),
+    };
+    error_response(StatusCode::UNSUPPORTED_MEDIA_TYPE, &error)
 }
 
 /// The per-request time limit: past it the request is dropped (which stops what it started, e.g. an analyst
-/// query) and the caller gets 503 with the stable error body and `Retry-After`.
+/// query; a write already under way runs to completion) and the caller gets 503 with the stable error body
+/// and `Retry-After`.
 pub async fn time_limit(State(state): State<HttpState>, request: Request, next: Next) -> Response {
     match tokio::time::timeout(state.request_timeout, next.run(request)).await {
         Ok(response) => response,
@@ -196,7 +229,8 @@ pub async fn time_limit(State(state): State<HttpState>, request: Request, next: 
             let error = ToolError {
                 code: ErrorCode::Unavailable,
                 message: format!(
-                    "the request took longer than {} ms and was stopped; retry later",
+                    "the request took longer than {} ms; a write it started still completes, so read before \
+                     retrying a write (or pass expected_version)",
                     state.request_timeout.as_millis()
                 ),
             };

@@ -32,6 +32,9 @@ use crate::service::ContextService;
 
 pub type AgentRateLimiter = governor::DefaultKeyedRateLimiter<String>;
 
+/// Requests `/auth/token` and `/health/ready` may have in flight together (at most `max_concurrency`).
+const OPEN_SLOTS: usize = 32;
+
 #[derive(Clone)]
 pub struct HttpState {
     pub service: Arc<ContextService>,
@@ -42,6 +45,8 @@ pub struct HttpState {
     pub default_principal: Principal,
     /// Free request slots; a request finding none is shed with 503 + Retry-After.
     pub slots: Arc<Semaphore>,
+    /// Free slots of the unauthenticated routes that do work (`/auth/token`, `/health/ready`).
+    pub open_slots: Arc<Semaphore>,
     /// Requests per agent per second.
     pub rate_limiter: Arc<AgentRateLimiter>,
     /// Failed authentications per client address.
@@ -49,6 +54,8 @@ pub struct HttpState {
     pub allowed_hosts: Arc<Vec<String>>,
     pub allowed_origins: Arc<Vec<String>>,
     pub request_timeout: Duration,
+    /// The last readiness report and when it was made (see `routes::ready`).
+    pub readiness: Arc<tokio::sync::Mutex<Option<(std::time::Instant, crate::service::Readiness)>>>,
 }
 
 impl HttpState {
@@ -61,6 +68,7 @@ impl HttpState {
             auth_enabled: settings.auth.enabled,
             default_principal: Principal::local_trusted(&settings.identity.agent_id),
             slots: Arc::new(Semaphore::new(settings.server.max_concurrency)),
+            open_slots: Arc::new(Semaphore::new(settings.server.max_concurrency.min(OPEN_SLOTS))),
             rate_limiter: Arc::new(governor::RateLimiter::keyed(Quota::per_second(per_second).allow_burst(burst))),
             failed_auth: Arc::new(guards::FailedAuthLimiter::new(
                 settings.server.auth_failures_per_second,
@@ -69,6 +77,7 @@ impl HttpState {
             allowed_hosts: Arc::new(settings.server.allowed_hosts.clone()),
             allowed_origins: Arc::new(settings.server.allowed_origins.clone()),
             request_timeout: Duration::from_millis(settings.server.request_timeout_ms),
+            readiness: Arc::default(),
         }
     }
 }
@@ -90,20 +99,20 @@ pub fn router(state: HttpState, settings: &ServerSettings, stop: CancellationTok
         mcp_config,
     );
 
-    let json = axum::middleware::from_fn(guards::require_json);
     let api = Router::new()
-        .route("/mcp/tool/{name}", post(routes::call_tool).layer(json.clone()))
+        .route("/mcp/tool/{name}", post(routes::call_tool))
         .nest_service("/mcp", mcp)
         .route("/metrics", get(routes::metrics))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), routes::authenticate));
-    // Readiness probes backends and token exchange checks a key: both count against the concurrency limit.
-    let limited = Router::new()
-        .route("/health/ready", get(routes::ready))
-        .route("/auth/token", post(routes::token).layer(json))
-        .merge(api)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), routes::authenticate))
         .layer(axum::middleware::from_fn_with_state(state.clone(), routes::shed_load));
+    // Readiness probes the backends and token exchange checks a key, without authentication: they have a
+    // pool of slots of their own, so a flood of them (or slow bodies) cannot take the API's slots.
+    let unauthenticated = Router::new()
+        .route("/health/ready", get(routes::ready))
+        .route("/auth/token", post(routes::token))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), routes::shed_open_load));
     let open = Router::new().route("/health", get(routes::health)).route("/openapi.json", get(routes::openapi));
-    limited
+    api.merge(unauthenticated)
         .merge(open)
         .layer(DefaultBodyLimit::max(settings.body_limit_bytes))
         .layer(axum::middleware::from_fn_with_state(state.clone(), guards::time_limit))

@@ -3,13 +3,15 @@
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
+use std::sync::Arc;
+
 use super::HttpState;
-use super::guards::{ClientAddr, client_ip, too_many_failures};
+use super::guards::{ClientAddr, client_ip, declares_json, not_json, too_many_failures};
 use crate::auth::{AuthFailure, Principal};
 use crate::error::ErrorCode;
 use crate::mcp::timed_call;
@@ -28,6 +30,9 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
+
+/// How long a readiness report answers `/health/ready` before the backends are checked again.
+const READY_REUSE: std::time::Duration = std::time::Duration::from_secs(1);
 
 const CHALLENGE: &str = "Bearer realm=\"context-store\"";
 const INVALID_TOKEN_CHALLENGE: &str = "Bearer realm=\"context-store\", error=\"invalid_token\"";
@@ -51,8 +56,12 @@ pub async fn call_tool(
     State(state): State<HttpState>,
     Path(name): Path<String>,
     axum::Extension(principal): axum::Extension<Principal>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    if !body.is_empty() && !declares_json(&headers) {
+        return not_json();
+    }
     let arguments: Value = if body.is_empty() {
         Value::Null
     } else {
@@ -83,8 +92,20 @@ pub async fn health() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
+/// `GET /health/ready`. The checks run the model and reach every backend, and the route needs no key: one
+/// check runs at a time and its report is reused for `READY_REUSE`.
 pub async fn ready(State(state): State<HttpState>) -> Response {
-    let report = state.service.ready().await;
+    let report = {
+        let mut last = state.readiness.lock().await;
+        match &*last {
+            Some((at, report)) if at.elapsed() < READY_REUSE => report.clone(),
+            _ => {
+                let report = state.service.ready().await;
+                *last = Some((std::time::Instant::now(), report.clone()));
+                report
+            }
+        }
+    };
     let status = if report.ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     let body = json!({"status": if report.ready { "ready" } else { "unavailable" }, "backends": report.backends});
     (status, Json(body)).into_response()
@@ -111,12 +132,13 @@ pub async fn openapi() -> Json<Value> {
 pub async fn token(
     State(state): State<HttpState>,
     connect_info: Option<axum::Extension<axum::extract::ConnectInfo<ClientAddr>>>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let ip = connect_info.map(|info| info.0.0.0.ip());
-    if let Some(wait) = ip.and_then(|ip| state.failed_auth.blocked_for(ip)) {
-        return too_many_failures(wait);
+    if !body.is_empty() && !declares_json(&headers) {
+        return not_json();
     }
+    let ip = connect_info.map(|info| info.0.0.0.ip());
     let request = match serde_json::from_slice::<crate::auth::TokenRequest>(&body) {
         Ok(request) => request,
         Err(err) => {
@@ -124,9 +146,15 @@ pub async fn token(
             return error_response(StatusCode::UNPROCESSABLE_ENTITY, &error);
         }
     };
-    let auth = state.auth.clone();
+    if let Some(wait) = ip.and_then(|ip| state.failed_auth.blocked_for(ip, Some(&request.api_key))) {
+        return too_many_failures(wait);
+    }
+    let (auth, key) = (state.auth.clone(), request.api_key.clone());
     match tokio::task::spawn_blocking(move || auth.exchange(request)).await {
-        Ok(Ok(token)) => Json(token).into_response(),
+        Ok(Ok(token)) => {
+            state.failed_auth.succeeded(&key);
+            Json(token).into_response()
+        }
         Ok(Err(err)) => {
             let error = ToolError::from(err);
             if error.code == ErrorCode::Unauthenticated
@@ -149,9 +177,6 @@ pub async fn token(
 pub async fn authenticate(State(state): State<HttpState>, mut request: Request, next: Next) -> Response {
     let ip = client_ip(&request);
     let principal = if state.auth_enabled {
-        if let Some(wait) = ip.and_then(|ip| state.failed_auth.blocked_for(ip)) {
-            return too_many_failures(wait);
-        }
         let bearer = request
             .headers()
             .get(header::AUTHORIZATION)
@@ -160,11 +185,25 @@ pub async fn authenticate(State(state): State<HttpState>, mut request: Request, 
             .map(str::to_string);
         let auth = state.auth.clone();
         let outcome = match auth.recently_verified(bearer.as_deref()) {
-            Some(principal) => Ok(Ok(principal)),
-            None => tokio::task::spawn_blocking(move || auth.authenticate(bearer.as_deref())).await,
+            Some(principal) => Ok(Ok((principal, None))),
+            None => {
+                if let Some(wait) = ip.and_then(|ip| state.failed_auth.blocked_for(ip, bearer.as_deref())) {
+                    return too_many_failures(wait);
+                }
+                tokio::task::spawn_blocking(move || {
+                    let principal = auth.authenticate(bearer.as_deref())?;
+                    Ok((principal, bearer))
+                })
+                .await
+            }
         };
         match outcome {
-            Ok(Ok(principal)) => principal,
+            Ok(Ok((principal, checked))) => {
+                if let Some(credential) = checked {
+                    state.failed_auth.succeeded(&credential);
+                }
+                principal
+            }
             Ok(Err(failure)) => {
                 if failure == AuthFailure::Invalid
                     && let Some(wait) = ip.and_then(|ip| state.failed_auth.failed(ip))
@@ -205,7 +244,16 @@ pub async fn authenticate(State(state): State<HttpState>, mut request: Request, 
 
 /// Sheds load instead of queueing without bound: no free slot means 503 with Retry-After at once.
 pub async fn shed_load(State(state): State<HttpState>, request: Request, next: Next) -> Response {
-    match state.slots.clone().try_acquire_owned() {
+    shed(&state.slots, request, next).await
+}
+
+/// The same for the unauthenticated routes that do work, with their own slots.
+pub async fn shed_open_load(State(state): State<HttpState>, request: Request, next: Next) -> Response {
+    shed(&state.open_slots, request, next).await
+}
+
+async fn shed(slots: &Arc<tokio::sync::Semaphore>, request: Request, next: Next) -> Response {
+    match slots.clone().try_acquire_owned() {
         Ok(_permit) => next.run(request).await,
         Err(_) => {
             let error =

@@ -77,7 +77,12 @@ pub struct ContextService {
     analyst_slots: Arc<tokio::sync::Semaphore>,
     /// Where the fuzzy rerank runs: one lane per core, off the async workers.
     rerank_lanes: crate::store::lanes::BlockingLanes,
+    /// Writes running on their own (see `write_slot`).
+    write_slots: Arc<tokio::sync::Semaphore>,
 }
+
+/// Writes that may run at once on their own, their callers gone or not.
+const MAX_RUNNING_WRITES: usize = 512;
 
 impl ContextService {
     pub fn new(
@@ -102,11 +107,20 @@ impl ContextService {
             item_locks: (0..ITEM_LOCKS).map(|_| tokio::sync::Mutex::new(())).collect(),
             analyst_slots: Arc::new(tokio::sync::Semaphore::new(analytics::MAX_CONCURRENT_QUERIES)),
             rerank_lanes: crate::store::lanes::BlockingLanes::per_core(),
+            write_slots: Arc::new(tokio::sync::Semaphore::new(MAX_RUNNING_WRITES)),
         }
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    /// A slot for a write that runs to completion even when its caller goes away: held by the write's task,
+    /// so writes whose callers left still count against the bound. None free is `unavailable` at once.
+    pub fn write_slot(&self) -> ServiceResult<tokio::sync::OwnedSemaphorePermit> {
+        self.write_slots.clone().try_acquire_owned().map_err(|_| {
+            ServiceError::Unavailable(format!("{MAX_RUNNING_WRITES} writes are already running; retry shortly"))
+        })
     }
 
     pub fn graph(&self) -> &Arc<dyn GraphStore> {

@@ -4,9 +4,12 @@
 //! (`dbms.*` reveals the server, APOC can read files), `USE` (another database, e.g. `system`) and
 //! administration commands. Write clauses are refused here too, with a clearer message than the server's.
 //!
-//! The check works on tokens, not on raw text: comments, string literals and backquoted names are skipped,
-//! and a word counts as a keyword only where a keyword can stand (not after `.`, `:` or `$`, not as a map
-//! key), so `n.set` or a label `:Load` are fine.
+//! The check works on tokens lexed the way Neo4j lexes them, not on raw text: comments (`//` up to a line
+//! break, `\n` or `\r`; `/* */`) and string literals are skipped, names may hold `$` after their first
+//! character, and a backquoted name is a name (checked against the APOC and procedure rules) but never a
+//! keyword. A word counts as a keyword only where a clause can start: not after `.` or `:` (a property or
+//! a label) and not as a map key, so `n.set` or a label `:Load` are fine. A parameter named like a refused
+//! keyword (`$create`) is refused too: the check errs on the side of refusing.
 
 /// Procedures an analyst may `CALL`: read-only schema introspection of the database in use.
 const PROCEDURES: &[&str] = &[
@@ -42,9 +45,19 @@ const REFUSED_KEYWORDS: &[&str] = &[
 enum Token {
     /// An unquoted name or keyword, lower-cased.
     Word(String),
-    /// A string literal or a backquoted name: never a keyword.
-    Quoted,
+    /// A backquoted name, lower-cased: a name, never a keyword.
+    Name(String),
+    /// A string literal.
+    Text,
     Punct(char),
+}
+
+/// Characters Neo4j allows inside a name after its first one, besides letters, digits and `_`.
+fn name_part(c: char) -> bool {
+    c.is_alphanumeric()
+        || c == '_'
+        || c == '$'
+        || matches!(c, '\u{0}'..='\u{8}' | '\u{e}'..='\u{1b}' | '\u{7f}'..='\u{9f}')
 }
 
 fn tokens(text: &str) -> Result<Vec<Token>, String> {
@@ -57,7 +70,7 @@ fn tokens(text: &str) -> Result<Vec<Token>, String> {
         if c.is_whitespace() {
             i += 1;
         } else if c == '/' && next == Some('/') {
-            while i < chars.len() && chars[i] != '\n' {
+            while i < chars.len() && chars[i] != '\n' && chars[i] != '\r' {
                 i += 1;
             }
         } else if c == '/' && next == Some('*') {
@@ -70,6 +83,7 @@ fn tokens(text: &str) -> Result<Vec<Token>, String> {
             }
             i += 2;
         } else if c == '\'' || c == '"' || c == '`' {
+            let start = i + 1;
             i += 1;
             loop {
                 match chars.get(i) {
@@ -87,10 +101,15 @@ fn tokens(text: &str) -> Result<Vec<Token>, String> {
                     Some(_) => i += 1,
                 }
             }
-            found.push(Token::Quoted);
+            if c == '`' {
+                let name: String = chars[start..i - 1].iter().collect();
+                found.push(Token::Name(name.replace("``", "`").to_lowercase()));
+            } else {
+                found.push(Token::Text);
+            }
         } else if c.is_alphanumeric() || c == '_' {
             let start = i;
-            while i < chars.len() && (chars[i].is_alphanumeric() || chars[i] == '_') {
+            while i < chars.len() && name_part(chars[i]) {
                 i += 1;
             }
             found.push(Token::Word(chars[start..i].iter().collect::<String>().to_lowercase()));
@@ -104,7 +123,7 @@ fn tokens(text: &str) -> Result<Vec<Token>, String> {
 
 /// Whether the word at `at` stands where a keyword can: not a property, label, parameter or map key.
 fn keyword_position(tokens: &[Token], at: usize) -> bool {
-    let after_qualifier = at > 0 && matches!(tokens[at - 1], Token::Punct('.' | ':' | '$'));
+    let after_qualifier = at > 0 && matches!(tokens[at - 1], Token::Punct('.' | ':'));
     let map_key = matches!(tokens.get(at + 1), Some(Token::Punct(':')));
     !after_qualifier && !map_key
 }
@@ -112,7 +131,7 @@ fn keyword_position(tokens: &[Token], at: usize) -> bool {
 /// The dotted name starting at `at` (`db.schema.visualization`), lower-cased.
 fn dotted_name(tokens: &[Token], mut at: usize) -> String {
     let mut name = String::new();
-    while let Some(Token::Word(part)) = tokens.get(at) {
+    while let Some(Token::Word(part) | Token::Name(part)) = tokens.get(at) {
         name.push_str(part);
         if tokens.get(at + 1) == Some(&Token::Punct('.')) {
             name.push('.');
@@ -128,10 +147,13 @@ fn dotted_name(tokens: &[Token], mut at: usize) -> String {
 pub fn check(query: &str) -> Result<(), String> {
     let tokens = tokens(query)?;
     for (at, token) in tokens.iter().enumerate() {
-        let Token::Word(word) = token else { continue };
-        if word == "apoc" && tokens.get(at + 1) == Some(&Token::Punct('.')) {
+        if let Token::Word(name) | Token::Name(name) = token
+            && name == "apoc"
+            && tokens.get(at + 1) == Some(&Token::Punct('.'))
+        {
             return Err("APOC procedures and functions are not available to analyst queries".into());
         }
+        let Token::Word(word) = token else { continue };
         if !keyword_position(&tokens, at) {
             continue;
         }
@@ -142,7 +164,7 @@ pub fn check(query: &str) -> Result<(), String> {
             "call" => match tokens.get(at + 1) {
                 // CALL { ... } and CALL (x) { ... } are subqueries.
                 Some(Token::Punct('{' | '(')) => {}
-                Some(Token::Word(_)) => {
+                Some(Token::Word(_) | Token::Name(_)) => {
                     let name = dotted_name(&tokens, at + 1);
                     if !PROCEDURES.contains(&name.as_str()) {
                         return Err(format!(
@@ -181,6 +203,8 @@ mod tests {
             "CALL { MATCH (c:Context) RETURN c } RETURN count(c) AS n",
             "MATCH (`create`:Context) RETURN `create`.id AS id",
             "UNWIND range(1, 10) AS i /* DELETE */ RETURN i",
+            "CALL `db`.`labels`() YIELD label RETURN label",
+            "WITH 1 AS x$y RETURN x$y",
         ] {
             assert_eq!(check(query), Ok(()), "{query}");
         }
@@ -202,6 +226,13 @@ mod tests {
             "CREATE (n:Evil)",
             "MERGE (n:Evil {id: 1})",
             "MATCH (n) FOREACH (x IN [1] | SET n.y = x)",
+            "WITH 1 AS a //\rLOAD CSV FROM 'http://169.254.169.254/' AS l RETURN l",
+            "WITH 1 AS x$ LOAD CSV FROM 'file:///etc/hostname' AS l RETURN l",
+            "WITH 1 AS x$ CALL dbms.listConfig() YIELD name RETURN name",
+            "RETURN `apoc`.cypher.runFirstColumnMany('LOAD CSV FROM \"x\" AS r RETURN r', {}) AS x",
+            "CALL `dbms`.components()",
+            "CALL `dbms.components`()",
+            "MATCH (n) WHERE n.x = $p LOAD CSV FROM 'file:///etc/hostname' AS l RETURN l",
             "RETURN 'unterminated",
             "MATCH (n) /* unterminated",
         ] {

@@ -268,9 +268,31 @@ fn scoped_views(scope: &ReadScope, now: Timestamp, prefix: &str) -> String {
 /// What the authorizer refused first, for the error message.
 type Refusal = Arc<Mutex<Option<String>>>;
 
+/// What confines one analyst connection.
+struct Confinement {
+    /// The secret prefix of the scoped views; None for admins, who read the tables.
+    prefix: Option<String>,
+    /// Names a caller who is not an admin may not even name without reading a column (`count(*)` of them
+    /// would tell how many rows they hold): the tables of `main` no scope view shadows, and the built-in
+    /// virtual tables.
+    unnamed: Vec<String>,
+}
+
+impl Confinement {
+    /// A read that reports no database: SQLite's check of a table named without any of its columns used
+    /// (`SELECT count(*) FROM t`), with the name as written, or a CTE or subquery used the same way.
+    fn may_name(&self, table: &str) -> bool {
+        self.prefix.is_none()
+            || !(self.unnamed.iter().any(|name| name == table)
+                || table.starts_with("pragma_")
+                || table.starts_with("sqlite_")
+                || table == "dbstat")
+    }
+}
+
 /// The authorizer's rule (see the module doc). `refusal` keeps the reason of the first refusal.
-/// `prefix` is the secret prefix of the scoped views (None for admins, who read the tables).
-fn authorize(prefix: Option<&str>, context: &AuthContext<'_>, refusal: &Refusal) -> Authorization {
+fn authorize(confinement: &Confinement, context: &AuthContext<'_>, refusal: &Refusal) -> Authorization {
+    let prefix = confinement.prefix.as_deref();
     let verdict: Result<(), String> = match context.action {
         AuthAction::Select | AuthAction::Recursive => Ok(()),
         AuthAction::Function { function_name } => {
@@ -284,8 +306,7 @@ fn authorize(prefix: Option<&str>, context: &AuthContext<'_>, refusal: &Refusal)
         AuthAction::Read { table_name, .. } => {
             let database = context.database_name.unwrap_or_default();
             let table = table_name.to_ascii_lowercase();
-            // Columns of a CTE or subquery have no schema: they hold only what their own reads produced.
-            let readable = database.is_empty()
+            let readable = (database.is_empty() && confinement.may_name(&table))
                 || TABLE_FUNCTIONS.contains(&table.as_str())
                 || table == "sqlite_master"
                 || table == "sqlite_schema"
@@ -307,9 +328,6 @@ fn authorize(prefix: Option<&str>, context: &AuthContext<'_>, refusal: &Refusal)
                 ))
             }
         }
-        // Opening an eponymous table-valued function (json_each) checks this internally; the statement is
-        // still refused if it writes (read-only connection, `query_only`, and the read-only check).
-        AuthAction::Update { table_name: "sqlite_master", .. } => Ok(()),
         AuthAction::Pragma { pragma_name, .. } => {
             Err(format!("PRAGMA {pragma_name} is not available to analyst queries"))
         }
@@ -340,9 +358,15 @@ fn open(path: &Path, query: &AnalystQuery, deadline: Instant, refusal: &Refusal)
     if let Some(prefix) = &prefix {
         conn.execute_batch(&scoped_views(&query.scope, Timestamp::now(), prefix))?;
     }
+    let mut tables = conn.prepare("SELECT lower(name) FROM main.sqlite_master WHERE type IN ('table', 'view')")?;
+    let unnamed = tables
+        .query_map([], |row| row.get::<_, String>(0))?
+        .filter(|name| name.as_ref().map_or(true, |name| !TABLES.contains(&name.as_str())))
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    drop(tables);
     conn.execute_batch("PRAGMA query_only = 1;")?;
-    let refused = refusal.clone();
-    conn.authorizer(Some(move |context: AuthContext<'_>| authorize(prefix.as_deref(), &context, &refused)))?;
+    let (refused, confinement) = (refusal.clone(), Confinement { prefix, unnamed });
+    conn.authorizer(Some(move |context: AuthContext<'_>| authorize(&confinement, &context, &refused)))?;
     let cancelled = query.cancelled.clone();
     conn.progress_handler(
         PROGRESS_STEPS,
