@@ -179,14 +179,13 @@ impl App {
         check_bind_address(&settings.server.host, settings.auth.enabled)?;
         if settings.auth.enabled
             && let Some(key) = core.auth.ensure_admin_key().map_err(|e| anyhow::anyhow!(e.to_string()))?
+            && let Err(err) = hand_over_admin_key(&key, &settings.data_dir)
         {
-            if let Err(err) = hand_over_admin_key(&key, &settings.data_dir) {
-                // A key nobody can see must not stay valid: revoke it, so the next start makes another.
-                if let Some(key_id) = key.strip_prefix("cs_").and_then(|rest| rest.split('_').next()) {
-                    let _ = core.auth.revoke(key_id);
-                }
-                return Err(err.context("handing over the first admin key"));
+            // A key nobody can see must not stay valid: revoke it, so the next start makes another.
+            if let Some(key_id) = key.strip_prefix("cs_").and_then(|rest| rest.split('_').next()) {
+                let _ = core.auth.revoke(key_id);
             }
+            return Err(err.context("handing over the first admin key"));
         }
         let listener = tokio::net::TcpListener::bind((settings.server.host.as_str(), settings.server.port)).await?;
         Ok(Self { core, listener, settings })
