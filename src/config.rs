@@ -373,6 +373,35 @@ mod tests {
         assert_eq!(Settings::default().server.host, "127.0.0.1");
     }
 
+    /// docker-compose.yml configures the service through `CTX__` variables: every one must name a setting
+    /// (unknown keys are refused) and carry a value of the right type.
+    #[test]
+    #[allow(clippy::result_large_err)]
+    fn every_setting_docker_compose_sets_exists() {
+        let compose = include_str!("../docker-compose.yml");
+        let variables: Vec<(String, String)> = compose
+            .lines()
+            .filter_map(|line| line.trim().split_once(": "))
+            .filter(|(key, _)| key.starts_with("CTX__"))
+            .map(|(key, value)| {
+                let value = value.trim().trim_matches('\'');
+                // `${NAME:-default}` and `${NAME:?message}` are filled in by Compose: stand-ins here.
+                let value = if value.starts_with("${") { "stand-in" } else { value };
+                (key.to_string(), value.to_string())
+            })
+            .collect();
+        assert!(variables.len() >= 5, "the compose file's settings were found: {variables:?}");
+        figment::Jail::expect_with(|jail| {
+            for (key, value) in &variables {
+                jail.set_env(key, value);
+            }
+            let settings = Settings::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(settings.graph.backend, "neo4j");
+            assert_eq!(settings.vector.backend, "qdrant");
+            Ok(())
+        });
+    }
+
     #[test]
     #[allow(clippy::result_large_err)]
     fn environment_overrides_nested_keys() {

@@ -138,7 +138,7 @@ impl ContextService {
     async fn expand_related(&self, plan: &SearchPlan, hits: &mut [SearchHit]) -> ServiceResult<()> {
         let ids: Vec<uuid::Uuid> = hits.iter().map(|h| h.context.id).collect();
         let mut by_hit: HashMap<uuid::Uuid, Vec<RelatedSummary>> = HashMap::new();
-        for (start, related) in self.graph.neighbours(&ids, RELATED_PER_HIT).await? {
+        for (start, related) in self.graph.neighbours(&ids, RELATED_PER_HIT, &plan.filter.scope).await? {
             if plan.filter.scope.may_see(&related.context) && !related.context.is_expired(plan.filter.now) {
                 by_hit.entry(start).or_default().push(RelatedSummary {
                     id: related.context.id.to_string(),

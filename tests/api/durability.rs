@@ -9,7 +9,9 @@ use context_store::service::{SearchRequest, UpdateContextRequest};
 use context_store::store::InsertOutcome;
 use uuid::Uuid;
 
-use crate::helpers::{TestCore, assets_dir, graph_under_test, neo4j_exclusive, neo4j_uri};
+use crate::helpers::{
+    TestCore, assets_dir, collection_for, graph_under_test, neo4j_exclusive, neo4j_uri, vectors_under_test,
+};
 
 #[tokio::test]
 async fn a_failed_vector_write_leaves_no_graph_node_and_no_journal_entry() {
@@ -103,6 +105,13 @@ fn run_and_kill(data_dir: &std::path::Path, run_for: Duration) -> Vec<(Uuid, Str
     let mut command = Command::new(env!("CARGO_BIN_EXE_context-store"));
     if graph_under_test() == "neo4j" {
         command.env("CTX__GRAPH__BACKEND", "neo4j").env("CTX__GRAPH__NEO4J__URI", neo4j_uri());
+    }
+    if vectors_under_test() == "qdrant" {
+        let url = std::env::var("QDRANT_URL").expect("QDRANT_URL");
+        command
+            .env("CTX__VECTOR__BACKEND", "qdrant")
+            .env("CTX__VECTOR__QDRANT__URL", url)
+            .env("CTX__VECTOR__QDRANT__COLLECTION", collection_for(data_dir));
     }
     let mut child = command
         .args(["crash-writer", "--session", "crash", "--writers", "16"])

@@ -338,14 +338,19 @@ async fn relations_traverse_breadth_first(store: Store) {
         "max_nodes bounds the walk"
     );
 
-    let mut around_b: Vec<(Uuid, String)> =
-        store.neighbours(&[b.id], 10).await.unwrap().into_iter().map(|(s, r)| (s, r.context.content)).collect();
+    let mut around_b: Vec<(Uuid, String)> = store
+        .neighbours(&[b.id], 10, &everything)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(s, r)| (s, r.context.content))
+        .collect();
     around_b.sort();
     assert_eq!(around_b, [(b.id, "node a".to_string()), (b.id, "node c".to_string())]);
-    assert_eq!(store.neighbours(&[b.id, c.id], 1).await.unwrap().len(), 2, "per_node bounds each start");
+    assert_eq!(store.neighbours(&[b.id, c.id], 1, &everything).await.unwrap().len(), 2, "per_node bounds each start");
     // Deleted contexts are not reported.
     store.delete_context(c.id, None).await.unwrap();
-    assert_eq!(store.neighbours(&[b.id], 10).await.unwrap().len(), 1);
+    assert_eq!(store.neighbours(&[b.id], 10, &everything).await.unwrap().len(), 1);
     assert_eq!(
         reached(store.related(a.id, 3, None, false, 100, &everything).await.unwrap()).len(),
         1,
@@ -370,6 +375,17 @@ async fn relations_traverse_breadth_first(store: Store) {
     let bob = context_store::domain::ReadScope { agent_id: "bob".into(), admin: false, sessions: None };
     let for_bob = reached(store.related(a.id, 3, None, false, 100, &bob).await.unwrap());
     assert!(for_bob.contains(&("node e".to_string(), 2, "cites".to_string(), hidden.id)), "{for_bob:?}");
+    // Hidden neighbours are dropped before the per-node limit: they never crowd visible ones out.
+    let around_hub: Vec<String> =
+        store.neighbours(&[e.id], 1, &alice).await.unwrap().into_iter().map(|(_, r)| r.context.content).collect();
+    assert!(around_hub.is_empty(), "e's only neighbour is the hidden hub: {around_hub:?}");
+    // f is made after the hub, so it sorts after it among e's neighbours.
+    let f = public_context("node f", "s", "alice");
+    insert(&store, &f).await;
+    store.link(&link(&e, &f, "cites")).await.unwrap();
+    let around_e: Vec<String> =
+        store.neighbours(&[e.id], 1, &alice).await.unwrap().into_iter().map(|(_, r)| r.context.content).collect();
+    assert_eq!(around_e, ["node f"], "the visible neighbour is found even with per_node 1");
 }
 
 async fn agent_state_compare_and_set_ttl_and_prefixes(store: Store) {

@@ -169,7 +169,32 @@ pub fn graph_under_test() -> &'static str {
     }
 }
 
-/// A service on real stores (SQLite or Neo4j, see `graph_under_test`; qdrant-edge) in its own temp dir.
+/// Which vector store the service-level tests use: `CTX_TEST_VECTOR=qdrant` runs them on the Qdrant server
+/// `QDRANT_URL` names (scripts/test does passes that way), anything else on qdrant-edge.
+pub fn vectors_under_test() -> &'static str {
+    match std::env::var("CTX_TEST_VECTOR").as_deref() {
+        Ok("qdrant") => "qdrant",
+        _ => "edge",
+    }
+}
+
+/// The Qdrant collection of the tests that keep their data in `data_dir`: one per data dir, so a restart
+/// (or a child process on the same dir) finds the same collection.
+pub fn collection_for(data_dir: &Path) -> String {
+    let name: String = data_dir.to_string_lossy().chars().filter(char::is_ascii_alphanumeric).collect();
+    format!("test_{name}")
+}
+
+/// Vector settings for the test Qdrant server, with the collection of `data_dir`.
+pub fn qdrant_settings(settings: &mut Settings, data_dir: &Path) {
+    settings.vector.backend = "qdrant".into();
+    settings.vector.qdrant.url = std::env::var("QDRANT_URL")
+        .expect("CTX_TEST_VECTOR=qdrant needs QDRANT_URL (scripts/test starts a server from ../shared/qdrant)");
+    settings.vector.qdrant.collection = Some(collection_for(data_dir));
+}
+
+/// A service on real stores (SQLite or Neo4j, see `graph_under_test`; qdrant-edge or a Qdrant server, see
+/// `vectors_under_test`) in its own temp dir.
 pub struct TestCore {
     pub core: Option<Core>,
     pub embedder: Arc<SwitchableEmbedder>,
@@ -214,6 +239,9 @@ impl TestCore {
         if neo4j.is_some() {
             neo4j_settings(&mut settings);
         }
+        if vectors_under_test() == "qdrant" {
+            qdrant_settings(&mut settings, dir.path());
+        }
         let metrics = Arc::new(Metrics::new());
         let embedder = Arc::new(SwitchableEmbedder {
             inner: Arc::new(CachedEmbedder::new(model(), 10_000, metrics.clone())),
@@ -225,6 +253,8 @@ impl TestCore {
         let core =
             Core::assemble(&settings, graph, vectors.clone(), embedder.clone(), metrics).await.expect("core starts");
         assert_eq!(core.service.graph().backend(), graph_under_test(), "the graph store under test");
+        let vectors_backend = if vectors_under_test() == "qdrant" { "qdrant" } else { "qdrant-edge" };
+        assert_eq!(core.service.vectors().backend(), vectors_backend, "the vector store under test");
         Self { core: Some(core), dir, embedder, vectors, principal: Principal::local_trusted("tester"), neo4j }
     }
 

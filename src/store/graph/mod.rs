@@ -301,9 +301,14 @@ pub trait GraphStore: Send + Sync + 'static {
         scope: &ReadScope,
     ) -> StoreResult<Vec<RelatedContext>>;
 
-    /// The direct neighbours (both directions) of each of `ids`, at most `per_node` each, in one round trip:
-    /// (start id, neighbour). Used to expand search hits without one query per hit.
-    async fn neighbours(&self, ids: &[Uuid], per_node: usize) -> StoreResult<Vec<(Uuid, RelatedContext)>>;
+    /// The direct neighbours (both directions) of each of `ids` that `scope` may see, at most `per_node` each,
+    /// in one round trip: (start id, neighbour). Used to expand search hits without one query per hit.
+    async fn neighbours(
+        &self,
+        ids: &[Uuid],
+        per_node: usize,
+        scope: &ReadScope,
+    ) -> StoreResult<Vec<(Uuid, RelatedContext)>>;
 
     /// Writes agent state with compare-and-set: `expected_version` None writes unconditionally,
     /// `Some(0)` only creates, `Some(v)` only replaces version v. Returns the stored state.

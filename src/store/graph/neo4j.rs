@@ -916,14 +916,21 @@ impl GraphStore for Neo4jGraphStore {
         })
     }
 
-    async fn neighbours(&self, ids: &[Uuid], per_node: usize) -> StoreResult<Vec<(Uuid, RelatedContext)>> {
+    async fn neighbours(
+        &self,
+        ids: &[Uuid],
+        per_node: usize,
+        scope: &ReadScope,
+    ) -> StoreResult<Vec<(Uuid, RelatedContext)>> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
+        let now = Timestamp::now();
         transaction!(self, |txn| {
             let statement = query(cypher::RELATION_NEIGHBOURS)
                 .param("ids", ids.iter().map(Uuid::to_string).collect::<Vec<_>>())
                 .param("per_node", per_node as i64);
+            let statement = scope_params(statement, scope, now);
             rows(txn, statement)
                 .await?
                 .iter()

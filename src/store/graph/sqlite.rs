@@ -744,23 +744,35 @@ impl GraphStore for SqliteGraphStore {
         .await
     }
 
-    async fn neighbours(&self, ids: &[Uuid], per_node: usize) -> StoreResult<Vec<(Uuid, RelatedContext)>> {
+    async fn neighbours(
+        &self,
+        ids: &[Uuid],
+        per_node: usize,
+        scope: &ReadScope,
+    ) -> StoreResult<Vec<(Uuid, RelatedContext)>> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
         let ids: Vec<String> = ids.iter().map(Uuid::to_string).collect();
+        let scope = scope.clone();
         self.read(move |conn| {
             let marks = placeholders(ids.len());
+            let mut values: Vec<SqlValue> = ids.iter().chain(ids.iter()).cloned().map(SqlValue::from).collect();
+            // Hidden and deleted neighbours are dropped before the per-node ranking, so they cannot crowd
+            // visible ones out.
+            let mut visible = vec!["c.deleted = 0".to_string()];
+            scope_sql(&scope, Timestamp::now(), &mut visible, &mut values);
             let sql = format!(
                 "WITH edges(start, other, relation) AS ( \
                    SELECT from_id, to_id, relation FROM relations WHERE from_id IN ({marks}) \
                    UNION SELECT to_id, from_id, relation FROM relations WHERE to_id IN ({marks})), \
-                 ranked AS (SELECT start, other, relation, \
-                   ROW_NUMBER() OVER (PARTITION BY start ORDER BY other) AS n FROM edges) \
+                 ranked AS (SELECT e.start AS start, e.other AS other, e.relation AS relation, \
+                   ROW_NUMBER() OVER (PARTITION BY e.start ORDER BY e.other) AS n \
+                   FROM edges e JOIN contexts c ON c.id = e.other WHERE {}) \
                  SELECT r.start, r.relation, {CONTEXT_COLUMNS} FROM ranked r \
-                 JOIN contexts c ON c.id = r.other AND c.deleted = 0 WHERE r.n <= ? ORDER BY r.start, r.n"
+                 JOIN contexts c ON c.id = r.other WHERE r.n <= ? ORDER BY r.start, r.n",
+                visible.join(" AND ")
             );
-            let mut values: Vec<SqlValue> = ids.iter().chain(ids.iter()).cloned().map(SqlValue::from).collect();
             values.push((per_node as i64).into());
             let mut statement = conn.prepare(&sql)?;
             let rows = statement.query_map(params_from_iter(values.iter()), |row| {
