@@ -116,8 +116,8 @@ pub fn too_many_failures(wait: Duration) -> Response {
     response
 }
 
-/// Splits `host[:port]` (IPv6 in brackets) into a lower-case host and an optional port.
-fn split_authority(authority: &str) -> Option<(String, Option<u16>)> {
+/// Splits `host[:port]` (IPv6 in brackets) into the host and an optional port; hosts compare without case.
+fn split_authority(authority: &str) -> Option<(&str, Option<u16>)> {
     let authority = authority.trim();
     let (host, port) = if let Some(rest) = authority.strip_prefix('[') {
         let (host, after) = rest.split_once(']')?;
@@ -133,7 +133,7 @@ fn split_authority(authority: &str) -> Option<(String, Option<u16>)> {
         Some(text) => Some(text.parse::<u16>().ok()?),
         None => None,
     };
-    (!host.is_empty()).then(|| (host.to_ascii_lowercase(), port))
+    (!host.is_empty()).then_some((host, port))
 }
 
 /// Whether the Host header names this server: an entry without a port allows any port.
@@ -145,7 +145,7 @@ fn host_allowed(host: &str, allowed: &[String]) -> bool {
     allowed
         .iter()
         .filter_map(|entry| split_authority(entry))
-        .any(|(name, wanted)| name == host && wanted.is_none_or(|wanted| Some(wanted) == port))
+        .any(|(name, wanted)| name.eq_ignore_ascii_case(host) && wanted.is_none_or(|wanted| Some(wanted) == port))
 }
 
 /// Whether an Origin (`scheme://host[:port]`) is allowed: entries take the same form, `:*` for any port.
@@ -167,10 +167,11 @@ fn origin_allowed(origin: &str, allowed: &[String]) -> bool {
             return false;
         }
         if let Some(wanted_host) = wanted_authority.strip_suffix(":*") {
-            return split_authority(wanted_host).is_some_and(|(name, _)| name == host);
+            return split_authority(wanted_host).is_some_and(|(name, _)| name.eq_ignore_ascii_case(host));
         }
-        split_authority(&wanted_authority)
-            .is_some_and(|(name, wanted_port)| name == host && wanted_port.or(default_port) == port.or(default_port))
+        split_authority(&wanted_authority).is_some_and(|(name, wanted_port)| {
+            name.eq_ignore_ascii_case(host) && wanted_port.or(default_port) == port.or(default_port)
+        })
     })
 }
 
@@ -208,6 +209,17 @@ pub fn declares_json(headers: &HeaderMap) -> bool {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(';').next())
         .is_some_and(|media| media.trim().eq_ignore_ascii_case("application/json"))
+}
+
+/// Whether the request declares a JSON body (`declares_json`), read without copying the headers.
+pub struct DeclaredJson(pub bool);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for DeclaredJson {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self(declares_json(&parts.headers)))
+    }
 }
 
 /// 415 for a body that is not declared JSON.

@@ -3,7 +3,7 @@
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use std::sync::Arc;
 
 use super::HttpState;
-use super::guards::{ClientAddr, client_ip, declares_json, not_json, too_many_failures};
+use super::guards::{ClientAddr, DeclaredJson, client_ip, not_json, too_many_failures};
 use crate::auth::{AuthFailure, Principal};
 use crate::error::ErrorCode;
 use crate::mcp::timed_call;
@@ -56,10 +56,10 @@ pub async fn call_tool(
     State(state): State<HttpState>,
     Path(name): Path<String>,
     axum::Extension(principal): axum::Extension<Principal>,
-    headers: HeaderMap,
+    DeclaredJson(json): DeclaredJson,
     body: Bytes,
 ) -> Response {
-    if !body.is_empty() && !declares_json(&headers) {
+    if !body.is_empty() && !json {
         return not_json();
     }
     let arguments: Value = if body.is_empty() {
@@ -132,10 +132,10 @@ pub async fn openapi() -> Json<Value> {
 pub async fn token(
     State(state): State<HttpState>,
     connect_info: Option<axum::Extension<axum::extract::ConnectInfo<ClientAddr>>>,
-    headers: HeaderMap,
+    DeclaredJson(json): DeclaredJson,
     body: Bytes,
 ) -> Response {
-    if !body.is_empty() && !declares_json(&headers) {
+    if !body.is_empty() && !json {
         return not_json();
     }
     let ip = connect_info.map(|info| info.0.0.0.ip());
