@@ -133,20 +133,11 @@ async fn export_then_import_round_trips_everything_and_import_is_idempotent() {
     service.set_agent_state(&source.principal, state).await.unwrap();
     let ids = vec![first.id, second.id];
     let graph = service.graph().clone();
+    let everything = context_store::domain::ReadScope { admin: true, ..Default::default() };
     let (contexts, versions, related) = (
         graph.get_contexts(&ids).await.unwrap(),
         graph.context_versions(first.id).await.unwrap(),
-        graph
-            .related(
-                first.id,
-                1,
-                None,
-                false,
-                10,
-                &context_store::domain::ReadScope { admin: true, ..Default::default() },
-            )
-            .await
-            .unwrap(),
+        graph.related(first.id, 1, None, false, 10, &everything).await.unwrap(),
     );
     let counts = graph.counts().await.unwrap();
     drop((service, graph));
@@ -184,20 +175,7 @@ async fn export_then_import_round_trips_everything_and_import_is_idempotent() {
     want.sort_by_key(|c| c.id);
     assert_eq!(got, want, "every field of every context");
     assert_eq!(graph.context_versions(first.id).await.unwrap(), versions);
-    assert_eq!(
-        graph
-            .related(
-                first.id,
-                1,
-                None,
-                false,
-                10,
-                &context_store::domain::ReadScope { admin: true, ..Default::default() }
-            )
-            .await
-            .unwrap(),
-        related
-    );
+    assert_eq!(graph.related(first.id, 1, None, false, 10, &everything).await.unwrap(), related);
     let restored_counts = graph.counts().await.unwrap();
     assert_eq!(
         (restored_counts.sessions, restored_counts.contexts, restored_counts.agent_states),
