@@ -15,6 +15,7 @@ mod overload;
 mod qdrant_outage;
 mod recall;
 mod relay;
+mod replicas;
 mod security;
 mod service_analytics;
 mod service_contexts;

@@ -177,7 +177,14 @@ impl QdrantVectorStore {
                 OptimizersConfigDiffBuilder::default()
                     .indexing_threshold(spec.optimizers_config.indexing_threshold_kb as u64),
             );
-        self.client.create_collection(request).await.map_err(qdrant_error)?;
+        match self.client.create_collection(request).await {
+            Ok(_) => {}
+            // Replicas starting together race to create it: the loser goes on to the (idempotent) indexes.
+            Err(err) if err.to_string().contains("already exists") => {
+                tracing::info!(collection = %self.collection, "another replica created the collection first");
+            }
+            Err(err) => return Err(qdrant_error(err)),
+        }
         for (field, schema) in &spec.payload_indexes {
             let kind = schema.get("type").and_then(Value::as_str).or(schema.as_str()).unwrap_or("keyword");
             let mut request = match kind {

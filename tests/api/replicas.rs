@@ -1,0 +1,146 @@
+//! Two replicas of the service on one Neo4j and one Qdrant server (the scale-out stack), as real processes:
+//! they start together, a write through one is read and found through the other, a cached search is stale
+//! for at most `search.cache_ttl_ms`, and a replica killed under writers leaves nothing the other does not
+//! repair while it runs. They share the API-key store through one data dir (keys in Neo4j are not built).
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::helpers::{ServerProcess, admin_key_in, neo4j_exclusive, neo4j_uri};
+
+async fn call(http: &reqwest::Client, base: &str, key: &str, tool: &str, args: Value) -> Result<Value, String> {
+    let response = http
+        .post(format!("{base}/mcp/tool/{tool}"))
+        .bearer_auth(key)
+        .json(&args)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    let ok = response.status().is_success();
+    let body: Value = response.json().await.map_err(|e| e.to_string())?;
+    if ok { Ok(body) } else { Err(body.to_string()) }
+}
+
+/// Polls until `check` holds, for at most `limit`.
+async fn eventually(limit: Duration, what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let started = Instant::now();
+    while !check().await {
+        assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs Neo4j and a Qdrant server: scripts/test starts both and runs this"]
+async fn qdrant_server_two_replicas_share_one_store_and_repair_each_other() {
+    let _exclusive = neo4j_exclusive().await;
+    let qdrant = std::env::var("QDRANT_URL").expect("QDRANT_URL names a Qdrant server");
+    let dir = tempfile::tempdir().unwrap();
+    let key = admin_key_in(dir.path());
+    let collection = format!("replicas_{}", uuid::Uuid::now_v7().simple());
+    let neo4j = neo4j_uri();
+    let env = [
+        ("CTX__GRAPH__BACKEND", "neo4j"),
+        ("CTX__GRAPH__NEO4J__URI", neo4j.as_str()),
+        ("CTX__VECTOR__BACKEND", "qdrant"),
+        ("CTX__VECTOR__QDRANT__URL", qdrant.as_str()),
+        ("CTX__VECTOR__QDRANT__COLLECTION", collection.as_str()),
+        ("CTX__SEARCH__CACHE_TTL_MS", "1000"),
+        ("CTX__GRAPH__REPAIR_INTERVAL_MS", "2000"),
+        ("CTX__AUTH__JWT_SECRET", "one-secret-for-every-replica"),
+    ];
+    // Both start at once: Neo4j schema and Qdrant collection creation race.
+    let ((first, _), (second, _)) =
+        tokio::join!(ServerProcess::start(dir.path(), &env), ServerProcess::start(dir.path(), &env));
+    let http = reqwest::Client::new();
+    let (a, b) = (first.base.clone(), second.base.clone());
+
+    call(&http, &a, &key, "create_session", json!({"id": "shared", "purpose": "replicas"})).await.unwrap();
+    let stored = call(
+        &http,
+        &a,
+        &key,
+        "store_context",
+        json!({"session_id": "shared", "content": "the staging database moves to the new cluster on Friday"}),
+    )
+    .await
+    .unwrap();
+    let id = stored["context"]["id"].as_str().unwrap().to_string();
+    let got = call(&http, &b, &key, "get_context", json!({"id": id})).await.unwrap();
+    assert_eq!(got["context"]["content"], stored["context"]["content"], "a write through A is read through B");
+    let search = json!({"query": "when does staging move", "session_id": "shared"});
+    let found = call(&http, &b, &key, "search_context", search.clone()).await.unwrap();
+    assert_eq!(found["hits"][0]["context"]["id"], json!(id), "and found through B: {found}");
+
+    // B caches that answer; a write through A shows in B's search within the cache TTL.
+    let newer = call(
+        &http,
+        &a,
+        &key,
+        "store_context",
+        json!({"session_id": "shared", "content": "staging moves on Friday at 18:00, after the freeze"}),
+    )
+    .await
+    .unwrap();
+    let newer_id = newer["context"]["id"].clone();
+    eventually(Duration::from_secs(10), "B's cached search sees A's write", async || {
+        let found = call(&http, &b, &key, "search_context", search.clone()).await.unwrap();
+        found["hits"].as_array().unwrap().iter().any(|hit| hit["context"]["id"] == newer_id)
+    })
+    .await;
+
+    // Writers on A; A is killed with SIGKILL mid-way; B, still running, repairs what A left half done.
+    let acked: Arc<Mutex<Vec<String>>> = Arc::default();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers: Vec<_> = (0..8)
+        .map(|n| {
+            let (http, a, key, acked, stop) = (http.clone(), a.clone(), key.clone(), acked.clone(), stop.clone());
+            tokio::spawn(async move {
+                for step in 0.. {
+                    if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                        break;
+                    }
+                    let content = format!("writer {n} step {step}: the replica log line {}", n * 1000 + step);
+                    let args = json!({"session_id": "shared", "content": content});
+                    match call(&http, &a, &key, "store_context", args).await {
+                        Ok(body) => acked.lock().unwrap().push(body["context"]["id"].as_str().unwrap().to_string()),
+                        Err(_) => break, // A is gone
+                    }
+                }
+            })
+        })
+        .collect();
+    eventually(Duration::from_secs(60), "A acknowledged some writes", async || acked.lock().unwrap().len() >= 20).await;
+    let mut first = first;
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    for id in &acked {
+        call(&http, &b, &key, "get_context", json!({"id": id}))
+            .await
+            .expect("every acknowledged write is in the graph");
+    }
+    eventually(Duration::from_secs(60), "B repaired the journal A left", async || {
+        let metrics = call(&http, &b, &key, "get_metrics", json!({})).await.unwrap();
+        let items = &metrics["items"];
+        items["pending_index"] == json!(0) && items["contexts"] == items["vectors"]
+    })
+    .await;
+    let last = acked.last().unwrap();
+    let content =
+        call(&http, &b, &key, "get_context", json!({"id": last})).await.unwrap()["context"]["content"].clone();
+    let found = call(&http, &b, &key, "search_context", json!({"query": content, "session_id": "shared", "limit": 50}))
+        .await
+        .unwrap();
+    assert!(
+        found["hits"].as_array().unwrap().iter().any(|hit| hit["context"]["id"] == json!(last)),
+        "the last acknowledged write is searchable through B"
+    );
+    drop(second);
+}
