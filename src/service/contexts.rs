@@ -87,7 +87,8 @@ impl ContextService {
         };
         let point = VectorPoint { context: context.clone(), vector: embedding };
         if let Err(err) = self.vectors.upsert(vec![point]).await {
-            self.graph.rollback_insert(context.id, journal_seq).await?;
+            self.graph.rollback_insert(context.id).await?;
+            self.settle_after_rollback(context.id, journal_seq).await;
             return Err(err.into());
         }
         self.written(journal_seq);
@@ -166,7 +167,8 @@ impl ContextService {
         let (journal_seq, previous, previous_embedding) = self.graph.update_context(&updated, &embedding).await?;
         let point = VectorPoint { context: updated.clone(), vector: embedding };
         if let Err(err) = self.vectors.upsert(vec![point]).await {
-            self.graph.rollback_update(&previous, &previous_embedding, journal_seq).await?;
+            self.graph.rollback_update(&previous, &previous_embedding).await?;
+            self.settle_after_rollback(id, journal_seq).await;
             return Err(err.into());
         }
         self.written(journal_seq);
@@ -192,7 +194,8 @@ impl ContextService {
     pub(super) async fn remove_context(&self, id: Uuid, expected_version: Option<i64>) -> ServiceResult<()> {
         let (journal_seq, _deleted) = self.graph.delete_context(id, expected_version).await?;
         if let Err(err) = self.vectors.delete(&[id]).await {
-            self.graph.rollback_delete(id, journal_seq).await?;
+            self.graph.rollback_delete(id).await?;
+            self.settle_after_rollback(id, journal_seq).await;
             return Err(err.into());
         }
         self.graph.purge_context(id).await?;

@@ -68,6 +68,17 @@ impl ContextService {
         }
     }
 
+    /// After a write was undone in the graph because its vector write failed: that vector write may still
+    /// have been applied (a timeout), so the vector side is made to match the graph at once if it can be,
+    /// and otherwise by a later repair, since the journal entry stays pending. The caller holds the item
+    /// lock.
+    pub(super) async fn settle_after_rollback(&self, id: Uuid, journal_seq: i64) {
+        match self.reapply(&[id]).await {
+            Ok(()) => self.written(journal_seq),
+            Err(err) => tracing::warn!(%id, error = %err, "vector side left for the journal repair"),
+        }
+    }
+
     /// Makes the vector side of `ids` what the graph holds now: live contexts upserted, the rest deleted.
     async fn reapply(&self, ids: &[Uuid]) -> ServiceResult<()> {
         let entries = self.graph.index_entries(ids).await?;

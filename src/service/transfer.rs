@@ -202,7 +202,8 @@ impl ContextService {
             InsertOutcome::Inserted { journal_seq } => {
                 let id = context.id;
                 if let Err(err) = self.vectors.upsert(vec![VectorPoint { context, vector: embedding }]).await {
-                    self.graph.rollback_insert(id, journal_seq).await?;
+                    self.graph.rollback_insert(id).await?;
+                    self.settle_after_rollback(id, journal_seq).await;
                     return Err(err.into());
                 }
                 self.written(journal_seq);

@@ -260,18 +260,16 @@ pub trait GraphStore: Send + Sync + 'static {
     /// Removes a deleted context for good, with its versions, tags and relations.
     async fn purge_context(&self, id: Uuid) -> StoreResult<()>;
 
-    /// Undo of `insert_context` after a failed vector write.
-    async fn rollback_insert(&self, id: Uuid, journal_seq: i64) -> StoreResult<()>;
+    /// Undo of `insert_context` after a failed vector write. The change's journal entry stays pending: a
+    /// vector write that failed may still have been applied (a timeout), so the vector side is made to
+    /// match the graph again by the next repair.
+    async fn rollback_insert(&self, id: Uuid) -> StoreResult<()>;
     /// Undo of `update_context` after a failed vector write: `previous` and its embedding become current
-    /// again (a kept new embedding would be re-indexed later beside the old text).
-    async fn rollback_update(
-        &self,
-        previous: &Context,
-        previous_embedding: &[f32],
-        journal_seq: i64,
-    ) -> StoreResult<()>;
-    /// Undo of `delete_context` after a failed vector write.
-    async fn rollback_delete(&self, id: Uuid, journal_seq: i64) -> StoreResult<()>;
+    /// again (a kept new embedding would be re-indexed later beside the old text). The journal entry stays
+    /// pending, as for `rollback_insert`.
+    async fn rollback_update(&self, previous: &Context, previous_embedding: &[f32]) -> StoreResult<()>;
+    /// Undo of `delete_context` after a failed vector write. The journal entry stays pending.
+    async fn rollback_delete(&self, id: Uuid) -> StoreResult<()>;
 
     async fn get_context(&self, id: Uuid) -> StoreResult<Option<Context>>;
     /// The live contexts among `ids`, in no particular order.

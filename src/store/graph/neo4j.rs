@@ -782,20 +782,14 @@ impl GraphStore for Neo4jGraphStore {
         })
     }
 
-    async fn rollback_insert(&self, id: Uuid, journal_seq: i64) -> StoreResult<()> {
+    async fn rollback_insert(&self, id: Uuid) -> StoreResult<()> {
         transaction!(self, |txn| {
             txn.run(query(cypher::CONTEXT_REMOVE).param("id", id.to_string())).await?;
-            txn.run(query(cypher::JOURNAL_CLEAR).param("seqs", vec![journal_seq])).await?;
             Ok(())
         })
     }
 
-    async fn rollback_update(
-        &self,
-        previous: &Context,
-        previous_embedding: &[f32],
-        journal_seq: i64,
-    ) -> StoreResult<()> {
+    async fn rollback_update(&self, previous: &Context, previous_embedding: &[f32]) -> StoreResult<()> {
         transaction!(self, |txn| {
             let statement = query(cypher::CONTEXT_RESTORE)
                 .param("id", previous.id.to_string())
@@ -803,15 +797,13 @@ impl GraphStore for Neo4jGraphStore {
                 .param("tags", previous.tags.clone())
                 .param("props", context_props(previous, previous_embedding)?);
             txn.run(statement).await?;
-            txn.run(query(cypher::JOURNAL_CLEAR).param("seqs", vec![journal_seq])).await?;
             Ok(())
         })
     }
 
-    async fn rollback_delete(&self, id: Uuid, journal_seq: i64) -> StoreResult<()> {
+    async fn rollback_delete(&self, id: Uuid) -> StoreResult<()> {
         transaction!(self, |txn| {
             txn.run(query(cypher::CONTEXT_SET_DELETED).param("id", id.to_string()).param("deleted", false)).await?;
-            txn.run(query(cypher::JOURNAL_CLEAR).param("seqs", vec![journal_seq])).await?;
             Ok(())
         })
     }

@@ -569,22 +569,16 @@ impl GraphStore for SqliteGraphStore {
         .await
     }
 
-    async fn rollback_insert(&self, id: Uuid, journal_seq: i64) -> StoreResult<()> {
+    async fn rollback_insert(&self, id: Uuid) -> StoreResult<()> {
         self.write(move |tx| {
             tx.execute("DELETE FROM context_tags WHERE context_id = ?1", params![id.to_string()])?;
             tx.execute("DELETE FROM contexts WHERE id = ?1", params![id.to_string()])?;
-            tx.execute("DELETE FROM index_journal WHERE seq = ?1", params![journal_seq])?;
             Ok(())
         })
         .await
     }
 
-    async fn rollback_update(
-        &self,
-        previous: &Context,
-        previous_embedding: &[f32],
-        journal_seq: i64,
-    ) -> StoreResult<()> {
+    async fn rollback_update(&self, previous: &Context, previous_embedding: &[f32]) -> StoreResult<()> {
         let (previous, previous_embedding) = (previous.clone(), previous_embedding.to_vec());
         self.write(move |tx| {
             write_context(tx, &previous, Some(&previous_embedding))?;
@@ -592,16 +586,14 @@ impl GraphStore for SqliteGraphStore {
                 "DELETE FROM context_versions WHERE context_id = ?1 AND version = ?2",
                 params![previous.id.to_string(), previous.version],
             )?;
-            tx.execute("DELETE FROM index_journal WHERE seq = ?1", params![journal_seq])?;
             Ok(())
         })
         .await
     }
 
-    async fn rollback_delete(&self, id: Uuid, journal_seq: i64) -> StoreResult<()> {
+    async fn rollback_delete(&self, id: Uuid) -> StoreResult<()> {
         self.write(move |tx| {
             tx.execute("UPDATE contexts SET deleted = 0 WHERE id = ?1", params![id.to_string()])?;
-            tx.execute("DELETE FROM index_journal WHERE seq = ?1", params![journal_seq])?;
             Ok(())
         })
         .await
