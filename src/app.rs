@@ -205,7 +205,7 @@ impl App {
     ) -> anyhow::Result<()> {
         let Self { core, listener, settings } = self;
         let stop = CancellationToken::new();
-        let state = crate::http::HttpState::new(&core, &settings);
+        let state = crate::http::HttpState::new(core.service.clone(), core.auth.clone(), &settings);
         let router = crate::http::router(state, &settings.server, stop.clone());
         let listener =
             crate::http::CountingListener { inner: listener, gauge: core.service.metrics().active_connections.clone() };

@@ -24,7 +24,6 @@ use std::num::NonZeroU32;
 
 use governor::Quota;
 
-use crate::app::Core;
 use crate::auth::{Authenticator, Principal};
 use crate::config::{ServerSettings, Settings};
 use crate::mcp::McpServer;
@@ -71,12 +70,14 @@ pub struct Shared {
 }
 
 impl HttpState {
-    pub fn new(core: &Core, settings: &Settings) -> Self {
+    /// The state of the HTTP surface over a running service: built from its parts, so `http` does not
+    /// depend on `app` (which builds and runs it).
+    pub fn new(service: Arc<ContextService>, auth: Arc<Authenticator>, settings: &Settings) -> Self {
         let per_second = NonZeroU32::new(settings.server.rate_limit_per_second.max(1)).expect("at least one");
         let burst = NonZeroU32::new(settings.server.rate_limit_burst.max(1)).expect("at least one");
         Self(Arc::new(Shared {
-            service: core.service.clone(),
-            auth: core.auth.clone(),
+            service,
+            auth,
             auth_enabled: settings.auth.enabled,
             default_principal: Principal::local_trusted(&settings.identity.agent_id),
             slots: Arc::new(Semaphore::new(settings.server.max_concurrency)),
