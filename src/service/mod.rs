@@ -188,7 +188,7 @@ impl ContextService {
         } else {
             None
         };
-        let caches = (principal.permissions.query || principal.permissions.admin).then(|| CacheCounters {
+        let caches = principal.require(crate::auth::Permission::Query).is_ok().then(|| CacheCounters {
             embed_cache_hits: metrics.embed_cache_hits.get(),
             embed_cache_misses: metrics.embed_cache_misses.get(),
             embed_cache_hit_ratio: metrics.embed_cache_ratio(),

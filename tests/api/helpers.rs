@@ -508,3 +508,13 @@ pub fn admin_key_in(dir: &Path) -> String {
     };
     keys.create(&new).expect("key created").1
 }
+
+/// Polls `check` until it holds, failing the test if it does not within `limit` (a hang check for work that
+/// finishes in the background, not a speed claim).
+pub async fn eventually(limit: std::time::Duration, what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let started = std::time::Instant::now();
+    while !check().await {
+        assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

@@ -11,7 +11,7 @@ use context_store::error::ErrorCode;
 use context_store::metrics::Metrics;
 use context_store::service::{CreateSessionRequest, StoreContextRequest};
 
-use crate::helpers::{model, neo4j_exclusive, neo4j_settings, neo4j_uri, test_settings};
+use crate::helpers::{eventually, model, neo4j_exclusive, neo4j_settings, neo4j_uri, test_settings};
 use crate::relay::Relay;
 
 fn store_request(text: &str) -> StoreContextRequest {
@@ -95,14 +95,8 @@ pub async fn outage_drill(core: &Core, relay: &Relay, fail: fn(&Relay), role: &s
     assert!(service.ready().await.ready, "ready again without a restart");
     // Nothing half written: exactly the two acknowledged contexts, each with its vector (the journal
     // repairs what a write cut off mid-way left).
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let contexts = service.graph().counts().await.unwrap().contexts;
-        let vectors = service.vectors().count().await.unwrap();
-        if contexts == 2 && vectors == 2 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{contexts} contexts and {vectors} vectors after the outage");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(Duration::from_secs(30), "two contexts with two vectors after the outage", async || {
+        service.graph().counts().await.unwrap().contexts == 2 && service.vectors().count().await.unwrap() == 2
+    })
+    .await;
 }

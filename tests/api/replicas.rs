@@ -4,11 +4,11 @@
 //! repair while it runs. They share the API-key store through one data dir (keys in Neo4j are not built).
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::helpers::{ServerProcess, admin_key_in, neo4j_exclusive, neo4j_uri};
+use crate::helpers::{ServerProcess, admin_key_in, eventually, neo4j_exclusive, neo4j_uri};
 
 async fn call(http: &reqwest::Client, base: &str, key: &str, tool: &str, args: Value) -> Result<Value, String> {
     let response = http
@@ -21,15 +21,6 @@ async fn call(http: &reqwest::Client, base: &str, key: &str, tool: &str, args: V
     let ok = response.status().is_success();
     let body: Value = response.json().await.map_err(|e| e.to_string())?;
     if ok { Ok(body) } else { Err(body.to_string()) }
-}
-
-/// Polls until `check` holds, for at most `limit`.
-async fn eventually(limit: Duration, what: &str, mut check: impl AsyncFnMut() -> bool) {
-    let started = Instant::now();
-    while !check().await {
-        assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 #[tokio::test]

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, assets_dir, create_key, spawn_app, spawn_app_with};
+use crate::helpers::{TestApp, assets_dir, create_key, eventually, spawn_app, spawn_app_with};
 
 async fn ok(app: &TestApp, key: &str, tool: &str, arguments: Value) -> Value {
     let (status, body) = app.call_tool_as(Some(key), tool, arguments.clone()).await;
@@ -325,15 +325,6 @@ async fn assert_stores_agree(service: &context_store::service::ContextService) {
         let found = service.search(&admin, request).await.unwrap();
         let hit = found.hits.iter().find(|h| h.context.id == context.id).expect("search finds every live context");
         assert_eq!(hit.context, context, "search serves what get serves");
-    }
-}
-
-/// Polls `check` until it holds, for at most `limit`.
-async fn eventually(limit: Duration, what: &str, mut check: impl AsyncFnMut() -> bool) {
-    let started = Instant::now();
-    while !check().await {
-        assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
