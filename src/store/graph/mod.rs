@@ -5,12 +5,9 @@
 //! transaction as the change itself. A journal entry is cleared only after the vector store has made the
 //! matching change durable, so start-up can always bring the vector side back in line with the graph.
 
-mod cypher_guard;
 pub mod neo4j;
 pub mod sqlite;
-mod sqlite_analyst;
-mod sqlite_readers;
-mod sqlite_writer;
+mod versions;
 
 use async_trait::async_trait;
 use uuid::Uuid;
@@ -202,12 +199,29 @@ pub struct PoolStatus {
     pub in_use: usize,
 }
 
+/// The graph side of the store, the source of truth. A backend implements each part below; the split is by
+/// concern (and by file in each backend), and `dyn GraphStore` offers all of them.
+pub trait GraphStore: GraphBackend + AnalystGraph + ContextGraph + RelationGraph + StateGraph + JournalGraph {}
+
+impl<T> GraphStore for T where T: GraphBackend + AnalystGraph + ContextGraph + RelationGraph + StateGraph + JournalGraph {}
+
+/// What every backend reports about itself.
 #[async_trait]
-pub trait GraphStore: Send + Sync + 'static {
+pub trait GraphBackend: Send + Sync + 'static {
     /// The backend's name in health reports and metrics.
     fn backend(&self) -> &'static str;
     /// A cheap round trip: succeeds when the backend answers.
     async fn ping(&self) -> StoreResult<()>;
+    /// Connection pool occupancy, for backends with a pool of connections.
+    fn pool_status(&self) -> Option<PoolStatus> {
+        None
+    }
+    async fn counts(&self) -> StoreResult<StoreCounts>;
+}
+
+/// Analyst queries in the backend's own language.
+#[async_trait]
+pub trait AnalystGraph: Send + Sync + 'static {
     /// The language of analyst queries ("sql" or "cypher") and a summary of what they can read, generated
     /// when the store opened.
     fn query_language(&self) -> &'static str;
@@ -219,11 +233,11 @@ pub trait GraphStore: Send + Sync + 'static {
     /// when the returned future is dropped. Writes, refused constructs, syntax errors and timeouts are
     /// `InvalidQuery`; an answer past the size cap is `TooLarge`.
     async fn analyst_query(&self, request: AnalystRequest<'_>) -> StoreResult<QueryRows>;
-    /// Connection pool occupancy, for backends with a pool of connections.
-    fn pool_status(&self) -> Option<PoolStatus> {
-        None
-    }
+}
 
+/// Sessions, contexts and their versions.
+#[async_trait]
+pub trait ContextGraph: Send + Sync + 'static {
     /// Creates a session; `Conflict` when the id is taken.
     async fn create_session(&self, session: &Session) -> StoreResult<()>;
     async fn get_session(&self, id: &str) -> StoreResult<Option<Session>>;
@@ -234,7 +248,6 @@ pub trait GraphStore: Send + Sync + 'static {
         limit: usize,
         only: Option<&[String]>,
     ) -> StoreResult<Vec<Session>>;
-
     /// A live context in the session with this content hash that `scope` may see, if any.
     async fn find_duplicate(
         &self,
@@ -257,20 +270,6 @@ pub trait GraphStore: Send + Sync + 'static {
     /// Marks a context deleted (hidden from every read) and journals it. Returns the journal sequence
     /// and the deleted context. `VersionConflict` when `expected_version` is given and differs.
     async fn delete_context(&self, id: Uuid, expected_version: Option<i64>) -> StoreResult<(i64, Context)>;
-    /// Removes a deleted context for good, with its versions, tags and relations.
-    async fn purge_context(&self, id: Uuid) -> StoreResult<()>;
-
-    /// Undo of `insert_context` after a failed vector write. The change's journal entry stays pending: a
-    /// vector write that failed may still have been applied (a timeout), so the vector side is made to
-    /// match the graph again by the next repair.
-    async fn rollback_insert(&self, id: Uuid) -> StoreResult<()>;
-    /// Undo of `update_context` after a failed vector write: `previous` and its embedding become current
-    /// again (a kept new embedding would be re-indexed later beside the old text). The journal entry stays
-    /// pending, as for `rollback_insert`.
-    async fn rollback_update(&self, previous: &Context, previous_embedding: &[f32]) -> StoreResult<()>;
-    /// Undo of `delete_context` after a failed vector write. The journal entry stays pending.
-    async fn rollback_delete(&self, id: Uuid) -> StoreResult<()>;
-
     async fn get_context(&self, id: Uuid) -> StoreResult<Option<Context>>;
     /// The live contexts among `ids`, in no particular order.
     async fn get_contexts(&self, ids: &[Uuid]) -> StoreResult<Vec<Context>>;
@@ -283,7 +282,13 @@ pub trait GraphStore: Send + Sync + 'static {
     ) -> StoreResult<Vec<Context>>;
     /// Previous versions of a context, newest first.
     async fn context_versions(&self, id: Uuid) -> StoreResult<Vec<ContextVersion>>;
+    /// Writes previous versions of a live context as they were (import); existing ones are replaced.
+    async fn import_versions(&self, id: Uuid, versions: &[ContextVersion]) -> StoreResult<()>;
+}
 
+/// Edges between contexts and walks along them.
+#[async_trait]
+pub trait RelationGraph: Send + Sync + 'static {
     /// Creates or replaces the edge (from)-[relation]->(to). `NotFound` when either end is missing.
     async fn link(&self, relation: &Relation) -> StoreResult<()>;
     /// Contexts reachable from `id` within `depth` edges (outgoing, or both directions), nearest first,
@@ -298,7 +303,6 @@ pub trait GraphStore: Send + Sync + 'static {
         max_nodes: usize,
         scope: &ReadScope,
     ) -> StoreResult<Vec<RelatedContext>>;
-
     /// The direct neighbours (both directions) of each of `ids` that `scope` may see, at most `per_node` each,
     /// in one round trip: (start id, neighbour). Used to expand search hits without one query per hit.
     async fn neighbours(
@@ -307,7 +311,13 @@ pub trait GraphStore: Send + Sync + 'static {
         per_node: usize,
         scope: &ReadScope,
     ) -> StoreResult<Vec<(Uuid, RelatedContext)>>;
+    /// The RELATES_TO edges leaving each of `ids` (export).
+    async fn relations_from(&self, ids: &[Uuid]) -> StoreResult<Vec<Relation>>;
+}
 
+/// Agent state: keyed values with compare-and-set versions and an optional expiry.
+#[async_trait]
+pub trait StateGraph: Send + Sync + 'static {
     /// Writes agent state with compare-and-set: `expected_version` None writes unconditionally,
     /// `Some(0)` only creates, `Some(v)` only replaces version v. Returns the stored state.
     async fn set_state(&self, state: &AgentState, expected_version: Option<i64>) -> StoreResult<AgentState>;
@@ -324,19 +334,30 @@ pub trait GraphStore: Send + Sync + 'static {
     ) -> StoreResult<Vec<AgentState>>;
     /// Deletes agent state; `NotFound` when absent, `VersionConflict` on a stale expected version.
     async fn delete_state(&self, key: &StateKey, expected_version: Option<i64>) -> StoreResult<()>;
-
-    /// The RELATES_TO edges leaving each of `ids` (export).
-    async fn relations_from(&self, ids: &[Uuid]) -> StoreResult<Vec<Relation>>;
     /// Every agent state (live or not yet purged) ordered by (agent, session, key), after `after` (export).
     async fn scan_states(&self, after: Option<&StateKey>, limit: usize) -> StoreResult<Vec<AgentState>>;
-    /// Writes previous versions of a live context as they were (import); existing ones are replaced.
-    async fn import_versions(&self, id: Uuid, versions: &[ContextVersion]) -> StoreResult<()>;
-
-    /// Live contexts whose expiry is at or before `now`, at most `limit` (the expiry task removes them).
-    async fn expired_contexts(&self, now: Timestamp, limit: usize) -> StoreResult<Vec<Uuid>>;
     /// Removes at most `limit` agent state entries whose expiry is at or before `now`; returns how many.
     async fn purge_expired_state(&self, now: Timestamp, limit: usize) -> StoreResult<u64>;
+}
 
+/// The index journal and what repair, rollback and expiry need: every change to a context is journaled in
+/// the same transaction, and the journal entry is cleared once the vector side matches.
+#[async_trait]
+pub trait JournalGraph: Send + Sync + 'static {
+    /// Removes a deleted context for good, with its versions, tags and relations.
+    async fn purge_context(&self, id: Uuid) -> StoreResult<()>;
+    /// Undo of `insert_context` after a failed vector write. The change's journal entry stays pending: a
+    /// vector write that failed may still have been applied (a timeout), so the vector side is made to
+    /// match the graph again by the next repair.
+    async fn rollback_insert(&self, id: Uuid) -> StoreResult<()>;
+    /// Undo of `update_context` after a failed vector write: `previous` and its embedding become current
+    /// again (a kept new embedding would be re-indexed later beside the old text). The journal entry stays
+    /// pending, as for `rollback_insert`.
+    async fn rollback_update(&self, previous: &Context, previous_embedding: &[f32]) -> StoreResult<()>;
+    /// Undo of `delete_context` after a failed vector write. The journal entry stays pending.
+    async fn rollback_delete(&self, id: Uuid) -> StoreResult<()>;
+    /// Live contexts whose expiry is at or before `now`, at most `limit` (the expiry task removes them).
+    async fn expired_contexts(&self, now: Timestamp, limit: usize) -> StoreResult<Vec<Uuid>>;
     /// Journal entries not yet cleared, oldest first.
     async fn pending_index(&self, limit: usize) -> StoreResult<Vec<PendingIndex>>;
     /// Clears journal entries once their vector-side change is durable.
@@ -345,5 +366,4 @@ pub trait GraphStore: Send + Sync + 'static {
     async fn index_entries(&self, ids: &[Uuid]) -> StoreResult<Vec<IndexEntry>>;
     /// Live contexts with embeddings in id order after `after`: the input of a full reindex.
     async fn scan_index_entries(&self, after: Option<Uuid>, limit: usize) -> StoreResult<Vec<IndexEntry>>;
-    async fn counts(&self) -> StoreResult<StoreCounts>;
 }

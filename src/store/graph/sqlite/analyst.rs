@@ -28,9 +28,12 @@ use rusqlite::types::{Value as SqlValue, ValueRef};
 use rusqlite::{Connection, OpenFlags};
 use serde_json::Value;
 
-use super::{AnswerSize, QueryRows};
+use async_trait::async_trait;
+
+use super::SqliteGraphStore;
 use crate::domain::{ReadScope, Timestamp};
 use crate::error::{StoreError, StoreResult};
+use crate::store::graph::{AnalystGraph, AnalystRequest, AnswerSize, QueryRows};
 
 /// The largest single value (text or blob) a statement may build: above the largest stored value (64 KiB
 /// content or state), far below what would hurt the process.
@@ -456,6 +459,47 @@ fn json_value(value: ValueRef<'_>) -> Value {
         ValueRef::Real(f) => serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number),
         ValueRef::Text(bytes) => String::from_utf8_lossy(bytes).into_owned().into(),
         ValueRef::Blob(bytes) => format!("x'{}'", hex::encode(bytes)).into(),
+    }
+}
+
+#[async_trait]
+impl AnalystGraph for SqliteGraphStore {
+    fn query_language(&self) -> &'static str {
+        "sql"
+    }
+
+    fn query_schema(&self) -> String {
+        format!(
+            "SQLite, read-only. Times are milliseconds since the Unix epoch; JSON columns hold JSON text \
+             (use json_extract); contexts.deleted = 1 marks deleted rows; agent_state.session_id '' = none. \
+             One SELECT (or WITH) statement; no PRAGMA, ATTACH or writes. Tables: {}",
+            self.schema
+        )
+    }
+
+    fn scoped_analyst_queries(&self) -> bool {
+        true
+    }
+
+    async fn analyst_query(&self, request: AnalystRequest<'_>) -> StoreResult<QueryRows> {
+        let cancelled = Arc::new(AtomicBool::new(false));
+        let query = AnalystQuery {
+            query: request.query.to_string(),
+            params: request.params.clone(),
+            limit: request.limit,
+            timeout: request.timeout,
+            scope: request.scope.clone(),
+            cancelled: cancelled.clone(),
+        };
+        let (path, ticket) = (self.path.clone(), request.ticket);
+        // Dropping this future (client gone, request timeout) stops the statement at its next progress check;
+        // the ticket is released by the blocking thread once the statement has stopped.
+        let _cancel_on_drop = CancelOnDrop(cancelled);
+        tokio::task::spawn_blocking(move || {
+            let _ticket = ticket;
+            run(&path, &query)
+        })
+        .await?
     }
 }
 

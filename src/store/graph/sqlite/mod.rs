@@ -1,0 +1,200 @@
+//! The embedded graph store on SQLite (rusqlite, bundled): WAL, one writer connection and a pool of
+//! read-only connections. Nodes and edges are tables: contexts, sessions, context_tags (TAGGED),
+//! relations (RELATES_TO), context_versions (SUPERSEDES), agent_state, plus the index journal.
+
+mod analyst;
+mod contexts;
+mod journal;
+mod readers;
+mod relations;
+mod rows;
+mod state;
+mod writer;
+
+pub(crate) use rows::{filter_sql, list_contexts_sql};
+
+use super::{GraphBackend, PoolStatus, StoreCounts};
+use crate::error::{StoreError, StoreResult};
+use async_trait::async_trait;
+use readers::ReaderThreads;
+use rusqlite::{Connection, Transaction};
+use std::path::{Path, PathBuf};
+use writer::GroupWriter;
+
+pub(crate) const SCHEMA: &str = include_str!("schema.sql");
+
+/// How SQLite syncs commits: `full` survives power loss, `normal` survives process crashes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Synchronous {
+    Normal,
+    Full,
+}
+
+#[derive(Debug, Clone)]
+pub struct SqliteOptions {
+    pub path: PathBuf,
+    pub readers: u32,
+    pub synchronous: Synchronous,
+}
+
+pub struct SqliteGraphStore {
+    writer: GroupWriter,
+    readers: ReaderThreads,
+    path: PathBuf,
+    /// Tables and columns analysts can query, read from the database when it opened.
+    schema: String,
+}
+
+/// Prepared statements kept per connection: the filter shapes of `list_contexts` and page sizes differ in
+/// their SQL text, so the default 16 would evict hot statements.
+const STATEMENT_CACHE: usize = 128;
+
+impl SqliteGraphStore {
+    pub fn open(options: &SqliteOptions) -> StoreResult<Self> {
+        if let Some(parent) = options.path.parent() {
+            crate::private_files::private_dir(parent)
+                .map_err(|e| StoreError::Backend(format!("create {}: {e}", parent.display())))?;
+        }
+        let writer = Connection::open(&options.path)?;
+        crate::private_files::private_file(&options.path)
+            .map_err(|e| StoreError::Backend(format!("restrict {}: {e}", options.path.display())))?;
+        let synchronous = match options.synchronous {
+            Synchronous::Normal => "NORMAL",
+            Synchronous::Full => "FULL",
+        };
+        writer.execute_batch(&format!(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = {synchronous}; PRAGMA foreign_keys = ON; \
+             PRAGMA busy_timeout = 5000;"
+        ))?;
+        writer.execute_batch(SCHEMA)?;
+        migrate(&writer)?;
+        writer.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+        let readers = ReaderThreads::start(options.readers as usize, || {
+            let conn = Connection::open(&options.path)?;
+            conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+            conn.execute_batch("PRAGMA query_only = 1; PRAGMA busy_timeout = 5000;")?;
+            Ok(conn)
+        })?;
+        let schema = describe_tables(&writer)?;
+        Ok(Self { writer: GroupWriter::start(writer)?, readers, path: options.path.clone(), schema })
+    }
+
+    pub fn path_in(data_dir: &Path) -> PathBuf {
+        data_dir.join("graph.sqlite3")
+    }
+
+    /// Runs `work` as one atomic write on the writer thread (group commit, see `writer`).
+    async fn write<T, F>(&self, work: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Transaction<'_>) -> StoreResult<T> + Send + 'static,
+    {
+        self.writer.write(work).await
+    }
+
+    /// Runs `work` on a read-only connection on a reader thread, off the async workers.
+    async fn read<T, F>(&self, work: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+    {
+        self.readers.read(work).await
+    }
+}
+
+/// "table(column TYPE, ...)" for every table, from the database itself.
+/// Brings a database made by an earlier version up to `SCHEMA` (whose `CREATE TABLE IF NOT EXISTS` leaves
+/// existing tables as they are).
+fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    let has_created_by: bool = conn.query_row(
+        "SELECT COUNT(*) > 0 FROM pragma_table_info('relations') WHERE name = 'created_by'",
+        [],
+        |row| row.get(0),
+    )?;
+    if !has_created_by {
+        conn.execute_batch("ALTER TABLE relations ADD COLUMN created_by TEXT NOT NULL DEFAULT ''")?;
+    }
+    Ok(())
+}
+
+fn describe_tables(conn: &Connection) -> rusqlite::Result<String> {
+    let mut tables = conn.prepare(
+        "SELECT m.name, group_concat(p.name || ' ' || p.type, ', ') FROM sqlite_master m \
+         JOIN pragma_table_info(m.name) p WHERE m.type IN ('table', 'view') AND m.name NOT LIKE 'sqlite_%' \
+         GROUP BY m.name ORDER BY m.name",
+    )?;
+    let described = tables
+        .query_map([], |row| Ok(format!("{}({})", row.get::<_, String>(0)?, row.get::<_, String>(1)?)))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(described.join("; "))
+}
+
+#[async_trait]
+impl GraphBackend for SqliteGraphStore {
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        self.read(|conn| Ok(conn.query_row("SELECT 1", [], |_| Ok(()))?)).await
+    }
+
+    fn pool_status(&self) -> Option<PoolStatus> {
+        Some(PoolStatus { max: self.readers.threads(), in_use: self.readers.busy() })
+    }
+
+    async fn counts(&self) -> StoreResult<StoreCounts> {
+        self.read(|conn| {
+            let count = |sql: &str| -> rusqlite::Result<u64> {
+                conn.query_row(sql, [], |row| row.get::<_, i64>(0)).map(|n| n as u64)
+            };
+            Ok(StoreCounts {
+                sessions: count("SELECT COUNT(*) FROM sessions")?,
+                contexts: count("SELECT COUNT(*) FROM contexts WHERE deleted = 0")?,
+                agent_states: count("SELECT COUNT(*) FROM agent_state")?,
+                pending_index: count("SELECT COUNT(*) FROM index_journal")?,
+            })
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rows::*;
+    use super::*;
+    use crate::domain::{ContextFilter, ReadScope, Timestamp};
+    use rusqlite::params_from_iter;
+
+    #[test]
+    fn cached_list_statements_are_not_prepared_again_per_call() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(SCHEMA).unwrap();
+        let scope = ReadScope { agent_id: "agent-a".into(), admin: false, sessions: None };
+        for (n, session) in ["s1", "s2", "s3", "s4"].into_iter().enumerate() {
+            let filter = ContextFilter {
+                session_id: Some(session.into()),
+                scope: scope.clone(),
+                now: Timestamp(1_000 + n as i64),
+                ..ContextFilter::default()
+            };
+            let (conditions, values) = filter_sql(&filter);
+            let mut statement = conn.prepare_cached(&list_contexts_sql(&conditions, 20)).unwrap();
+            let rows = statement.query_map(params_from_iter(values.iter()), context_from_row).unwrap().count();
+            assert_eq!(rows, 0);
+            assert_eq!(statement.get_status(rusqlite::StatementStatus::RePrepare), 0, "call {n}");
+        }
+        // The control: the same query with a bound LIMIT is prepared again on every call (binding the LIMIT
+        // expires the plan that looked at it).
+        let (conditions, mut values) = filter_sql(&ContextFilter { scope, ..ContextFilter::default() });
+        values.push(20i64.into());
+        let bound = format!("{} LIMIT ?", list_contexts_sql(&conditions, 20).trim_end_matches(" LIMIT 20"));
+        for _ in 0..3 {
+            let mut statement = conn.prepare_cached(&bound).unwrap();
+            statement.query_map(params_from_iter(values.iter()), context_from_row).unwrap().for_each(drop);
+        }
+        let statement = conn.prepare_cached(&bound).unwrap();
+        assert_eq!(statement.get_status(rusqlite::StatementStatus::RePrepare), 3, "{bound}");
+    }
+}
