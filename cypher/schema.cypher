@@ -10,3 +10,5 @@ CREATE INDEX context_session IF NOT EXISTS FOR (c:Context) ON (c.session_id);
 CREATE INDEX context_expiry IF NOT EXISTS FOR (c:Context) ON (c.expires_at);
 CREATE INDEX agent_state_expiry IF NOT EXISTS FOR (s:AgentState) ON (s.expires_at);
 CREATE INDEX context_version IF NOT EXISTS FOR (v:ContextVersion) ON (v.context_id, v.version);
+CREATE CONSTRAINT api_key_id IF NOT EXISTS FOR (k:ApiKey) REQUIRE k.key_id IS UNIQUE;
+CREATE CONSTRAINT key_store_lock IF NOT EXISTS FOR (l:KeyStoreLock) REQUIRE l.name IS UNIQUE;

@@ -62,6 +62,23 @@ pub async fn open_vectors(settings: &Settings) -> StoreResult<Arc<dyn VectorStor
     }
 }
 
+/// The API keys of a graph store: in the graph when it is shared by replicas (Neo4j), else in the data dir.
+pub fn key_store(settings: &Settings, graph: &dyn GraphStore) -> StoreResult<crate::auth::KeyStore> {
+    match graph.shared_keys() {
+        Some(backend) => Ok(crate::auth::KeyStore::new(backend)),
+        None => crate::auth::KeyStore::sqlite(&settings.data_dir),
+    }
+}
+
+/// The API keys the settings point at, for commands that do not open the whole service (`keys`, `doctor`,
+/// `bench`): connects to Neo4j when the graph is there.
+pub async fn open_key_store(settings: &Settings) -> StoreResult<crate::auth::KeyStore> {
+    match settings.graph.backend.as_str() {
+        "sqlite" => crate::auth::KeyStore::sqlite(&settings.data_dir),
+        _ => key_store(settings, open_graph(settings).await?.as_ref()),
+    }
+}
+
 pub fn open_embedder(settings: &Settings, metrics: Arc<Metrics>) -> StoreResult<Arc<dyn Embedder>> {
     let assets = ModelAssets::in_dir(&settings.embedding.assets_dir);
     let model = FastEmbedder::start(&assets, settings.batcher_options(), metrics.clone())?;
@@ -94,8 +111,9 @@ impl Core {
         embedder: Arc<dyn Embedder>,
         metrics: Arc<Metrics>,
     ) -> StoreResult<Self> {
+        let keys = key_store(settings, graph.as_ref())?;
         let auth = Arc::new(
-            crate::auth::Authenticator::open(&settings.auth_settings())
+            crate::auth::Authenticator::open(&settings.auth_settings(), keys)
                 .map_err(|e| StoreError::Backend(format!("authentication store: {e}")))?,
         );
         let service = Arc::new(ContextService::new(graph, vectors, embedder, metrics, settings.service_options()));
@@ -178,12 +196,12 @@ impl App {
     pub async fn build_with(settings: Settings, core: Core) -> anyhow::Result<Self> {
         check_bind_address(&settings.server.host, settings.auth.enabled)?;
         if settings.auth.enabled
-            && let Some(key) = core.auth.ensure_admin_key().map_err(|e| anyhow::anyhow!(e.to_string()))?
+            && let Some(key) = core.auth.ensure_admin_key().await.map_err(|e| anyhow::anyhow!(e.to_string()))?
             && let Err(err) = hand_over_admin_key(&key, &settings.data_dir)
         {
             // A key nobody can see must not stay valid: revoke it, so the next start makes another.
             if let Some(key_id) = key.strip_prefix("cs_").and_then(|rest| rest.split('_').next()) {
-                let _ = core.auth.revoke(key_id);
+                let _ = core.auth.revoke(key_id).await;
             }
             return Err(err.context("handing over the first admin key"));
         }

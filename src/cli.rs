@@ -122,9 +122,9 @@ pub enum KeysAction {
     Revoke { key_id: String },
 }
 
-fn keys_command(settings: &Settings, action: KeysAction) -> anyhow::Result<()> {
-    use crate::auth::{KeyStore, NewKey, Permissions};
-    let keys = KeyStore::open(&settings.data_dir).map_err(|e| anyhow::anyhow!(e.to_string()))?;
+async fn keys_command(settings: &Settings, action: KeysAction) -> anyhow::Result<()> {
+    use crate::auth::{NewKey, Permissions};
+    let keys = crate::app::open_key_store(settings).await.map_err(|e| anyhow::anyhow!(e.to_string()))?;
     match action {
         KeysAction::Create { agent_id, agent_type, permissions, sessions } => {
             let agent_id =
@@ -132,7 +132,7 @@ fn keys_command(settings: &Settings, action: KeysAction) -> anyhow::Result<()> {
             let permissions = Permissions::parse(&permissions).map_err(|e| anyhow::anyhow!(e))?;
             let sessions = sessions.map(|s| s.split(',').map(|id| id.trim().to_string()).collect());
             let new = NewKey { agent_id, agent_type, permissions, sessions };
-            let (record, key) = keys.create(&new).map_err(|e| anyhow::anyhow!(e.to_string()))?;
+            let (record, key) = keys.create(&new).await.map_err(|e| anyhow::anyhow!(e.to_string()))?;
             eprintln!(
                 "key {} for agent {} ({}); shown once:",
                 record.key_id,
@@ -146,7 +146,7 @@ fn keys_command(settings: &Settings, action: KeysAction) -> anyhow::Result<()> {
                 "{:<14} {:<24} {:<14} {:<24} {:<8} sessions",
                 "key_id", "agent_id", "agent_type", "permissions", "revoked"
             );
-            for key in keys.list().map_err(|e| anyhow::anyhow!(e.to_string()))? {
+            for key in keys.list().await.map_err(|e| anyhow::anyhow!(e.to_string()))? {
                 let sessions = key.sessions.map(|s| s.join(",")).unwrap_or_else(|| "*".into());
                 println!(
                     "{:<14} {:<24} {:<14} {:<24} {:<8} {sessions}",
@@ -159,8 +159,14 @@ fn keys_command(settings: &Settings, action: KeysAction) -> anyhow::Result<()> {
             }
         }
         KeysAction::Revoke { key_id } => {
-            keys.revoke(&key_id).map_err(|_| anyhow::anyhow!("no key with id {key_id}"))?;
-            eprintln!("key {key_id} revoked (a running server stops accepting it within a second)");
+            keys.revoke(&key_id).await.map_err(|err| match err {
+                crate::error::StoreError::NotFound => anyhow::anyhow!("no key with id {key_id}"),
+                other => anyhow::anyhow!(other.to_string()),
+            })?;
+            eprintln!(
+                "key {key_id} revoked (every running server stops accepting it within {} ms)",
+                crate::auth::VERIFIED_TTL.as_millis()
+            );
         }
     }
     Ok(())
@@ -323,7 +329,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 std::process::exit(1);
             }
         }
-        Command::Keys { action } => keys_command(&settings, action)?,
+        Command::Keys { action } => keys_command(&settings, action).await?,
         Command::Bench {
             scenarios,
             connections,
@@ -365,6 +371,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 assets_dir: settings.embedding.assets_dir.clone(),
                 seed,
                 progress: !smoke && std::io::IsTerminal::is_terminal(&std::io::stderr()),
+                settings: settings.clone(),
             };
             let mut reports = Vec::new();
             for scenario in options.scenarios.clone() {

@@ -96,13 +96,15 @@ pub async fn run(settings: &Settings) -> Vec<Check> {
     };
     report(check("vectors", vectors));
 
-    let keys = crate::auth::KeyStore::open(&settings.data_dir)
-        .and_then(|keys| keys.list())
-        .map(|list| {
-            let active = list.iter().filter(|k| !k.revoked).count();
-            format!("{active} active API keys ({} revoked)", list.len() - active)
-        })
-        .map_err(|e| e.to_string());
+    let keys = match crate::app::open_key_store(settings).await {
+        Ok(keys) => keys.list().await,
+        Err(err) => Err(err),
+    }
+    .map(|list| {
+        let active = list.iter().filter(|k| !k.revoked).count();
+        format!("{active} active API keys ({} revoked)", list.len() - active)
+    })
+    .map_err(|e| e.to_string());
     report(check("keys", keys));
     checks
 }

@@ -234,7 +234,7 @@ where
     E::Output: Send + 'static,
 {
     if name == "authenticate_agent" {
-        return E::encode(&auth.exchange(decode(arguments)?)?);
+        return E::encode(&auth.exchange(decode(arguments)?).await?);
     }
     if is_read_only(name) {
         return call_service::<E>(service, principal, name, arguments).await;

@@ -10,18 +10,34 @@ use std::path::Path;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-pub use keys::{KeyRecord, KeyStore, NewKey, is_api_key};
+pub use keys::{KeyBackend, KeyRecord, KeyStore, NewKey, SqliteKeys, StoredKey, is_api_key};
 pub use principal::{Permission, Permissions, Principal};
 pub use tokens::{Claims, TokenIssuer, load_secret};
 
 use crate::domain::Timestamp;
 use crate::error::{ServiceError, ServiceResult};
 
-/// Why a credential was refused (both are HTTP 401; the distinction goes into `WWW-Authenticate`).
+/// Why a credential was not accepted: missing or invalid (HTTP 401; the distinction goes into
+/// `WWW-Authenticate`), or not checkable now because the key store does not answer (HTTP 503: the caller is
+/// not at fault and is not counted as a failed authentication).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AuthFailure {
     Missing,
     Invalid,
+    Unavailable(String),
+}
+
+impl AuthFailure {
+    /// A key-store error: unreachable means "cannot check now", anything else refuses the credential.
+    fn from_store(err: crate::error::StoreError) -> Self {
+        match err {
+            crate::error::StoreError::Unavailable(message) => AuthFailure::Unavailable(message),
+            other => {
+                tracing::warn!(error = %other, "key store error while checking a credential: refused");
+                AuthFailure::Invalid
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
@@ -48,6 +64,7 @@ pub struct TokenResponse {
 }
 
 pub struct AuthSettings<'a> {
+    /// Where the JWT secret is kept when not configured.
     pub data_dir: &'a Path,
     pub jwt_secret: Option<&'a str>,
     pub audience: &'a str,
@@ -60,13 +77,14 @@ pub struct Authenticator {
     tokens: TokenIssuer,
     max_ttl_seconds: i64,
     /// Recently verified credentials (keyed by their sha256) -> principal. Revocations through this
-    /// authenticator clear it at once; a revocation by another process (the `keys` CLI) is seen within
-    /// `VERIFIED_TTL`.
+    /// authenticator clear it at once; a revocation by another process (another replica, the `keys` CLI)
+    /// is seen within `VERIFIED_TTL`.
     verified: moka::sync::Cache<Vec<u8>, Principal>,
 }
 
-/// How long a verified credential is trusted without looking at the key store again.
-const VERIFIED_TTL: std::time::Duration = std::time::Duration::from_secs(1);
+/// How long a verified credential is trusted without looking at the key store again: the documented bound
+/// on how long a key revoked elsewhere keeps working here.
+pub const VERIFIED_TTL: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn principal_of(key: &KeyRecord, permissions: Permissions) -> Principal {
     Principal {
@@ -79,8 +97,7 @@ fn principal_of(key: &KeyRecord, permissions: Permissions) -> Principal {
 }
 
 impl Authenticator {
-    pub fn open(settings: &AuthSettings<'_>) -> ServiceResult<Self> {
-        let keys = KeyStore::open(settings.data_dir)?;
+    pub fn open(settings: &AuthSettings<'_>, keys: KeyStore) -> ServiceResult<Self> {
         let secret = load_secret(settings.jwt_secret, settings.data_dir)?;
         Ok(Self {
             keys,
@@ -99,23 +116,23 @@ impl Authenticator {
     }
 
     /// On a first start with no active key, creates an admin key and returns it (to be shown once).
-    pub fn ensure_admin_key(&self) -> ServiceResult<Option<String>> {
-        if self.keys.active_count()? > 0 {
-            return Ok(None);
-        }
+    /// Atomic in the key store, so of replicas starting together on one store exactly one creates it.
+    pub async fn ensure_admin_key(&self) -> ServiceResult<Option<String>> {
         let new = NewKey {
             agent_id: "admin".into(),
             agent_type: "admin".into(),
             permissions: Permissions::all(),
             sessions: None,
         };
-        let (_, key) = self.keys.create(&new)?;
-        Ok(Some(key))
+        Ok(self.keys.create_first(&new).await?.map(|(_, key)| key))
     }
 
     /// Revokes a key; it and every token minted from it stop working at once.
-    pub fn revoke(&self, key_id: &str) -> ServiceResult<()> {
-        self.keys.revoke(key_id).map_err(|_| ServiceError::NotFound(format!("key {key_id}")))?;
+    pub async fn revoke(&self, key_id: &str) -> ServiceResult<()> {
+        self.keys.revoke(key_id).await.map_err(|err| match err {
+            crate::error::StoreError::NotFound => ServiceError::NotFound(format!("key {key_id}")),
+            other => other.into(),
+        })?;
         self.verified.invalidate_all();
         Ok(())
     }
@@ -134,9 +151,9 @@ impl Authenticator {
 
     /// The principal of a bearer credential: an API key, or a JWT whose key is still active. A JWT's
     /// permissions are those it was minted with, never more than its key has now.
-    pub fn authenticate(&self, bearer: Option<&str>) -> Result<Principal, AuthFailure> {
+    pub async fn authenticate(&self, bearer: Option<&str>) -> Result<Principal, AuthFailure> {
         let credential = bearer.map(str::trim).filter(|c| !c.is_empty()).ok_or(AuthFailure::Missing)?;
-        let (principal, cacheable) = self.verify_credential(credential)?;
+        let (principal, cacheable) = self.verify_credential(credential).await?;
         if cacheable {
             self.verified.insert(Self::cache_key(credential), principal.clone());
         }
@@ -145,13 +162,14 @@ impl Authenticator {
 
     /// The principal, and whether it may be cached (a token about to expire may not: the cache must
     /// never outlive it).
-    fn verify_credential(&self, credential: &str) -> Result<(Principal, bool), AuthFailure> {
+    async fn verify_credential(&self, credential: &str) -> Result<(Principal, bool), AuthFailure> {
         if is_api_key(credential) {
-            let key = self.keys.verify(credential).map_err(|_| AuthFailure::Invalid)?.ok_or(AuthFailure::Invalid)?;
+            let key =
+                self.keys.verify(credential).await.map_err(AuthFailure::from_store)?.ok_or(AuthFailure::Invalid)?;
             return Ok((principal_of(&key, key.permissions), true));
         }
         let claims = self.tokens.verify(credential).ok_or(AuthFailure::Invalid)?;
-        let key = self.keys.active(&claims.kid).map_err(|_| AuthFailure::Invalid)?.ok_or(AuthFailure::Invalid)?;
+        let key = self.keys.active(&claims.kid).await.map_err(AuthFailure::from_store)?.ok_or(AuthFailure::Invalid)?;
         if key.agent_id != claims.sub {
             return Err(AuthFailure::Invalid);
         }
@@ -162,10 +180,11 @@ impl Authenticator {
     }
 
     /// Exchanges an API key for a short-lived JWT.
-    pub fn exchange(&self, request: TokenRequest) -> ServiceResult<TokenResponse> {
+    pub async fn exchange(&self, request: TokenRequest) -> ServiceResult<TokenResponse> {
         let key = self
             .keys
-            .verify(&request.api_key)?
+            .verify(&request.api_key)
+            .await?
             .ok_or_else(|| ServiceError::Unauthenticated("the API key is unknown or revoked".into()))?;
         let asked = match &request.permissions {
             None => key.permissions,

@@ -13,7 +13,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::Sentences;
-use crate::auth::{KeyStore, NewKey, Permissions};
+use crate::auth::{NewKey, Permissions};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
@@ -62,6 +62,9 @@ pub struct LoadOptions {
     pub assets_dir: PathBuf,
     pub seed: u64,
     pub progress: bool,
+    /// The settings the started servers inherit (through the environment); API keys for them are created
+    /// where these say (Neo4j, or the server's data dir).
+    pub settings: crate::config::Settings,
 }
 
 /// Latency and outcome of one kind of operation in one scenario.
@@ -155,7 +158,8 @@ async fn start_target(options: &LoadOptions, scenario: Scenario) -> anyhow::Resu
         });
     }
     let dir = tempfile::tempdir()?;
-    let keys = KeyStore::open(dir.path()).map_err(|e| anyhow::anyhow!(e.to_string()))?;
+    let server_settings = crate::config::Settings { data_dir: dir.path().to_path_buf(), ..options.settings.clone() };
+    let keys = crate::app::open_key_store(&server_settings).await.map_err(|e| anyhow::anyhow!(e.to_string()))?;
     let mut bearers = Vec::with_capacity(options.connections);
     for index in 0..options.connections {
         let new = NewKey {
@@ -164,7 +168,7 @@ async fn start_target(options: &LoadOptions, scenario: Scenario) -> anyhow::Resu
             permissions: Permissions { read: true, write: true, query: false, admin: false },
             sessions: None,
         };
-        bearers.push(keys.create(&new).map_err(|e| anyhow::anyhow!(e.to_string()))?.1);
+        bearers.push(keys.create(&new).await.map_err(|e| anyhow::anyhow!(e.to_string()))?.1);
     }
     let admin_key = NewKey {
         agent_id: "bench-admin".into(),
@@ -172,7 +176,7 @@ async fn start_target(options: &LoadOptions, scenario: Scenario) -> anyhow::Resu
         permissions: Permissions::all(),
         sessions: None,
     };
-    let admin = keys.create(&admin_key).map_err(|e| anyhow::anyhow!(e.to_string()))?.1;
+    let admin = keys.create(&admin_key).await.map_err(|e| anyhow::anyhow!(e.to_string()))?.1;
     drop(keys);
     let bulk_loaded = if matches!(scenario, Scenario::Search | Scenario::SearchNew) && options.search_preload > 0 {
         let (dir, assets, count) = (dir.path(), &options.assets_dir, options.search_preload);

@@ -149,13 +149,13 @@ pub async fn token(
     if let Some(wait) = ip.and_then(|ip| state.failed_auth.blocked_for(ip, Some(&request.api_key))) {
         return too_many_failures(wait);
     }
-    let (auth, key) = (state.auth.clone(), request.api_key.clone());
-    match tokio::task::spawn_blocking(move || auth.exchange(request)).await {
-        Ok(Ok(token)) => {
+    let key = request.api_key.clone();
+    match state.auth.exchange(request).await {
+        Ok(token) => {
             state.failed_auth.succeeded(&key);
             Json(token).into_response()
         }
-        Ok(Err(err)) => {
+        Err(err) => {
             let error = ToolError::from(err);
             if error.code == ErrorCode::Unauthenticated
                 && let Some(wait) = ip.and_then(|ip| state.failed_auth.failed(ip))
@@ -164,10 +164,6 @@ pub async fn token(
             }
             error_response(status_of(error.code), &error)
         }
-        Err(_) => error_response(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            &ToolError { code: ErrorCode::Internal, message: "internal error".into() },
-        ),
     }
 }
 
@@ -183,28 +179,33 @@ pub async fn authenticate(State(state): State<HttpState>, mut request: Request, 
             .and_then(|value| value.to_str().ok())
             .and_then(|value| value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer ")))
             .map(str::to_string);
-        let auth = state.auth.clone();
-        let outcome = match auth.recently_verified(bearer.as_deref()) {
-            Some(principal) => Ok(Ok((principal, None))),
+        let outcome = match state.auth.recently_verified(bearer.as_deref()) {
+            Some(principal) => Ok((principal, None)),
             None => {
                 if let Some(wait) = ip.and_then(|ip| state.failed_auth.blocked_for(ip, bearer.as_deref())) {
                     return too_many_failures(wait);
                 }
-                tokio::task::spawn_blocking(move || {
-                    let principal = auth.authenticate(bearer.as_deref())?;
-                    Ok((principal, bearer))
-                })
-                .await
+                state.auth.authenticate(bearer.as_deref()).await.map(|principal| (principal, bearer))
             }
         };
         match outcome {
-            Ok(Ok((principal, checked))) => {
+            Ok((principal, checked)) => {
                 if let Some(credential) = checked {
                     state.failed_auth.succeeded(&credential);
                 }
                 principal
             }
-            Ok(Err(failure)) => {
+            Err(AuthFailure::Unavailable(reason)) => {
+                tracing::warn!(%reason, "credential not checked: the key store is unavailable");
+                let error = ToolError {
+                    code: ErrorCode::Unavailable,
+                    message: "the key store is unavailable, retry later".into(),
+                };
+                let mut response = error_response(StatusCode::SERVICE_UNAVAILABLE, &error);
+                response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                return response;
+            }
+            Err(failure) => {
                 if failure == AuthFailure::Invalid
                     && let Some(wait) = ip.and_then(|ip| state.failed_auth.failed(ip))
                 {
@@ -212,16 +213,12 @@ pub async fn authenticate(State(state): State<HttpState>, mut request: Request, 
                 }
                 let (message, challenge) = match failure {
                     AuthFailure::Missing => ("send Authorization: Bearer <API key or token>", CHALLENGE),
-                    AuthFailure::Invalid => ("the credential is invalid, expired or revoked", INVALID_TOKEN_CHALLENGE),
+                    _ => ("the credential is invalid, expired or revoked", INVALID_TOKEN_CHALLENGE),
                 };
                 let error = ToolError { code: ErrorCode::Unauthenticated, message: message.into() };
                 let mut response = error_response(StatusCode::UNAUTHORIZED, &error);
                 response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
                 return response;
-            }
-            Err(_) => {
-                let error = ToolError { code: ErrorCode::Internal, message: "internal error".into() };
-                return error_response(StatusCode::INTERNAL_SERVER_ERROR, &error);
             }
         }
     } else {

@@ -148,7 +148,7 @@ async fn verify(server: &ServerProcess, key: &str, ledger: &Ledger, round: usize
 async fn acknowledged_writes_survive_kill_9_of_the_server_under_128_writers() {
     let rounds: usize = std::env::var("CTX_CRASH_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(3);
     let dir = tempfile::tempdir().unwrap();
-    let key = admin_key_in(dir.path());
+    let key = admin_key_in(dir.path()).await;
     let ledger = Arc::new(Mutex::new(Ledger::default()));
     let mut rng = fastrand::Rng::with_seed(99);
     for round in 0..rounds {

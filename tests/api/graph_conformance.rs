@@ -597,6 +597,51 @@ async fn export_scans_and_version_import(store: Store) {
     assert_eq!(store.context_versions(a.id).await.unwrap(), versions);
 }
 
+/// API keys where the store keeps them (Neo4j: in the graph; SQLite: the data dir's `keys.sqlite3`):
+/// created, verified, listed and revoked, and of racers for the first key exactly one creates it.
+async fn api_keys(store: Store) {
+    use context_store::auth::{KeyStore, NewKey, Permissions};
+    let dir = tempfile::tempdir().unwrap();
+    let keys = match store.shared_keys() {
+        Some(backend) => KeyStore::new(backend),
+        None => KeyStore::sqlite(dir.path()).unwrap(),
+    };
+    let admin = NewKey {
+        agent_id: "admin".into(),
+        agent_type: "admin".into(),
+        permissions: Permissions::all(),
+        sessions: None,
+    };
+    let racers = (0..8).map(|_| keys.create_first(&admin));
+    let created: Vec<_> = futures::future::join_all(racers).await.into_iter().filter_map(Result::unwrap).collect();
+    assert_eq!(created.len(), 1, "one first key, not one per racer");
+    let (first, first_key) = &created[0];
+    assert_eq!(keys.verify(first_key).await.unwrap().as_ref(), Some(first));
+
+    let reader = NewKey {
+        agent_id: "reader".into(),
+        agent_type: "test".into(),
+        permissions: Permissions::parse("read").unwrap(),
+        sessions: Some(vec!["s1".into(), "s2".into()]),
+    };
+    let (record, key) = keys.create(&reader).await.unwrap();
+    let verified = keys.verify(&key).await.unwrap().expect("the new key verifies");
+    assert_eq!((verified.permissions, verified.sessions.clone()), (reader.permissions, reader.sessions.clone()));
+    let forged = format!("{}x", &key[..key.len() - 1]);
+    assert!(keys.verify(&forged).await.unwrap().is_none(), "a wrong secret does not verify");
+    assert!(keys.verify("cs_nosuchkey_secret").await.unwrap().is_none());
+    assert_eq!(keys.active(&record.key_id).await.unwrap().map(|k| k.agent_id), Some("reader".into()));
+    let listed: Vec<String> = keys.list().await.unwrap().into_iter().map(|k| k.key_id).collect();
+    assert_eq!(listed, vec![first.key_id.clone(), record.key_id.clone()], "oldest first");
+
+    keys.revoke(&record.key_id).await.unwrap();
+    assert!(keys.verify(&key).await.unwrap().is_none(), "a revoked key does not verify");
+    assert!(keys.active(&record.key_id).await.unwrap().is_none());
+    assert!(keys.list().await.unwrap().iter().any(|k| k.key_id == record.key_id && k.revoked));
+    assert!(matches!(keys.revoke("nosuchkey").await, Err(StoreError::NotFound)));
+    assert!(keys.create_first(&admin).await.unwrap().is_none(), "the first key is still active");
+}
+
 /// Each suite function runs against SQLite (in a temp dir) and against the test Neo4j (emptied first).
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
@@ -647,4 +692,5 @@ conformance!(
     index_entries_carry_embeddings_in_id_order,
     expired_items_are_found_and_purged,
     export_scans_and_version_import,
+    api_keys,
 );

@@ -357,8 +357,8 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
     let embedder: Arc<dyn Embedder> = Arc::new(CachedEmbedder::new(model(), 10_000, metrics.clone()));
     let core = Core::start_with(&settings, embedder, metrics).await.expect("core starts");
     let auth = core.auth.clone();
-    let key = create_key(&auth, "tester", "read,write,query", None);
-    let admin_key = create_key(&auth, "root", "read,write,query,admin", None);
+    let key = create_key(&auth, "tester", "read,write,query", None).await;
+    let admin_key = create_key(&auth, "root", "read,write,query,admin", None).await;
     let app = context_store::app::App::build_with(settings, core).await.expect("app binds");
     let address = format!("http://127.0.0.1:{}", app.port());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -378,7 +378,7 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
 }
 
 /// Creates an API key and returns it.
-pub fn create_key(
+pub async fn create_key(
     auth: &context_store::auth::Authenticator,
     agent: &str,
     permissions: &str,
@@ -390,7 +390,7 @@ pub fn create_key(
         permissions: context_store::auth::Permissions::parse(permissions).unwrap(),
         sessions,
     };
-    auth.keys().create(&new).expect("key created").1
+    auth.keys().create(&new).await.expect("key created").1
 }
 
 impl TestApp {
@@ -498,15 +498,15 @@ impl ServerProcess {
 }
 
 /// Creates an admin API key in the key store of `dir` (before a server starts on it) and returns it.
-pub fn admin_key_in(dir: &Path) -> String {
-    let keys = context_store::auth::KeyStore::open(dir).expect("key store opens");
+pub async fn admin_key_in(dir: &Path) -> String {
+    let keys = context_store::auth::KeyStore::sqlite(dir).expect("key store opens");
     let new = context_store::auth::NewKey {
         agent_id: "test-admin".into(),
         agent_type: "test".into(),
         permissions: context_store::auth::Permissions::all(),
         sessions: None,
     };
-    keys.create(&new).expect("key created").1
+    keys.create(&new).await.expect("key created").1
 }
 
 /// Polls `check` until it holds, failing the test if it does not within `limit` (a hang check for work that

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use context_store::app::Core;
-use context_store::auth::Principal;
+use context_store::auth::{AuthFailure, Principal};
 use context_store::error::ErrorCode;
 use context_store::metrics::Metrics;
 use context_store::service::{CreateSessionRequest, StoreContextRequest};
@@ -61,8 +61,17 @@ pub async fn outage_drill(core: &Core, relay: &Relay, fail: fn(&Relay), role: &s
     let session = CreateSessionRequest { id: Some("ops".into()), purpose: "outage".into(), ..Default::default() };
     service.create_session(&principal, session).await.unwrap();
     service.store_context(&principal, store_request("written before the outage")).await.unwrap();
+    // Keys kept in the backend that goes down cannot be checked during the outage: that is `Unavailable`
+    // (HTTP 503), never "invalid" (401, counted against the caller's address).
+    let keys_go_down = role == "graph" && service.graph().shared_keys().is_some();
+    let key = crate::helpers::create_key(&core.auth, "outage-reader", "read", None).await;
 
     fail(relay);
+    match core.auth.authenticate(Some(&key)).await {
+        Err(AuthFailure::Unavailable(_)) if keys_go_down => {}
+        Ok(principal) if !keys_go_down => assert_eq!(principal.agent_id, "outage-reader"),
+        other => panic!("authentication during the outage (keys in the failed backend: {keys_go_down}): {other:?}"),
+    }
     for attempt in 0..6 {
         let started = Instant::now();
         let failed = service.store_context(&principal, store_request(&format!("during outage {attempt}"))).await;
@@ -93,6 +102,7 @@ pub async fn outage_drill(core: &Core, relay: &Relay, fail: fn(&Relay), role: &s
         }
     }
     assert!(service.ready().await.ready, "ready again without a restart");
+    assert_eq!(core.auth.authenticate(Some(&key)).await.unwrap().agent_id, "outage-reader");
     // Nothing half written: exactly the two acknowledged contexts, each with its vector (the journal
     // repairs what a write cut off mid-way left).
     eventually(Duration::from_secs(30), "two contexts with two vectors after the outage", async || {

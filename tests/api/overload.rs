@@ -33,7 +33,7 @@ async fn serve_sequentially(server: &ServerProcess, key: &str, label: &str) -> f
 #[tokio::test]
 async fn a_burst_beyond_the_concurrency_limit_is_shed_with_retry_after_and_the_service_recovers() {
     let dir = tempfile::tempdir().unwrap();
-    let key = admin_key_in(dir.path());
+    let key = admin_key_in(dir.path()).await;
     let (server, _) = ServerProcess::start(dir.path(), &[("CTX__SERVER__MAX_CONCURRENCY", "32")]).await;
     let http = reqwest::Client::new();
     let session = json!({"id": "load", "purpose": "overload"});

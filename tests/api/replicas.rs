@@ -1,14 +1,34 @@
 //! Two replicas of the service on one Neo4j and one Qdrant server (the scale-out stack), as real processes:
 //! they start together, a write through one is read and found through the other, a cached search is stale
 //! for at most `search.cache_ttl_ms`, and a replica killed under writers leaves nothing the other does not
-//! repair while it runs. They share the API-key store through one data dir (keys in Neo4j are not built).
+//! repair while it runs. Each has its own data dir: API keys live in Neo4j, so both authenticate the same
+//! keys, the first-start admin key is made once, and a revocation through the `keys` command reaches both.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::helpers::{ServerProcess, admin_key_in, eventually, neo4j_exclusive, neo4j_uri};
+use crate::helpers::{ServerProcess, eventually, neo4j_exclusive, neo4j_uri};
+
+/// Runs `context-store keys ...` with the replicas' settings; returns its standard output.
+fn keys_command(env: &[(&str, &str)], dir: &std::path::Path, args: &[&str]) -> String {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_context-store"))
+        .arg("keys")
+        .args(args)
+        .env("CTX__DATA_DIR", dir)
+        .env("RUST_LOG", "error")
+        .envs(env.iter().copied())
+        .output()
+        .expect("the keys command runs");
+    assert!(output.status.success(), "keys {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout).unwrap()
+}
+
+async fn status_of(http: &reqwest::Client, base: &str, key: &str) -> u16 {
+    let response = http.post(format!("{base}/mcp/tool/list_sessions")).bearer_auth(key).json(&json!({})).send();
+    response.await.unwrap().status().as_u16()
+}
 
 async fn call(http: &reqwest::Client, base: &str, key: &str, tool: &str, args: Value) -> Result<Value, String> {
     let response = http
@@ -28,8 +48,8 @@ async fn call(http: &reqwest::Client, base: &str, key: &str, tool: &str, args: V
 async fn qdrant_server_two_replicas_share_one_store_and_repair_each_other() {
     let _exclusive = neo4j_exclusive().await;
     let qdrant = std::env::var("QDRANT_URL").expect("QDRANT_URL names a Qdrant server");
-    let dir = tempfile::tempdir().unwrap();
-    let key = admin_key_in(dir.path());
+    let (dir_a, dir_b, dir_cli) =
+        (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let collection = format!("replicas_{}", uuid::Uuid::now_v7().simple());
     let neo4j = neo4j_uri();
     let env = [
@@ -42,11 +62,31 @@ async fn qdrant_server_two_replicas_share_one_store_and_repair_each_other() {
         ("CTX__GRAPH__REPAIR_INTERVAL_MS", "2000"),
         ("CTX__AUTH__JWT_SECRET", "one-secret-for-every-replica"),
     ];
-    // Both start at once: Neo4j schema and Qdrant collection creation race.
+    // Both start at once on an empty Neo4j: schema, Qdrant collection and the first admin key race.
     let ((first, _), (second, _)) =
-        tokio::join!(ServerProcess::start(dir.path(), &env), ServerProcess::start(dir.path(), &env));
+        tokio::join!(ServerProcess::start(dir_a.path(), &env), ServerProcess::start(dir_b.path(), &env));
     let http = reqwest::Client::new();
     let (a, b) = (first.base.clone(), second.base.clone());
+    let listed = keys_command(&env, dir_cli.path(), &["list"]);
+    let admins = listed.lines().filter(|line| line.split_whitespace().nth(1) == Some("admin")).count();
+    assert_eq!(admins, 1, "one first-start admin key for two replicas starting together:\n{listed}");
+
+    // A key made with the keys command (on Neo4j) works on both replicas; revoked, it stops on both within
+    // the documented bound (how long a replica trusts a credential it verified).
+    let key =
+        keys_command(&env, dir_cli.path(), &["create", "--agent-id", "ops", "--permissions", "read,write,query,admin"]);
+    let key = key.trim().to_string();
+    let reader = keys_command(&env, dir_cli.path(), &["create", "--agent-id", "reader", "--permissions", "read"]);
+    let reader = reader.trim().to_string();
+    assert_eq!((status_of(&http, &a, &reader).await, status_of(&http, &b, &reader).await), (200, 200));
+    let reader_id = reader.strip_prefix("cs_").and_then(|rest| rest.split('_').next()).unwrap();
+    keys_command(&env, dir_cli.path(), &["revoke", reader_id]);
+    tokio::time::sleep(context_store::auth::VERIFIED_TTL + Duration::from_millis(300)).await;
+    assert_eq!(
+        (status_of(&http, &a, &reader).await, status_of(&http, &b, &reader).await),
+        (401, 401),
+        "a revoked key is refused by every replica once its verification has aged out"
+    );
 
     call(&http, &a, &key, "create_session", json!({"id": "shared", "purpose": "replicas"})).await.unwrap();
     let stored = call(

@@ -50,11 +50,11 @@ async fn build_world(app: &TestApp) -> World {
         ok_body(app, &admin, "create_session", json!({"id": session, "purpose": "matrix"})).await;
     }
     let s1 = Some(vec!["s1".to_string()]);
-    let alice = create_key(&app.auth, "alice", "read,write", s1.clone());
-    let bob = create_key(&app.auth, "bob", "read,write", s1.clone());
-    let carol = create_key(&app.auth, "carol", "read,write", Some(vec!["s2".to_string()]));
-    let reader = create_key(&app.auth, "reader", "read", s1.clone());
-    let revoked = create_key(&app.auth, "mallory", "read,write", None);
+    let alice = create_key(&app.auth, "alice", "read,write", s1.clone()).await;
+    let bob = create_key(&app.auth, "bob", "read,write", s1.clone()).await;
+    let carol = create_key(&app.auth, "carol", "read,write", Some(vec!["s2".to_string()])).await;
+    let reader = create_key(&app.auth, "reader", "read", s1.clone()).await;
+    let revoked = create_key(&app.auth, "mallory", "read,write", None).await;
 
     let store =
         |content: &str, visibility: &str| json!({"session_id": "s1", "content": content, "visibility": visibility});
@@ -90,7 +90,7 @@ async fn build_world(app: &TestApp) -> World {
     let last = tampered.pop().unwrap();
     tampered.push(if last == 'A' { 'B' } else { 'A' });
     let revoked_key_id = revoked.split('_').nth(1).unwrap().to_string();
-    app.auth.revoke(&revoked_key_id).unwrap();
+    app.auth.revoke(&revoked_key_id).await.unwrap();
 
     let id = |body: &Value| body["context"]["id"].as_str().unwrap().to_string();
     World {
@@ -337,7 +337,7 @@ async fn every_tool_enforces_identity_permissions_and_scope_over_mcp() {
 #[tokio::test]
 async fn tokens_never_carry_more_than_their_key_and_die_with_it() {
     let app = spawn_app().await;
-    let key = create_key(&app.auth, "dana", "read,write", None);
+    let key = create_key(&app.auth, "dana", "read,write", None).await;
     let exchange = |body: Value| {
         let request = app.http.post(format!("{}/auth/token", app.address)).json(&body);
         async move {
@@ -365,7 +365,7 @@ async fn tokens_never_carry_more_than_their_key_and_die_with_it() {
     let token = full["token"].as_str().unwrap().to_string();
     assert_eq!(app.call_tool_as(Some(&token), "list_sessions", json!({})).await.0, 200);
     let key_id = key.split('_').nth(1).unwrap();
-    app.auth.revoke(key_id).unwrap();
+    app.auth.revoke(key_id).await.unwrap();
     assert_eq!(app.call_tool_as(Some(&key), "list_sessions", json!({})).await.0, 401, "revoked key stops at once");
     assert_eq!(app.call_tool_as(Some(&token), "list_sessions", json!({})).await.0, 401, "so do its tokens");
 
@@ -380,16 +380,18 @@ async fn tokens_never_carry_more_than_their_key_and_die_with_it() {
 async fn keys_and_the_token_secret_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let settings = crate::helpers::test_settings(dir.path());
-    let first = context_store::auth::Authenticator::open(&settings.auth_settings()).unwrap();
-    let key = create_key(&first, "erin", "read", None);
+    let keys = || context_store::auth::KeyStore::sqlite(dir.path()).unwrap();
+    let first = context_store::auth::Authenticator::open(&settings.auth_settings(), keys()).unwrap();
+    let key = create_key(&first, "erin", "read", None).await;
     let token = first
         .exchange(context_store::auth::TokenRequest { api_key: key.clone(), permissions: None, ttl_seconds: None })
+        .await
         .unwrap();
     drop(first);
-    let reopened = context_store::auth::Authenticator::open(&settings.auth_settings()).unwrap();
-    assert_eq!(reopened.authenticate(Some(&key)).unwrap().agent_id, "erin");
-    assert_eq!(reopened.authenticate(Some(&token.token)).unwrap().agent_id, "erin");
-    assert!(reopened.ensure_admin_key().unwrap().is_none(), "no second admin key when keys exist");
+    let reopened = context_store::auth::Authenticator::open(&settings.auth_settings(), keys()).unwrap();
+    assert_eq!(reopened.authenticate(Some(&key)).await.unwrap().agent_id, "erin");
+    assert_eq!(reopened.authenticate(Some(&token.token)).await.unwrap().agent_id, "erin");
+    assert!(reopened.ensure_admin_key().await.unwrap().is_none(), "no second admin key when keys exist");
 }
 
 #[tokio::test]

@@ -24,8 +24,8 @@ fn id(body: &Value) -> String {
 async fn previous_versions_are_shown_only_as_far_as_each_versions_visibility_allows() {
     let app = spawn_app().await;
     ok(&app, &app.admin_key, "create_session", json!({"id": "s1", "purpose": "versions"})).await;
-    let alice = create_key(&app.auth, "alice", "read,write", None);
-    let bob = create_key(&app.auth, "bob", "read,write", None);
+    let alice = create_key(&app.auth, "alice", "read,write", None).await;
+    let bob = create_key(&app.auth, "bob", "read,write", None).await;
     let draft = ok(
         &app,
         &alice,
@@ -53,8 +53,8 @@ async fn previous_versions_are_shown_only_as_far_as_each_versions_visibility_all
 async fn related_contexts_never_name_or_pass_through_a_hidden_context() {
     let app = spawn_app().await;
     ok(&app, &app.admin_key, "create_session", json!({"id": "s1", "purpose": "walk"})).await;
-    let alice = create_key(&app.auth, "alice", "read,write", None);
-    let bob = create_key(&app.auth, "bob", "read,write", None);
+    let alice = create_key(&app.auth, "alice", "read,write", None).await;
+    let bob = create_key(&app.auth, "bob", "read,write", None).await;
     let store =
         |content: &str, visibility: &str| json!({"session_id": "s1", "content": content, "visibility": visibility});
     let start = id(&ok(&app, &alice, "store_context", store("alice starts here", "public")).await);
@@ -83,8 +83,8 @@ async fn related_contexts_never_name_or_pass_through_a_hidden_context() {
 async fn only_a_contexts_author_links_from_it_and_every_link_records_who_made_it() {
     let app = spawn_app().await;
     ok(&app, &app.admin_key, "create_session", json!({"id": "s1", "purpose": "links"})).await;
-    let alice = create_key(&app.auth, "alice", "read,write", None);
-    let bob = create_key(&app.auth, "bob", "read,write", None);
+    let alice = create_key(&app.auth, "alice", "read,write", None).await;
+    let bob = create_key(&app.auth, "bob", "read,write", None).await;
     let store = |content: &str| json!({"session_id": "s1", "content": content});
     let alices = id(&ok(&app, &alice, "store_context", store("alice's design note")).await);
     let bobs = id(&ok(&app, &bob, "store_context", store("bob's review")).await);
@@ -334,7 +334,7 @@ async fn a_write_whose_client_goes_away_still_completes_in_both_stores() {
     // No repair while running: only running writes to completion can keep the stores together here.
     let (core, vectors, settings) = core_with(dir.path(), |s| s.graph.repair_interval_ms = 3_600_000).await;
     let service = core.service.clone();
-    let key = create_key(&core.auth, "writer", "read,write", None);
+    let key = create_key(&core.auth, "writer", "read,write", None).await;
     let app = context_store::app::App::build_with(settings, core).await.unwrap();
     let base = format!("http://127.0.0.1:{}", app.port());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

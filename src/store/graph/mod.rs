@@ -216,6 +216,11 @@ pub trait GraphBackend: Send + Sync + 'static {
     fn pool_status(&self) -> Option<PoolStatus> {
         None
     }
+    /// Where API keys live when the store is shared by replicas (Neo4j: in the graph); None keeps them in the
+    /// data dir's `keys.sqlite3`.
+    fn shared_keys(&self) -> Option<std::sync::Arc<dyn crate::auth::KeyBackend>> {
+        None
+    }
     async fn counts(&self) -> StoreResult<StoreCounts>;
 }
 

@@ -57,6 +57,11 @@ mod cypher {
     pub const STATE_SCAN: &str = include_str!("../../../../cypher/state_scan.cypher");
     pub const VERSIONS_IMPORT: &str = include_str!("../../../../cypher/versions_import.cypher");
     pub const COUNTS: &str = include_str!("../../../../cypher/counts.cypher");
+    pub const KEY_INSERT: &str = include_str!("../../../../cypher/key_insert.cypher");
+    pub const KEY_FIRST_LOCK: &str = include_str!("../../../../cypher/key_first_lock.cypher");
+    pub const KEY_LIST: &str = include_str!("../../../../cypher/key_list.cypher");
+    pub const KEY_REVOKE: &str = include_str!("../../../../cypher/key_revoke.cypher");
+    pub const KEY_ACTIVE: &str = include_str!("../../../../cypher/key_active.cypher");
 }
 
 /// Connection settings of the Neo4j store.
@@ -89,6 +94,8 @@ created_at, created_by}]->(:Context); (:Context)-[:SUPERSEDES]->(:ContextVersion
 metadata, visibility, updated_at}); (:AgentState {agent_id, session_id ('' = none), key, value (JSON text), version, \
 updated_at, expires_at}). Times are milliseconds since the Unix epoch; filter deleted contexts with NOT c.deleted.";
 
+/// Cheap to clone: clones share the driver's pool, the permits and the breaker (the key store is a clone).
+#[derive(Clone)]
 pub struct Neo4jGraphStore {
     graph: Graph,
     /// MODEL plus the labels and relationship types found at start-up.
@@ -96,7 +103,7 @@ pub struct Neo4jGraphStore {
     /// One permit per pooled connection: bounds waiting and tells how many are in use.
     permits: Arc<Semaphore>,
     options: Neo4jOptions,
-    breaker: CircuitBreaker,
+    breaker: Arc<CircuitBreaker>,
 }
 
 /// What a transaction body can fail with: a store-level answer, or the driver.
@@ -156,6 +163,7 @@ mod analyst;
 mod contexts;
 mod cypher_guard;
 mod journal;
+mod keys;
 mod relations;
 mod rows;
 mod state;
@@ -242,7 +250,7 @@ impl Neo4jGraphStore {
             schema: MODEL.to_string(),
             permits: Arc::new(Semaphore::new(options.max_connections.max(1))),
             options: options.clone(),
-            breaker: CircuitBreaker::new("neo4j", options.breaker_threshold, options.breaker_cooldown),
+            breaker: Arc::new(CircuitBreaker::new("neo4j", options.breaker_threshold, options.breaker_cooldown)),
         };
         store.apply_schema().await?;
         store.schema = store.describe().await?;
@@ -342,6 +350,10 @@ impl Neo4jGraphStore {
 
 #[async_trait]
 impl GraphBackend for Neo4jGraphStore {
+    fn shared_keys(&self) -> Option<Arc<dyn crate::auth::KeyBackend>> {
+        Some(Arc::new(self.clone()))
+    }
+
     fn backend(&self) -> &'static str {
         "neo4j"
     }
