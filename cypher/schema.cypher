@@ -12,3 +12,4 @@ CREATE INDEX agent_state_expiry IF NOT EXISTS FOR (s:AgentState) ON (s.expires_a
 CREATE INDEX context_version IF NOT EXISTS FOR (v:ContextVersion) ON (v.context_id, v.version);
 CREATE CONSTRAINT api_key_id IF NOT EXISTS FOR (k:ApiKey) REQUIRE k.key_id IS UNIQUE;
 CREATE CONSTRAINT key_store_lock IF NOT EXISTS FOR (l:KeyStoreLock) REQUIRE l.name IS UNIQUE;
+CREATE INDEX context_session_id IF NOT EXISTS FOR (c:Context) ON (c.session_id, c.id);

@@ -1,5 +1,5 @@
 use super::rows::*;
-use super::{Neo4jGraphStore, TxResult, cypher, journal, query, rows};
+use super::{Neo4jGraphStore, Statements, TxResult, cypher, journal, query, rows};
 use crate::domain::{Context, ContextFilter, ContextVersion, ReadScope, Session, Timestamp};
 use crate::error::{StoreError, StoreResult};
 use crate::store::graph::{ContextGraph, IndexEntry, InsertOutcome, versions};
@@ -18,7 +18,7 @@ pub(super) async fn lock_entry(txn: &mut Txn, id: Uuid) -> TxResult<IndexEntry> 
 }
 
 pub(super) async fn duplicate_of(
-    txn: &mut Txn,
+    txn: &mut impl Statements,
     session_id: &str,
     content_hash: &str,
     scope: &ReadScope,
@@ -52,7 +52,7 @@ impl ContextGraph for Neo4jGraphStore {
     }
 
     async fn get_session(&self, id: &str) -> StoreResult<Option<Session>> {
-        transaction!(self, |txn| {
+        read!(self, |txn| {
             let statement = query(cypher::SESSION_GET).param("id", id);
             let found = rows(txn, statement).await?;
             found.first().map(session_of).transpose()
@@ -65,7 +65,7 @@ impl ContextGraph for Neo4jGraphStore {
         limit: usize,
         only: Option<&[String]>,
     ) -> StoreResult<Vec<Session>> {
-        transaction!(self, |txn| {
+        read!(self, |txn| {
             let statement = query(cypher::SESSION_LIST)
                 .param("after", after.unwrap_or(""))
                 .param("only", only.map(<[String]>::to_vec))
@@ -80,7 +80,7 @@ impl ContextGraph for Neo4jGraphStore {
         content_hash: &str,
         scope: &ReadScope,
     ) -> StoreResult<Option<Context>> {
-        transaction!(self, |txn| duplicate_of(txn, session_id, content_hash, scope).await)
+        read!(self, |txn| duplicate_of(txn, session_id, content_hash, scope).await)
     }
 
     async fn insert_context(
@@ -140,7 +140,7 @@ impl ContextGraph for Neo4jGraphStore {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        transaction!(self, |txn| live_contexts(txn, ids).await)
+        read!(self, |txn| live_contexts(txn, ids).await)
     }
 
     async fn list_contexts(
@@ -149,14 +149,14 @@ impl ContextGraph for Neo4jGraphStore {
         after: Option<Uuid>,
         limit: usize,
     ) -> StoreResult<Vec<Context>> {
-        transaction!(self, |txn| {
+        read!(self, |txn| {
             let statement = filter_query(filter, after, limit)?;
             rows(txn, statement).await?.iter().map(context_of).collect()
         })
     }
 
     async fn context_versions(&self, id: Uuid) -> StoreResult<Vec<ContextVersion>> {
-        transaction!(self, |txn| {
+        read!(self, |txn| {
             let found = rows(txn, query(cypher::CONTEXT_VERSIONS).param("id", id.to_string())).await?;
             found
                 .iter()

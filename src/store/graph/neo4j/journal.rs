@@ -62,14 +62,14 @@ impl JournalGraph for Neo4jGraphStore {
     }
 
     async fn expired_contexts(&self, now: Timestamp, limit: usize) -> StoreResult<Vec<Uuid>> {
-        transaction!(self, |txn| {
+        read!(self, |txn| {
             let statement = query(cypher::CONTEXT_EXPIRED).param("now", now.millis()).param("limit", limit as i64);
             rows(txn, statement).await?.iter().map(|row| Ok(parse_uuid(&row.get::<String>("id")?)?)).collect()
         })
     }
 
     async fn pending_index(&self, limit: usize) -> StoreResult<Vec<PendingIndex>> {
-        transaction!(self, |txn| {
+        read!(self, |txn| {
             rows(txn, query(cypher::JOURNAL_PENDING).param("limit", limit as i64))
                 .await?
                 .iter()
@@ -94,7 +94,7 @@ impl JournalGraph for Neo4jGraphStore {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        transaction!(self, |txn| {
+        read!(self, |txn| {
             let statement =
                 query(cypher::INDEX_ENTRIES).param("ids", ids.iter().map(Uuid::to_string).collect::<Vec<_>>());
             rows(txn, statement).await?.iter().map(index_entry_of).collect()
@@ -102,7 +102,7 @@ impl JournalGraph for Neo4jGraphStore {
     }
 
     async fn scan_index_entries(&self, after: Option<Uuid>, limit: usize) -> StoreResult<Vec<IndexEntry>> {
-        transaction!(self, |txn| {
+        read!(self, |txn| {
             let statement = query(cypher::INDEX_SCAN)
                 .param("after", after.map(|a| a.to_string()).unwrap_or_default())
                 .param("limit", limit as i64);

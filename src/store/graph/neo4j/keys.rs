@@ -73,7 +73,7 @@ impl KeyBackend for Neo4jGraphStore {
     }
 
     async fn list(&self) -> StoreResult<Vec<KeyRecord>> {
-        transaction!(self, |txn| rows(txn, query(cypher::KEY_LIST)).await?.iter().map(record_of).collect())
+        read!(self, |txn| rows(txn, query(cypher::KEY_LIST)).await?.iter().map(record_of).collect())
     }
 
     async fn revoke(&self, key_id: &str) -> StoreResult<()> {
@@ -84,7 +84,7 @@ impl KeyBackend for Neo4jGraphStore {
     }
 
     async fn active(&self, key_id: &str) -> StoreResult<Option<(Vec<u8>, KeyRecord)>> {
-        transaction!(self, |txn| {
+        read!(self, |txn| {
             let found = rows(txn, query(cypher::KEY_ACTIVE).param("key_id", key_id)).await?;
             let Some(row) = found.first() else { return Ok(None) };
             let hash: String = row.get("secret_hash")?;

@@ -158,7 +158,32 @@ macro_rules! transaction {
     }};
 }
 
-// The parts below use `transaction!`, so they are declared after it.
+/// Runs a body of reads, each its own auto-commit statement (`$txn: &mut AutoCommit`, see `rows`), admitted
+/// and repeated like `transaction!`. For reads of one statement, or of several that need no common snapshot.
+macro_rules! read {
+    ($store:expr, |$txn:ident| $body:expr) => {{
+        let store = $store;
+        store
+            .guarded(async {
+                let _permit = store.permit().await?;
+                let mut attempt = 0u32;
+                loop {
+                    let result: TxResult<_> = async {
+                        let mut auto = $crate::store::graph::neo4j::AutoCommit(&store.graph);
+                        let $txn = &mut auto;
+                        $body
+                    }
+                    .await;
+                    if let Some(done) = store.settle(result, &mut attempt).await {
+                        break done;
+                    }
+                }
+            })
+            .await
+    }};
+}
+
+// The parts below use `transaction!` and `read!`, so they are declared after it.
 mod analyst;
 mod contexts;
 mod cypher_guard;
@@ -220,14 +245,42 @@ fn query(text: &str) -> Query {
     Query::new(text.to_string())
 }
 
-/// Runs a statement and collects its rows.
-async fn rows(txn: &mut Txn, query: Query) -> TxResult<Vec<Row>> {
-    let mut stream = txn.execute(query).await?;
-    let mut rows = Vec::new();
-    while let Some(row) = stream.next(txn.handle()).await? {
-        rows.push(row);
+/// Where a statement runs: in an explicit transaction (`transaction!`), or on its own as an auto-commit
+/// query (`read!`).
+trait Statements: Send {
+    fn fetch(&mut self, query: Query) -> impl Future<Output = TxResult<Vec<Row>>> + Send;
+}
+
+impl Statements for Txn {
+    async fn fetch(&mut self, query: Query) -> TxResult<Vec<Row>> {
+        let mut stream = self.execute(query).await?;
+        let mut rows = Vec::new();
+        while let Some(row) = stream.next(self.handle()).await? {
+            rows.push(row);
+        }
+        Ok(rows)
     }
-    Ok(rows)
+}
+
+/// One statement as an auto-commit query: RUN and PULL go out together and the answer comes back in one
+/// round trip, where a transaction needs BEGIN, RUN, PULL and COMMIT. It runs in write access mode, so on a
+/// cluster it goes where writes go and reads what this replica just wrote.
+struct AutoCommit<'a>(&'a Graph);
+
+impl Statements for AutoCommit<'_> {
+    async fn fetch(&mut self, query: Query) -> TxResult<Vec<Row>> {
+        let mut stream = self.0.execute(query).await?;
+        let mut rows = Vec::new();
+        while let Some(row) = stream.next().await? {
+            rows.push(row);
+        }
+        Ok(rows)
+    }
+}
+
+/// Runs a statement and collects its rows.
+async fn rows(txn: &mut impl Statements, query: Query) -> TxResult<Vec<Row>> {
+    txn.fetch(query).await
 }
 
 impl Neo4jGraphStore {
@@ -359,8 +412,8 @@ impl GraphBackend for Neo4jGraphStore {
     }
 
     async fn ping(&self) -> StoreResult<()> {
-        transaction!(self, |txn| {
-            txn.run(query("RETURN 1")).await?;
+        read!(self, |txn| {
+            rows(txn, query("RETURN 1")).await?;
             Ok(())
         })
     }
@@ -371,7 +424,7 @@ impl GraphBackend for Neo4jGraphStore {
     }
 
     async fn counts(&self) -> StoreResult<StoreCounts> {
-        transaction!(self, |txn| {
+        read!(self, |txn| {
             let found = rows(txn, query(cypher::COUNTS)).await?;
             let row = found.first().ok_or_else(|| StoreError::Backend("counts returned no row".into()))?;
             let count = |name: &str| -> TxResult<u64> { Ok(row.get::<i64>(name)? as u64) };

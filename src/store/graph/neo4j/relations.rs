@@ -38,7 +38,7 @@ impl RelationGraph for Neo4jGraphStore {
         max_nodes: usize,
         scope: &ReadScope,
     ) -> StoreResult<Vec<RelatedContext>> {
-        transaction!(self, |txn| {
+        read!(self, |txn| {
             let mut walk = RelatedWalk::new(id, max_nodes, scope.clone());
             for level in 1..=depth {
                 if walk.frontier().is_empty() {
@@ -73,7 +73,7 @@ impl RelationGraph for Neo4jGraphStore {
             return Ok(Vec::new());
         }
         let now = Timestamp::now();
-        transaction!(self, |txn| {
+        read!(self, |txn| {
             let statement = query(cypher::RELATION_NEIGHBOURS)
                 .param("ids", ids.iter().map(Uuid::to_string).collect::<Vec<_>>())
                 .param("per_node", per_node as i64);
@@ -95,7 +95,7 @@ impl RelationGraph for Neo4jGraphStore {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        transaction!(self, |txn| {
+        read!(self, |txn| {
             let statement =
                 query(cypher::RELATIONS_FROM).param("ids", ids.iter().map(Uuid::to_string).collect::<Vec<_>>());
             rows(txn, statement)

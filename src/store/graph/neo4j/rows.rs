@@ -1,8 +1,8 @@
-use super::{TxResult, cypher, query, rows};
+use super::{Statements, TxResult, cypher, query, rows};
 use crate::domain::{AgentState, Context, ContextFilter, ReadScope, Session, Timestamp, Visibility};
 use crate::error::{StoreError, StoreResult};
 use crate::store::graph::IndexEntry;
-use neo4rs::{BoltType, Query, Row, Txn};
+use neo4rs::{BoltType, Query, Row};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use uuid::Uuid;
@@ -200,7 +200,7 @@ pub(super) fn session_of(row: &Row) -> TxResult<Session> {
     })
 }
 
-pub(super) async fn live_contexts(txn: &mut Txn, ids: &[Uuid]) -> TxResult<Vec<Context>> {
+pub(super) async fn live_contexts(txn: &mut impl Statements, ids: &[Uuid]) -> TxResult<Vec<Context>> {
     let ids: Vec<String> = ids.iter().map(Uuid::to_string).collect();
     rows(txn, query(cypher::CONTEXT_GET_MANY).param("ids", ids)).await?.iter().map(context_of).collect()
 }

@@ -43,7 +43,7 @@ impl StateGraph for Neo4jGraphStore {
     }
 
     async fn get_state(&self, key: &StateKey) -> StoreResult<Option<AgentState>> {
-        transaction!(self, |txn| {
+        read!(self, |txn| {
             let statement = state_params(query(cypher::STATE_GET), key).param("now", Timestamp::now().millis());
             rows(txn, statement).await?.first().map(state_of).transpose()
         })
@@ -57,7 +57,7 @@ impl StateGraph for Neo4jGraphStore {
         after_key: Option<&str>,
         limit: usize,
     ) -> StoreResult<Vec<AgentState>> {
-        transaction!(self, |txn| {
+        read!(self, |txn| {
             let statement = query(cypher::STATE_LIST)
                 .param("agent_id", agent_id)
                 .param("session_id", session_id.unwrap_or(""))
@@ -81,7 +81,7 @@ impl StateGraph for Neo4jGraphStore {
     async fn scan_states(&self, after: Option<&StateKey>, limit: usize) -> StoreResult<Vec<AgentState>> {
         let after =
             after.cloned().unwrap_or(StateKey { agent_id: String::new(), session_id: None, key: String::new() });
-        transaction!(self, |txn| {
+        read!(self, |txn| {
             let statement = state_params(query(cypher::STATE_SCAN), &after).param("limit", limit as i64);
             rows(txn, statement).await?.iter().map(state_of).collect()
         })
