@@ -150,7 +150,8 @@ pub struct VectorSettings {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct QdrantSettings {
-    /// gRPC URL of the server (port 6334).
+    /// gRPC URL of the server (port 6334); for a cluster, the URLs of its nodes separated by commas: calls
+    /// go to them in turn, and one that does not answer is skipped for `breaker_cooldown_ms`.
     pub url: String,
     pub api_key: Option<String>,
     /// Collection name; the definition's name ("contexts") when absent.
@@ -160,6 +161,13 @@ pub struct QdrantSettings {
     pub timeout_ms: u64,
     pub breaker_threshold: u32,
     pub breaker_cooldown_ms: u64,
+    /// Override the collection definition's cluster layout (`cluster` in collections/contexts.json).
+    pub shard_number: Option<u32>,
+    pub replication_factor: Option<u32>,
+    pub write_consistency_factor: Option<u32>,
+    /// "weak", "medium" (the default: a point's writes are ordered by one replica of its shard, so copies
+    /// cannot end up different when two service replicas write it at once) or "strong".
+    pub write_ordering: String,
 }
 
 impl Default for QdrantSettings {
@@ -172,6 +180,10 @@ impl Default for QdrantSettings {
             timeout_ms: 5000,
             breaker_threshold: 3,
             breaker_cooldown_ms: 1000,
+            shard_number: None,
+            replication_factor: None,
+            write_consistency_factor: None,
+            write_ordering: "medium".into(),
         }
     }
 }
@@ -186,6 +198,12 @@ impl QdrantSettings {
             timeout: Duration::from_millis(self.timeout_ms),
             breaker_threshold: self.breaker_threshold,
             breaker_cooldown: Duration::from_millis(self.breaker_cooldown_ms),
+            cluster: crate::store::vector::ClusterSpec {
+                shard_number: self.shard_number,
+                replication_factor: self.replication_factor,
+                write_consistency_factor: self.write_consistency_factor,
+            },
+            write_ordering: self.write_ordering.clone(),
         }
     }
 }

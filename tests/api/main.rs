@@ -12,6 +12,7 @@ mod mcp_fuzz;
 mod neo4j_outage;
 mod operations;
 mod overload;
+mod qdrant_cluster;
 mod qdrant_outage;
 mod recall;
 mod relay;

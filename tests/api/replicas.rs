@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use crate::helpers::{ServerProcess, eventually, neo4j_exclusive, neo4j_uri};
 
 /// Runs `context-store keys ...` with the replicas' settings; returns its standard output.
-fn keys_command(env: &[(&str, &str)], dir: &std::path::Path, args: &[&str]) -> String {
+pub fn keys_command(env: &[(&str, &str)], dir: &std::path::Path, args: &[&str]) -> String {
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_context-store"))
         .arg("keys")
         .args(args)
@@ -30,7 +30,7 @@ async fn status_of(http: &reqwest::Client, base: &str, key: &str) -> u16 {
     response.await.unwrap().status().as_u16()
 }
 
-async fn call(http: &reqwest::Client, base: &str, key: &str, tool: &str, args: Value) -> Result<Value, String> {
+pub async fn call(http: &reqwest::Client, base: &str, key: &str, tool: &str, args: Value) -> Result<Value, String> {
     let response = http
         .post(format!("{base}/mcp/tool/{tool}"))
         .bearer_auth(key)

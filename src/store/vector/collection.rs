@@ -19,6 +19,18 @@ pub struct CollectionSpec {
     pub search: SearchSpec,
     /// Field name -> Qdrant payload schema (`"keyword"` or `{"type": "keyword", "is_tenant": true}`).
     pub payload_indexes: BTreeMap<String, Value>,
+    /// A Qdrant cluster's layout: shards, copies of each shard, and how many copies must confirm a write.
+    /// Absent: the server's defaults (one shard per node, one copy). The embedded store has no use for it.
+    #[serde(default)]
+    pub cluster: ClusterSpec,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSpec {
+    pub shard_number: Option<u32>,
+    pub replication_factor: Option<u32>,
+    pub write_consistency_factor: Option<u32>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]

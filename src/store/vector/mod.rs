@@ -13,7 +13,7 @@ use uuid::Uuid;
 use crate::domain::{Context, ContextFilter};
 use crate::error::StoreResult;
 
-pub use collection::CollectionSpec;
+pub use collection::{ClusterSpec, CollectionSpec};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct VectorPoint {

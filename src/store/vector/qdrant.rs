@@ -2,8 +2,15 @@
 //! transport with the embedded store: the collection definition (`collections/`), the payload mapping
 //! (`payload.rs`) and the filter (`filter.rs`, Qdrant REST JSON, converted here into the gRPC types). Writes
 //! use `wait = true`, so a search right after an acknowledged write sees it, as with the embedded store.
+//!
+//! A cluster is given as several node URLs. qdrant-client talks to one URL, so there is a client per node;
+//! calls go to the nodes in turn, move on to the next node when one does not answer (and skip that node for
+//! a cooldown), and the circuit breaker opens only when no node answers. Every call the store makes is
+//! idempotent (upserts and deletes by id, reads), so repeating one on another node is safe. The collection
+//! is created with the definition's cluster layout (shards, replication factor, write consistency).
 
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use qdrant_client::Qdrant;
@@ -11,21 +18,22 @@ use qdrant_client::qdrant::{
     Condition, CountPointsBuilder, CreateCollectionBuilder, CreateFieldIndexCollectionBuilder, DeletePointsBuilder,
     Distance, FieldType, Filter, GetPointsBuilder, HnswConfigDiffBuilder, KeywordIndexParamsBuilder,
     OptimizersConfigDiffBuilder, PointId, PointStruct, PointsIdsList, QueryPointsBuilder, Range, ScrollPointsBuilder,
-    SearchParamsBuilder, UpsertPointsBuilder, VectorParamsBuilder, r#match::MatchValue, point_id::PointIdOptions,
+    SearchParamsBuilder, UpsertPointsBuilder, VectorParamsBuilder, WriteOrdering, WriteOrderingType,
+    r#match::MatchValue, point_id::PointIdOptions,
 };
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use super::filter::to_qdrant_json;
 use super::payload::{from_payload, to_payload};
-use super::{CollectionSpec, VectorHit, VectorPoint, VectorStore};
+use super::{ClusterSpec, CollectionSpec, VectorHit, VectorPoint, VectorStore};
 use crate::domain::{Context, ContextFilter};
 use crate::error::{StoreError, StoreResult};
 use crate::store::breaker::CircuitBreaker;
 
 #[derive(Debug, Clone)]
 pub struct QdrantOptions {
-    /// gRPC URL, e.g. http://qdrant:6334.
+    /// gRPC URL, e.g. http://qdrant:6334; a cluster's node URLs separated by commas.
     pub url: String,
     pub api_key: Option<String>,
     /// Overrides the collection name of the definition (several deployments on one cluster).
@@ -35,15 +43,47 @@ pub struct QdrantOptions {
     pub timeout: Duration,
     pub breaker_threshold: u32,
     pub breaker_cooldown: Duration,
+    /// Overrides of the definition's cluster layout.
+    pub cluster: ClusterSpec,
+    /// "weak", "medium" or "strong".
+    pub write_ordering: String,
+}
+
+/// One server (or cluster node) and until when it is skipped after failing to answer.
+struct Node {
+    url: String,
+    client: Qdrant,
+    /// Milliseconds since the store's `epoch`; 0 = not skipped.
+    skip_until: AtomicU64,
 }
 
 pub struct QdrantVectorStore {
-    client: Qdrant,
+    nodes: Vec<Node>,
+    /// Where the next call starts in `nodes`.
+    next: AtomicUsize,
+    epoch: Instant,
     collection: String,
     hnsw_ef: u64,
+    ordering: WriteOrdering,
     breaker: CircuitBreaker,
-    /// The request timeout: a call is given this long plus a grace second.
+    /// How long a node that did not answer is skipped.
+    cooldown: Duration,
+    /// The request timeout: an attempt on one node is given this long plus a grace second.
     timeout: Duration,
+}
+
+fn write_ordering(name: &str) -> StoreResult<WriteOrdering> {
+    let kind = match name {
+        "weak" => WriteOrderingType::Weak,
+        "medium" => WriteOrderingType::Medium,
+        "strong" => WriteOrderingType::Strong,
+        other => {
+            return Err(StoreError::Backend(format!(
+                "vector.qdrant.write_ordering '{other}' is not one of weak, medium, strong"
+            )));
+        }
+    };
+    Ok(WriteOrdering { r#type: kind.into() })
 }
 
 fn qdrant_error(err: qdrant_client::QdrantError) -> StoreError {
@@ -127,31 +167,109 @@ fn point_ids(ids: &[Uuid]) -> Vec<PointId> {
 impl QdrantVectorStore {
     /// Connects and creates the collection (with its payload indexes) from the definition when missing.
     pub async fn connect(options: &QdrantOptions, spec: &CollectionSpec) -> StoreResult<Self> {
-        // The client's version check warns at every start against a server one minor version apart (1.20
-        // against the 1.18 the tests run); the vector conformance suite runs against that server instead.
-        let mut config = Qdrant::from_url(&options.url)
-            .timeout(options.timeout)
-            .connect_timeout(options.timeout)
-            .skip_compatibility_check();
-        config.set_pool_size(options.channels.max(1));
-        if let Some(key) = &options.api_key {
-            config = config.api_key(key.clone());
+        let urls: Vec<&str> = options.url.split(',').map(str::trim).filter(|u| !u.is_empty()).collect();
+        if urls.is_empty() {
+            return Err(StoreError::Backend("vector.qdrant.url names no server".into()));
         }
-        let client = config.build().map_err(qdrant_error)?;
+        let nodes = urls
+            .iter()
+            .map(|url| {
+                // The client's version check warns at every start against a server one minor version apart
+                // (1.20 against the 1.18 the tests run); the vector conformance suite runs against that
+                // server instead. Channels connect lazily: a node that is down does not stop the start.
+                let mut config = Qdrant::from_url(url)
+                    .timeout(options.timeout)
+                    .connect_timeout(options.timeout)
+                    .skip_compatibility_check();
+                config.set_pool_size(options.channels.max(1));
+                if let Some(key) = &options.api_key {
+                    config = config.api_key(key.clone());
+                }
+                let client = config.build().map_err(qdrant_error)?;
+                Ok(Node { url: url.to_string(), client, skip_until: AtomicU64::new(0) })
+            })
+            .collect::<StoreResult<Vec<_>>>()?;
         let collection = options.collection.clone().unwrap_or_else(|| spec.name.clone());
         let store = Self {
-            client,
+            nodes,
+            next: AtomicUsize::new(0),
+            epoch: Instant::now(),
             collection,
             hnsw_ef: spec.search.hnsw_ef as u64,
+            ordering: write_ordering(&options.write_ordering)?,
             breaker: CircuitBreaker::new("qdrant", options.breaker_threshold, options.breaker_cooldown),
+            cooldown: options.breaker_cooldown,
             timeout: options.timeout,
         };
-        store.ensure_collection(spec).await?;
+        let layout = ClusterSpec {
+            shard_number: options.cluster.shard_number.or(spec.cluster.shard_number),
+            replication_factor: options.cluster.replication_factor.or(spec.cluster.replication_factor),
+            write_consistency_factor: options
+                .cluster
+                .write_consistency_factor
+                .or(spec.cluster.write_consistency_factor),
+        };
+        store.ensure_collection(spec, &layout).await?;
         Ok(store)
     }
 
-    async fn ensure_collection(&self, spec: &CollectionSpec) -> StoreResult<()> {
-        if self.client.collection_exists(&self.collection).await.map_err(qdrant_error)? {
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Runs `op` on one node, moving on to the next when a node does not answer (unreachable, or silent past
+    /// the timeout), and once to the next after any other error when there are several (a cluster answers
+    /// "retry" while it moves a shard or elects a leader). Nodes being skipped are tried last.
+    async fn call<T, F, Fut>(&self, op: F) -> StoreResult<T>
+    where
+        F: Fn(Qdrant) -> Fut,
+        Fut: std::future::Future<Output = Result<T, qdrant_client::QdrantError>>,
+    {
+        let count = self.nodes.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let now = self.now_ms();
+        let mut order: Vec<&Node> = (0..count).map(|i| &self.nodes[(start + i) % count]).collect();
+        order.sort_by_key(|node| node.skip_until.load(Ordering::Relaxed) > now);
+        let mut answered_retry = count > 1;
+        let mut last = None;
+        for node in order {
+            let limit = self.timeout + Duration::from_secs(1);
+            let error = match tokio::time::timeout(limit, op(node.client.clone())).await {
+                Ok(Ok(value)) => {
+                    node.skip_until.store(0, Ordering::Relaxed);
+                    return Ok(value);
+                }
+                Ok(Err(err)) => qdrant_error(err),
+                Err(_) => StoreError::Unavailable(format!(
+                    "qdrant {} did not answer within {} ms",
+                    node.url,
+                    limit.as_millis()
+                )),
+            };
+            match error {
+                StoreError::Unavailable(_) => {
+                    if count > 1 {
+                        tracing::warn!(node = %node.url, %error, "qdrant node did not answer: trying the next");
+                    }
+                    node.skip_until.store(self.now_ms() + self.cooldown.as_millis() as u64, Ordering::Relaxed);
+                }
+                _ if std::mem::take(&mut answered_retry) => {
+                    tracing::info!(node = %node.url, %error, "qdrant answered with an error: once more on the next node");
+                }
+                answer => return Err(answer),
+            }
+            last = Some(error);
+        }
+        Err(last.unwrap_or_else(|| StoreError::Unavailable("qdrant: no node to call".into())))
+    }
+
+    async fn ensure_collection(&self, spec: &CollectionSpec, layout: &ClusterSpec) -> StoreResult<()> {
+        let name = self.collection.clone();
+        let exists = self.call(|client| {
+            let name = name.clone();
+            async move { client.collection_exists(name).await }
+        });
+        if exists.await? {
             return Ok(());
         }
         let distance = match spec.vectors.distance.as_str() {
@@ -170,20 +288,39 @@ impl QdrantVectorStore {
         if let Some(payload_m) = spec.hnsw_config.payload_m {
             hnsw = hnsw.payload_m(payload_m as u64);
         }
-        let request = CreateCollectionBuilder::new(&self.collection)
+        let mut request = CreateCollectionBuilder::new(&self.collection)
             .vectors_config(VectorParamsBuilder::new(spec.vectors.size as u64, distance))
             .hnsw_config(hnsw)
             .optimizers_config(
                 OptimizersConfigDiffBuilder::default()
                     .indexing_threshold(spec.optimizers_config.indexing_threshold_kb as u64),
             );
-        match self.client.create_collection(request).await {
-            Ok(_) => {}
-            // Replicas starting together race to create it: the loser goes on to the (idempotent) indexes.
-            Err(err) if err.to_string().contains("already exists") => {
-                tracing::info!(collection = %self.collection, "another replica created the collection first");
-            }
-            Err(err) => return Err(qdrant_error(err)),
+        if let Some(shards) = layout.shard_number {
+            request = request.shard_number(shards);
+        }
+        if let Some(copies) = layout.replication_factor {
+            request = request.replication_factor(copies);
+        }
+        if let Some(confirmations) = layout.write_consistency_factor {
+            request = request.write_consistency_factor(confirmations);
+        }
+        let request: qdrant_client::qdrant::CreateCollection = request.into();
+        let created = self
+            .call(|client| {
+                let request = request.clone();
+                async move {
+                    match client.create_collection(request).await {
+                        Ok(_) => Ok(true),
+                        // Replicas starting together race to create it (and a create that timed out on one
+                        // node may have been applied): the loser goes on to the (idempotent) indexes.
+                        Err(err) if err.to_string().contains("already exists") => Ok(false),
+                        Err(err) => Err(err),
+                    }
+                }
+            })
+            .await?;
+        if !created {
+            tracing::info!(collection = %self.collection, "another replica created the collection first");
         }
         for (field, schema) in &spec.payload_indexes {
             let kind = schema.get("type").and_then(Value::as_str).or(schema.as_str()).unwrap_or("keyword");
@@ -194,15 +331,22 @@ impl QdrantVectorStore {
             if kind == "keyword" && schema.get("is_tenant").and_then(Value::as_bool) == Some(true) {
                 request = request.field_index_params(KeywordIndexParamsBuilder::default().is_tenant(true));
             }
-            self.client.create_field_index(request.wait(true)).await.map_err(qdrant_error)?;
+            let request: qdrant_client::qdrant::CreateFieldIndexCollection = request.wait(true).into();
+            self.call(|client| {
+                let request = request.clone();
+                async move { client.create_field_index(request).await }
+            })
+            .await?;
         }
         Ok(())
     }
 
-    /// Calls the server through the circuit breaker. A call takes at most the request timeout (plus a grace
-    /// second for the channel), even when the server accepts connections and never answers.
+    /// Calls the server (each node in turn, see `call`) through the circuit breaker. An attempt on one node
+    /// takes at most the request timeout plus a grace second, even when it accepts connections and never
+    /// answers; the breaker counts a call as failed only when no node answered.
     async fn guarded<T>(&self, call: impl std::future::Future<Output = StoreResult<T>>) -> StoreResult<T> {
-        self.breaker.call(self.timeout + Duration::from_secs(1), call).await
+        let limit = (self.timeout + Duration::from_secs(1)) * self.nodes.len() as u32;
+        self.breaker.call(limit, call).await
     }
 }
 
@@ -224,11 +368,12 @@ impl VectorStore for QdrantVectorStore {
                 Ok(PointStruct::new(p.context.id.to_string(), p.vector, payload))
             })
             .collect::<StoreResult<Vec<_>>>()?;
-        self.guarded(async {
-            let request = UpsertPointsBuilder::new(&self.collection, points).wait(true);
-            self.client.upsert_points(request).await.map_err(qdrant_error)?;
-            Ok(())
-        })
+        let request: qdrant_client::qdrant::UpsertPoints =
+            UpsertPointsBuilder::new(&self.collection, points).wait(true).ordering(self.ordering).into();
+        self.guarded(self.call(|client| {
+            let request = request.clone();
+            async move { client.upsert_points(request).await.map(drop) }
+        }))
         .await
     }
 
@@ -236,12 +381,13 @@ impl VectorStore for QdrantVectorStore {
         if ids.is_empty() {
             return Ok(());
         }
-        self.guarded(async {
-            let selector = PointsIdsList { ids: point_ids(ids) };
-            let request = DeletePointsBuilder::new(&self.collection).points(selector).wait(true);
-            self.client.delete_points(request).await.map_err(qdrant_error)?;
-            Ok(())
-        })
+        let selector = PointsIdsList { ids: point_ids(ids) };
+        let request: qdrant_client::qdrant::DeletePoints =
+            DeletePointsBuilder::new(&self.collection).points(selector).wait(true).ordering(self.ordering).into();
+        self.guarded(self.call(|client| {
+            let request = request.clone();
+            async move { client.delete_points(request).await.map(drop) }
+        }))
         .await
     }
 
@@ -253,63 +399,77 @@ impl VectorStore for QdrantVectorStore {
         exact: bool,
     ) -> StoreResult<Vec<VectorHit>> {
         let condition = filter(&to_qdrant_json(filter_spec))?;
-        self.guarded(async {
-            let request = QueryPointsBuilder::new(&self.collection)
-                .query(vector)
-                .filter(condition)
-                .limit(limit as u64)
-                .with_payload(true)
-                .params(SearchParamsBuilder::default().hnsw_ef(self.hnsw_ef).exact(exact));
-            let response = self.client.query(request).await.map_err(qdrant_error)?;
-            response
-                .result
-                .into_iter()
-                .map(|hit| Ok(VectorHit { context: from_payload(&payload_json(hit.payload))?, score: hit.score }))
-                .collect()
-        })
-        .await
+        let request: qdrant_client::qdrant::QueryPoints = QueryPointsBuilder::new(&self.collection)
+            .query(vector)
+            .filter(condition)
+            .limit(limit as u64)
+            .with_payload(true)
+            .params(SearchParamsBuilder::default().hnsw_ef(self.hnsw_ef).exact(exact))
+            .into();
+        let response = self
+            .guarded(self.call(|client| {
+                let request = request.clone();
+                async move { client.query(request).await }
+            }))
+            .await?;
+        response
+            .result
+            .into_iter()
+            .map(|hit| Ok(VectorHit { context: from_payload(&payload_json(hit.payload))?, score: hit.score }))
+            .collect()
     }
 
     async fn scroll(&self, filter_spec: &ContextFilter, limit: usize) -> StoreResult<Vec<Context>> {
         let condition = filter(&to_qdrant_json(filter_spec))?;
-        self.guarded(async {
-            let request = ScrollPointsBuilder::new(&self.collection)
-                .filter(condition)
-                .limit(limit.min(u32::MAX as usize) as u32)
-                .with_payload(true);
-            let response = self.client.scroll(request).await.map_err(qdrant_error)?;
-            response.result.into_iter().map(|point| from_payload(&payload_json(point.payload))).collect()
-        })
-        .await
+        let request: qdrant_client::qdrant::ScrollPoints = ScrollPointsBuilder::new(&self.collection)
+            .filter(condition)
+            .limit(limit.min(u32::MAX as usize) as u32)
+            .with_payload(true)
+            .into();
+        let response = self
+            .guarded(self.call(|client| {
+                let request = request.clone();
+                async move { client.scroll(request).await }
+            }))
+            .await?;
+        response.result.into_iter().map(|point| from_payload(&payload_json(point.payload))).collect()
     }
 
     async fn existing_ids(&self, ids: &[Uuid]) -> StoreResult<Vec<Uuid>> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        self.guarded(async {
-            let request = GetPointsBuilder::new(&self.collection, point_ids(ids)).with_payload(false);
-            let response = self.client.get_points(request).await.map_err(qdrant_error)?;
-            response.result.into_iter().map(|point| point_uuid(point.id)).collect()
-        })
-        .await
+        let request: qdrant_client::qdrant::GetPoints =
+            GetPointsBuilder::new(&self.collection, point_ids(ids)).with_payload(false).into();
+        let response = self
+            .guarded(self.call(|client| {
+                let request = request.clone();
+                async move { client.get_points(request).await }
+            }))
+            .await?;
+        response.result.into_iter().map(|point| point_uuid(point.id)).collect()
     }
 
     async fn count(&self) -> StoreResult<u64> {
-        self.guarded(async {
-            let response =
-                self.client.count(CountPointsBuilder::new(&self.collection).exact(true)).await.map_err(qdrant_error)?;
-            Ok(response.result.map(|r| r.count).unwrap_or(0))
-        })
-        .await
+        let request: qdrant_client::qdrant::CountPoints = CountPointsBuilder::new(&self.collection).exact(true).into();
+        let response = self
+            .guarded(self.call(|client| {
+                let request = request.clone();
+                async move { client.count(request).await }
+            }))
+            .await?;
+        Ok(response.result.map(|r| r.count).unwrap_or(0))
     }
 
     async fn indexed(&self) -> StoreResult<u64> {
-        self.guarded(async {
-            let info = self.client.collection_info(&self.collection).await.map_err(qdrant_error)?;
-            Ok(info.result.and_then(|r| r.indexed_vectors_count).unwrap_or(0))
-        })
-        .await
+        let name = self.collection.clone();
+        let info = self
+            .guarded(self.call(|client| {
+                let name = name.clone();
+                async move { client.collection_info(name).await }
+            }))
+            .await?;
+        Ok(info.result.and_then(|r| r.indexed_vectors_count).unwrap_or(0))
     }
 
     /// Writes were acknowledged with wait = true: the server's WAL already holds them.
