@@ -140,7 +140,10 @@ impl ContextGraph for Neo4jGraphStore {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        read!(self, |txn| live_contexts(txn, ids).await)
+        match &self.lookups {
+            Some(lookups) => lookups.contexts(ids).await,
+            None => read!(self, |txn| live_contexts(txn, ids).await),
+        }
     }
 
     async fn list_contexts(

@@ -57,6 +57,7 @@ mod cypher {
     pub const STATE_SCAN: &str = include_str!("../../../../cypher/state_scan.cypher");
     pub const VERSIONS_IMPORT: &str = include_str!("../../../../cypher/versions_import.cypher");
     pub const COUNTS: &str = include_str!("../../../../cypher/counts.cypher");
+    pub const STATE_GET_MANY: &str = include_str!("../../../../cypher/state_get_many.cypher");
     pub const KEY_INSERT: &str = include_str!("../../../../cypher/key_insert.cypher");
     pub const KEY_FIRST_LOCK: &str = include_str!("../../../../cypher/key_first_lock.cypher");
     pub const KEY_LIST: &str = include_str!("../../../../cypher/key_list.cypher");
@@ -104,6 +105,8 @@ pub struct Neo4jGraphStore {
     permits: Arc<Semaphore>,
     options: Neo4jOptions,
     breaker: Arc<CircuitBreaker>,
+    /// Point reads coalesced into shared statements (see `lookups`); None in the clone that runs them.
+    lookups: Option<Arc<lookups::Lookups>>,
 }
 
 /// What a transaction body can fail with: a store-level answer, or the driver.
@@ -168,7 +171,7 @@ macro_rules! read {
                 let _permit = store.permit().await?;
                 let mut attempt = 0u32;
                 loop {
-                    let result: TxResult<_> = async {
+                    let result: $crate::store::graph::neo4j::TxResult<_> = async {
                         let mut auto = $crate::store::graph::neo4j::AutoCommit(&store.graph);
                         let $txn = &mut auto;
                         $body
@@ -189,6 +192,7 @@ mod contexts;
 mod cypher_guard;
 mod journal;
 mod keys;
+mod lookups;
 mod relations;
 mod rows;
 mod state;
@@ -304,9 +308,11 @@ impl Neo4jGraphStore {
             permits: Arc::new(Semaphore::new(options.max_connections.max(1))),
             options: options.clone(),
             breaker: Arc::new(CircuitBreaker::new("neo4j", options.breaker_threshold, options.breaker_cooldown)),
+            lookups: None,
         };
         store.apply_schema().await?;
         store.schema = store.describe().await?;
+        store.lookups = Some(Arc::new(lookups::Lookups::start(store.clone())));
         Ok(store)
     }
 

@@ -43,10 +43,13 @@ impl StateGraph for Neo4jGraphStore {
     }
 
     async fn get_state(&self, key: &StateKey) -> StoreResult<Option<AgentState>> {
-        read!(self, |txn| {
-            let statement = state_params(query(cypher::STATE_GET), key).param("now", Timestamp::now().millis());
-            rows(txn, statement).await?.first().map(state_of).transpose()
-        })
+        match &self.lookups {
+            Some(lookups) => lookups.state(key).await,
+            None => read!(self, |txn| {
+                let statement = state_params(query(cypher::STATE_GET), key).param("now", Timestamp::now().millis());
+                rows(txn, statement).await?.first().map(state_of).transpose()
+            }),
+        }
     }
 
     async fn list_state(
