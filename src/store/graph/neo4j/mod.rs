@@ -135,24 +135,17 @@ impl From<neo4rs::DeError> for Failure {
 
 type TxResult<T> = Result<T, Failure>;
 
-/// Runs the body in one write transaction (`$txn: &mut Txn`): admitted by the circuit breaker, bounded by
-/// the pool, committed on success and rolled back otherwise, repeated on transient errors.
-macro_rules! transaction {
-    ($store:expr, |$txn:ident| $body:expr) => {{
-        let store = $store;
-        store
+/// Runs `$attempt` (a future of `TxResult`) admitted by the circuit breaker and bounded by the pool, again
+/// after a pause while it fails with a transient error (see `settle`).
+macro_rules! attempts {
+    ($store:ident, $attempt:expr) => {{
+        $store
             .guarded(async {
-                let _permit = store.permit().await?;
+                let _permit = $store.permit().await?;
                 let mut attempt = 0u32;
                 loop {
-                    let result = async {
-                        let mut owned = store.begin().await?;
-                        let $txn = &mut owned;
-                        let outcome: TxResult<_> = async { $body }.await;
-                        store.finish(owned, outcome).await
-                    }
-                    .await;
-                    if let Some(done) = store.settle(result, &mut attempt).await {
+                    let result: $crate::store::graph::neo4j::TxResult<_> = $attempt.await;
+                    if let Some(done) = $store.settle(result, &mut attempt).await {
                         break done;
                     }
                 }
@@ -161,28 +154,30 @@ macro_rules! transaction {
     }};
 }
 
-/// Runs a body of reads, each its own auto-commit statement (`$txn: &mut AutoCommit`, see `rows`), admitted
-/// and repeated like `transaction!`. For reads of one statement, or of several that need no common snapshot.
+/// Runs the body in one write transaction (`$txn: &mut Txn`), committed on success and rolled back
+/// otherwise, with `attempts!`.
+macro_rules! transaction {
+    ($store:expr, |$txn:ident| $body:expr) => {{
+        let store = $store;
+        attempts!(store, async {
+            let mut owned = store.begin().await?;
+            let $txn = &mut owned;
+            let outcome: $crate::store::graph::neo4j::TxResult<_> = async { $body }.await;
+            store.finish(owned, outcome).await
+        })
+    }};
+}
+
+/// Runs a body of reads, each its own auto-commit statement (`$txn: &mut AutoCommit`, see `rows`), with
+/// `attempts!`. For reads of one statement, or of several that need no common snapshot.
 macro_rules! read {
     ($store:expr, |$txn:ident| $body:expr) => {{
         let store = $store;
-        store
-            .guarded(async {
-                let _permit = store.permit().await?;
-                let mut attempt = 0u32;
-                loop {
-                    let result: $crate::store::graph::neo4j::TxResult<_> = async {
-                        let mut auto = $crate::store::graph::neo4j::AutoCommit(&store.graph);
-                        let $txn = &mut auto;
-                        $body
-                    }
-                    .await;
-                    if let Some(done) = store.settle(result, &mut attempt).await {
-                        break done;
-                    }
-                }
-            })
-            .await
+        attempts!(store, async {
+            let mut auto = $crate::store::graph::neo4j::AutoCommit(&store.graph);
+            let $txn = &mut auto;
+            $body
+        })
     }};
 }
 
