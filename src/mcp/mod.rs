@@ -1,15 +1,20 @@
 //! MCP over stdio and Streamable HTTP (rmcp). One handler serves both: `tools/list` from the shared tool
 //! catalogue, `tools/call` through the shared dispatcher, failures as `isError` results carrying
-//! `{"error": {"code", "message"}}`.
+//! `{"error": {"code", "message"}}`, with resource links to the contexts a result names; resources, prompts
+//! and completions (`primitives`) read through the same dispatcher.
 //!
 //! The handler is written against `ServerHandler` directly rather than with `#[tool_router]`, because the
 //! same catalogue also drives the HTTP tool endpoint and the OpenAPI document.
+
+mod primitives;
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, CallToolResult, Implementation, ListToolsResult, PaginatedRequestParams,
+    CallToolRequestParams, CallToolResponse, CallToolResult, CompleteRequestParams, CompleteResult, ContentBlock,
+    GetPromptRequestParams, GetPromptResponse, Implementation, ListPromptsResult, ListResourceTemplatesResult,
+    ListResourcesResult, ListToolsResult, PaginatedRequestParams, ReadResourceRequestParams, ReadResourceResponse,
     ServerCapabilities, ServerConfig, Tool, ToolAnnotations,
 };
 use rmcp::service::RequestContext;
@@ -65,7 +70,13 @@ impl McpServer {
 
 impl ServerHandler for McpServer {
     fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+        let capabilities = ServerCapabilities::builder()
+            .enable_tools()
+            .enable_resources()
+            .enable_prompts()
+            .enable_completions()
+            .build();
+        ServerConfig::new(capabilities)
             .with_server_info(Implementation::new("context-store", env!("CARGO_PKG_VERSION")))
             .with_instructions(INSTRUCTIONS)
     }
@@ -92,10 +103,67 @@ impl ServerHandler for McpServer {
         let result =
             timed_call::<tools::AsValue>(&self.service, &self.auth, &principal, &request.name, arguments).await;
         Ok(match result {
-            Ok(value) => CallToolResult::structured(value),
+            Ok(value) => {
+                let links = primitives::links_in(&value);
+                let mut result = CallToolResult::structured(value);
+                result.content.extend(links.into_iter().map(ContentBlock::resource_link));
+                result
+            }
             Err(err) => CallToolResult::structured_error(err.to_json()),
         }
         .into())
+    }
+
+    async fn list_resources(
+        &self,
+        request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListResourcesResult, McpError> {
+        let principal = self.principal(&context);
+        primitives::list(&self.service, &self.auth, &principal, request.and_then(|r| r.cursor)).await
+    }
+
+    async fn list_resource_templates(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListResourceTemplatesResult, McpError> {
+        Ok(primitives::templates())
+    }
+
+    async fn read_resource(
+        &self,
+        request: ReadResourceRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, McpError> {
+        let principal = self.principal(&context);
+        Ok(primitives::read_resource(&self.service, &self.auth, &principal, &request.uri).await?.into())
+    }
+
+    async fn list_prompts(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListPromptsResult, McpError> {
+        Ok(primitives::prompts())
+    }
+
+    async fn get_prompt(
+        &self,
+        request: GetPromptRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<GetPromptResponse, McpError> {
+        let principal = self.principal(&context);
+        Ok(primitives::get_prompt(&self.service, &self.auth, &principal, request).await?.into())
+    }
+
+    async fn complete(
+        &self,
+        request: CompleteRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CompleteResult, McpError> {
+        let principal = self.principal(&context);
+        primitives::complete(&self.service, &self.auth, &principal, request).await
     }
 }
 

@@ -2,7 +2,8 @@
 //! HTTP against an app on port 0, on each protocol version we support.
 
 use rmcp::model::{
-    CallToolRequestParams, CallToolResult, ClientCapabilities, ClientConfig, Implementation, ProtocolVersion,
+    CallToolRequestParams, CallToolResult, ClientCapabilities, ClientConfig, ContentBlock, GetPromptRequestParams,
+    Implementation, ProtocolVersion, ReadResourceRequestParams, ResourceContents,
 };
 use rmcp::service::RunningService;
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
@@ -128,6 +129,70 @@ async fn exercise(client: &Client, session: &str) {
     );
     let after = structured(&call(client, "list_contexts", listing).await)["contexts"].as_array().unwrap().len();
     assert_eq!(before, after, "rejected calls changed nothing");
+    primitives(client, session, &id, &stored).await;
+}
+
+/// The text of a resource read.
+async fn read_text(client: &Client, uri: &str) -> Result<Value, String> {
+    let read = client.read_resource(ReadResourceRequestParams::new(uri)).await.map_err(|e| e.to_string())?;
+    match &read.contents[0] {
+        ResourceContents::TextResourceContents { text, uri: read_uri, .. } => {
+            assert_eq!(read_uri, uri);
+            Ok(serde_json::from_str(text).unwrap())
+        }
+        other => panic!("a JSON text resource, not {other:?}"),
+    }
+}
+
+/// Resources, resource links, prompts and completions, after `exercise` stored context `id` in `session`.
+async fn primitives(client: &Client, session: &str, id: &str, stored: &CallToolResult) {
+    let uri = format!("context://{id}");
+    let linked = stored.content.iter().any(|block| matches!(block, ContentBlock::ResourceLink(r) if r.uri == uri));
+    assert!(linked, "store_context links the stored context: {:?}", stored.content);
+
+    let templates = client.list_all_resource_templates().await.expect("resources/templates/list");
+    let mut patterns: Vec<&str> = templates.iter().map(|t| t.uri_template.as_str()).collect();
+    patterns.sort();
+    assert_eq!(patterns, ["context://{id}", "session://{session_id}", "state://{agent_id}/{key}"]);
+    let resources = client.list_all_resources().await.expect("resources/list, every page");
+    let uris: Vec<&str> = resources.iter().map(|r| r.uri.as_str()).collect();
+    assert!(uris.contains(&uri.as_str()) && uris.contains(&format!("session://{session}").as_str()), "{uris:?}");
+
+    let context = read_text(client, &uri).await.unwrap();
+    assert_eq!((context["id"].as_str(), context["content"].as_str()), (Some(id), Some("now rotates on Tuesdays")));
+    let whole = read_text(client, &format!("session://{session}")).await.unwrap();
+    assert_eq!(whole["session"]["id"], json!(session));
+    assert_eq!(whole["recent_contexts"][0]["id"], json!(id));
+    structured(&call(client, "set_agent_state", json!({"key": "plan/next-step", "value": {"step": 3}})).await);
+    let me = structured(&call(client, "get_agent_state", json!({"key": "plan/next-step"})).await)["state"]["agent_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let state = read_text(client, &format!("state://{me}/plan%2Fnext-step")).await.unwrap();
+    assert_eq!(state["value"], json!({"step": 3}));
+    assert!(read_text(client, &format!("context://{}", uuid::Uuid::now_v7())).await.is_err(), "unknown id");
+    assert!(read_text(client, "nothing://here").await.is_err(), "unknown scheme");
+
+    let prompts = client.list_all_prompts().await.expect("prompts/list");
+    let mut names: Vec<&str> = prompts.iter().map(|p| p.name.as_str()).collect();
+    names.sort();
+    assert_eq!(names, ["hand_over_task", "resume_session"]);
+    let arguments = json!({"session_id": session}).as_object().unwrap().clone();
+    let prompt = client
+        .get_prompt(GetPromptRequestParams::new("resume_session").with_arguments(arguments))
+        .await
+        .expect("prompts/get");
+    let text = serde_json::to_string(&prompt.messages).unwrap();
+    assert!(text.contains("now rotates on Tuesdays") && text.contains(&uri), "{text}");
+    assert!(client.get_prompt(GetPromptRequestParams::new("resume_session")).await.is_err(), "session_id required");
+
+    let prefix: String = session.chars().take(3).collect();
+    let sessions = client.complete_prompt_argument("resume_session", "session_id", prefix, None).await.unwrap();
+    assert!(sessions.values.iter().any(|v| v == session), "{:?}", sessions.values);
+    let agents = client.complete_prompt_argument("hand_over_task", "to_agent", "", None).await.unwrap();
+    assert!(agents.values.contains(&me), "{:?}", agents.values);
+    let keys = client.complete_resource_argument("state://{agent_id}/{key}", "key", "plan/", None).await.unwrap();
+    assert_eq!(keys.values, ["plan/next-step"]);
 }
 
 #[tokio::test]
@@ -162,5 +227,39 @@ async fn mcp_over_streamable_http_works_on_every_supported_protocol_version() {
         exercise(&client, &format!("http-session-{index}")).await;
         client.cancel().await.unwrap();
     }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn resources_prompts_and_completions_show_nothing_outside_the_callers_scope() {
+    let app = spawn_app().await;
+    let connect = async |key: &str| {
+        let config = StreamableHttpClientTransportConfig::with_uri(format!("{}/mcp", app.address)).auth_header(key);
+        client_config(ProtocolVersion::V_2025_11_25)
+            .serve(StreamableHttpClientTransport::from_config(config))
+            .await
+            .expect("initialized over HTTP")
+    };
+    let owner = connect(&app.key).await;
+    for session in ["alpha", "beta"] {
+        structured(&call(&owner, "create_session", json!({"id": session, "purpose": "scope"})).await);
+    }
+    let stored = call(&owner, "store_context", json!({"session_id": "alpha", "content": "alpha's launch codes"})).await;
+    let id = structured(&stored)["context"]["id"].as_str().unwrap().to_string();
+
+    let key = crate::helpers::create_key(&app.auth, "outsider", "read,write", Some(vec!["beta".into()])).await;
+    let outsider = connect(&key).await;
+    assert!(read_text(&outsider, &format!("context://{id}")).await.is_err(), "a context of another session");
+    assert!(read_text(&outsider, "session://alpha").await.is_err(), "another session");
+    let uris: Vec<String> = outsider.list_all_resources().await.unwrap().into_iter().map(|r| r.uri).collect();
+    assert!(uris.contains(&"session://beta".to_string()), "{uris:?}");
+    assert!(!uris.iter().any(|u| u.contains("alpha") || u.contains(&id)), "{uris:?}");
+    let sessions = outsider.complete_prompt_argument("resume_session", "session_id", "", None).await.unwrap();
+    assert_eq!(sessions.values, ["beta"]);
+    let arguments = json!({"session_id": "alpha"}).as_object().unwrap().clone();
+    let prompt = GetPromptRequestParams::new("resume_session").with_arguments(arguments);
+    assert!(outsider.get_prompt(prompt).await.is_err(), "no prompt built from another session");
+    owner.cancel().await.unwrap();
+    outsider.cancel().await.unwrap();
     app.stop().await;
 }
