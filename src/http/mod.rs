@@ -2,6 +2,7 @@
 //! `/health`, `/health/ready`, `/metrics` and `/openapi.json`, with body limits, timeouts and load shedding.
 
 mod connections;
+mod events;
 mod guards;
 mod openapi;
 mod routes;
@@ -100,7 +101,7 @@ pub fn router(state: HttpState, settings: &ServerSettings, stop: CancellationTok
     let mcp_config = StreamableHttpServerConfig::default()
         .with_legacy_session_mode(false)
         .with_json_response(true)
-        .with_cancellation_token(stop)
+        .with_cancellation_token(stop.clone())
         .with_max_request_body_bytes(settings.body_limit_bytes)
         .with_allowed_hosts(settings.allowed_hosts.clone())
         .with_allowed_origins(settings.allowed_origins.clone())
@@ -116,6 +117,13 @@ pub fn router(state: HttpState, settings: &ServerSettings, stop: CancellationTok
         .route("/mcp/tool/{name}", post(routes::call_tool))
         .nest_service("/mcp", mcp)
         .route("/metrics", get(routes::metrics))
+        .route(
+            "/events",
+            get({
+                let stop = stop.clone();
+                move |state, principal, query| events::events(state, principal, query, stop.clone())
+            }),
+        )
         .layer(axum::middleware::from_fn_with_state(state.clone(), routes::authenticate))
         .layer(axum::middleware::from_fn_with_state(state.clone(), routes::shed_load));
     // Readiness probes the backends and token exchange checks a key, without authentication: they have a

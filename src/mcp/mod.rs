@@ -15,9 +15,11 @@ use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, CompleteRequestParams, CompleteResult, ContentBlock,
     GetPromptRequestParams, GetPromptResponse, Implementation, ListPromptsResult, ListResourceTemplatesResult,
     ListResourcesResult, ListToolsResult, PaginatedRequestParams, ReadResourceRequestParams, ReadResourceResponse,
-    ServerCapabilities, ServerConfig, Tool, ToolAnnotations,
+    ResourceUpdatedNotificationParam, ServerCapabilities, ServerConfig, SubscribeRequestParams, SubscriptionFilter,
+    Tool, ToolAnnotations, UnsubscribeRequestParams,
 };
 use rmcp::service::RequestContext;
+use rmcp::service::SubscriptionContext;
 use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
 use serde_json::Value;
 
@@ -38,6 +40,33 @@ pub struct McpServer {
     /// The caller when the transport carries no identity of its own (stdio; HTTP before authentication).
     default_principal: Principal,
     tools: Arc<Vec<Tool>>,
+    /// This connection's `resources/subscribe` watches, by URI; they stop with the last clone.
+    watches: Arc<Watches>,
+}
+
+/// The tasks telling of changes to subscribed resources, stopped when the connection's handler is dropped.
+#[derive(Default)]
+struct Watches(std::sync::Mutex<std::collections::HashMap<String, tokio::task::AbortHandle>>);
+
+impl Watches {
+    fn replace(&self, uri: String, task: Option<tokio::task::AbortHandle>) {
+        let mut watches = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let old = match task {
+            Some(task) => watches.insert(uri, task),
+            None => watches.remove(&uri),
+        };
+        if let Some(old) = old {
+            old.abort();
+        }
+    }
+}
+
+impl Drop for Watches {
+    fn drop(&mut self) {
+        for task in self.0.get_mut().unwrap_or_else(|e| e.into_inner()).values() {
+            task.abort();
+        }
+    }
 }
 
 fn to_mcp_tool(spec: &ToolSpec) -> Tool {
@@ -54,7 +83,7 @@ fn to_mcp_tool(spec: &ToolSpec) -> Tool {
 impl McpServer {
     pub fn new(service: Arc<ContextService>, auth: Arc<Authenticator>, default_principal: Principal) -> Self {
         let tools = tools::catalogue_for(&service).iter().map(to_mcp_tool).collect();
-        Self { service, auth, default_principal, tools: Arc::new(tools) }
+        Self { service, auth, default_principal, tools: Arc::new(tools), watches: Arc::default() }
     }
 
     /// The identity an HTTP edge attached to the request, else the default one.
@@ -73,6 +102,7 @@ impl ServerHandler for McpServer {
         let capabilities = ServerCapabilities::builder()
             .enable_tools()
             .enable_resources()
+            .enable_resources_subscribe()
             .enable_prompts()
             .enable_completions()
             .build();
@@ -155,6 +185,72 @@ impl ServerHandler for McpServer {
     ) -> Result<GetPromptResponse, McpError> {
         let principal = self.principal(&context);
         Ok(primitives::get_prompt(&self.service, &self.auth, &principal, request).await?.into())
+    }
+
+    /// `subscriptions/listen` (2026-07-28): the `session://` and `context://` URIs asked for are watched.
+    fn accepted_subscription_filter(&self, requested: &SubscriptionFilter) -> Option<SubscriptionFilter> {
+        let uris =
+            requested.resource_subscriptions.iter().flatten().filter(|uri| primitives::Watch::parse(uri).is_some());
+        Some(SubscriptionFilter::builder().resource_subscriptions(uris.cloned().collect::<Vec<_>>()).build())
+    }
+
+    async fn listen(&self, context: SubscriptionContext) -> Result<(), McpError> {
+        let principal = self.principal(context.request_context());
+        let watches: Vec<primitives::Watch> = context
+            .accepted()
+            .resource_subscriptions
+            .iter()
+            .flatten()
+            .filter_map(|u| primitives::Watch::parse(u))
+            .collect();
+        let sink = context.sink().clone();
+        let notify = |uri: String| {
+            let sink = sink.clone();
+            async move { sink.notify_resource_updated(uri).await.is_ok() }
+        };
+        tokio::select! {
+            _ = primitives::follow(&self.service, &principal, &watches, notify) => {}
+            _ = context.cancelled() => {}
+        }
+        Ok(())
+    }
+
+    /// `resources/subscribe` (before 2026-07-28): changes are told as `notifications/resources/updated` on
+    /// this connection (stdio; on Streamable HTTP use `subscriptions/listen` or `GET /events`) until it closes.
+    #[allow(deprecated)]
+    async fn subscribe(
+        &self,
+        request: SubscribeRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), McpError> {
+        let watch = primitives::Watch::parse(&request.uri).ok_or_else(|| {
+            McpError::invalid_params(
+                format!("only session:// and context:// resources can be watched: {}", request.uri),
+                None,
+            )
+        })?;
+        let principal = self.principal(&context);
+        let (service, peer) = (self.service.clone(), context.peer.clone());
+        let uri = watch.uri.clone();
+        let task = tokio::spawn(async move {
+            let notify = |uri: String| {
+                let peer = peer.clone();
+                async move { peer.notify_resource_updated(ResourceUpdatedNotificationParam::new(uri)).await.is_ok() }
+            };
+            primitives::follow(&service, &principal, &[watch], notify).await;
+        });
+        self.watches.replace(uri, Some(task.abort_handle()));
+        Ok(())
+    }
+
+    #[allow(deprecated)]
+    async fn unsubscribe(
+        &self,
+        request: UnsubscribeRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), McpError> {
+        self.watches.replace(request.uri, None);
+        Ok(())
     }
 
     async fn complete(

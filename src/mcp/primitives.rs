@@ -171,6 +171,57 @@ fn parse_uri(uri: &str) -> Result<(&str, Vec<String>, Option<String>), McpError>
     Ok((scheme, parts, session))
 }
 
+/// What a subscription to a resource URI watches: a session, or one context (its changes and links).
+#[derive(Debug, Clone)]
+pub struct Watch {
+    pub uri: String,
+    session: Option<String>,
+    context: Option<uuid::Uuid>,
+}
+
+impl Watch {
+    /// `session://{id}` or `context://{id}`; other URIs cannot be watched.
+    pub fn parse(uri: &str) -> Option<Self> {
+        let (scheme, parts, _) = parse_uri(uri).ok()?;
+        match (scheme, parts.as_slice()) {
+            ("session", [id]) => Some(Self { uri: uri.to_string(), session: Some(id.clone()), context: None }),
+            ("context", [id]) => {
+                Some(Self { uri: uri.to_string(), session: None, context: Some(uuid::Uuid::parse_str(id).ok()?) })
+            }
+            _ => None,
+        }
+    }
+
+    pub fn selects(&self, event: &crate::service::changes::ChangeEvent) -> bool {
+        event.concerns(self.session.as_deref(), self.context)
+    }
+}
+
+/// Tells of changes to the watched resources, as `notify` (one call per URI a change concerns; every URI
+/// after a gap), until the feed ends or `notify` fails (the client is gone).
+pub async fn follow<F, Fut>(service: &ContextService, principal: &Principal, watches: &[Watch], notify: F)
+where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    use crate::service::changes::Received;
+    let scope = principal.read_scope(&principal.agent_id);
+    let mut subscriber = service.changes().subscribe();
+    while let Some(received) = subscriber.next().await {
+        let uris: Vec<&Watch> = match &received {
+            Received::Event(event) if event.visible_to(&scope) => watches.iter().filter(|w| w.selects(event)).collect(),
+            Received::Event(_) => Vec::new(),
+            // Events were dropped: every watched resource may have changed.
+            Received::Missed(_) => watches.iter().collect(),
+        };
+        for watch in uris {
+            if !notify(watch.uri.clone()).await {
+                return;
+            }
+        }
+    }
+}
+
 /// `resources/read`.
 pub async fn read_resource(
     service: &Arc<ContextService>,

@@ -92,6 +92,7 @@ impl ContextService {
             return Err(err.into());
         }
         self.written(journal_seq);
+        self.changes.publish(super::changes::ChangeKind::Stored, &context, None);
         Ok(StoreContextResponse { context, deduplicated: false })
     }
 
@@ -172,6 +173,7 @@ impl ContextService {
             return Err(err.into());
         }
         self.written(journal_seq);
+        self.changes.publish(super::changes::ChangeKind::Updated, &updated, None);
         Ok(updated)
     }
 
@@ -192,7 +194,7 @@ impl ContextService {
     /// Deletes a context from both stores (the caller holds its item lock): graph tombstone and journal
     /// entry, then the vector delete (undone in the graph if it fails), then the purge.
     pub(super) async fn remove_context(&self, id: Uuid, expected_version: Option<i64>) -> ServiceResult<()> {
-        let (journal_seq, _deleted) = self.graph.delete_context(id, expected_version).await?;
+        let (journal_seq, deleted) = self.graph.delete_context(id, expected_version).await?;
         if let Err(err) = self.vectors.delete(&[id]).await {
             self.graph.rollback_delete(id).await?;
             self.settle_after_rollback(id, journal_seq).await;
@@ -200,6 +202,7 @@ impl ContextService {
         }
         self.graph.purge_context(id).await?;
         self.written(journal_seq);
+        self.changes.publish(super::changes::ChangeKind::Deleted, &deleted, None);
         Ok(())
     }
 
@@ -237,7 +240,7 @@ impl ContextService {
         let metadata = parse_metadata(request.metadata.as_ref())?;
         // A link is part of its source: only the source's author (or an admin) adds one; the target only
         // has to be visible. The link records who made it.
-        self.writable_context(principal, &agent, from_id).await?;
+        let source = self.writable_context(principal, &agent, from_id).await?;
         self.visible_context(to_id, &scope).await?;
         let edge = Relation {
             from_id,
@@ -252,6 +255,8 @@ impl ContextService {
             other => other.into(),
         })?;
         self.generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let link = super::changes::LinkChange { to_id, relation: relation.clone() };
+        self.changes.publish(super::changes::ChangeKind::Linked, &source, Some(link));
         Ok(LinkContextsResponse { from_id: from_id.to_string(), to_id: to_id.to_string(), relation })
     }
 

@@ -6,6 +6,7 @@
 //! point is repaired by `repair_pending` at start-up.
 
 pub mod analytics;
+pub mod changes;
 mod contexts;
 mod maintenance;
 pub mod requests;
@@ -79,6 +80,8 @@ pub struct ContextService {
     rerank_lanes: crate::store::lanes::BlockingLanes,
     /// Writes running on their own (see `write_slot`).
     write_slots: Arc<tokio::sync::Semaphore>,
+    /// Every change to a context, for subscribers.
+    changes: changes::ChangeFeed,
 }
 
 /// Writes that may run at once on their own, their callers gone or not.
@@ -108,7 +111,13 @@ impl ContextService {
             analyst_slots: Arc::new(tokio::sync::Semaphore::new(analytics::MAX_CONCURRENT_QUERIES)),
             rerank_lanes: crate::store::lanes::BlockingLanes::per_core(),
             write_slots: Arc::new(tokio::sync::Semaphore::new(MAX_RUNNING_WRITES)),
+            changes: changes::ChangeFeed::new(changes::FEED_CAPACITY),
         }
+    }
+
+    /// The change feed (see `changes`).
+    pub fn changes(&self) -> &changes::ChangeFeed {
+        &self.changes
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {

@@ -1,6 +1,7 @@
 //! One integration test binary: real embedded stores, the real embedding model, temp dirs.
 
 mod bench_smoke;
+mod changes;
 mod crash_server;
 mod durability;
 mod embedder;

@@ -1,0 +1,178 @@
+//! The change feed: every store, update, delete and link of a context, in the order this process applied
+//! them, to subscribers (`GET /events` as server-sent events, MCP `subscriptions/listen`). Events go into one
+//! bounded ring (tokio `broadcast`): publishing never waits for a subscriber and memory stays bounded; a
+//! subscriber that falls more than the ring's size behind is told how many events it missed and goes on
+//! from the oldest one kept. Each subscriber sees only events about contexts its read scope may see.
+//!
+//! The feed is per process: with several replicas, a subscriber hears of the writes made through the
+//! replica it is connected to.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::Serialize;
+use tokio::sync::broadcast;
+use uuid::Uuid;
+
+use crate::domain::{Context, ReadScope, Timestamp};
+
+/// Events kept for subscribers that are behind.
+pub const FEED_CAPACITY: usize = 256;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChangeKind {
+    Stored,
+    Updated,
+    Deleted,
+    Linked,
+}
+
+impl ChangeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChangeKind::Stored => "stored",
+            ChangeKind::Updated => "updated",
+            ChangeKind::Deleted => "deleted",
+            ChangeKind::Linked => "linked",
+        }
+    }
+}
+
+/// A link made from the event's context.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LinkChange {
+    pub to_id: Uuid,
+    pub relation: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ChangeEvent {
+    /// Order of the event in this process's feed (gaps: events a subscriber may not see).
+    pub seq: u64,
+    pub kind: ChangeKind,
+    pub at: Timestamp,
+    /// The context as stored (for a delete: as it was; for a link: its source).
+    pub context: Context,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub link: Option<LinkChange>,
+}
+
+impl ChangeEvent {
+    /// Whether a subscriber with `scope` may hear of it: exactly when it may read the context.
+    pub fn visible_to(&self, scope: &ReadScope) -> bool {
+        scope.may_see(&self.context)
+    }
+
+    /// Whether it is about session `session` (and, when given, context `context`: its source or target).
+    pub fn concerns(&self, session: Option<&str>, context: Option<Uuid>) -> bool {
+        session.is_none_or(|s| self.context.session_id == s)
+            && context.is_none_or(|id| self.context.id == id || self.link.as_ref().is_some_and(|l| l.to_id == id))
+    }
+}
+
+/// What a subscriber receives next.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Received {
+    Event(Arc<ChangeEvent>),
+    /// It fell behind: this many events were dropped before the next one it gets.
+    Missed(u64),
+}
+
+pub struct ChangeFeed {
+    sender: broadcast::Sender<Arc<ChangeEvent>>,
+    seq: AtomicU64,
+}
+
+impl ChangeFeed {
+    pub fn new(capacity: usize) -> Self {
+        let (sender, _) = broadcast::channel(capacity.max(1));
+        Self { sender, seq: AtomicU64::new(0) }
+    }
+
+    pub fn publish(&self, kind: ChangeKind, context: &Context, link: Option<LinkChange>) {
+        let seq = self.seq.fetch_add(1, Ordering::SeqCst) + 1;
+        let event = ChangeEvent { seq, kind, at: Timestamp::now(), context: context.clone(), link };
+        // No subscriber: nothing to do.
+        let _ = self.sender.send(Arc::new(event));
+    }
+
+    pub fn subscribe(&self) -> Subscriber {
+        Subscriber { receiver: self.sender.subscribe() }
+    }
+}
+
+pub struct Subscriber {
+    receiver: broadcast::Receiver<Arc<ChangeEvent>>,
+}
+
+impl Subscriber {
+    /// The next event or gap; None when the feed is gone (the service stopped).
+    pub async fn next(&mut self) -> Option<Received> {
+        match self.receiver.recv().await {
+            Ok(event) => Some(Received::Event(event)),
+            Err(broadcast::error::RecvError::Lagged(missed)) => Some(Received::Missed(missed)),
+            Err(broadcast::error::RecvError::Closed) => None,
+        }
+    }
+
+    /// The next event this scope may see and the filter selects, or a gap.
+    pub async fn next_for(
+        &mut self,
+        scope: &ReadScope,
+        session: Option<&str>,
+        context: Option<Uuid>,
+    ) -> Option<Received> {
+        loop {
+            match self.next().await? {
+                Received::Event(event) if !(event.visible_to(scope) && event.concerns(session, context)) => continue,
+                other => return Some(other),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::Visibility;
+
+    fn context(session: &str, author: &str, visibility: Visibility) -> Context {
+        Context {
+            id: Uuid::now_v7(),
+            session_id: session.into(),
+            agent_id: author.into(),
+            context_type: "note".into(),
+            content: "x".into(),
+            tags: vec![],
+            metadata: Default::default(),
+            visibility,
+            created_at: Timestamp(1),
+            updated_at: Timestamp(1),
+            version: 1,
+            expires_at: None,
+            content_hash: "h".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_subscriber_behind_the_ring_is_told_what_it_missed_and_sees_only_its_scope() {
+        let feed = ChangeFeed::new(4);
+        let mut slow = feed.subscribe();
+        for _ in 0..10 {
+            feed.publish(ChangeKind::Stored, &context("s", "a", Visibility::Public), None);
+        }
+        assert_eq!(slow.next().await, Some(Received::Missed(6)), "10 published, 4 kept");
+        let Some(Received::Event(event)) = slow.next().await else { panic!("the oldest kept event") };
+        assert_eq!(event.seq, 7);
+
+        let mut bob = feed.subscribe();
+        let scope = ReadScope { agent_id: "bob".into(), admin: false, sessions: Some(vec!["s".into()]) };
+        feed.publish(ChangeKind::Stored, &context("other", "a", Visibility::Public), None);
+        feed.publish(ChangeKind::Stored, &context("s", "a", Visibility::Private), None);
+        let visible = context("s", "bob", Visibility::Private);
+        feed.publish(ChangeKind::Updated, &visible, None);
+        let Some(Received::Event(event)) = bob.next_for(&scope, None, None).await else { panic!("an event") };
+        assert_eq!((event.kind, event.context.id), (ChangeKind::Updated, visible.id), "the first one bob may see");
+    }
+}
