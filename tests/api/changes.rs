@@ -157,3 +157,47 @@ async fn mcp_resources_subscribe_over_stdio_tells_of_changes_to_a_watched_sessio
     assert_eq!(uri, context, "the watched context; the session is no longer watched");
     client.cancel().await.unwrap();
 }
+
+#[tokio::test]
+async fn mcp_subscriptions_listen_tells_of_changes_to_a_watched_session() {
+    use rmcp::model::{ServerNotification, SubscriptionFilter};
+    use rmcp::service::{ClientLifecycleMode, ClientServiceExt};
+    use rmcp::transport::StreamableHttpClientTransport;
+    use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+    let app = spawn_app().await;
+    for session in ["watched", "quiet"] {
+        tool(&app, &app.key, "create_session", json!({"id": session, "purpose": "feed"})).await;
+    }
+    let config =
+        StreamableHttpClientTransportConfig::with_uri(format!("{}/mcp", app.address)).auth_header(app.key.clone());
+    let lifecycle = ClientLifecycleMode::Discover { preferred_versions: vec![ProtocolVersion::V_2026_07_28] };
+    let client = ClientConfig::default()
+        .serve_with_lifecycle(StreamableHttpClientTransport::from_config(config), lifecycle)
+        .await
+        .expect("server/discover over HTTP");
+    let filter = SubscriptionFilter::builder()
+        .resource_subscription("session://watched")
+        .resource_subscription("file:///not/ours")
+        .build();
+    let mut subscription = client.listen(filter).await.expect("subscriptions/listen acknowledged");
+    assert_eq!(
+        subscription.acknowledged().resource_subscriptions,
+        Some(vec!["session://watched".to_string()]),
+        "only our own resources are watched"
+    );
+    // Written through the HTTP tool endpoint, another connection.
+    tool(&app, &app.key, "store_context", json!({"session_id": "quiet", "content": "elsewhere"})).await;
+    tool(&app, &app.key, "store_context", json!({"session_id": "watched", "content": "here"})).await;
+    let notification = tokio::time::timeout(Duration::from_secs(20), subscription.next())
+        .await
+        .expect("a notification within 20 s")
+        .expect("the subscription is open")
+        .expect("a notification");
+    match notification {
+        ServerNotification::ResourceUpdatedNotification(updated) => assert_eq!(updated.params.uri, "session://watched"),
+        other => panic!("expected resources/updated, got {other:?}"),
+    }
+    subscription.cancel().await.unwrap();
+    client.cancel().await.unwrap();
+    app.stop().await;
+}
