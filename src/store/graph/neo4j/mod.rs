@@ -339,12 +339,20 @@ impl Neo4jGraphStore {
         let code: Vec<&str> = cypher::SCHEMA.lines().filter(|l| !l.trim_start().starts_with("//")).collect();
         let code = code.join("\n");
         let statements: Vec<&str> = code.split(';').map(str::trim).filter(|s| !s.is_empty()).collect();
-        // Schema statements each run in a transaction of their own.
+        // Schema statements each run in a transaction of their own. Replicas starting together on a new
+        // database race to create the same index: `IF NOT EXISTS` checks before the other's commit, so the
+        // loser is told an equivalent rule exists, which is what it wanted.
         for statement in statements {
-            transaction!(self, |txn| {
+            let applied = transaction!(self, |txn| {
                 txn.run(query(statement)).await?;
                 Ok(())
-            })?;
+            });
+            match applied {
+                Err(StoreError::Backend(message)) if message.contains("EquivalentSchemaRuleAlreadyExists") => {
+                    tracing::info!(statement, "another replica created this schema rule first");
+                }
+                other => other?,
+            }
         }
         Ok(())
     }
