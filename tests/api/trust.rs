@@ -294,14 +294,18 @@ async fn core_with(
     (core, vectors, settings)
 }
 
-/// Graph and vector store hold the same live contexts (ids and versions), and search returns what get does.
-async fn assert_stores_agree(service: &context_store::service::ContextService) {
-    use context_store::domain::{ContextFilter, ReadScope};
-    let everything = ContextFilter {
-        scope: ReadScope { admin: true, ..Default::default() },
+/// A filter that selects every live context.
+fn everything() -> context_store::domain::ContextFilter {
+    context_store::domain::ContextFilter {
+        scope: context_store::domain::ReadScope { admin: true, ..Default::default() },
         now: context_store::domain::Timestamp::now(),
         ..Default::default()
-    };
+    }
+}
+
+/// Graph and vector store hold the same live contexts (ids and versions), and search returns what get does.
+async fn assert_stores_agree(service: &context_store::service::ContextService) {
+    let everything = everything();
     let mut graph: Vec<(uuid::Uuid, i64)> = service
         .graph()
         .list_contexts(&everything, None, 10_000)
@@ -380,9 +384,22 @@ async fn a_write_whose_client_goes_away_still_completes_in_both_stores() {
         assert!(call.await.unwrap().is_err(), "the client gave up before the answer");
     }
     vectors.write_delay_ms.store(0, std::sync::atomic::Ordering::SeqCst);
+    // Done: 8 new contexts beside the kept one in both stores, and the kept one at version 5 (its four
+    // updates run one after the other) in both.
     eventually(Duration::from_secs(30), "the detached writes finished", async || {
         let counts = service.graph().counts().await.unwrap();
-        counts.contexts == 9 && service.vectors().count().await.unwrap() == 9
+        let graph_version = service.graph().get_context(kept.context.id).await.unwrap().map(|c| c.version);
+        let vector_version = service
+            .vectors()
+            .scroll(&everything(), 100)
+            .await
+            .unwrap()
+            .into_iter()
+            .find_map(|c| (c.id == kept.context.id).then_some(c.version));
+        counts.contexts == 9
+            && service.vectors().count().await.unwrap() == 9
+            && graph_version == Some(5)
+            && vector_version == Some(5)
     })
     .await;
     assert_stores_agree(&service).await;
