@@ -38,13 +38,28 @@ pub fn markdown(reports: &[ScenarioReport]) -> String {
     out
 }
 
-/// Latency percentile curves (log scale), one line per scenario and operation.
+/// Where percentile `p` (50, 90, 99, 99.9, ...) sits on a "nines" axis: -log10(1 - p/100), so 90 -> 1,
+/// 99 -> 2, 99.9 -> 3 and the tail gets as much room as the middle.
+fn nines(percentile: f64) -> f64 {
+    -(1.0 - percentile / 100.0).max(1e-9).log10()
+}
+
+/// The percentile at a point of the nines axis, as a label ("50", "99.9").
+fn percentile_label(x: f64) -> String {
+    let percentile = 100.0 * (1.0 - 10f64.powf(-x));
+    let text = format!("{percentile:.3}");
+    text.trim_end_matches('0').trim_end_matches('.').to_string()
+}
+
+/// Latency by percentile, one line per scenario and operation: a log latency axis against a log "nines"
+/// percentile axis (ticks at 50, 90, 99 and 99.9), so the tail is as readable as the median.
 pub fn plot(reports: &[ScenarioReport], path: &Path) -> anyhow::Result<()> {
     let series: Vec<(String, Vec<(f64, f64)>)> = reports
         .iter()
         .flat_map(|r| r.ops.iter().map(move |op| (format!("{:?}: {}", r.scenario, op.op), op.curve.clone())))
         .collect();
     let max_ms = series.iter().flat_map(|(_, c)| c.iter().map(|p| p.1)).fold(1.0_f64, f64::max) * 1.5;
+    let min_ms = (series.iter().flat_map(|(_, c)| c.iter().map(|p| p.1)).fold(max_ms, f64::min) / 3.0).max(0.05);
     let root = SVGBackend::new(path, (1000, 640)).into_drawing_area();
     root.fill(&WHITE)?;
     let mut chart = ChartBuilder::on(&root)
@@ -52,16 +67,50 @@ pub fn plot(reports: &[ScenarioReport], path: &Path) -> anyhow::Result<()> {
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(60)
-        .build_cartesian_2d(50.0..100.0_f64, (0.05..max_ms).log_scale())?;
-    chart.configure_mesh().x_desc("percentile").y_desc("latency (ms)").draw()?;
+        .build_cartesian_2d(nines(45.0)..nines(99.95), (min_ms..max_ms).log_scale())?;
+    // The percentile axis is labelled at its nines, drawn here: plotters places ticks at round values of x.
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(0)
+        .x_desc("percentile (log nines)")
+        .y_desc("latency (ms)")
+        .draw()?;
+    for percentile in [50.0, 90.0, 99.0, 99.9] {
+        let x = nines(percentile);
+        chart.draw_series(std::iter::once(PathElement::new(vec![(x, min_ms), (x, max_ms)], BLACK.mix(0.2))))?;
+        let label = format!("p{}", percentile_label(x));
+        chart.draw_series(std::iter::once(Text::new(label, (x, max_ms / 1.15), ("sans-serif", 14).into_font())))?;
+    }
     for (index, (name, curve)) in series.iter().enumerate() {
         let color = Palette99::pick(index).to_rgba();
+        let points: Vec<(f64, f64)> = curve.iter().map(|(p, ms)| (nines(*p), ms.max(min_ms))).collect();
         chart
-            .draw_series(LineSeries::new(curve.iter().map(|(p, ms)| (*p, ms.max(0.05))), color.stroke_width(2)))?
+            .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))?
             .label(name.clone())
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
+        chart.draw_series(points.into_iter().map(|point| Circle::new(point, 3, color.filled())))?;
     }
-    chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw()?;
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()?;
     root.present()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_nines_axis_puts_each_nine_one_step_further() {
+        for (percentile, x) in [(90.0, 1.0), (99.0, 2.0), (99.9, 3.0)] {
+            assert!((nines(percentile) - x).abs() < 1e-9, "{percentile}");
+        }
+        let labels: Vec<String> = [50.0, 90.0, 99.0, 99.9].iter().map(|p| percentile_label(nines(*p))).collect();
+        assert_eq!(labels, ["50", "90", "99", "99.9"]);
+    }
 }
