@@ -108,7 +108,7 @@ pub fn router(state: HttpState, settings: &ServerSettings, stop: CancellationTok
         .enforce_origin_validation();
     let mcp_handler = McpServer::new(state.service.clone(), state.auth.clone(), state.default_principal.clone());
     let mcp = StreamableHttpService::new(
-        move || Ok(mcp_handler.clone()),
+        move || Ok(mcp_handler.for_connection()),
         Arc::new(LocalSessionManager::default()),
         mcp_config,
     );

@@ -86,6 +86,12 @@ impl McpServer {
         Self { service, auth, default_principal, tools: Arc::new(tools), watches: Arc::default() }
     }
 
+    /// A handler for a new connection: the same service and catalogue, its own `resources/subscribe` watches
+    /// (so one client's unsubscribe never touches another's).
+    pub fn for_connection(&self) -> Self {
+        Self { watches: Arc::default(), ..self.clone() }
+    }
+
     /// The identity an HTTP edge attached to the request, else the default one.
     fn principal(&self, context: &RequestContext<RoleServer>) -> Principal {
         context
