@@ -28,15 +28,11 @@ pub enum AuthFailure {
 }
 
 impl AuthFailure {
-    /// A key-store error: unreachable means "cannot check now", anything else refuses the credential.
+    /// A key-store error means "cannot check now": never a pass, never counted against the caller (an
+    /// unknown key is not an error, it is `Ok(None)`).
     fn from_store(err: crate::error::StoreError) -> Self {
-        match err {
-            crate::error::StoreError::Unavailable(message) => AuthFailure::Unavailable(message),
-            other => {
-                tracing::warn!(error = %other, "key store error while checking a credential: refused");
-                AuthFailure::Invalid
-            }
-        }
+        tracing::warn!(error = %err, "key store error while checking a credential");
+        AuthFailure::Unavailable(err.to_string())
     }
 }
 
@@ -204,4 +200,47 @@ impl Authenticator {
             permissions: claims.perms,
         })
     }
+}
+
+/// Keeps a long-lived stream (change subscriptions) honest about the credential that opened it: the
+/// credential is checked again every `VERIFIED_TTL`, so a revoked key or an expired token ends the stream
+/// as it would refuse a request, and a narrowed key narrows what the stream shows.
+pub struct CredentialWatch {
+    auth: std::sync::Arc<Authenticator>,
+    bearer: String,
+    next: tokio::time::Instant,
+}
+
+impl CredentialWatch {
+    pub fn new(auth: std::sync::Arc<Authenticator>, bearer: String) -> Self {
+        Self { auth, bearer, next: tokio::time::Instant::now() + VERIFIED_TTL }
+    }
+
+    /// Resolves when the next check is due; never without a watch.
+    pub async fn due(watch: &Option<Self>) {
+        match watch {
+            Some(watch) => tokio::time::sleep_until(watch.next).await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// The principal the credential stands for now, or None when it no longer does (revoked, expired, or
+    /// not checkable: the stream ends and the client may open it again).
+    pub async fn check(&mut self) -> Option<Principal> {
+        self.next = tokio::time::Instant::now() + VERIFIED_TTL;
+        match self.auth.recently_verified(Some(&self.bearer)) {
+            Some(principal) => Some(principal),
+            None => self.auth.authenticate(Some(&self.bearer)).await.ok(),
+        }
+    }
+}
+
+/// The bearer credential of a request's headers, if any.
+pub fn bearer_of(headers: &http::HeaderMap) -> Option<String> {
+    headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer ")))
+        .map(|value| value.trim().to_string())
+        .filter(|value| !value.is_empty())
 }

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::HttpState;
 use super::routes::error_response;
-use crate::auth::{Permission, Principal};
+use crate::auth::{CredentialWatch, Permission, Principal};
 use crate::error::ErrorCode;
 use crate::service::changes::Received;
 use crate::tools::ToolError;
@@ -33,6 +33,7 @@ fn refused(status: StatusCode, code: ErrorCode, message: &str) -> Response {
 pub async fn events(
     State(state): State<HttpState>,
     axum::Extension(principal): axum::Extension<Principal>,
+    headers: axum::http::HeaderMap,
     query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
     stop: CancellationToken,
 ) -> Response {
@@ -56,14 +57,35 @@ pub async fn events(
     {
         return refused(StatusCode::FORBIDDEN, ErrorCode::PermissionDenied, "this key may not use that session");
     }
-    let subscriber = state.service.changes().subscribe();
+    let subscriber = match state.service.changes().subscribe() {
+        Ok(subscriber) => subscriber,
+        Err(err) => {
+            let error = ToolError::from(err);
+            return error_response(super::routes::status_of(error.code), &error);
+        }
+    };
     let session = query.session_id;
+    let watch = state
+        .auth_enabled
+        .then(|| crate::auth::bearer_of(&headers))
+        .flatten()
+        .map(|bearer| CredentialWatch::new(state.auth.clone(), bearer));
     let stream = futures::stream::unfold(
-        (subscriber, scope, session, context, stop),
-        |(mut subscriber, scope, session, context, stop)| async move {
-            let received = tokio::select! {
-                received = subscriber.next_for(&scope, session.as_deref(), context) => received?,
-                _ = stop.cancelled() => return None,
+        (subscriber, scope, session, context, stop, watch),
+        |(mut subscriber, mut scope, session, context, stop, mut watch)| async move {
+            let received = loop {
+                tokio::select! {
+                    received = subscriber.next_for(&scope, session.as_deref(), context) => break received?,
+                    _ = stop.cancelled() => return None,
+                    _ = CredentialWatch::due(&watch) => {
+                        let principal = watch.as_mut()?.check().await?;
+                        principal.require(Permission::Read).ok()?;
+                        scope = principal.read_scope(&principal.agent_id);
+                        if session.as_deref().is_some_and(|s| !scope.may_see_session(s)) {
+                            return None;
+                        }
+                    }
+                }
             };
             let event = match received {
                 Received::Event(change) => Event::default()
@@ -75,7 +97,7 @@ pub async fn events(
                     Event::default().event("missed").json_data(serde_json::json!({"missed": missed})).ok()?
                 }
             };
-            Some((Ok::<_, Infallible>(event), (subscriber, scope, session, context, stop)))
+            Some((Ok::<_, Infallible>(event), (subscriber, scope, session, context, stop, watch)))
         },
     );
     Sse::new(stream).keep_alive(KeepAlive::default()).into_response()

@@ -121,7 +121,7 @@ pub fn router(state: HttpState, settings: &ServerSettings, stop: CancellationTok
             "/events",
             get({
                 let stop = stop.clone();
-                move |state, principal, query| events::events(state, principal, query, stop.clone())
+                move |state, principal, headers, query| events::events(state, principal, headers, query, stop.clone())
             }),
         )
         .layer(axum::middleware::from_fn_with_state(state.clone(), routes::authenticate))

@@ -195,8 +195,12 @@ impl ServerHandler for McpServer {
 
     /// `subscriptions/listen` (2026-07-28): the `session://` and `context://` URIs asked for are watched.
     fn accepted_subscription_filter(&self, requested: &SubscriptionFilter) -> Option<SubscriptionFilter> {
-        let uris =
-            requested.resource_subscriptions.iter().flatten().filter(|uri| primitives::Watch::parse(uri).is_some());
+        let uris = requested
+            .resource_subscriptions
+            .iter()
+            .flatten()
+            .filter(|uri| primitives::Watch::parse(uri).is_some())
+            .take(primitives::MAX_WATCHES);
         Some(SubscriptionFilter::builder().resource_subscriptions(uris.cloned().collect::<Vec<_>>()).build())
     }
 
@@ -209,13 +213,20 @@ impl ServerHandler for McpServer {
             .flatten()
             .filter_map(|u| primitives::Watch::parse(u))
             .collect();
+        let subscriber = self.service.changes().subscribe().map_err(|e| primitives::mcp_error(e.into()))?;
+        // Over HTTP the stream outlives the request that authenticated it: its credential is checked again.
+        let credential = (!principal.trusted)
+            .then(|| context.request_context().extensions.get::<http::request::Parts>())
+            .flatten()
+            .and_then(|parts| crate::auth::bearer_of(&parts.headers))
+            .map(|bearer| crate::auth::CredentialWatch::new(self.auth.clone(), bearer));
         let sink = context.sink().clone();
         let notify = |uri: String| {
             let sink = sink.clone();
             async move { sink.notify_resource_updated(uri).await.is_ok() }
         };
         tokio::select! {
-            _ = primitives::follow(&self.service, &principal, &watches, notify) => {}
+            _ = primitives::follow(subscriber, &principal, credential, &watches, notify) => {}
             _ = context.cancelled() => {}
         }
         Ok(())
@@ -235,15 +246,23 @@ impl ServerHandler for McpServer {
                 None,
             )
         })?;
+        if context.extensions.get::<http::request::Parts>().is_some() {
+            return Err(McpError::invalid_request(
+                "resources/subscribe needs a connection that stays open (stdio); over HTTP use subscriptions/listen \
+                 or GET /events",
+                None,
+            ));
+        }
         let principal = self.principal(&context);
-        let (service, peer) = (self.service.clone(), context.peer.clone());
+        let subscriber = self.service.changes().subscribe().map_err(|e| primitives::mcp_error(e.into()))?;
+        let peer = context.peer.clone();
         let uri = watch.uri.clone();
         let task = tokio::spawn(async move {
             let notify = |uri: String| {
                 let peer = peer.clone();
                 async move { peer.notify_resource_updated(ResourceUpdatedNotificationParam::new(uri)).await.is_ok() }
             };
-            primitives::follow(&service, &principal, &[watch], notify).await;
+            primitives::follow(subscriber, &principal, None, &[watch], notify).await;
         });
         self.watches.replace(uri, Some(task.abort_handle()));
         Ok(())

@@ -197,17 +197,38 @@ impl Watch {
     }
 }
 
+/// Resource URIs one subscription may watch.
+pub const MAX_WATCHES: usize = 100;
+
 /// Tells of changes to the watched resources, as `notify` (one call per URI a change concerns; every URI
 /// after a gap), until the feed ends or `notify` fails (the client is gone).
-pub async fn follow<F, Fut>(service: &ContextService, principal: &Principal, watches: &[Watch], notify: F)
-where
+pub async fn follow<F, Fut>(
+    subscriber: crate::service::changes::Subscriber,
+    principal: &Principal,
+    mut credential: Option<crate::auth::CredentialWatch>,
+    watches: &[Watch],
+    notify: F,
+) where
     F: Fn(String) -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
     use crate::service::changes::Received;
-    let scope = principal.read_scope(&principal.agent_id);
-    let mut subscriber = service.changes().subscribe();
-    while let Some(received) = subscriber.next().await {
+    let mut scope = principal.read_scope(&principal.agent_id);
+    let mut subscriber = subscriber;
+    loop {
+        let received = tokio::select! {
+            received = subscriber.next() => received,
+            _ = crate::auth::CredentialWatch::due(&credential) => {
+                // A revoked or expired credential ends the subscription; a narrowed one narrows it.
+                let Some(principal) = credential.as_mut().expect("due only with a watch").check().await else { return };
+                if principal.require(crate::auth::Permission::Read).is_err() {
+                    return;
+                }
+                scope = principal.read_scope(&principal.agent_id);
+                continue;
+            }
+        };
+        let Some(received) = received else { return };
         let uris: Vec<&Watch> = match &received {
             Received::Event(event) if event.visible_to(&scope) => watches.iter().filter(|w| w.selects(event)).collect(),
             Received::Event(_) => Vec::new(),

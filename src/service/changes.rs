@@ -39,11 +39,18 @@ impl ChangeKind {
     }
 }
 
-/// A link made from the event's context.
+/// A link made from the event's context. The target's session, author and visibility decide, with the
+/// source's, who may hear of it (never serialized).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct LinkChange {
     pub to_id: Uuid,
     pub relation: String,
+    #[serde(skip)]
+    pub to_session_id: String,
+    #[serde(skip)]
+    pub to_agent_id: String,
+    #[serde(skip)]
+    pub to_visibility: crate::domain::Visibility,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -59,9 +66,14 @@ pub struct ChangeEvent {
 }
 
 impl ChangeEvent {
-    /// Whether a subscriber with `scope` may hear of it: exactly when it may read the context.
+    /// Whether a subscriber with `scope` may hear of it: exactly when it may read the context (and, for a
+    /// link, its target too).
     pub fn visible_to(&self, scope: &ReadScope) -> bool {
         scope.may_see(&self.context)
+            && self.link.as_ref().is_none_or(|link| {
+                scope.may_see_session(&link.to_session_id)
+                    && scope.may_see_visibility(link.to_visibility, &link.to_agent_id)
+            })
     }
 
     /// Whether it is about session `session` (and, when given, context `context`: its source or target).
@@ -79,31 +91,51 @@ pub enum Received {
     Missed(u64),
 }
 
+/// Subscribers at once (server-sent event streams and MCP subscriptions together): each costs a task and a
+/// wake-up per change, and a stream outlives the request limits that bound other calls.
+pub const MAX_SUBSCRIBERS: usize = 256;
+
 pub struct ChangeFeed {
     sender: broadcast::Sender<Arc<ChangeEvent>>,
     seq: AtomicU64,
+    slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl ChangeFeed {
     pub fn new(capacity: usize) -> Self {
         let (sender, _) = broadcast::channel(capacity.max(1));
-        Self { sender, seq: AtomicU64::new(0) }
+        Self { sender, seq: AtomicU64::new(0), slots: Arc::new(tokio::sync::Semaphore::new(MAX_SUBSCRIBERS)) }
     }
 
+    /// Publishes a change. A delete carries a tombstone: who, where and which version, not the content (an
+    /// expired context's content is not served again).
     pub fn publish(&self, kind: ChangeKind, context: &Context, link: Option<LinkChange>) {
         let seq = self.seq.fetch_add(1, Ordering::SeqCst) + 1;
-        let event = ChangeEvent { seq, kind, at: Timestamp::now(), context: context.clone(), link };
+        let mut context = context.clone();
+        if kind == ChangeKind::Deleted {
+            context.content = String::new();
+            context.tags = Vec::new();
+            context.metadata = Default::default();
+        }
+        let event = ChangeEvent { seq, kind, at: Timestamp::now(), context, link };
         // No subscriber: nothing to do.
         let _ = self.sender.send(Arc::new(event));
     }
 
-    pub fn subscribe(&self) -> Subscriber {
-        Subscriber { receiver: self.sender.subscribe() }
+    /// A new subscriber, or `ResourceExhausted` when `MAX_SUBSCRIBERS` are subscribed.
+    pub fn subscribe(&self) -> crate::error::ServiceResult<Subscriber> {
+        let slot = self.slots.clone().try_acquire_owned().map_err(|_| {
+            crate::error::ServiceError::ResourceExhausted(format!(
+                "{MAX_SUBSCRIBERS} change subscriptions are open; retry later"
+            ))
+        })?;
+        Ok(Subscriber { receiver: self.sender.subscribe(), _slot: slot })
     }
 }
 
 pub struct Subscriber {
     receiver: broadcast::Receiver<Arc<ChangeEvent>>,
+    _slot: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl Subscriber {
@@ -158,7 +190,7 @@ mod tests {
     #[tokio::test]
     async fn a_subscriber_behind_the_ring_is_told_what_it_missed_and_sees_only_its_scope() {
         let feed = ChangeFeed::new(4);
-        let mut slow = feed.subscribe();
+        let mut slow = feed.subscribe().unwrap();
         for _ in 0..10 {
             feed.publish(ChangeKind::Stored, &context("s", "a", Visibility::Public), None);
         }
@@ -166,7 +198,7 @@ mod tests {
         let Some(Received::Event(event)) = slow.next().await else { panic!("the oldest kept event") };
         assert_eq!(event.seq, 7);
 
-        let mut bob = feed.subscribe();
+        let mut bob = feed.subscribe().unwrap();
         let scope = ReadScope { agent_id: "bob".into(), admin: false, sessions: Some(vec!["s".into()]) };
         feed.publish(ChangeKind::Stored, &context("other", "a", Visibility::Public), None);
         feed.publish(ChangeKind::Stored, &context("s", "a", Visibility::Private), None);

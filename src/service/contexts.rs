@@ -241,7 +241,7 @@ impl ContextService {
         // A link is part of its source: only the source's author (or an admin) adds one; the target only
         // has to be visible. The link records who made it.
         let source = self.writable_context(principal, &agent, from_id).await?;
-        self.visible_context(to_id, &scope).await?;
+        let target = self.visible_context(to_id, &scope).await?;
         let edge = Relation {
             from_id,
             to_id,
@@ -255,7 +255,13 @@ impl ContextService {
             other => other.into(),
         })?;
         self.generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let link = super::changes::LinkChange { to_id, relation: relation.clone() };
+        let link = super::changes::LinkChange {
+            to_id,
+            relation: relation.clone(),
+            to_session_id: target.session_id,
+            to_agent_id: target.agent_id,
+            to_visibility: target.visibility,
+        };
         self.changes.publish(super::changes::ChangeKind::Linked, &source, Some(link));
         Ok(LinkContextsResponse { from_id: from_id.to_string(), to_id: to_id.to_string(), relation })
     }

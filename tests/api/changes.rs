@@ -24,6 +24,18 @@ impl Events {
         Ok(Self { response, buffer: String::new() })
     }
 
+    /// Whether the server ends the stream within `limit` (events in between are read and dropped).
+    async fn ends_within(&mut self, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            match tokio::time::timeout_at(deadline, self.response.chunk()).await {
+                Ok(Ok(Some(_))) => continue,
+                Ok(Ok(None)) | Ok(Err(_)) => return true,
+                Err(_) => return false,
+            }
+        }
+    }
+
     /// The next event's name and data (keep-alive comments skipped).
     async fn next(&mut self) -> (String, Value) {
         loop {
@@ -85,6 +97,9 @@ async fn server_sent_events_tell_each_change_in_order_and_only_within_scope() {
         assert!(seq > last_seq, "in order");
         last_seq = seq;
         assert_eq!(change["context"]["session_id"], json!("alpha"));
+        if kind == "deleted" {
+            assert_eq!(change["context"]["content"], json!(""), "a delete tells who and where, not the content");
+        }
         seen.push((kind, change["context"]["id"].as_str().unwrap().to_string()));
     }
     let expected =
@@ -199,5 +214,20 @@ async fn mcp_subscriptions_listen_tells_of_changes_to_a_watched_session() {
     }
     subscription.cancel().await.unwrap();
     client.cancel().await.unwrap();
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_open_stream_ends_when_its_key_is_revoked() {
+    let app = spawn_app().await;
+    tool(&app, &app.key, "create_session", json!({"id": "alpha", "purpose": "feed"})).await;
+    let key = create_key(&app.auth, "watcher", "read", None).await;
+    let mut stream = Events::open(&app, &key, "?session_id=alpha").await.unwrap();
+    tool(&app, &app.key, "store_context", json!({"session_id": "alpha", "content": "seen while the key is good"}))
+        .await;
+    assert_eq!(stream.next().await.0, "stored");
+    let key_id = key.strip_prefix("cs_").and_then(|rest| rest.split('_').next()).unwrap();
+    app.auth.revoke(key_id).await.unwrap();
+    assert!(stream.ends_within(Duration::from_secs(10)).await, "a revoked key's stream is closed");
     app.stop().await;
 }
