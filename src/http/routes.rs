@@ -173,12 +173,7 @@ pub async fn token(
 pub async fn authenticate(State(state): State<HttpState>, mut request: Request, next: Next) -> Response {
     let ip = client_ip(&request);
     let principal = if state.auth_enabled {
-        let bearer = request
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer ")))
-            .map(str::to_string);
+        let bearer = crate::auth::bearer_of(request.headers());
         let outcome = match state.auth.recently_verified(bearer.as_deref()) {
             Some(principal) => Ok((principal, None)),
             None => {
