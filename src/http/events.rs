@@ -16,7 +16,7 @@ use super::HttpState;
 use super::routes::error_response;
 use crate::auth::{CredentialWatch, Permission, Principal};
 use crate::error::ErrorCode;
-use crate::service::changes::Received;
+use crate::service::changes::{ChangeEvent, Received};
 use crate::tools::ToolError;
 
 #[derive(Debug, Deserialize)]
@@ -73,19 +73,10 @@ pub async fn events(
     let stream = futures::stream::unfold(
         (subscriber, scope, session, context, stop, watch),
         |(mut subscriber, mut scope, session, context, stop, mut watch)| async move {
-            let received = loop {
-                tokio::select! {
-                    received = subscriber.next_for(&scope, session.as_deref(), context) => break received?,
-                    _ = stop.cancelled() => return None,
-                    _ = CredentialWatch::due(&watch) => {
-                        let principal = watch.as_mut()?.check().await?;
-                        principal.require(Permission::Read).ok()?;
-                        scope = principal.read_scope(&principal.agent_id);
-                        if session.as_deref().is_some_and(|s| !scope.may_see_session(s)) {
-                            return None;
-                        }
-                    }
-                }
+            let wanted = |change: &ChangeEvent| change.concerns(session.as_deref(), context);
+            let received = tokio::select! {
+                received = subscriber.next_checked(&mut scope, &mut watch, wanted) => received?,
+                _ = stop.cancelled() => return None,
             };
             let event = match received {
                 Received::Event(change) => Event::default()

@@ -215,23 +215,10 @@ pub async fn follow<F, Fut>(
     use crate::service::changes::Received;
     let mut scope = principal.read_scope(&principal.agent_id);
     let mut subscriber = subscriber;
-    loop {
-        let received = tokio::select! {
-            received = subscriber.next() => received,
-            _ = crate::auth::CredentialWatch::due(&credential) => {
-                // A revoked or expired credential ends the subscription; a narrowed one narrows it.
-                let Some(principal) = credential.as_mut().expect("due only with a watch").check().await else { return };
-                if principal.require(crate::auth::Permission::Read).is_err() {
-                    return;
-                }
-                scope = principal.read_scope(&principal.agent_id);
-                continue;
-            }
-        };
-        let Some(received) = received else { return };
+    let wanted = |event: &crate::service::changes::ChangeEvent| watches.iter().any(|w| w.selects(event));
+    while let Some(received) = subscriber.next_checked(&mut scope, &mut credential, wanted).await {
         let uris: Vec<&Watch> = match &received {
-            Received::Event(event) if event.visible_to(&scope) => watches.iter().filter(|w| w.selects(event)).collect(),
-            Received::Event(_) => Vec::new(),
+            Received::Event(event) => watches.iter().filter(|w| w.selects(event)).collect(),
             // Events were dropped: every watched resource may have changed.
             Received::Missed(_) => watches.iter().collect(),
         };

@@ -148,17 +148,26 @@ impl Subscriber {
         }
     }
 
-    /// The next event this scope may see and the filter selects, or a gap.
-    pub async fn next_for(
+    /// The next event `scope` may see that `wanted` selects, or a gap. A watched credential is checked again
+    /// when due (`CredentialWatch`): a narrowed one narrows `scope`; None when it no longer holds (revoked,
+    /// expired, no read permission) or the feed ends.
+    pub async fn next_checked(
         &mut self,
-        scope: &ReadScope,
-        session: Option<&str>,
-        context: Option<Uuid>,
+        scope: &mut ReadScope,
+        credential: &mut Option<crate::auth::CredentialWatch>,
+        wanted: impl Fn(&ChangeEvent) -> bool,
     ) -> Option<Received> {
         loop {
-            match self.next().await? {
-                Received::Event(event) if !(event.visible_to(scope) && event.concerns(session, context)) => continue,
-                other => return Some(other),
+            tokio::select! {
+                received = self.next() => match received? {
+                    Received::Event(event) if !(event.visible_to(scope) && wanted(&event)) => continue,
+                    other => return Some(other),
+                },
+                _ = crate::auth::CredentialWatch::due(credential) => {
+                    let principal = credential.as_mut()?.check().await?;
+                    principal.require(crate::auth::Permission::Read).ok()?;
+                    *scope = principal.read_scope(&principal.agent_id);
+                }
             }
         }
     }
@@ -199,12 +208,14 @@ mod tests {
         assert_eq!(event.seq, 7);
 
         let mut bob = feed.subscribe().unwrap();
-        let scope = ReadScope { agent_id: "bob".into(), admin: false, sessions: Some(vec!["s".into()]) };
+        let mut scope = ReadScope { agent_id: "bob".into(), admin: false, sessions: Some(vec!["s".into()]) };
         feed.publish(ChangeKind::Stored, &context("other", "a", Visibility::Public), None);
         feed.publish(ChangeKind::Stored, &context("s", "a", Visibility::Private), None);
         let visible = context("s", "bob", Visibility::Private);
         feed.publish(ChangeKind::Updated, &visible, None);
-        let Some(Received::Event(event)) = bob.next_for(&scope, None, None).await else { panic!("an event") };
+        let Some(Received::Event(event)) = bob.next_checked(&mut scope, &mut None, |_| true).await else {
+            panic!("an event")
+        };
         assert_eq!((event.kind, event.context.id), (ChangeKind::Updated, visible.id), "the first one bob may see");
     }
 }
