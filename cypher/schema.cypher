@@ -13,3 +13,4 @@ CREATE INDEX context_version IF NOT EXISTS FOR (v:ContextVersion) ON (v.context_
 CREATE CONSTRAINT api_key_id IF NOT EXISTS FOR (k:ApiKey) REQUIRE k.key_id IS UNIQUE;
 CREATE CONSTRAINT key_store_lock IF NOT EXISTS FOR (l:KeyStoreLock) REQUIRE l.name IS UNIQUE;
 CREATE INDEX context_session_id IF NOT EXISTS FOR (c:Context) ON (c.session_id, c.id);
+CREATE INDEX agent_state_point IF NOT EXISTS FOR (s:AgentState) ON (s.point_id);

@@ -1,2 +1,2 @@
 MATCH (s:AgentState {agent_id: $agent_id, session_id: $session_id, key: $key})
-DELETE s
+DETACH DELETE s

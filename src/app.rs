@@ -62,6 +62,22 @@ pub async fn open_vectors(settings: &Settings) -> StoreResult<Arc<dyn VectorStor
     }
 }
 
+/// The vector store of agent state: the contexts' definition under the name `<name>_state`, beside the
+/// contexts' collection (embedded: `state_vectors/` in the data dir).
+pub async fn open_state_vectors(settings: &Settings) -> StoreResult<Arc<dyn VectorStore>> {
+    let mut spec = collection_spec(settings)?;
+    spec.name = format!("{}_state", spec.name);
+    match settings.vector.backend.as_str() {
+        "edge" => Ok(Arc::new(EdgeVectorStore::open(&settings.data_dir.join("state_vectors"), &spec).await?)),
+        "qdrant" => {
+            let mut options = settings.vector.qdrant.options();
+            options.collection = options.collection.map(|name| format!("{name}_state"));
+            Ok(Arc::new(QdrantVectorStore::connect(&options, &spec).await?))
+        }
+        other => Err(StoreError::Backend(format!("unknown vector backend '{other}' (edge or qdrant)"))),
+    }
+}
+
 /// The API keys of a graph store: in the graph when it is shared by replicas (Neo4j), else in the data dir.
 pub fn key_store(settings: &Settings, graph: &dyn GraphStore) -> StoreResult<crate::auth::KeyStore> {
     match graph.shared_keys() {
@@ -111,12 +127,26 @@ impl Core {
         embedder: Arc<dyn Embedder>,
         metrics: Arc<Metrics>,
     ) -> StoreResult<Self> {
+        let state_vectors = open_state_vectors(settings).await?;
+        Self::assemble_with_state(settings, graph, vectors, state_vectors, embedder, metrics).await
+    }
+
+    /// Like `assemble`, with a given agent-state vector store.
+    pub async fn assemble_with_state(
+        settings: &Settings,
+        graph: Arc<dyn GraphStore>,
+        vectors: Arc<dyn VectorStore>,
+        state_vectors: Arc<dyn VectorStore>,
+        embedder: Arc<dyn Embedder>,
+        metrics: Arc<Metrics>,
+    ) -> StoreResult<Self> {
         let keys = key_store(settings, graph.as_ref())?;
         let auth = Arc::new(
             crate::auth::Authenticator::open(&settings.auth_settings(), keys)
                 .map_err(|e| StoreError::Backend(format!("authentication store: {e}")))?,
         );
-        let service = Arc::new(ContextService::new(graph, vectors, embedder, metrics, settings.service_options()));
+        let service =
+            Arc::new(ContextService::new(graph, vectors, state_vectors, embedder, metrics, settings.service_options()));
         let repaired = service.repair_pending().await.map_err(|e| StoreError::Backend(e.to_string()))?;
         if repaired > 0 {
             tracing::info!(repaired, "re-indexed journaled items left by an unclean stop");

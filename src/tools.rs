@@ -186,6 +186,8 @@ tool_table! {
         "List your agent state keys by prefix, paginated.";
     delete_agent_state(AgentStateKeyRequest) -> DeleteAgentStateResponse, REMOVE,
         "Delete a key of your agent state (optionally only at expected_version).";
+    recall_agent_state(RecallAgentStateRequest) -> RecallAgentStateResponse, READ,
+        "Recall your agent state by meaning (e.g. 'what did I decide about the retry policy?'): entries whose values carry text, ranked by vector then fuzzy similarity, with a score breakdown.";
     get_metrics(GetMetricsRequest) -> MetricsSummary, READ,
         "Cache effectiveness (process-wide counters: query or admin permission) and counts of stored items (admins).";
     query_graph(QueryGraphRequest) -> QueryGraphResponse, READ,

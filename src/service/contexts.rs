@@ -19,7 +19,7 @@ use crate::store::{InsertOutcome, VectorPoint};
 const MAX_RELATED_NODES: usize = 1000;
 
 impl ContextService {
-    async fn embed_one(&self, text: &str) -> ServiceResult<Vec<f32>> {
+    pub(super) async fn embed_one(&self, text: &str) -> ServiceResult<Vec<f32>> {
         let mut vectors = self.embedder.embed(vec![text.to_string()]).await?;
         vectors.pop().ok_or_else(|| ServiceError::Internal("embedder returned no vector".into()))
     }

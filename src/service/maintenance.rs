@@ -61,7 +61,7 @@ impl ContextService {
             ids.sort();
             ids.dedup();
             self.reapply(&ids).await?;
-            self.vectors.flush().await?;
+            self.flush_vectors().await?;
             let seqs: Vec<i64> = pending.iter().map(|p| p.seq).collect();
             self.graph.clear_pending(&seqs).await?;
             repaired += pending.len();
@@ -79,8 +79,15 @@ impl ContextService {
         }
     }
 
-    /// Makes the vector side of `ids` what the graph holds now: live contexts upserted, the rest deleted.
+    /// Makes the vector side of `ids` what the graph holds now: live contexts and state entries upserted to
+    /// their collections, the rest deleted. A journal entry names a context or a state point, and the ids of
+    /// the two never meet (UUIDv7 and UUIDv8), so each id is settled in both collections.
     async fn reapply(&self, ids: &[Uuid]) -> ServiceResult<()> {
+        self.reapply_contexts(ids).await?;
+        self.reapply_states(ids).await
+    }
+
+    async fn reapply_contexts(&self, ids: &[Uuid]) -> ServiceResult<()> {
         let entries = self.graph.index_entries(ids).await?;
         let live: std::collections::HashSet<Uuid> = entries.iter().map(|e| e.context.id).collect();
         let gone: Vec<Uuid> = ids.iter().copied().filter(|id| !live.contains(id)).collect();
@@ -120,7 +127,7 @@ impl ContextService {
             let _ordered = self.item_lock(*id).lock().await;
             self.reapply(std::slice::from_ref(id)).await?;
         }
-        self.vectors.flush().await?;
+        self.flush_vectors().await?;
         let seqs: Vec<i64> = stale.iter().map(|p| p.seq).collect();
         self.graph.clear_pending(&seqs).await?;
         self.seen_pending.lock().unwrap_or_else(|e| e.into_inner()).retain(|seq| !seqs.contains(seq));
@@ -150,8 +157,14 @@ impl ContextService {
         }
         loop {
             let purged = self.graph.purge_expired_state(now, REPAIR_BATCH).await?;
-            expired.agent_states += purged;
-            if purged < REPAIR_BATCH as u64 {
+            expired.agent_states += purged.len() as u64;
+            let ids: Vec<Uuid> = purged.iter().map(|p| p.id).collect();
+            if !ids.is_empty() {
+                // A failure leaves the purged points to the repair: their journal entries stay pending.
+                self.state_vectors.delete(&ids).await?;
+                purged.iter().for_each(|p| self.written(p.seq));
+            }
+            if purged.len() < REPAIR_BATCH {
                 break;
             }
         }
@@ -164,18 +177,25 @@ impl ContextService {
         if taken.is_empty() {
             return Ok(0);
         }
-        if let Err(err) = self.vectors.flush().await {
+        if let Err(err) = self.flush_vectors().await {
             // Put them back: they stay pending until a flush succeeds.
             self.applied.lock().unwrap_or_else(|e| e.into_inner()).extend(&taken);
-            return Err(err.into());
+            return Err(err);
         }
         self.graph.clear_pending(&taken).await?;
         Ok(taken.len())
     }
 
+    /// Makes every applied change of both collections durable.
+    async fn flush_vectors(&self) -> ServiceResult<()> {
+        self.vectors.flush().await?;
+        Ok(self.state_vectors.flush().await?)
+    }
+
     /// Rebuilds the vector side from the graph: upserts every live context's stored embedding, in id order,
-    /// starting after `after` (a checkpoint of an interrupted run). `progress` is called after each batch with
-    /// the number done in this run and the last id done.
+    /// starting after `after` (a checkpoint of an interrupted run), then every agent state entry's (state is
+    /// small: it is always rebuilt whole). `progress` is called after each batch of contexts with the number
+    /// done in this run and the last id done.
     pub async fn reindex(
         &self,
         batch: usize,
@@ -194,6 +214,20 @@ impl ContextService {
             progress(done, last);
         }
         self.vectors.flush().await?;
+        let mut after_state: Option<Uuid> = None;
+        loop {
+            let entries = self.graph.scan_state_index(after_state, batch).await?;
+            let Some(last) = entries.last().map(|e| e.point_id) else { break };
+            after_state = Some(last);
+            let points: Vec<_> = entries
+                .into_iter()
+                .filter_map(|e| crate::store::vector::state_points::state_point(&e.state, e.point_id, e.embedding))
+                .collect();
+            if !points.is_empty() {
+                self.state_vectors.upsert(points).await?;
+            }
+        }
+        self.state_vectors.flush().await?;
         Ok(done)
     }
 
@@ -208,7 +242,7 @@ impl ContextService {
         expiry_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         flush_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         optimize_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut points_at_last_optimize = 0u64;
+        let (mut points_at_last_optimize, mut state_points_at_last_optimize) = (0u64, 0u64);
         loop {
             tokio::select! {
                 _ = stop.cancelled() => break,
@@ -232,20 +266,9 @@ impl ContextService {
                     }
                 }
                 _ = optimize_tick.tick() => {
-                    let Ok(points) = self.vectors.count().await else { continue };
-                    // Re-indexing cost grows with the index, so wait for proportionally more new points as it grows
-                    // (unindexed points are still found, by exact search).
-                    let threshold = options.optimize_min_new_points.max(points_at_last_optimize / 4);
-                    if points.saturating_sub(points_at_last_optimize) >= threshold {
-                        let started = std::time::Instant::now();
-                        match self.vectors.optimize().await {
-                            Ok(changed) => {
-                                points_at_last_optimize = points;
-                                tracing::info!(points, changed, seconds = started.elapsed().as_secs_f64(), "vector optimize done");
-                            }
-                            Err(err) => tracing::warn!(error = %err, "vector optimize failed"),
-                        }
-                    }
+                    let minimum = options.optimize_min_new_points;
+                    optimize_when_grown(self.vectors.as_ref(), &mut points_at_last_optimize, minimum).await;
+                    optimize_when_grown(self.state_vectors.as_ref(), &mut state_points_at_last_optimize, minimum).await;
                     let _ = self.refresh_item_metrics().await;
                     // Optimising copies segments and bursts of requests leave freed buffers: give them back.
                     tokio::task::spawn_blocking(crate::memory::trim);
@@ -255,5 +278,23 @@ impl ContextService {
         if let Err(err) = self.flush().await {
             tracing::error!(error = %err, "final vector flush failed; the journal will repair it at start-up");
         }
+    }
+}
+
+/// Optimises `store` when enough points arrived since the last time. Re-indexing cost grows with the index,
+/// so it waits for proportionally more new points as it grows (unindexed points are still found, by exact
+/// search).
+async fn optimize_when_grown(store: &dyn crate::store::VectorStore, at_last: &mut u64, minimum: u64) {
+    let Ok(points) = store.count().await else { return };
+    if points.saturating_sub(*at_last) < minimum.max(*at_last / 4) {
+        return;
+    }
+    let started = std::time::Instant::now();
+    match store.optimize().await {
+        Ok(changed) => {
+            *at_last = points;
+            tracing::info!(points, changed, seconds = started.elapsed().as_secs_f64(), "vector optimize done");
+        }
+        Err(err) => tracing::warn!(error = %err, "vector optimize failed"),
     }
 }

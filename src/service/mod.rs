@@ -4,6 +4,11 @@
 //! The graph write comes first and journals the item; if the vector write fails the graph write is undone.
 //! Journal entries are cleared by `maintenance` only after the vector store has flushed, so a crash at any
 //! point is repaired by `repair_pending` at start-up.
+//!
+//! Agent state is the exception by design: a state write is acknowledged once the graph holds it (with its
+//! embedding and journal entry), because agents coordinate through it and it should not fail while only the
+//! vector side is down. Its point is written at once; if that fails, the journal entry stays pending and the
+//! running repair (`repair_stale`) writes it within two `repair_interval`s of the vector store answering.
 
 pub mod analytics;
 pub mod changes;
@@ -62,6 +67,8 @@ const ITEM_LOCKS: usize = 256;
 pub struct ContextService {
     graph: Arc<dyn GraphStore>,
     vectors: Arc<dyn VectorStore>,
+    /// Agent state points (see `store::vector::state_points`), in a collection of their own.
+    state_vectors: Arc<dyn VectorStore>,
     embedder: Arc<dyn Embedder>,
     metrics: Arc<Metrics>,
     options: ServiceOptions,
@@ -91,6 +98,7 @@ impl ContextService {
     pub fn new(
         graph: Arc<dyn GraphStore>,
         vectors: Arc<dyn VectorStore>,
+        state_vectors: Arc<dyn VectorStore>,
         embedder: Arc<dyn Embedder>,
         metrics: Arc<Metrics>,
         options: ServiceOptions,
@@ -100,6 +108,7 @@ impl ContextService {
         Self {
             graph,
             vectors,
+            state_vectors,
             embedder,
             metrics,
             options,
@@ -138,6 +147,10 @@ impl ContextService {
 
     pub fn vectors(&self) -> &Arc<dyn VectorStore> {
         &self.vectors
+    }
+
+    pub fn state_vectors(&self) -> &Arc<dyn VectorStore> {
+        &self.state_vectors
     }
 
     fn item_lock(&self, id: Uuid) -> &tokio::sync::Mutex<()> {
@@ -224,6 +237,7 @@ impl ContextService {
         items.with_label_values(&["pending_index"]).set(counts.pending_index as i64);
         items.with_label_values(&["vectors"]).set(self.vectors.count().await? as i64);
         items.with_label_values(&["indexed_vectors"]).set(self.vectors.indexed().await? as i64);
+        items.with_label_values(&["state_vectors"]).set(self.state_vectors.count().await? as i64);
         Ok(())
     }
 }

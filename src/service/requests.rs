@@ -393,6 +393,50 @@ pub struct DeleteAgentStateResponse {
     pub deleted: bool,
 }
 
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RecallAgentStateRequest {
+    /// What to recall, in natural language (at most 2048 characters), e.g. "what did I decide about retries?".
+    pub query: String,
+    /// Only state scoped to this session (absent: all of the agent's state, with or without session).
+    #[serde(default)]
+    pub session_id: Option<String>,
+    /// Hits to return, 1-200 (default 20).
+    #[serde(default)]
+    pub limit: Option<usize>,
+    /// Vector candidates to rerank, limit-1000 (default max(4 x limit, 40)).
+    #[serde(default)]
+    pub candidates: Option<usize>,
+    /// Drop hits whose fuzzy text similarity is below this, 0-1 (default 0: keep all).
+    #[serde(default)]
+    pub fuzzy_threshold: Option<f64>,
+    /// Weight of the vector score in the final score, 0-1 (default 0.7; the rest is fuzzy).
+    #[serde(default)]
+    pub vector_weight: Option<f64>,
+    /// The owning agent (defaults to the caller; admins may name any agent).
+    #[serde(default)]
+    pub agent_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct StateHit {
+    pub state: AgentState,
+    /// Scored on the text the value carries: the key, then each string (and the numbers and booleans beside
+    /// them) after its path of object keys.
+    pub scores: ScoreBreakdown,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct RecallAgentStateResponse {
+    pub hits: Vec<StateHit>,
+    pub mode: SearchMode,
+    /// Why the recall was degraded, when it was.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub degraded_reason: Option<String>,
+    /// Candidates the rerank considered.
+    pub candidates: usize,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct ItemCounts {
     pub sessions: u64,

@@ -9,6 +9,7 @@ use crate::auth::{Permission, Principal};
 use crate::domain::{Context, ContextFilter, Timestamp, limits, parse_limit};
 use crate::error::{ServiceError, ServiceResult};
 use crate::search::rerank::{FuzzyQuery, fuse, normalise};
+use crate::store::VectorStore;
 use crate::store::vector::{SearchPath, search_filled};
 
 /// Related contexts shown per search hit at most.
@@ -16,7 +17,7 @@ const RELATED_PER_HIT: usize = 10;
 
 /// A validated search.
 #[derive(Clone)]
-struct SearchPlan {
+pub(super) struct SearchPlan {
     query: String,
     normalised: String,
     filter: ContextFilter,
@@ -36,18 +37,49 @@ fn unit_interval(field: &str, value: Option<f64>, default: f64) -> ServiceResult
     }
 }
 
+/// What the vector and fuzzy stages found, before any graph expansion.
+pub(super) struct Ranked {
+    pub hits: Vec<SearchHit>,
+    pub mode: SearchMode,
+    pub degraded_reason: Option<String>,
+    pub candidates: usize,
+}
+
 impl ContextService {
     fn plan_search(&self, principal: &Principal, request: SearchRequest) -> ServiceResult<SearchPlan> {
         let agent = principal.acting_agent(request.agent_id.as_deref())?;
-        let query = request.query.trim().to_string();
+        let filter = ContextFilter::parse(request.filter, principal.read_scope(&agent), Timestamp::now())?;
+        let mut plan = self.plan_recall(
+            &request.query,
+            filter,
+            request.limit,
+            request.candidates,
+            request.fuzzy_threshold,
+            request.vector_weight,
+        )?;
+        plan.expand_related = request.expand_related;
+        Ok(plan)
+    }
+
+    /// A validated query over a prefilter, for contexts or agent state.
+    pub(super) fn plan_recall(
+        &self,
+        query: &str,
+        filter: ContextFilter,
+        limit: Option<usize>,
+        candidates: Option<usize>,
+        fuzzy_threshold: Option<f64>,
+        vector_weight: Option<f64>,
+    ) -> ServiceResult<SearchPlan> {
+        let query = query.trim().to_string();
         if query.is_empty() {
             return Err(ServiceError::invalid("query must not be empty"));
         }
         if query.chars().count() > limits::MAX_QUERY_CHARS {
             return Err(ServiceError::invalid(format!("query must be at most {} characters", limits::MAX_QUERY_CHARS)));
         }
-        let limit = parse_limit(request.limit)?;
-        let candidates = request.candidates.unwrap_or((4 * limit).max(40));
+        let limit = parse_limit(limit)?;
+        let candidates = candidates.unwrap_or((4 * limit).max(40));
         if candidates < limit || candidates > limits::MAX_CANDIDATES {
             return Err(ServiceError::invalid(format!(
                 "candidates must be between limit and {}",
@@ -57,12 +89,12 @@ impl ContextService {
         Ok(SearchPlan {
             normalised: normalise(&query),
             query,
-            filter: ContextFilter::parse(request.filter, principal.read_scope(&agent), Timestamp::now())?,
+            filter,
             limit,
             candidates,
-            fuzzy_threshold: unit_interval("fuzzy_threshold", request.fuzzy_threshold, 0.0)?,
-            vector_weight: unit_interval("vector_weight", request.vector_weight, self.options.default_vector_weight)?,
-            expand_related: request.expand_related,
+            fuzzy_threshold: unit_interval("fuzzy_threshold", fuzzy_threshold, 0.0)?,
+            vector_weight: unit_interval("vector_weight", vector_weight, self.options.default_vector_weight)?,
+            expand_related: false,
         })
     }
 
@@ -105,10 +137,20 @@ impl ContextService {
     }
 
     async fn run_search(&self, plan: &SearchPlan) -> ServiceResult<SearchResponse> {
+        let Ranked { mut hits, mode, degraded_reason, candidates } = self.ranked(plan, self.vectors.as_ref()).await?;
+        if plan.expand_related {
+            self.expand_related(plan, &mut hits).await?;
+        }
+        Ok(SearchResponse { hits, mode, degraded_reason, candidates, cached: false })
+    }
+
+    /// The prefilter, vector and fuzzy stages over one collection: the nearest points that pass the filter,
+    /// reranked; by fuzzy similarity alone over the prefiltered points when the embedder is down.
+    pub(super) async fn ranked(&self, plan: &SearchPlan, store: &dyn VectorStore) -> ServiceResult<Ranked> {
         let (mode, degraded_reason, scored) = match self.embedder.embed(vec![plan.query.clone()]).await {
             Ok(mut vectors) => {
                 let vector = vectors.pop().ok_or_else(|| ServiceError::Internal("no query vector".into()))?;
-                let (hits, path) = search_filled(self.vectors.as_ref(), vector, &plan.filter, plan.candidates).await?;
+                let (hits, path) = search_filled(store, vector, &plan.filter, plan.candidates).await?;
                 if path == SearchPath::ExactFallback {
                     self.metrics.search_exact_fallbacks.inc();
                 }
@@ -117,7 +159,7 @@ impl ContextService {
             }
             Err(err) => {
                 tracing::warn!(error = %err, "embedder unavailable; searching by fuzzy similarity only");
-                let contexts = self.vectors.scroll(&plan.filter, self.options.fuzzy_fallback_scan).await?;
+                let contexts = store.scroll(&plan.filter, self.options.fuzzy_fallback_scan).await?;
                 let scored = contexts.into_iter().map(|c| (c, 0.0)).collect();
                 (SearchMode::FuzzyOnly, Some(format!("embedder unavailable: {err}")), scored)
             }
@@ -127,11 +169,8 @@ impl ContextService {
         // The rerank is CPU-bound (up to `fuzzy_fallback_scan` texts): it runs on a per-core lane, never on
         // the async workers, so long searches cannot stall other requests.
         let rerank_plan = plan.clone();
-        let mut hits = self.rerank_lanes.run(move || Ok(rerank(&rerank_plan, scored, vector_weight))).await?;
-        if plan.expand_related {
-            self.expand_related(plan, &mut hits).await?;
-        }
-        Ok(SearchResponse { hits, mode, degraded_reason, candidates, cached: false })
+        let hits = self.rerank_lanes.run(move || Ok(rerank(&rerank_plan, scored, vector_weight))).await?;
+        Ok(Ranked { hits, mode, degraded_reason, candidates })
     }
 
     /// Adds each hit's directly related, visible contexts: one graph call for all hits.

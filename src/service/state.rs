@@ -1,13 +1,21 @@
-//! Agent state: set (with compare-and-set and TTL), get, list by prefix, delete. State belongs to its agent.
+//! Agent state: set (with compare-and-set and TTL), get, list by prefix, delete, and recall by meaning.
+//! State belongs to its agent. Each entry whose value carries text (`state_points::state_text`) has an
+//! embedding in the graph and a point in the state collection, kept in line through the index journal.
+
+use uuid::Uuid;
 
 use super::{
     AgentStateKeyRequest, AgentStateList, AgentStateResponse, ContextService, DeleteAgentStateResponse,
-    ListAgentStateRequest, SetAgentStateRequest,
+    ListAgentStateRequest, RecallAgentStateRequest, RecallAgentStateResponse, SetAgentStateRequest, StateHit,
 };
 use crate::auth::{Permission, Principal};
-use crate::domain::{AgentState, Timestamp, limits, parse_identifier, parse_limit, parse_ttl};
+use crate::domain::{
+    AgentState, ContextFilter, ContextFilterArgs, ReadScope, Timestamp, limits, parse_identifier, parse_limit,
+    parse_ttl,
+};
 use crate::error::{ServiceError, ServiceResult, StoreError};
-use crate::store::graph::StateKey;
+use crate::store::graph::{StateKey, StateWrite};
+use crate::store::vector::state_points::{state_of_point, state_point, state_text};
 
 fn state_key(principal: &Principal, agent: Option<&str>, key: &str, session: Option<&str>) -> ServiceResult<StateKey> {
     let session_id = session.map(|s| parse_session(principal, s)).transpose()?;
@@ -56,8 +64,41 @@ impl ContextService {
             updated_at: now,
             expires_at: parse_ttl(request.ttl_seconds, now)?,
         };
-        let state = self.graph.set_state(&state, request.expected_version).await?;
+        let state = self.write_state(&state, request.expected_version).await?;
         Ok(AgentStateResponse { state })
+    }
+
+    /// Writes a state entry with its embedding (when its value carries text) and journal entry, then its
+    /// point; a failed point write is left to the repair (see the module documentation of `service`).
+    pub(super) async fn write_state(
+        &self,
+        state: &AgentState,
+        expected_version: Option<i64>,
+    ) -> ServiceResult<AgentState> {
+        let embedding = match state_text(&state.key, &state.value) {
+            Some(text) => Some(self.embed_one(&text).await?),
+            None => None,
+        };
+        let _ordered = self.item_lock(StateKey::of(state).point_id()).lock().await;
+        let write = self.graph.set_state(state, expected_version, embedding.as_deref()).await?;
+        let stored = write.state.clone().ok_or_else(|| ServiceError::Internal("state write stored nothing".into()))?;
+        let point = embedding.and_then(|vector| state_point(&stored, write.point_id, vector));
+        self.settle_state_point(&write, point).await;
+        Ok(stored)
+    }
+
+    /// Brings the point of a state write in line with it: upserted when the entry has one, else deleted.
+    async fn settle_state_point(&self, write: &StateWrite, point: Option<crate::store::VectorPoint>) {
+        let applied = match point {
+            Some(point) => self.state_vectors.upsert(vec![point]).await,
+            None => self.state_vectors.delete(&[write.point_id]).await,
+        };
+        match applied {
+            Ok(()) => self.written(write.journal_seq),
+            Err(err) => {
+                tracing::warn!(point = %write.point_id, error = %err, "state point left for the journal repair")
+            }
+        }
     }
 
     pub async fn get_agent_state(
@@ -105,10 +146,72 @@ impl ContextService {
     ) -> ServiceResult<DeleteAgentStateResponse> {
         principal.require(Permission::Write)?;
         let key = state_key(principal, request.agent_id.as_deref(), &request.key, request.session_id.as_deref())?;
+        let _ordered = self.item_lock(key.point_id()).lock().await;
         match self.graph.delete_state(&key, request.expected_version).await {
-            Ok(()) => Ok(DeleteAgentStateResponse { key: key.key, deleted: true }),
+            Ok(write) => {
+                self.settle_state_point(&write, None).await;
+                Ok(DeleteAgentStateResponse { key: key.key, deleted: true })
+            }
             Err(StoreError::NotFound) => Err(state_not_found(&key)),
             Err(other) => Err(other.into()),
         }
+    }
+
+    /// An agent's state recalled by meaning: its entries (in one session, or all of them) prefiltered, then
+    /// the nearest points, then the fuzzy rerank, as `search` does for contexts.
+    pub async fn recall_agent_state(
+        &self,
+        principal: &Principal,
+        request: RecallAgentStateRequest,
+    ) -> ServiceResult<RecallAgentStateResponse> {
+        principal.require(Permission::Read)?;
+        let agent = principal.acting_agent(request.agent_id.as_deref())?;
+        let session = request.session_id.as_deref().map(|s| parse_session(principal, s)).transpose()?;
+        // State points are private to their agent. Entries without a session have session "" in their point,
+        // which a caller limited to some sessions may still see (as it may read them by key).
+        let sessions = principal.read_scope(&agent).sessions.map(|mut sessions| {
+            sessions.push(String::new());
+            sessions
+        });
+        let scope = ReadScope { agent_id: agent.clone(), admin: false, sessions };
+        let mut filter = ContextFilter::parse(ContextFilterArgs::default(), scope, Timestamp::now())?;
+        filter.agent_ids = vec![agent];
+        filter.session_id = session;
+        let plan = self.plan_recall(
+            &request.query,
+            filter,
+            request.limit,
+            request.candidates,
+            request.fuzzy_threshold,
+            request.vector_weight,
+        )?;
+        let ranked = self.ranked(&plan, self.state_vectors.as_ref()).await?;
+        let hits = ranked
+            .hits
+            .into_iter()
+            .map(|hit| Ok(StateHit { state: state_of_point(&hit.context)?, scores: hit.scores }))
+            .collect::<ServiceResult<Vec<_>>>()?;
+        Ok(RecallAgentStateResponse {
+            hits,
+            mode: ranked.mode,
+            degraded_reason: ranked.degraded_reason,
+            candidates: ranked.candidates,
+        })
+    }
+
+    /// The live state entries among `point_ids` upserted to the state collection, the rest deleted (repair).
+    pub(super) async fn reapply_states(&self, point_ids: &[Uuid]) -> ServiceResult<()> {
+        let entries = self.graph.state_index_entries(point_ids).await?;
+        let live: std::collections::HashSet<Uuid> = entries.iter().map(|e| e.point_id).collect();
+        let gone: Vec<Uuid> = point_ids.iter().copied().filter(|id| !live.contains(id)).collect();
+        let points: Vec<_> =
+            entries.into_iter().filter_map(|e| state_point(&e.state, e.point_id, e.embedding)).collect();
+        if !points.is_empty() {
+            self.state_vectors.upsert(points).await?;
+        }
+        if !gone.is_empty() {
+            self.state_vectors.delete(&gone).await?;
+        }
+        Ok(())
     }
 }

@@ -109,6 +109,7 @@ impl ContextService {
             }
         }
         self.vectors.flush().await?;
+        self.state_vectors.flush().await?;
         Ok(counts)
     }
 
@@ -159,7 +160,8 @@ impl ContextService {
                     match self.graph.get_state(&key).await? {
                         Some(current) if current.value == state.value => counts.unchanged += 1,
                         _ => {
-                            self.graph.set_state(&state, None).await?;
+                            // Through the service's state write, so the entry gets its embedding and point.
+                            self.write_state(&state, None).await?;
                             counts.agent_states += 1;
                         }
                     }

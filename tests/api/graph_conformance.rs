@@ -407,17 +407,26 @@ async fn agent_state_compare_and_set_ttl_and_prefixes(store: Store) {
         session_id: session.map(str::to_string),
         key: k.into(),
     };
-    assert_eq!(store.set_state(&state("plan", json!({"step": 1}), None), Some(0)).await.unwrap().version, 1);
-    let again = store.set_state(&state("plan", json!(1), None), Some(0)).await;
+    assert_eq!(
+        store.set_state(&state("plan", json!({"step": 1}), None), Some(0), None).await.unwrap().state.unwrap().version,
+        1
+    );
+    let again = store.set_state(&state("plan", json!(1), None), Some(0), None).await;
     assert!(matches!(again, Err(StoreError::VersionConflict { expected: 0, current: 1 })), "{again:?}");
-    assert_eq!(store.set_state(&state("plan", json!({"step": 2}), None), None).await.unwrap().version, 2);
-    assert_eq!(store.set_state(&state("plan", json!({"step": 3}), None), Some(2)).await.unwrap().version, 3);
+    assert_eq!(
+        store.set_state(&state("plan", json!({"step": 2}), None), None, None).await.unwrap().state.unwrap().version,
+        2
+    );
+    assert_eq!(
+        store.set_state(&state("plan", json!({"step": 3}), None), Some(2), None).await.unwrap().state.unwrap().version,
+        3
+    );
     let got = store.get_state(&key("plan", None)).await.unwrap().expect("stored");
     assert_eq!((got.version, got.value), (3, json!({"step": 3})));
     assert_eq!(store.get_state(&key("plan", Some("s"))).await.unwrap(), None, "sessions keep states apart");
 
     for k in ["task/1", "task/2", "task/3", "note"] {
-        store.set_state(&state(k, json!(k), Some("s")), None).await.unwrap();
+        store.set_state(&state(k, json!(k), Some("s")), None, None).await.unwrap();
     }
     let keys = |found: Vec<AgentState>| found.into_iter().map(|s| s.key).collect::<Vec<_>>();
     assert_eq!(
@@ -430,10 +439,10 @@ async fn agent_state_compare_and_set_ttl_and_prefixes(store: Store) {
 
     let mut expired = state("flash", json!(true), None);
     expired.expires_at = Some(Timestamp(now.millis() - 1));
-    store.set_state(&expired, None).await.unwrap();
+    store.set_state(&expired, None, None).await.unwrap();
     assert_eq!(store.get_state(&key("flash", None)).await.unwrap(), None);
     assert_eq!(
-        store.set_state(&state("flash", json!(false), None), Some(0)).await.unwrap().version,
+        store.set_state(&state("flash", json!(false), None), Some(0), None).await.unwrap().state.unwrap().version,
         1,
         "expired = absent"
     );
@@ -444,6 +453,62 @@ async fn agent_state_compare_and_set_ttl_and_prefixes(store: Store) {
     store.delete_state(&key("plan", None), Some(3)).await.unwrap();
     assert_eq!(store.get_state(&key("plan", None)).await.unwrap(), None);
     assert_eq!(store.counts().await.unwrap().agent_states, 5);
+}
+
+async fn agent_state_embeddings_are_journaled_under_their_point(store: Store) {
+    store.create_session(&session("s")).await.unwrap();
+    let mut rng = fastrand::Rng::with_seed(11);
+    let entry = |key: &str, session: Option<&str>| AgentState {
+        agent_id: "alice".into(),
+        session_id: session.map(str::to_string),
+        key: key.into(),
+        value: json!({"decision": key}),
+        version: 0,
+        updated_at: Timestamp::now(),
+        expires_at: None,
+    };
+    let mut written = Vec::new();
+    for (i, session) in [None, Some("s"), None, Some("s"), None].into_iter().enumerate() {
+        let state = entry(&format!("k{i}"), session);
+        let embedding = random_vector(&mut rng);
+        let write = store.set_state(&state, None, Some(&embedding)).await.unwrap();
+        assert_eq!(write.point_id, StateKey::of(&state).point_id(), "the point is named by the key");
+        let pending: Vec<_> = store.pending_index(10_000).await.unwrap();
+        assert!(pending.iter().any(|p| p.seq == write.journal_seq && p.id == write.point_id), "journaled");
+        written.push((write.state.unwrap(), write.point_id, embedding));
+    }
+    let ids: Vec<Uuid> = written.iter().map(|w| w.1).collect();
+    let entries = store.state_index_entries(&ids).await.unwrap();
+    assert_eq!(entries.len(), 5);
+    for (state, point_id, embedding) in &written {
+        let found = entries.iter().find(|e| e.point_id == *point_id).expect("entry by point id");
+        assert_eq!(&found.state, state);
+        let drift = found.embedding.iter().zip(embedding).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        assert!(drift < 1e-6, "embedding round-trips, drift {drift}");
+    }
+
+    // A value that no longer carries text drops its embedding; a delete journals the point.
+    let (first, first_id, _) = &written[0];
+    store.set_state(&AgentState { value: json!(7), ..first.clone() }, None, None).await.unwrap();
+    let (second, second_id, _) = &written[1];
+    let deleted = store.delete_state(&StateKey::of(second), None).await.unwrap();
+    assert_eq!((deleted.state, deleted.point_id), (None, *second_id));
+    assert!(store.pending_index(10_000).await.unwrap().iter().any(|p| p.seq == deleted.journal_seq));
+    let left = store.state_index_entries(&ids).await.unwrap();
+    assert_eq!(left.len(), 3);
+    assert!(!left.iter().any(|e| e.point_id == *first_id || e.point_id == *second_id));
+
+    let mut scanned = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store.scan_state_index(after, 2).await.unwrap();
+        let Some(last) = page.last() else { break };
+        after = Some(last.point_id);
+        scanned.extend(page.into_iter().map(|e| e.point_id));
+    }
+    let mut expected: Vec<Uuid> = left.iter().map(|e| e.point_id).collect();
+    expected.sort();
+    assert_eq!(scanned, expected, "the scan pages through every embedded entry in point id order");
 }
 
 async fn index_entries_carry_embeddings_in_id_order(store: Store) {
@@ -513,11 +578,14 @@ async fn expired_items_are_found_and_purged(store: Store) {
         expires_at: expires_at.map(Timestamp),
     };
     for (key, expires) in [("old-1", Some(now.millis() - 5)), ("old-2", Some(now.millis() - 1)), ("new", None)] {
-        store.set_state(&state(key, expires), None).await.unwrap();
+        store.set_state(&state(key, expires), None, None).await.unwrap();
     }
-    assert_eq!(store.purge_expired_state(now, 1).await.unwrap(), 1, "the limit bounds one pass");
-    assert_eq!(store.purge_expired_state(now, 10).await.unwrap(), 1);
-    assert_eq!(store.purge_expired_state(now, 10).await.unwrap(), 0);
+    assert_eq!(store.purge_expired_state(now, 1).await.unwrap().len(), 1, "the limit bounds one pass");
+    let purged = store.purge_expired_state(now, 10).await.unwrap();
+    assert_eq!(purged.len(), 1);
+    let pending: Vec<_> = store.pending_index(1000).await.unwrap().into_iter().map(|p| p.id).collect();
+    assert!(pending.contains(&purged[0].id), "a purge journals the entry's point");
+    assert_eq!(store.purge_expired_state(now, 10).await.unwrap().len(), 0);
     assert_eq!(store.counts().await.unwrap().agent_states, 1);
 }
 
@@ -552,7 +620,7 @@ async fn export_scans_and_version_import(store: Store) {
     for (agent, session, key) in
         [("bob", None, "k"), ("alice", Some("s"), "b"), ("alice", None, "z"), ("alice", Some("s"), "a")]
     {
-        store.set_state(&state(agent, session, key), None).await.unwrap();
+        store.set_state(&state(agent, session, key), None, None).await.unwrap();
     }
     let mut scanned = Vec::new();
     let mut after: Option<StateKey> = None;
@@ -689,6 +757,7 @@ conformance!(
     filters_and_cursors_agree_with_the_oracle,
     relations_traverse_breadth_first,
     agent_state_compare_and_set_ttl_and_prefixes,
+    agent_state_embeddings_are_journaled_under_their_point,
     index_entries_carry_embeddings_in_id_order,
     expired_items_are_found_and_purged,
     export_scans_and_version_import,

@@ -199,6 +199,7 @@ pub struct TestCore {
     pub core: Option<Core>,
     pub embedder: Arc<SwitchableEmbedder>,
     pub vectors: Arc<SwitchableVectors>,
+    pub state_vectors: Arc<SwitchableVectors>,
     pub principal: Principal,
     neo4j: Option<tokio::sync::OwnedMutexGuard<()>>,
     /// Last: fields drop in order, and the stores must close before their folder goes.
@@ -250,12 +251,31 @@ impl TestCore {
         let graph = context_store::app::open_graph(&settings).await.expect("graph opens");
         let vectors =
             Arc::new(SwitchableVectors::new(context_store::app::open_vectors(&settings).await.expect("vectors open")));
-        let core =
-            Core::assemble(&settings, graph, vectors.clone(), embedder.clone(), metrics).await.expect("core starts");
+        let state_vectors = Arc::new(SwitchableVectors::new(
+            context_store::app::open_state_vectors(&settings).await.expect("state vectors open"),
+        ));
+        let core = Core::assemble_with_state(
+            &settings,
+            graph,
+            vectors.clone(),
+            state_vectors.clone(),
+            embedder.clone(),
+            metrics,
+        )
+        .await
+        .expect("core starts");
         assert_eq!(core.service.graph().backend(), graph_under_test(), "the graph store under test");
         let vectors_backend = if vectors_under_test() == "qdrant" { "qdrant" } else { "qdrant-edge" };
         assert_eq!(core.service.vectors().backend(), vectors_backend, "the vector store under test");
-        Self { core: Some(core), dir, embedder, vectors, principal: Principal::local_trusted("tester"), neo4j }
+        Self {
+            core: Some(core),
+            dir,
+            embedder,
+            vectors,
+            state_vectors,
+            principal: Principal::local_trusted("tester"),
+            neo4j,
+        }
     }
 
     pub fn service(&self) -> &Arc<ContextService> {

@@ -19,6 +19,15 @@ async fn stopped_store(n: usize) -> (tempfile::TempDir, Vec<uuid::Uuid>) {
         ids.push(app.store("ops", "tester", &format!("operations note number {i} about backups")).await.context.id);
     }
     ids.sort();
+    let decision = context_store::service::SetAgentStateRequest {
+        key: "backup_plan".into(),
+        value: serde_json::json!("copy the data dir every night"),
+        session_id: None,
+        expected_version: None,
+        ttl_seconds: None,
+        agent_id: None,
+    };
+    app.service().set_agent_state(&app.principal, decision).await.unwrap();
     app.core.take().unwrap().shutdown().await;
     let dir = std::mem::replace(&mut app.dir, tempfile::tempdir().unwrap());
     (dir, ids)
@@ -45,6 +54,7 @@ async fn doctor_reports_each_check_and_fails_on_missing_assets() {
 async fn reindex_rebuilds_lost_vectors_and_resumes_from_its_checkpoint() {
     let (dir, ids) = stopped_store(8).await;
     std::fs::remove_dir_all(dir.path().join("vectors")).unwrap();
+    std::fs::remove_dir_all(dir.path().join("state_vectors")).unwrap();
     // An interrupted run had done the first five.
     std::fs::write(dir.path().join("reindex.checkpoint"), ids[4].to_string()).unwrap();
     let resumed = binary(dir.path()).arg("reindex").output().unwrap();
@@ -53,6 +63,13 @@ async fn reindex_rebuilds_lost_vectors_and_resumes_from_its_checkpoint() {
     assert!(!dir.path().join("reindex.checkpoint").exists(), "a finished run removes its checkpoint");
     let app = TestCore::start_in(dir).await;
     assert_eq!(app.service().vectors().existing_ids(&ids).await.unwrap(), ids[5..].to_vec(), "only the rest");
+    let state_point = context_store::store::graph::StateKey {
+        agent_id: "tester".into(),
+        session_id: None,
+        key: "backup_plan".into(),
+    }
+    .point_id();
+    assert_eq!(app.service().state_vectors().existing_ids(&[state_point]).await.unwrap(), vec![state_point]);
     let dir = {
         let mut app = app;
         app.core.take().unwrap().shutdown().await;
@@ -124,7 +141,7 @@ async fn export_then_import_round_trips_everything_and_import_is_idempotent() {
     service.link_contexts(&context_store::auth::Principal::admin("root"), link).await.unwrap();
     let state = SetAgentStateRequest {
         key: "plan".into(),
-        value: json!({"step": 2}),
+        value: json!({"step": 2, "goal": "launch before the conference"}),
         session_id: Some("x".into()),
         agent_id: Some("ann".into()),
         expected_version: None,
@@ -189,5 +206,13 @@ async fn export_then_import_round_trips_everything_and_import_is_idempotent() {
         expected_version: None,
     };
     let state = restored.service().get_agent_state(&restored.principal, key).await.unwrap();
-    assert_eq!(state.state.value, json!({"step": 2}));
+    assert_eq!(state.state.value, json!({"step": 2, "goal": "launch before the conference"}));
+    let recall = context_store::service::RecallAgentStateRequest {
+        query: "when is the launch".into(),
+        agent_id: Some("ann".into()),
+        ..Default::default()
+    };
+    let recalled = restored.service().recall_agent_state(&restored.principal, recall).await.unwrap();
+    assert_eq!(recalled.hits.len(), 1, "an imported entry is recalled by meaning");
+    assert_eq!(recalled.hits[0].state.key, "plan");
 }

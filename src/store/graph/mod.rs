@@ -135,6 +135,45 @@ pub struct StateKey {
     pub key: String,
 }
 
+impl StateKey {
+    pub fn of(state: &AgentState) -> Self {
+        Self { agent_id: state.agent_id.clone(), session_id: state.session_id.clone(), key: state.key.clone() }
+    }
+
+    /// The id of the entry's vector point and journal entries: derived from the key (a UUIDv8 over its
+    /// SHA-256), so every replica and every write of the entry names the same point, and a lock on it can be
+    /// taken before the graph is asked.
+    pub fn point_id(&self) -> Uuid {
+        use sha2::{Digest, Sha256};
+        let mut hash = Sha256::new();
+        for part in [self.agent_id.as_str(), self.session_id.as_deref().unwrap_or(""), self.key.as_str()] {
+            hash.update((part.len() as u64).to_le_bytes());
+            hash.update(part.as_bytes());
+        }
+        let digest = hash.finalize();
+        let mut bytes = [0u8; 16];
+        bytes.copy_from_slice(&digest[..16]);
+        uuid::Builder::from_custom_bytes(bytes).into_uuid()
+    }
+}
+
+/// A state write as the graph committed it: the stored entry (absent after a delete) and the journal entry
+/// of its vector point.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StateWrite {
+    pub state: Option<AgentState>,
+    pub point_id: Uuid,
+    pub journal_seq: i64,
+}
+
+/// The indexable state of an agent state entry: the entry with the embedding of the text its value carries.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StateIndexEntry {
+    pub point_id: Uuid,
+    pub state: AgentState,
+    pub embedding: Vec<f32>,
+}
+
 /// The answer to an analyst query: column names and rows of JSON values in column order.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, schemars::JsonSchema)]
 pub struct QueryRows {
@@ -320,12 +359,20 @@ pub trait RelationGraph: Send + Sync + 'static {
     async fn relations_from(&self, ids: &[Uuid]) -> StoreResult<Vec<Relation>>;
 }
 
-/// Agent state: keyed values with compare-and-set versions and an optional expiry.
+/// Agent state: keyed values with compare-and-set versions and an optional expiry. Each entry is a node of
+/// its agent (and session, when it has one); the embedding of the text its value carries is kept beside it
+/// and every change is journaled under the entry's point id (`StateKey::point_id`), as contexts are.
 #[async_trait]
 pub trait StateGraph: Send + Sync + 'static {
     /// Writes agent state with compare-and-set: `expected_version` None writes unconditionally,
-    /// `Some(0)` only creates, `Some(v)` only replaces version v. Returns the stored state.
-    async fn set_state(&self, state: &AgentState, expected_version: Option<i64>) -> StoreResult<AgentState>;
+    /// `Some(0)` only creates, `Some(v)` only replaces version v. `embedding` is that of the value's text
+    /// (None: the value carries none). Returns the stored state and the journal entry of its point.
+    async fn set_state(
+        &self,
+        state: &AgentState,
+        expected_version: Option<i64>,
+        embedding: Option<&[f32]>,
+    ) -> StoreResult<StateWrite>;
     async fn get_state(&self, key: &StateKey) -> StoreResult<Option<AgentState>>;
     /// States of an agent (in one session, or without session when None) whose key starts with
     /// `prefix`, ordered by key, after `after_key`.
@@ -337,12 +384,18 @@ pub trait StateGraph: Send + Sync + 'static {
         after_key: Option<&str>,
         limit: usize,
     ) -> StoreResult<Vec<AgentState>>;
-    /// Deletes agent state; `NotFound` when absent, `VersionConflict` on a stale expected version.
-    async fn delete_state(&self, key: &StateKey, expected_version: Option<i64>) -> StoreResult<()>;
+    /// Deletes agent state and journals its point; `NotFound` when absent, `VersionConflict` on a stale
+    /// expected version.
+    async fn delete_state(&self, key: &StateKey, expected_version: Option<i64>) -> StoreResult<StateWrite>;
     /// Every agent state (live or not yet purged) ordered by (agent, session, key), after `after` (export).
     async fn scan_states(&self, after: Option<&StateKey>, limit: usize) -> StoreResult<Vec<AgentState>>;
-    /// Removes at most `limit` agent state entries whose expiry is at or before `now`; returns how many.
-    async fn purge_expired_state(&self, now: Timestamp, limit: usize) -> StoreResult<u64>;
+    /// Removes at most `limit` agent state entries whose expiry is at or before `now`, journaling their
+    /// points in the same transaction; returns those journal entries.
+    async fn purge_expired_state(&self, now: Timestamp, limit: usize) -> StoreResult<Vec<PendingIndex>>;
+    /// The entries among `point_ids` that have an embedding (others are absent: their point should not exist).
+    async fn state_index_entries(&self, point_ids: &[Uuid]) -> StoreResult<Vec<StateIndexEntry>>;
+    /// Entries with embeddings in point id order after `after`: the input of a full reindex.
+    async fn scan_state_index(&self, after: Option<Uuid>, limit: usize) -> StoreResult<Vec<StateIndexEntry>>;
 }
 
 /// The index journal and what repair, rollback and expiry need: every change to a context is journaled in

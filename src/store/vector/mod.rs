@@ -6,6 +6,7 @@ pub mod edge;
 pub mod filter;
 pub mod payload;
 pub mod qdrant;
+pub mod state_points;
 
 use async_trait::async_trait;
 use uuid::Uuid;

@@ -55,6 +55,8 @@ mod cypher {
     pub const STATE_PURGE_EXPIRED: &str = include_str!("../../../../cypher/state_purge_expired.cypher");
     pub const RELATIONS_FROM: &str = include_str!("../../../../cypher/relations_from.cypher");
     pub const STATE_SCAN: &str = include_str!("../../../../cypher/state_scan.cypher");
+    pub const STATE_INDEX_ENTRIES: &str = include_str!("../../../../cypher/state_index_entries.cypher");
+    pub const STATE_INDEX_SCAN: &str = include_str!("../../../../cypher/state_index_scan.cypher");
     pub const VERSIONS_IMPORT: &str = include_str!("../../../../cypher/versions_import.cypher");
     pub const COUNTS: &str = include_str!("../../../../cypher/counts.cypher");
     pub const STATE_GET_MANY: &str = include_str!("../../../../cypher/state_get_many.cypher");

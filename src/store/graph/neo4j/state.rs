@@ -1,10 +1,20 @@
 use super::rows::*;
-use super::{Neo4jGraphStore, TxResult, cypher, query, rows};
+use super::{Neo4jGraphStore, TxResult, cypher, journal, query, rows};
 use crate::domain::{AgentState, Timestamp};
 use crate::error::{StoreError, StoreResult};
-use crate::store::graph::{StateGraph, StateKey, versions};
+use crate::store::graph::{PendingIndex, StateGraph, StateIndexEntry, StateKey, StateWrite, versions};
 use async_trait::async_trait;
-use neo4rs::{Query, Txn};
+use neo4rs::{Query, Row, Txn};
+use uuid::Uuid;
+
+fn state_index_entry(row: &Row) -> TxResult<StateIndexEntry> {
+    let embedding: Vec<f64> = row.get("embedding")?;
+    Ok(StateIndexEntry {
+        state: state_of(row)?,
+        point_id: parse_uuid(&row.get::<String>("point_id")?)?,
+        embedding: embedding.into_iter().map(|v| v as f32).collect(),
+    })
+}
 
 pub(super) fn state_params(statement: Query, key: &StateKey) -> Query {
     statement
@@ -24,9 +34,15 @@ pub(super) async fn lock_state(txn: &mut Txn, key: &StateKey, now: Timestamp) ->
 
 #[async_trait]
 impl StateGraph for Neo4jGraphStore {
-    async fn set_state(&self, state: &AgentState, expected_version: Option<i64>) -> StoreResult<AgentState> {
-        let key =
-            StateKey { agent_id: state.agent_id.clone(), session_id: state.session_id.clone(), key: state.key.clone() };
+    async fn set_state(
+        &self,
+        state: &AgentState,
+        expected_version: Option<i64>,
+        embedding: Option<&[f32]>,
+    ) -> StoreResult<StateWrite> {
+        let key = StateKey::of(state);
+        let point_id = key.point_id();
+        let embedding: Option<Vec<f64>> = embedding.map(|e| e.iter().map(|v| f64::from(*v)).collect());
         transaction!(self, |txn| {
             let key = key.clone();
             let current = lock_state(txn, &key, state.updated_at).await?;
@@ -36,9 +52,12 @@ impl StateGraph for Neo4jGraphStore {
                 .param("value", json_text(&stored.value))
                 .param("version", stored.version)
                 .param("updated_at", stored.updated_at.millis())
-                .param("expires_at", stored.expires_at.map(Timestamp::millis));
+                .param("expires_at", stored.expires_at.map(Timestamp::millis))
+                .param("point_id", point_id.to_string())
+                .param("embedding", embedding.clone());
             txn.run(statement).await?;
-            Ok(stored)
+            let journal_seq = journal::record(txn, point_id, "state").await?;
+            Ok(StateWrite { state: Some(stored), point_id, journal_seq })
         })
     }
 
@@ -72,12 +91,13 @@ impl StateGraph for Neo4jGraphStore {
         })
     }
 
-    async fn delete_state(&self, key: &StateKey, expected_version: Option<i64>) -> StoreResult<()> {
+    async fn delete_state(&self, key: &StateKey, expected_version: Option<i64>) -> StoreResult<StateWrite> {
+        let point_id = key.point_id();
         transaction!(self, |txn| {
             let current = lock_state(txn, key, Timestamp::now()).await?;
             versions::check_delete(expected_version, current)?;
             txn.run(state_params(query(cypher::STATE_DELETE), key)).await?;
-            Ok(())
+            Ok(StateWrite { state: None, point_id, journal_seq: journal::record(txn, point_id, "state").await? })
         })
     }
 
@@ -90,11 +110,44 @@ impl StateGraph for Neo4jGraphStore {
         })
     }
 
-    async fn purge_expired_state(&self, now: Timestamp, limit: usize) -> StoreResult<u64> {
+    async fn purge_expired_state(&self, now: Timestamp, limit: usize) -> StoreResult<Vec<PendingIndex>> {
         transaction!(self, |txn| {
             let statement = query(cypher::STATE_PURGE_EXPIRED).param("now", now.millis()).param("limit", limit as i64);
-            let found = rows(txn, statement).await?;
-            Ok(found.first().map(|row| row.get::<i64>("purged")).transpose()?.unwrap_or(0) as u64)
+            let mut journaled = Vec::new();
+            for row in rows(txn, statement).await? {
+                let session: String = row.get("session_id")?;
+                let key = StateKey {
+                    agent_id: row.get("agent_id")?,
+                    session_id: (!session.is_empty()).then_some(session),
+                    key: row.get("key")?,
+                };
+                let id = key.point_id();
+                journaled.push(PendingIndex { seq: journal::record(txn, id, "state").await?, id });
+            }
+            Ok(journaled)
+        })
+    }
+
+    async fn state_index_entries(&self, point_ids: &[Uuid]) -> StoreResult<Vec<StateIndexEntry>> {
+        if point_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        read!(self, |txn| {
+            let ids: Vec<String> = point_ids.iter().map(Uuid::to_string).collect();
+            rows(txn, query(cypher::STATE_INDEX_ENTRIES).param("ids", ids))
+                .await?
+                .iter()
+                .map(state_index_entry)
+                .collect()
+        })
+    }
+
+    async fn scan_state_index(&self, after: Option<Uuid>, limit: usize) -> StoreResult<Vec<StateIndexEntry>> {
+        read!(self, |txn| {
+            let statement = query(cypher::STATE_INDEX_SCAN)
+                .param("after", after.map(|a| a.to_string()).unwrap_or_default())
+                .param("limit", limit as i64);
+            rows(txn, statement).await?.iter().map(state_index_entry).collect()
         })
     }
 }

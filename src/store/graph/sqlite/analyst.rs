@@ -252,7 +252,8 @@ fn scoped_views(scope: &ReadScope, now: Timestamp, prefix: &str) -> String {
         (
             "agent_state",
             format!(
-                "SELECT * FROM main.agent_state WHERE agent_id = {me} \
+                "SELECT agent_id, session_id, key, value, version, updated_at, expires_at FROM main.agent_state \
+                 WHERE agent_id = {me} \
                  AND (expires_at IS NULL OR expires_at > {now}){state_sessions}"
             ),
         ),

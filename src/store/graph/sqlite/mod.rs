@@ -115,6 +115,18 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     if !has_created_by {
         conn.execute_batch("ALTER TABLE relations ADD COLUMN created_by TEXT NOT NULL DEFAULT ''")?;
     }
+    let has_point_id: bool = conn.query_row(
+        "SELECT COUNT(*) > 0 FROM pragma_table_info('agent_state') WHERE name = 'point_id'",
+        [],
+        |row| row.get(0),
+    )?;
+    if !has_point_id {
+        // Entries written before state was embedded get their point id and vector at their next write.
+        conn.execute_batch(
+            "ALTER TABLE agent_state ADD COLUMN point_id TEXT; ALTER TABLE agent_state ADD COLUMN embedding BLOB;",
+        )?;
+    }
+    conn.execute_batch("CREATE INDEX IF NOT EXISTS agent_state_by_point ON agent_state(point_id)")?;
     Ok(())
 }
 

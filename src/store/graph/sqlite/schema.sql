@@ -65,7 +65,9 @@ CREATE TABLE IF NOT EXISTS relations (
 );
 CREATE INDEX IF NOT EXISTS relations_by_target ON relations(to_id);
 
--- Agent state; session_id '' means "no session".
+-- Agent state nodes: (Agent)-[:HAS_STATE] is agent_id, -[:IN_SESSION] is session_id ('' means "no
+-- session"). point_id names the entry's vector point (StateKey::point_id); embedding is that of the text
+-- the value carries, NULL when it carries none (and in rows written before state was embedded).
 CREATE TABLE IF NOT EXISTS agent_state (
     agent_id    TEXT NOT NULL,
     session_id  TEXT NOT NULL DEFAULT '',
@@ -74,6 +76,8 @@ CREATE TABLE IF NOT EXISTS agent_state (
     version     INTEGER NOT NULL,
     updated_at  INTEGER NOT NULL,
     expires_at  INTEGER,
+    point_id    TEXT,
+    embedding   BLOB,
     PRIMARY KEY (agent_id, session_id, key)
 );
 CREATE INDEX IF NOT EXISTS agent_state_by_expiry ON agent_state(expires_at) WHERE expires_at IS NOT NULL;

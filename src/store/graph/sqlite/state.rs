@@ -1,15 +1,34 @@
 use super::SqliteGraphStore;
+use super::journal;
 use super::rows::*;
 use crate::domain::{AgentState, Timestamp};
 use crate::error::StoreResult;
-use crate::store::graph::{StateGraph, StateKey, versions};
+use crate::store::graph::{PendingIndex, StateGraph, StateIndexEntry, StateKey, StateWrite, versions};
 use async_trait::async_trait;
-use rusqlite::{OptionalExtension, params};
+use rusqlite::{OptionalExtension, Row, params, params_from_iter};
+use uuid::Uuid;
+
+const STATE_INDEX_COLUMNS: &str =
+    "agent_id, session_id, key, value, version, updated_at, expires_at, point_id, embedding";
+
+fn state_index_entry(row: &Row<'_>) -> rusqlite::Result<StateIndexEntry> {
+    Ok(StateIndexEntry {
+        state: state_from_row(row)?,
+        point_id: parse_uuid(&row.get::<_, String>(7)?)?,
+        embedding: decode_embedding(&row.get::<_, Vec<u8>>(8)?),
+    })
+}
 
 #[async_trait]
 impl StateGraph for SqliteGraphStore {
-    async fn set_state(&self, state: &AgentState, expected_version: Option<i64>) -> StoreResult<AgentState> {
+    async fn set_state(
+        &self,
+        state: &AgentState,
+        expected_version: Option<i64>,
+        embedding: Option<&[f32]>,
+    ) -> StoreResult<StateWrite> {
         let state = state.clone();
+        let embedding = embedding.map(encode_embedding);
         self.write(move |tx| {
             let session = state.session_id.clone().unwrap_or_default();
             let now = state.updated_at.millis();
@@ -24,11 +43,13 @@ impl StateGraph for SqliteGraphStore {
                 .unwrap_or(0);
             versions::check_expected(expected_version, current)?;
             let stored = AgentState { version: versions::next_version(current), ..state };
+            let point_id = StateKey::of(&stored).point_id();
             tx.execute(
-                "INSERT INTO agent_state (agent_id, session_id, key, value, version, updated_at, expires_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT(agent_id, session_id, key) DO UPDATE SET \
-                 value = excluded.value, version = excluded.version, updated_at = excluded.updated_at, \
-                 expires_at = excluded.expires_at",
+                "INSERT INTO agent_state (agent_id, session_id, key, value, version, updated_at, expires_at, \
+                 point_id, embedding) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
+                 ON CONFLICT(agent_id, session_id, key) DO UPDATE SET value = excluded.value, \
+                 version = excluded.version, updated_at = excluded.updated_at, expires_at = excluded.expires_at, \
+                 point_id = excluded.point_id, embedding = excluded.embedding",
                 params![
                     stored.agent_id,
                     session,
@@ -36,10 +57,13 @@ impl StateGraph for SqliteGraphStore {
                     json_text(&stored.value),
                     stored.version,
                     now,
-                    stored.expires_at.map(Timestamp::millis)
+                    stored.expires_at.map(Timestamp::millis),
+                    point_id.to_string(),
+                    embedding
                 ],
             )?;
-            Ok(stored)
+            let journal_seq = journal::record(tx, point_id, "state")?;
+            Ok(StateWrite { state: Some(stored), point_id, journal_seq })
         })
         .await
     }
@@ -85,7 +109,7 @@ impl StateGraph for SqliteGraphStore {
         .await
     }
 
-    async fn delete_state(&self, key: &StateKey, expected_version: Option<i64>) -> StoreResult<()> {
+    async fn delete_state(&self, key: &StateKey, expected_version: Option<i64>) -> StoreResult<StateWrite> {
         let key = key.clone();
         self.write(move |tx| {
             let session = key.session_id.clone().unwrap_or_default();
@@ -103,7 +127,8 @@ impl StateGraph for SqliteGraphStore {
                 "DELETE FROM agent_state WHERE agent_id = ?1 AND session_id = ?2 AND key = ?3",
                 params![key.agent_id, session, key.key],
             )?;
-            Ok(())
+            let point_id = key.point_id();
+            Ok(StateWrite { state: None, point_id, journal_seq: journal::record(tx, point_id, "state")? })
         })
         .await
     }
@@ -124,17 +149,65 @@ impl StateGraph for SqliteGraphStore {
         .await
     }
 
-    async fn purge_expired_state(&self, now: Timestamp, limit: usize) -> StoreResult<u64> {
+    async fn purge_expired_state(&self, now: Timestamp, limit: usize) -> StoreResult<Vec<PendingIndex>> {
         self.write(move |tx| {
-            let purged = tx.execute(
-                &format!(
-                    "DELETE FROM agent_state WHERE rowid IN (SELECT rowid FROM agent_state \
-                     WHERE expires_at IS NOT NULL AND expires_at <= ?1{})",
-                    limit_sql(limit)
-                ),
-                params![now.millis()],
-            )?;
-            Ok(purged as u64)
+            let mut statement = tx.prepare_cached(&format!(
+                "DELETE FROM agent_state WHERE rowid IN (SELECT rowid FROM agent_state \
+                 WHERE expires_at IS NOT NULL AND expires_at <= ?1{}) RETURNING agent_id, session_id, key",
+                limit_sql(limit)
+            ))?;
+            let keys = statement
+                .query_map(params![now.millis()], |row| {
+                    let session: String = row.get(1)?;
+                    Ok(StateKey {
+                        agent_id: row.get(0)?,
+                        session_id: (!session.is_empty()).then_some(session),
+                        key: row.get(2)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            drop(statement);
+            keys.iter()
+                .map(|key| {
+                    let id = key.point_id();
+                    Ok(PendingIndex { seq: journal::record(tx, id, "state")?, id })
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn state_index_entries(&self, point_ids: &[Uuid]) -> StoreResult<Vec<StateIndexEntry>> {
+        if point_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<String> = point_ids.iter().map(Uuid::to_string).collect();
+        self.read(move |conn| {
+            let mut entries = Vec::new();
+            for chunk in ids.chunks(500) {
+                let sql = format!(
+                    "SELECT {STATE_INDEX_COLUMNS} FROM agent_state WHERE point_id IN ({}) AND embedding IS NOT NULL",
+                    placeholders(chunk.len())
+                );
+                let mut statement = conn.prepare_cached(&sql)?;
+                let rows = statement.query_map(params_from_iter(chunk.iter()), state_index_entry)?;
+                entries.extend(rows.collect::<rusqlite::Result<Vec<_>>>()?);
+            }
+            Ok(entries)
+        })
+        .await
+    }
+
+    async fn scan_state_index(&self, after: Option<Uuid>, limit: usize) -> StoreResult<Vec<StateIndexEntry>> {
+        let after = after.map(|a| a.to_string()).unwrap_or_default();
+        self.read(move |conn| {
+            let mut statement = conn.prepare_cached(&format!(
+                "SELECT {STATE_INDEX_COLUMNS} FROM agent_state WHERE point_id > ?1 AND embedding IS NOT NULL \
+                 ORDER BY point_id{}",
+                limit_sql(limit)
+            ))?;
+            let rows = statement.query_map(params![after], state_index_entry)?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })
         .await
     }
