@@ -29,7 +29,8 @@ use crate::tools::{self, ToolSpec};
 
 const INSTRUCTIONS: &str = "Shared, durable memory for agents. Create or pick a session, store contexts \
 (text + tags + metadata) with store_context, find them with search_context (semantic + fuzzy), relate them \
-with link_contexts, and keep per-agent JSON state with set_agent_state. Ids are arguments; nothing depends \
+with link_contexts, and keep per-agent JSON state with set_agent_state (recall it by meaning with \
+recall_agent_state). Ids are arguments; nothing depends \
 on the MCP session.";
 
 /// The MCP server: cheap to clone, one per MCP session (rmcp's factory clones it).
