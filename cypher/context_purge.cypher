@@ -1,5 +1,6 @@
-// Removes a deleted context for good, with its versions and every edge.
+// Removes a deleted context for good, with its versions, its recall statistics and every edge.
 MATCH (c:Context {id: $id})
 WHERE c.deleted
 OPTIONAL MATCH (c)-[:SUPERSEDES]->(v:ContextVersion)
-DETACH DELETE v, c
+OPTIONAL MATCH (r:ContextRecall {context_id: $id})
+DETACH DELETE v, c, r

@@ -4,8 +4,8 @@ use uuid::Uuid;
 
 use super::{
     ContextList, ContextService, DeleteContextRequest, DeleteContextResponse, GetContextRequest, GetContextResponse,
-    GetRelatedRequest, LinkContextsRequest, LinkContextsResponse, ListContextsRequest, RelatedItem, RelatedList,
-    StoreContextRequest, StoreContextResponse, UpdateContextRequest, parse_id_cursor,
+    GetRelatedRequest, LinkContextsRequest, LinkContextsResponse, ListContextsRequest, ListOrder, RelatedItem,
+    RelatedList, StoreContextRequest, StoreContextResponse, UpdateContextRequest, parse_id_cursor,
 };
 use crate::auth::{Permission, Principal};
 use crate::domain::{
@@ -13,10 +13,14 @@ use crate::domain::{
     parse_limit, parse_metadata, parse_tags, parse_ttl, parse_type, parse_uuid,
 };
 use crate::error::{ServiceError, ServiceResult};
+use crate::store::graph::RecallOrder;
 use crate::store::{InsertOutcome, VectorPoint};
 
 /// How many nodes a related-contexts traversal explores at most.
 const MAX_RELATED_NODES: usize = 1000;
+
+/// How deep a client may page into the recall orders of `list_contexts`.
+const MAX_RECALL_OFFSET: usize = 10_000;
 
 impl ContextService {
     pub(super) async fn embed_one(&self, text: &str) -> ServiceResult<Vec<f32>> {
@@ -106,6 +110,7 @@ impl ContextService {
         let id = parse_uuid("id", &request.id)?;
         let scope = principal.read_scope(&agent);
         let context = self.visible_context(id, &scope).await?;
+        self.recalls.note([id]);
         let versions = if request.include_versions {
             let versions = self.graph.context_versions(id).await?;
             versions.into_iter().filter(|version| scope.may_see_version(&context, version)).collect()
@@ -215,15 +220,36 @@ impl ContextService {
         let agent = principal.acting_agent(request.agent_id.as_deref())?;
         let filter = ContextFilter::parse(request.filter, principal.read_scope(&agent), Timestamp::now())?;
         let limit = parse_limit(request.limit)?;
-        let after = parse_id_cursor(request.cursor.as_deref())?;
-        let mut contexts = self.graph.list_contexts(&filter, after, limit + 1).await?;
-        let next_cursor = if contexts.len() > limit {
-            contexts.truncate(limit);
-            contexts.last().map(|c| c.id.to_string())
-        } else {
-            None
+        let order = match request.sort {
+            ListOrder::Newest => None,
+            ListOrder::MostRecalled => Some(RecallOrder::Count),
+            ListOrder::LastRecalled => Some(RecallOrder::LastRecalled),
         };
-        Ok(ContextList { contexts, next_cursor })
+        let Some(order) = order else {
+            let after = parse_id_cursor(request.cursor.as_deref())?;
+            let mut contexts = self.graph.list_contexts(&filter, after, limit + 1).await?;
+            let next_cursor = if contexts.len() > limit {
+                contexts.truncate(limit);
+                contexts.last().map(|c| c.id.to_string())
+            } else {
+                None
+            };
+            return Ok(ContextList { contexts, next_cursor, recall: Default::default() });
+        };
+        // Statistics change while a client pages, so these orders page by position (`r:<offset>`).
+        let offset = match request.cursor.as_deref() {
+            None => 0,
+            Some(cursor) => cursor
+                .strip_prefix("r:")
+                .and_then(|n| n.parse::<usize>().ok())
+                .filter(|n| *n <= MAX_RECALL_OFFSET)
+                .ok_or_else(|| ServiceError::invalid("cursor is not one this service issued for this order"))?,
+        };
+        let mut rows = self.graph.list_recalled(&filter, order, offset, limit + 1).await?;
+        let next_cursor = (rows.len() > limit).then(|| format!("r:{}", offset + limit));
+        rows.truncate(limit);
+        let recall = rows.iter().map(|(context, stats)| (context.id.to_string(), *stats)).collect();
+        Ok(ContextList { contexts: rows.into_iter().map(|(context, _)| context).collect(), next_cursor, recall })
     }
 
     pub async fn link_contexts(

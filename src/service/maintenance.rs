@@ -264,6 +264,9 @@ impl ContextService {
                     if let Err(err) = self.flush().await {
                         tracing::warn!(error = %err, "vector flush failed; will retry");
                     }
+                    if let Err(err) = self.flush_recalls().await {
+                        tracing::warn!(error = %err, "recall statistics not written; will retry");
+                    }
                 }
                 _ = optimize_tick.tick() => {
                     let minimum = options.optimize_min_new_points;
@@ -277,6 +280,9 @@ impl ContextService {
         }
         if let Err(err) = self.flush().await {
             tracing::error!(error = %err, "final vector flush failed; the journal will repair it at start-up");
+        }
+        if let Err(err) = self.flush_recalls().await {
+            tracing::warn!(error = %err, "the last recall statistics were not written");
         }
     }
 }

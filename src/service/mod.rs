@@ -14,6 +14,7 @@ pub mod analytics;
 pub mod changes;
 mod contexts;
 mod maintenance;
+pub mod recalls;
 pub mod requests;
 mod search;
 mod sessions;
@@ -89,6 +90,8 @@ pub struct ContextService {
     write_slots: Arc<tokio::sync::Semaphore>,
     /// Every change to a context, for subscribers.
     changes: changes::ChangeFeed,
+    /// Recalls counted since the last flush (see `recalls`).
+    recalls: recalls::RecallLog,
 }
 
 /// Writes that may run at once on their own, their callers gone or not.
@@ -121,6 +124,7 @@ impl ContextService {
             rerank_lanes: crate::store::lanes::BlockingLanes::per_core(),
             write_slots: Arc::new(tokio::sync::Semaphore::new(MAX_RUNNING_WRITES)),
             changes: changes::ChangeFeed::new(changes::FEED_CAPACITY),
+            recalls: Default::default(),
         }
     }
 

@@ -158,9 +158,13 @@ pub struct DeleteContextResponse {
 pub struct ListContextsRequest {
     #[serde(flatten)]
     pub filter: ContextFilterArgs,
-    /// Page size, 1-200 (default 20). Newest first.
+    /// Page size, 1-200 (default 20).
     #[serde(default)]
     pub limit: Option<usize>,
+    /// The order: `newest` (the default), `most_recalled` or `last_recalled`; the last two list only contexts
+    /// returned by a search or read at least once, with their `recall` statistics.
+    #[serde(default)]
+    pub sort: ListOrder,
     /// The `next_cursor` of the previous page.
     #[serde(default)]
     pub cursor: Option<String>,
@@ -169,11 +173,23 @@ pub struct ListContextsRequest {
     pub agent_id: Option<String>,
 }
 
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ListOrder {
+    #[default]
+    Newest,
+    MostRecalled,
+    LastRecalled,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct ContextList {
     pub contexts: Vec<Context>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub next_cursor: Option<String>,
+    /// For the recall orders: each listed context's statistics, by id.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty", default)]
+    pub recall: std::collections::BTreeMap<String, crate::store::graph::RecallStats>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
@@ -198,6 +214,14 @@ pub struct SearchRequest {
     /// Also return the contexts directly related to each hit.
     #[serde(default)]
     pub expand_related: bool,
+    /// Weight of recency (1 when written or recalled just now, halving each week since) in the final
+    /// score, 0-1 (default 0: off). The vector and fuzzy scores share what the two weights leave.
+    #[serde(default)]
+    pub recency_weight: Option<f64>,
+    /// Weight of how often the context was recalled before (1 - 0.9^recalls) in the final score, 0-1
+    /// (default 0: off). recency_weight + recall_weight is at most 1.
+    #[serde(default)]
+    pub recall_weight: Option<f64>,
     /// The searching agent (defaults to the caller).
     #[serde(default)]
     pub agent_id: Option<String>,
@@ -212,6 +236,12 @@ pub struct ScoreBreakdown {
     /// The fused score hits are ordered by.
     #[serde(rename = "final")]
     pub final_score: f64,
+    /// Recency score, 0-1, when `recency_weight` is set.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub recency: Option<f64>,
+    /// Recall score, 0-1, when `recall_weight` is set.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub recall: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]

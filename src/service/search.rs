@@ -4,12 +4,14 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use super::recalls::{recall_score, recency_score};
 use super::{ContextService, RelatedSummary, ScoreBreakdown, SearchHit, SearchMode, SearchRequest, SearchResponse};
 use crate::auth::{Permission, Principal};
 use crate::domain::{Context, ContextFilter, Timestamp, limits, parse_limit};
 use crate::error::{ServiceError, ServiceResult};
 use crate::search::rerank::{FuzzyQuery, fuse, normalise};
 use crate::store::VectorStore;
+use crate::store::graph::RecallStats;
 use crate::store::vector::{SearchPath, search_filled};
 
 /// Related contexts shown per search hit at most.
@@ -26,6 +28,9 @@ pub(super) struct SearchPlan {
     fuzzy_threshold: f64,
     vector_weight: f64,
     expand_related: bool,
+    /// Weights of the recency and recall scores (0: not computed).
+    recency_weight: f64,
+    recall_weight: f64,
 }
 
 fn unit_interval(field: &str, value: Option<f64>, default: f64) -> ServiceResult<f64> {
@@ -58,6 +63,11 @@ impl ContextService {
             request.vector_weight,
         )?;
         plan.expand_related = request.expand_related;
+        plan.recency_weight = unit_interval("recency_weight", request.recency_weight, 0.0)?;
+        plan.recall_weight = unit_interval("recall_weight", request.recall_weight, 0.0)?;
+        if plan.recency_weight + plan.recall_weight > 1.0 {
+            return Err(ServiceError::invalid("recency_weight + recall_weight must be at most 1"));
+        }
         Ok(plan)
     }
 
@@ -95,6 +105,8 @@ impl ContextService {
             fuzzy_threshold: unit_interval("fuzzy_threshold", fuzzy_threshold, 0.0)?,
             vector_weight: unit_interval("vector_weight", vector_weight, self.options.default_vector_weight)?,
             expand_related: false,
+            recency_weight: 0.0,
+            recall_weight: 0.0,
         })
     }
 
@@ -102,7 +114,7 @@ impl ContextService {
         let mut filter = plan.filter.clone();
         filter.now = Timestamp(0);
         format!(
-            "{}|{}|{}|{}|{}|{}|{}|{}",
+            "{}|{}|{}|{}|{}|{}|{}|{}|{}|{}",
             self.generation.load(Ordering::SeqCst),
             serde_json::to_string(&filter).unwrap_or_default(),
             plan.query,
@@ -110,7 +122,9 @@ impl ContextService {
             plan.candidates,
             plan.fuzzy_threshold,
             plan.vector_weight,
-            plan.expand_related
+            plan.expand_related,
+            plan.recency_weight,
+            plan.recall_weight
         )
     }
 
@@ -125,10 +139,12 @@ impl ContextService {
             let mut response = cached.as_ref().clone();
             response.hits.retain(|hit| !hit.context.is_expired(now));
             response.cached = true;
+            self.recalls.note(response.hits.iter().map(|hit| hit.context.id));
             return Ok(response);
         }
         self.metrics.search_cache_misses.inc();
         let response = self.run_search(&plan).await?;
+        self.recalls.note(response.hits.iter().map(|hit| hit.context.id));
         // A degraded answer is not cached: the next call should try the embedder again.
         if caching && response.mode == SearchMode::Hybrid {
             self.search_cache.insert(key, Arc::new(response.clone())).await;
@@ -166,10 +182,17 @@ impl ContextService {
         };
         let candidates = scored.len();
         let vector_weight = if mode == SearchMode::FuzzyOnly { 0.0 } else { plan.vector_weight };
+        let stats = if plan.recency_weight > 0.0 || plan.recall_weight > 0.0 {
+            let ids: Vec<uuid::Uuid> = scored.iter().map(|(context, _)| context.id).collect();
+            Some(self.graph.recall_stats(&ids).await?)
+        } else {
+            None
+        };
         // The rerank is CPU-bound (up to `fuzzy_fallback_scan` texts): it runs on a per-core lane, never on
         // the async workers, so long searches cannot stall other requests.
         let rerank_plan = plan.clone();
-        let hits = self.rerank_lanes.run(move || Ok(rerank(&rerank_plan, scored, vector_weight))).await?;
+        let hits =
+            self.rerank_lanes.run(move || Ok(rerank(&rerank_plan, scored, vector_weight, stats.as_ref()))).await?;
         Ok(Ranked { hits, mode, degraded_reason, candidates })
     }
 
@@ -194,24 +217,43 @@ impl ContextService {
     }
 }
 
-/// The fuzzy rerank: keeps the candidates the filter matches and the threshold admits, fuses the scores,
-/// and returns the best `limit`, best first.
-fn rerank(plan: &SearchPlan, scored: Vec<(Context, f64)>, vector_weight: f64) -> Vec<SearchHit> {
+/// The fuzzy rerank: keeps the candidates the filter matches and the threshold admits, fuses the scores
+/// (with recency and recall when the plan weighs them, from `stats`), and returns the best `limit`, best
+/// first.
+fn rerank(
+    plan: &SearchPlan,
+    scored: Vec<(Context, f64)>,
+    vector_weight: f64,
+    stats: Option<&HashMap<uuid::Uuid, RecallStats>>,
+) -> Vec<SearchHit> {
     let fuzzy = FuzzyQuery::new(&plan.normalised);
+    let now = Timestamp::now();
     let mut hits: Vec<SearchHit> = scored
         .into_iter()
         .filter(|(context, _)| plan.filter.matches(context))
         .filter_map(|(context, vector)| {
             let fuzzy_score = fuzzy.score(&normalise(&context.content));
-            (fuzzy_score >= plan.fuzzy_threshold).then(|| SearchHit {
-                scores: ScoreBreakdown {
-                    vector,
-                    fuzzy: fuzzy_score,
-                    final_score: fuse(vector, fuzzy_score, vector_weight),
-                },
-                context,
-                related: Vec::new(),
-            })
+            if fuzzy_score < plan.fuzzy_threshold {
+                return None;
+            }
+            let mut scores = ScoreBreakdown {
+                vector,
+                fuzzy: fuzzy_score,
+                final_score: fuse(vector, fuzzy_score, vector_weight),
+                recency: None,
+                recall: None,
+            };
+            if let Some(stats) = stats {
+                let known = stats.get(&context.id);
+                let recency = recency_score(&context, known, now);
+                let recall = recall_score(known);
+                let rest = 1.0 - plan.recency_weight - plan.recall_weight;
+                scores.final_score =
+                    rest * scores.final_score + plan.recency_weight * recency + plan.recall_weight * recall;
+                scores.recency = Some(recency);
+                scores.recall = Some(recall);
+            }
+            Some(SearchHit { scores, context, related: Vec::new() })
         })
         .collect();
     hits.sort_by(|a, b| b.scores.final_score.total_cmp(&a.scores.final_score));

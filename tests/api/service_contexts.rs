@@ -216,6 +216,7 @@ async fn list_pages_through_filtered_contexts_without_repeats() {
                     limit: Some(10),
                     cursor: cursor.clone(),
                     agent_id: None,
+                    sort: Default::default(),
                 },
             )
             .await

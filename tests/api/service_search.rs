@@ -186,3 +186,146 @@ async fn expanded_search_hits_carry_their_visible_related_contexts() {
     let answer_hit = result.hits.iter().find(|h| h.context.id == answer.context.id).expect("answer found");
     assert_eq!(answer_hit.related[0].id, question.context.id.to_string(), "links are followed both ways");
 }
+
+mod recall_statistics {
+    use context_store::auth::{Permissions, Principal};
+    use context_store::domain::{ContextFilterArgs, Visibility};
+    use context_store::error::ErrorCode;
+    use context_store::service::{
+        ContextList, DeleteContextRequest, GetContextRequest, ListContextsRequest, ListOrder, SearchRequest,
+        StoreContextRequest,
+    };
+
+    use crate::helpers::TestCore;
+
+    fn read(id: uuid::Uuid) -> GetContextRequest {
+        GetContextRequest { id: id.to_string(), include_versions: false, agent_id: None }
+    }
+
+    fn listed(sort: ListOrder, limit: usize, cursor: Option<String>) -> ListContextsRequest {
+        ListContextsRequest {
+            filter: ContextFilterArgs { session_id: Some("stats".into()), ..Default::default() },
+            limit: Some(limit),
+            cursor,
+            sort,
+            agent_id: None,
+        }
+    }
+
+    fn counts(list: &ContextList) -> Vec<(String, u64)> {
+        list.contexts.iter().map(|c| (c.content.clone(), list.recall[&c.id.to_string()].count)).collect()
+    }
+
+    #[tokio::test]
+    async fn reads_and_search_hits_are_counted_listed_in_order_and_weighed_on_request() {
+        let app = TestCore::start().await;
+        app.session("stats").await;
+        let service = app.service();
+        let texts = ["the deploy checklist for friday", "notes from the design review", "the on-call rota for march"];
+        let mut ids = Vec::new();
+        for text in texts {
+            ids.push(app.store("stats", "alice", text).await.context.id);
+        }
+        let private = StoreContextRequest {
+            session_id: "stats".into(),
+            content: "alice's private reminder about the rota".into(),
+            agent_id: Some("alice".into()),
+            visibility: Some(Visibility::Private),
+            ..Default::default()
+        };
+        let private = service.store_context(&app.principal, private).await.unwrap().context.id;
+
+        for _ in 0..3 {
+            service.get_context(&app.principal, read(ids[1])).await.unwrap();
+        }
+        service.get_context(&app.principal, read(ids[0])).await.unwrap();
+        let as_author = GetContextRequest { agent_id: Some("alice".into()), ..read(private) };
+        service.get_context(&app.principal, as_author).await.unwrap();
+        assert!(service.flush_recalls().await.unwrap() >= 3);
+        let first = service.list_contexts(&app.principal, listed(ListOrder::MostRecalled, 10, None)).await.unwrap();
+        assert_eq!(
+            counts(&first)[..2],
+            [(texts[1].to_string(), 3), (texts[0].to_string(), 1)],
+            "most recalled first, only recalled contexts"
+        );
+        assert_eq!(first.contexts.len(), 2, "neither the never-read context nor alice's private one");
+        assert!(first.recall[&ids[1].to_string()].last_recalled_at.is_some());
+
+        // A search counts each hit it returns, cached or not.
+        let search = SearchRequest {
+            query: "who is on call in march".into(),
+            filter: ContextFilterArgs { session_id: Some("stats".into()), ..Default::default() },
+            limit: Some(1),
+            ..Default::default()
+        };
+        for _ in 0..2 {
+            let found = service.search(&app.principal, search.clone()).await.unwrap();
+            assert_eq!(found.hits[0].context.id, ids[2]);
+            assert!(found.hits[0].scores.recall.is_none(), "no recall score unless weighed");
+        }
+        service.flush_recalls().await.unwrap();
+        let latest = service.list_contexts(&app.principal, listed(ListOrder::LastRecalled, 1, None)).await.unwrap();
+        assert_eq!(counts(&latest), [(texts[2].to_string(), 2)], "the last recalled first");
+        let next = service
+            .list_contexts(&app.principal, listed(ListOrder::LastRecalled, 1, latest.next_cursor.clone()))
+            .await
+            .unwrap();
+        assert_eq!(next.contexts.len(), 1);
+        assert_ne!(next.contexts[0].id, ids[2], "the cursor pages on");
+
+        // Scope: only alice sees her private context and its statistics.
+        let bob = Principal {
+            agent_id: "bob".into(),
+            agent_type: "agent".into(),
+            permissions: Permissions { read: true, write: true, query: false, admin: false },
+            sessions: None,
+            trusted: false,
+        };
+        let seen_by_bob = service.list_contexts(&bob, listed(ListOrder::MostRecalled, 10, None)).await.unwrap();
+        assert!(seen_by_bob.contexts.iter().all(|c| c.id != private));
+        assert!(!seen_by_bob.recall.contains_key(&private.to_string()));
+        let as_alice =
+            ListContextsRequest { agent_id: Some("alice".into()), ..listed(ListOrder::MostRecalled, 10, None) };
+        assert!(
+            service.list_contexts(&app.principal, as_alice).await.unwrap().contexts.iter().any(|c| c.id == private)
+        );
+
+        // Weighed by recall alone, the most recalled context wins whatever the query says.
+        let weighed = SearchRequest {
+            query: "who is on call in march".into(),
+            recall_weight: Some(1.0),
+            limit: Some(3),
+            filter: ContextFilterArgs { session_id: Some("stats".into()), ..Default::default() },
+            ..Default::default()
+        };
+        let found = service.search(&app.principal, weighed).await.unwrap();
+        assert_eq!(found.hits[0].context.id, ids[1], "3 reads beat 2 search hits");
+        let scores = &found.hits[0].scores;
+        assert!((scores.recall.unwrap() - (1.0 - 0.9f64.powi(3))).abs() < 1e-9, "{scores:?}");
+        assert!((scores.final_score - scores.recall.unwrap()).abs() < 1e-9);
+        assert!(scores.recency.is_some() && scores.recency.unwrap() > 0.99, "just used");
+
+        // A deleted context leaves the statistics with it.
+        let delete =
+            DeleteContextRequest { id: ids[1].to_string(), expected_version: None, agent_id: Some("alice".into()) };
+        service.delete_context(&app.principal, delete).await.unwrap();
+        service.flush_recalls().await.unwrap();
+        let after = service.list_contexts(&app.principal, listed(ListOrder::MostRecalled, 10, None)).await.unwrap();
+        assert!(after.contexts.iter().all(|c| c.id != ids[1]));
+        assert!(service.graph().recall_stats(&[ids[1]]).await.unwrap().is_empty());
+
+        for bad in [
+            SearchRequest { recency_weight: Some(0.6), recall_weight: Some(0.6), ..search.clone() },
+            SearchRequest { recall_weight: Some(-0.1), ..search.clone() },
+        ] {
+            assert_eq!(service.search(&app.principal, bad).await.unwrap_err().code(), ErrorCode::InvalidArgument);
+        }
+        for cursor in ["r:x", "r:99999", "0193"] {
+            let bad = listed(ListOrder::MostRecalled, 1, Some(cursor.into()));
+            assert_eq!(
+                service.list_contexts(&app.principal, bad).await.unwrap_err().code(),
+                ErrorCode::InvalidArgument
+            );
+        }
+    }
+}

@@ -240,9 +240,15 @@ pub struct PoolStatus {
 
 /// The graph side of the store, the source of truth. A backend implements each part below; the split is by
 /// concern (and by file in each backend), and `dyn GraphStore` offers all of them.
-pub trait GraphStore: GraphBackend + AnalystGraph + ContextGraph + RelationGraph + StateGraph + JournalGraph {}
+pub trait GraphStore:
+    GraphBackend + AnalystGraph + ContextGraph + RelationGraph + StateGraph + JournalGraph + RecallGraph
+{
+}
 
-impl<T> GraphStore for T where T: GraphBackend + AnalystGraph + ContextGraph + RelationGraph + StateGraph + JournalGraph {}
+impl<T> GraphStore for T where
+    T: GraphBackend + AnalystGraph + ContextGraph + RelationGraph + StateGraph + JournalGraph + RecallGraph
+{
+}
 
 /// What every backend reports about itself.
 #[async_trait]
@@ -357,6 +363,49 @@ pub trait RelationGraph: Send + Sync + 'static {
     ) -> StoreResult<Vec<(Uuid, RelatedContext)>>;
     /// The RELATES_TO edges leaving each of `ids` (export).
     async fn relations_from(&self, ids: &[Uuid]) -> StoreResult<Vec<Relation>>;
+}
+
+/// How often, and when last, a context was returned by a search or a read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+pub struct RecallStats {
+    pub count: u64,
+    /// Absent when never recalled.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub last_recalled_at: Option<Timestamp>,
+}
+
+/// Recalls of one context since the last tally was recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecallTally {
+    pub id: Uuid,
+    pub count: u64,
+    pub last_at: Timestamp,
+}
+
+/// The order of `list_recalled`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecallOrder {
+    /// Most recalled first.
+    Count,
+    /// Most recently recalled first.
+    LastRecalled,
+}
+
+/// Recall statistics: kept beside the contexts (a row or node per recalled context), added to in batches.
+#[async_trait]
+pub trait RecallGraph: Send + Sync + 'static {
+    /// Adds each tally to its context's statistics; contexts deleted meanwhile are skipped.
+    async fn record_recalls(&self, tallies: &[RecallTally]) -> StoreResult<()>;
+    /// The statistics of those of `ids` recalled at least once.
+    async fn recall_stats(&self, ids: &[Uuid]) -> StoreResult<std::collections::HashMap<Uuid, RecallStats>>;
+    /// Recalled contexts matching the filter, in `order` (ties by id, newest first), after skipping `offset`.
+    async fn list_recalled(
+        &self,
+        filter: &ContextFilter,
+        order: RecallOrder,
+        offset: usize,
+        limit: usize,
+    ) -> StoreResult<Vec<(Context, RecallStats)>>;
 }
 
 /// Agent state: keyed values with compare-and-set versions and an optional expiry. Each entry is a node of

@@ -56,6 +56,9 @@ mod cypher {
     pub const RELATIONS_FROM: &str = include_str!("../../../../cypher/relations_from.cypher");
     pub const STATE_SCAN: &str = include_str!("../../../../cypher/state_scan.cypher");
     pub const STATE_INDEX_ENTRIES: &str = include_str!("../../../../cypher/state_index_entries.cypher");
+    pub const RECALL_RECORD: &str = include_str!("../../../../cypher/recall_record.cypher");
+    pub const RECALL_STATS: &str = include_str!("../../../../cypher/recall_stats.cypher");
+    pub const RECALL_LIST: &str = include_str!("../../../../cypher/recall_list.cypher");
     pub const STATE_INDEX_SCAN: &str = include_str!("../../../../cypher/state_index_scan.cypher");
     pub const VERSIONS_IMPORT: &str = include_str!("../../../../cypher/versions_import.cypher");
     pub const COUNTS: &str = include_str!("../../../../cypher/counts.cypher");
@@ -190,6 +193,7 @@ mod cypher_guard;
 mod journal;
 mod keys;
 mod lookups;
+mod recalls;
 mod relations;
 mod rows;
 mod state;

@@ -168,10 +168,14 @@ pub(super) fn scope_params(query: Query, scope: &ReadScope, now: Timestamp) -> Q
 
 pub(super) fn filter_query(filter: &ContextFilter, after: Option<Uuid>, limit: usize) -> TxResult<Query> {
     let text = if filter.session_id.is_some() { cypher::CONTEXT_LIST_IN_SESSION } else { cypher::CONTEXT_LIST };
+    filter_params(Query::new(text.to_string()).param("after", after.map(|a| a.to_string())), filter, limit)
+}
+
+/// The parameters of a filter (as `context_list.cypher` names them), scope and expiry included.
+pub(super) fn filter_params(query: Query, filter: &ContextFilter, limit: usize) -> TxResult<Query> {
     let metadata = Value::Object(filter.metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect());
-    let query = Query::new(text.to_string())
+    let query = query
         .param("session_id", filter.session_id.clone())
-        .param("after", after.map(|a| a.to_string()))
         .param("types", filter.types.clone())
         .param("agent_ids", filter.agent_ids.clone())
         .param("visibility", filter.visibility.iter().map(|v| v.as_str().to_string()).collect::<Vec<_>>())

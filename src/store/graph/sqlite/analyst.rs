@@ -3,12 +3,13 @@
 //!
 //! How the confinement works:
 //! - For a caller who is not an admin, the connection gets TEMP views named like the tables (`contexts`,
-//!   `sessions`, `context_tags`, `context_versions`, `relations`, `agent_state`). SQLite resolves an
-//!   unqualified name in `temp` before `main`, so queries written against the documented schema read the
-//!   views. Each view holds only what the caller's scope may see: the sessions it is limited to, public
-//!   contexts plus its own private ones (never `admin_only`), previous versions filtered version by version,
-//!   relations whose both ends are visible, and its own agent state. Deleted and expired rows and the stored
-//!   embeddings are left out. Admins read the tables themselves.
+//!   `sessions`, `context_tags`, `context_versions`, `relations`, `agent_state`, `context_recalls`). SQLite
+//!   resolves an unqualified name in `temp` before `main`, so queries written against the documented schema
+//!   read the views. Each view holds only what the caller's scope may see: the sessions it is limited to,
+//!   public contexts plus its own private ones (never `admin_only`), previous versions filtered version by
+//!   version, relations whose both ends are visible, its own agent state, and the recall statistics of the
+//!   contexts it sees. Deleted and expired rows and the stored embeddings are left out. Admins read the
+//!   tables themselves.
 //! - An authorizer, installed after the views exist, refuses everything but reading: no PRAGMA (some are
 //!   process-wide, e.g. `hard_heap_limit`), no ATTACH, no writes, no function outside an allow-list (so no
 //!   `load_extension`, `fts3_tokenizer`, `zeroblob`, `randomblob`). For a caller who is not an admin a table
@@ -46,7 +47,8 @@ const CACHE_KIB: i64 = 8 * 1024;
 const PROGRESS_STEPS: i32 = 1000;
 
 /// The tables an analyst query reads (for admins, as they are; for others, through the scoped views).
-const TABLES: &[&str] = &["sessions", "contexts", "context_tags", "context_versions", "relations", "agent_state"];
+const TABLES: &[&str] =
+    &["sessions", "contexts", "context_tags", "context_versions", "relations", "agent_state", "context_recalls"];
 /// Tables only admins read.
 const ADMIN_TABLES: &[&str] = &["index_journal"];
 /// Table-valued functions that read nothing but their arguments.
@@ -235,6 +237,10 @@ fn scoped_views(scope: &ReadScope, now: Timestamp, prefix: &str) -> String {
             ),
         ),
         ("context_tags", format!("SELECT * FROM main.context_tags WHERE context_id IN (SELECT id FROM {contexts})")),
+        (
+            "context_recalls",
+            format!("SELECT * FROM main.context_recalls WHERE context_id IN (SELECT id FROM {contexts})"),
+        ),
         (
             "context_versions",
             format!(

@@ -23,6 +23,7 @@ impl JournalGraph for SqliteGraphStore {
             tx.execute("DELETE FROM context_tags WHERE context_id = ?1", params![id])?;
             tx.execute("DELETE FROM context_versions WHERE context_id = ?1", params![id])?;
             tx.execute("DELETE FROM relations WHERE from_id = ?1 OR to_id = ?1", params![id])?;
+            tx.execute("DELETE FROM context_recalls WHERE context_id = ?1", params![id])?;
             tx.execute("DELETE FROM contexts WHERE id = ?1 AND deleted = 1", params![id])?;
             Ok(())
         })

@@ -6,6 +6,7 @@ mod analyst;
 mod contexts;
 mod journal;
 mod readers;
+mod recalls;
 mod relations;
 mod rows;
 mod state;

@@ -82,6 +82,15 @@ CREATE TABLE IF NOT EXISTS agent_state (
 );
 CREATE INDEX IF NOT EXISTS agent_state_by_expiry ON agent_state(expires_at) WHERE expires_at IS NOT NULL;
 
+-- How often, and when last, a context was returned by a search or a read (rows of recalled contexts only).
+CREATE TABLE IF NOT EXISTS context_recalls (
+    context_id        TEXT PRIMARY KEY,
+    recall_count      INTEGER NOT NULL,
+    last_recalled_at  INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS context_recalls_by_count ON context_recalls(recall_count, context_id);
+CREATE INDEX IF NOT EXISTS context_recalls_by_time ON context_recalls(last_recalled_at, context_id);
+
 -- Vector-side changes not yet known durable; replayed at start-up.
 CREATE TABLE IF NOT EXISTS index_journal (
     seq         INTEGER PRIMARY KEY AUTOINCREMENT,

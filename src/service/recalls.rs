@@ -1,0 +1,137 @@
+//! Recall statistics: how often, and when last, each context was returned by `search_context` or read by
+//! `get_context`. Counting happens in memory on the request path (a map update, no store round trip); the
+//! tallies go to the graph in one batch at each flush of the maintenance loop, so a recall shows in the
+//! statistics within `flush_interval`. Tallies add up, so replicas sharing a graph count together.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use uuid::Uuid;
+
+use super::ContextService;
+use crate::domain::{Context, Timestamp};
+use crate::error::ServiceResult;
+use crate::store::graph::{RecallStats, RecallTally};
+
+/// Distinct contexts tallied between two flushes at most: past it, further recalls of new contexts wait for
+/// the next flush's room (counted then, not lost, only when they recur), so memory stays bounded.
+const MAX_PENDING_TALLIES: usize = 100_000;
+
+/// Recency halves every week without a write or a recall.
+const RECENCY_HALF_LIFE_MS: f64 = 7.0 * 24.0 * 3600.0 * 1000.0;
+
+/// Recalls counted since the last flush.
+#[derive(Default)]
+pub(super) struct RecallLog {
+    pending: Mutex<HashMap<Uuid, (u64, Timestamp)>>,
+}
+
+impl RecallLog {
+    pub(super) fn note(&self, ids: impl IntoIterator<Item = Uuid>) {
+        let now = Timestamp::now();
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        for id in ids {
+            let room = pending.len() < MAX_PENDING_TALLIES;
+            match pending.get_mut(&id) {
+                Some(tally) => *tally = (tally.0 + 1, now),
+                None if room => {
+                    pending.insert(id, (1, now));
+                }
+                None => {}
+            }
+        }
+    }
+
+    fn take(&self) -> Vec<RecallTally> {
+        let taken = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
+        taken.into_iter().map(|(id, (count, last_at))| RecallTally { id, count, last_at }).collect()
+    }
+
+    /// Puts tallies back after a failed write, added to whatever was counted meanwhile.
+    fn restore(&self, tallies: Vec<RecallTally>) {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        for tally in tallies {
+            let entry = pending.entry(tally.id).or_insert((0, tally.last_at));
+            *entry = (entry.0 + tally.count, entry.1.max(tally.last_at));
+        }
+    }
+}
+
+/// How recently a context was in use: 1 when written or recalled just now, halving every week since.
+pub fn recency_score(context: &Context, stats: Option<&RecallStats>, now: Timestamp) -> f64 {
+    let last_use = stats.and_then(|s| s.last_recalled_at).map_or(context.updated_at, |at| at.max(context.updated_at));
+    let age = (now.millis() - last_use.millis()).max(0) as f64;
+    0.5f64.powf(age / RECENCY_HALF_LIFE_MS)
+}
+
+/// How much a context has been recalled: 0 never, 0.1 once, about 0.65 after 10 recalls, near 1 past 40.
+pub fn recall_score(stats: Option<&RecallStats>) -> f64 {
+    let count = stats.map_or(0, |s| s.count).min(10_000) as i32;
+    1.0 - 0.9f64.powi(count)
+}
+
+impl ContextService {
+    /// Writes the recalls counted since the last call to the graph; on failure they are kept for the next.
+    pub async fn flush_recalls(&self) -> ServiceResult<usize> {
+        let tallies = self.recalls.take();
+        if tallies.is_empty() {
+            return Ok(0);
+        }
+        match self.graph.record_recalls(&tallies).await {
+            Ok(()) => Ok(tallies.len()),
+            Err(err) => {
+                self.recalls.restore(tallies);
+                Err(err.into())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tallies_add_up_and_survive_a_failed_flush() {
+        let log = RecallLog::default();
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        log.note([a, b, a]);
+        let taken = log.take();
+        assert_eq!(taken.iter().find(|t| t.id == a).unwrap().count, 2);
+        log.note([a]);
+        log.restore(taken);
+        let again = log.take();
+        assert_eq!(again.iter().find(|t| t.id == a).unwrap().count, 3);
+        assert_eq!(again.iter().find(|t| t.id == b).unwrap().count, 1);
+        assert!(log.take().is_empty());
+    }
+
+    #[test]
+    fn scores_fall_with_age_and_rise_with_recalls() {
+        let now = Timestamp(10 * RECENCY_HALF_LIFE_MS as i64);
+        let context = Context {
+            id: Uuid::now_v7(),
+            session_id: "s".into(),
+            agent_id: "a".into(),
+            context_type: "note".into(),
+            content: "x".into(),
+            tags: Vec::new(),
+            metadata: Default::default(),
+            visibility: crate::domain::Visibility::Public,
+            created_at: now,
+            updated_at: now,
+            version: 1,
+            expires_at: None,
+            content_hash: crate::domain::content_hash("x"),
+        };
+        assert!((recency_score(&context, None, now) - 1.0).abs() < 1e-9);
+        let week_old = Context { updated_at: Timestamp(now.millis() - RECENCY_HALF_LIFE_MS as i64), ..context };
+        assert!((recency_score(&week_old, None, now) - 0.5).abs() < 1e-9);
+        let recalled = RecallStats { count: 1, last_recalled_at: Some(now) };
+        assert!((recency_score(&week_old, Some(&recalled), now) - 1.0).abs() < 1e-9, "a recall renews it");
+        assert_eq!(recall_score(None), 0.0);
+        assert!((recall_score(Some(&recalled)) - 0.1).abs() < 1e-9);
+        let many = RecallStats { count: 1_000_000, last_recalled_at: None };
+        assert!(recall_score(Some(&many)) <= 1.0 && recall_score(Some(&many)) > 0.99);
+    }
+}
