@@ -246,7 +246,8 @@ impl ContextService {
                 .ok_or_else(|| ServiceError::invalid("cursor is not one this service issued for this order"))?,
         };
         let mut rows = self.graph.list_recalled(&filter, order, offset, limit + 1).await?;
-        let next_cursor = (rows.len() > limit).then(|| format!("r:{}", offset + limit));
+        let next_cursor =
+            (rows.len() > limit && offset + limit <= MAX_RECALL_OFFSET).then(|| format!("r:{}", offset + limit));
         rows.truncate(limit);
         let recall = rows.iter().map(|(context, stats)| (context.id.to_string(), *stats)).collect();
         Ok(ContextList { contexts: rows.into_iter().map(|(context, _)| context).collect(), next_cursor, recall })

@@ -158,11 +158,13 @@ impl ContextService {
         loop {
             let purged = self.graph.purge_expired_state(now, REPAIR_BATCH).await?;
             expired.agent_states += purged.len() as u64;
-            let ids: Vec<Uuid> = purged.iter().map(|p| p.id).collect();
-            if !ids.is_empty() {
-                // A failure leaves the purged points to the repair: their journal entries stay pending.
-                self.state_vectors.delete(&ids).await?;
-                purged.iter().for_each(|p| self.written(p.seq));
+            // Each point is settled under its item lock from what the graph holds now: the key may have been
+            // set again since the purge, and then its new point must stay. A failure leaves the rest to the
+            // repair, their journal entries pending.
+            for entry in &purged {
+                let _ordered = self.item_lock(entry.id).lock().await;
+                self.reapply_states(std::slice::from_ref(&entry.id)).await?;
+                self.written(entry.seq);
             }
             if purged.len() < REPAIR_BATCH {
                 break;

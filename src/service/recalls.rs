@@ -17,6 +17,9 @@ use crate::store::graph::{RecallStats, RecallTally};
 /// the next flush's room (counted then, not lost, only when they recur), so memory stays bounded.
 const MAX_PENDING_TALLIES: usize = 100_000;
 
+/// Tallies written per graph transaction.
+const RECALL_WRITE_BATCH: usize = 2000;
+
 /// Recency halves every week without a write or a recall.
 const RECENCY_HALF_LIFE_MS: f64 = 7.0 * 24.0 * 3600.0 * 1000.0;
 
@@ -51,8 +54,15 @@ impl RecallLog {
     fn restore(&self, tallies: Vec<RecallTally>) {
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         for tally in tallies {
-            let entry = pending.entry(tally.id).or_insert((0, tally.last_at));
-            *entry = (entry.0 + tally.count, entry.1.max(tally.last_at));
+            let room = pending.len() < MAX_PENDING_TALLIES;
+            match pending.get_mut(&tally.id) {
+                Some(entry) => *entry = (entry.0 + tally.count, entry.1.max(tally.last_at)),
+                None if room => {
+                    pending.insert(tally.id, (tally.count, tally.last_at));
+                }
+                // Past the bound while the graph does not answer: these recalls are not counted.
+                None => {}
+            }
         }
     }
 }
@@ -73,17 +83,18 @@ pub fn recall_score(stats: Option<&RecallStats>) -> f64 {
 impl ContextService {
     /// Writes the recalls counted since the last call to the graph; on failure they are kept for the next.
     pub async fn flush_recalls(&self) -> ServiceResult<usize> {
-        let tallies = self.recalls.take();
-        if tallies.is_empty() {
-            return Ok(0);
-        }
-        match self.graph.record_recalls(&tallies).await {
-            Ok(()) => Ok(tallies.len()),
-            Err(err) => {
+        let mut tallies = self.recalls.take();
+        let total = tallies.len();
+        while !tallies.is_empty() {
+            let rest = tallies.split_off(tallies.len().min(RECALL_WRITE_BATCH));
+            if let Err(err) = self.graph.record_recalls(&tallies).await {
+                tallies.extend(rest);
                 self.recalls.restore(tallies);
-                Err(err.into())
+                return Err(err.into());
             }
+            tallies = rest;
         }
+        Ok(total)
     }
 }
 
@@ -100,6 +111,10 @@ mod tests {
         assert_eq!(taken.iter().find(|t| t.id == a).unwrap().count, 2);
         log.note([a]);
         log.restore(taken);
+        let full = RecallLog::default();
+        full.note((0..MAX_PENDING_TALLIES + 10).map(|_| Uuid::now_v7()));
+        full.restore(vec![RecallTally { id: Uuid::now_v7(), count: 1, last_at: Timestamp(1) }]);
+        assert_eq!(full.take().len(), MAX_PENDING_TALLIES, "bounded, also when tallies come back");
         let again = log.take();
         assert_eq!(again.iter().find(|t| t.id == a).unwrap().count, 3);
         assert_eq!(again.iter().find(|t| t.id == b).unwrap().count, 1);

@@ -132,7 +132,8 @@ impl ContextService {
         principal.require(Permission::Read)?;
         let plan = self.plan_search(principal, request)?;
         let key = self.cache_key(&plan);
-        let caching = self.options.search_cache_entries > 0;
+        // Recency and recall change without a write, so answers that weigh them are not cached.
+        let caching = self.options.search_cache_entries > 0 && plan.recency_weight == 0.0 && plan.recall_weight == 0.0;
         if caching && let Some(cached) = self.search_cache.get(&key).await {
             self.metrics.search_cache_hits.inc();
             let now = Timestamp::now();

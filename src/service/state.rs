@@ -186,11 +186,19 @@ impl ContextService {
             request.vector_weight,
         )?;
         let ranked = self.ranked(&plan, self.state_vectors.as_ref()).await?;
+        // The graph is the source of truth: each hit is read again, so an entry deleted or changed since its
+        // point was written (a point write left to the repair) is dropped or shown as it is now.
+        let current = futures::future::try_join_all(ranked.hits.iter().map(|hit| async move {
+            let key = StateKey::of(&state_of_point(&hit.context)?);
+            Ok::<_, ServiceError>(self.graph.get_state(&key).await?)
+        }))
+        .await?;
         let hits = ranked
             .hits
             .into_iter()
-            .map(|hit| Ok(StateHit { state: state_of_point(&hit.context)?, scores: hit.scores }))
-            .collect::<ServiceResult<Vec<_>>>()?;
+            .zip(current)
+            .filter_map(|(hit, state)| state.map(|state| StateHit { state, scores: hit.scores }))
+            .collect();
         Ok(RecallAgentStateResponse {
             hits,
             mode: ranked.mode,

@@ -30,30 +30,83 @@ pub const STATE_POINT_TYPE: &str = "agent_state";
 /// The text of a value is cut here (the model reads ~256 tokens of it at most).
 pub const MAX_STATE_TEXT_CHARS: usize = 2000;
 
-/// Words of a key or path segment: separators become spaces (`retry_policy` -> `retry policy`).
+/// Characters of one object key kept in a path (longer keys are cut).
+const MAX_NAME_CHARS: usize = 64;
+/// Object keys kept in a path (deeper ones are left out of it).
+const MAX_PATH_NAMES: usize = 8;
+
+/// Words of a key or path segment: separators become spaces (`retry_policy` -> `retry policy`), cut at
+/// `MAX_NAME_CHARS`.
 fn words(name: &str) -> String {
-    name.chars().map(|c| if matches!(c, '_' | '-' | '.' | ':' | '/' | '@') { ' ' } else { c }).collect()
+    name.chars()
+        .take(MAX_NAME_CHARS)
+        .map(|c| if matches!(c, '_' | '-' | '.' | ':' | '/' | '@') { ' ' } else { c })
+        .collect()
 }
 
-fn collect(path: &str, value: &Value, parts: &mut Vec<String>, has_text: &mut bool) {
-    let labelled = |text: String| if path.is_empty() { text } else { format!("{path}: {text}") };
-    match value {
-        Value::String(text) => {
-            let text = text.trim();
-            if !text.is_empty() {
-                *has_text = true;
-                parts.push(labelled(text.to_string()));
+/// The text being built, within `MAX_STATE_TEXT_CHARS`: building stops once it is full, so a value of many
+/// leaves under long keys costs no more than the budget (never a copy of the path per leaf).
+struct Text {
+    out: String,
+    chars: usize,
+    leaves: usize,
+    has_text: bool,
+}
+
+impl Text {
+    fn full(&self) -> bool {
+        self.chars >= MAX_STATE_TEXT_CHARS
+    }
+
+    fn push(&mut self, piece: &str) {
+        for c in piece.chars() {
+            if self.full() {
+                return;
             }
+            self.out.push(c);
+            self.chars += 1;
         }
-        Value::Number(number) => parts.push(labelled(number.to_string())),
-        Value::Bool(flag) => parts.push(labelled(flag.to_string())),
-        Value::Null => {}
-        Value::Array(items) => items.iter().for_each(|item| collect(path, item, parts, has_text)),
-        Value::Object(fields) => {
-            for (name, item) in fields {
-                let name = words(name);
-                let path = if path.is_empty() { name } else { format!("{path} {name}") };
-                collect(&path, item, parts, has_text);
+    }
+
+    fn leaf(&mut self, path: &[String], value: &str) {
+        if self.leaves > 0 {
+            self.push("; ");
+        }
+        self.leaves += 1;
+        if !path.is_empty() {
+            self.push(&path.join(" "));
+            self.push(": ");
+        }
+        self.push(value);
+    }
+
+    fn collect(&mut self, path: &mut Vec<String>, value: &Value) {
+        if self.full() {
+            return;
+        }
+        match value {
+            Value::String(text) => {
+                let text = text.trim();
+                if !text.is_empty() {
+                    self.has_text = true;
+                    self.leaf(path, text);
+                }
+            }
+            Value::Number(number) => self.leaf(path, &number.to_string()),
+            Value::Bool(flag) => self.leaf(path, if *flag { "true" } else { "false" }),
+            Value::Null => {}
+            Value::Array(items) => items.iter().for_each(|item| self.collect(path, item)),
+            Value::Object(fields) => {
+                for (name, item) in fields {
+                    let named = path.len() < MAX_PATH_NAMES;
+                    if named {
+                        path.push(words(name));
+                    }
+                    self.collect(path, item);
+                    if named {
+                        path.pop();
+                    }
+                }
             }
         }
     }
@@ -61,13 +114,11 @@ fn collect(path: &str, value: &Value, parts: &mut Vec<String>, has_text: &mut bo
 
 /// The text `value` carries under `key`, or None when it carries none (see the module documentation).
 pub fn state_text(key: &str, value: &Value) -> Option<String> {
-    let (mut parts, mut has_text) = (Vec::new(), false);
-    collect("", value, &mut parts, &mut has_text);
-    if !has_text {
-        return None;
-    }
-    let text = format!("{}: {}", words(key), parts.join("; "));
-    Some(text.chars().take(MAX_STATE_TEXT_CHARS).collect())
+    let mut text = Text { out: String::new(), chars: 0, leaves: 0, has_text: false };
+    text.push(&words(key));
+    text.push(": ");
+    text.collect(&mut Vec::new(), value);
+    text.has_text.then_some(text.out)
 }
 
 /// The point of a state entry whose value carries text.
@@ -124,6 +175,17 @@ mod tests {
         parts.sort_unstable();
         assert_eq!(parts, ["max attempts: 5", "notes: jitter", "strategy: exponential backoff"]);
         assert_eq!(state_text("goal", &json!("ship the parser")).unwrap(), "goal: ship the parser");
+    }
+
+    #[test]
+    fn long_keys_and_many_leaves_stay_within_the_budget() {
+        let long = "k".repeat(30_000);
+        let leaves: Vec<Value> = (0..20_000).map(|i| if i == 0 { json!("a") } else { json!(0) }).collect();
+        let text = state_text(&long, &json!({ long.clone(): leaves })).unwrap();
+        assert!(text.chars().count() <= MAX_STATE_TEXT_CHARS, "{}", text.len());
+        let deep = (0..50).fold(json!("bottom"), |inner, i| json!({ format!("level{i}"): inner }));
+        let text = state_text("deep", &deep).unwrap();
+        assert!(text.ends_with(": bottom") && text.matches("level").count() == MAX_PATH_NAMES, "{text}");
     }
 
     #[test]

@@ -74,14 +74,15 @@ impl RecallGraph for SqliteGraphStore {
             RecallOrder::LastRecalled => "r.last_recalled_at DESC, r.context_id DESC",
         };
         self.read(move |conn| {
-            // Offsets and limits are written out, as everywhere (see `limit_sql`).
+            // Offsets and limits are written out, as everywhere (see `limit_sql`); the statement is not cached,
+            // since each page's offset makes another.
             let sql = format!(
                 "SELECT {CONTEXT_COLUMNS}, r.recall_count, r.last_recalled_at FROM context_recalls r \
                  JOIN contexts c ON c.id = r.context_id WHERE {} ORDER BY {order}{} OFFSET {offset}",
                 conditions.join(" AND "),
                 limit_sql(limit)
             );
-            let mut statement = conn.prepare_cached(&sql)?;
+            let mut statement = conn.prepare(&sql)?;
             let rows = statement.query_map(params_from_iter(values.iter()), |row| {
                 Ok((context_from_row(row)?, stats(row.get(13)?, row.get(14)?)))
             })?;
