@@ -115,6 +115,15 @@ impl VectorStore for SwitchableVectors {
     async fn search(&self, v: Vec<f32>, f: &ContextFilter, l: usize, e: bool) -> StoreResult<Vec<VectorHit>> {
         self.inner.search(v, f, l, e).await
     }
+    async fn lexical_search(
+        &self,
+        query: &str,
+        filter: &ContextFilter,
+        limit: usize,
+        with_dense: bool,
+    ) -> StoreResult<Option<Vec<context_store::store::vector::LexicalHit>>> {
+        self.inner.lexical_search(query, filter, limit, with_dense).await
+    }
     async fn scroll(&self, filter: &ContextFilter, limit: usize) -> StoreResult<Vec<Context>> {
         self.inner.scroll(filter, limit).await
     }

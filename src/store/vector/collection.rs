@@ -23,6 +23,24 @@ pub struct CollectionSpec {
     /// Absent: the server's defaults (one shard per node, one copy). The embedded store has no use for it.
     #[serde(default)]
     pub cluster: ClusterSpec,
+    /// The lexical stage: a BM25 sparse vector of each point's text beside its dense vector. Absent: none.
+    #[serde(default)]
+    pub lexical: Option<LexicalSpec>,
+}
+
+/// BM25 over each point's text, as a sparse vector the engine weighs by inverse document frequency (Qdrant's
+/// `idf` modifier), so the term statistics are the collection's own and always current.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LexicalSpec {
+    /// The sparse vector's name in the collection.
+    pub name: String,
+    /// Term-frequency saturation (BM25 k1).
+    pub k: f64,
+    /// Length normalisation (BM25 b), 0-1.
+    pub b: f64,
+    /// The document length, in tokens, that `b` normalises to.
+    pub avg_len: f64,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -84,5 +102,6 @@ mod tests {
         assert_eq!(spec.vectors.size, 384);
         assert!(spec.payload_indexes.contains_key("session_id"));
         assert!(spec.payload_indexes.contains_key("tags"));
+        assert_eq!(spec.lexical.map(|l| l.name), Some("lexical".to_string()));
     }
 }

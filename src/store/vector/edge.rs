@@ -10,15 +10,17 @@ use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
 use qdrant_edge::{
-    CountRequest, CreateIndex, Distance, EdgeConfigBuilder, EdgeOptimizersConfig, EdgeShard, EdgeVectorParams,
-    FieldIndexOperations, Filter, HnswIndexConfig, JsonPath, NamedQuery, PayloadFieldSchema, PointId,
-    PointInsertOperations, PointOperations, PointStruct, QueryEnum, ScrollRequest, SearchParams, SearchRequest,
-    UpdateOperation, VectorInternal, WithPayloadInterface, WithVector,
+    CountRequest, CreateIndex, Distance, EdgeConfigBuilder, EdgeOptimizersConfig, EdgeShard, EdgeSparseVectorParams,
+    EdgeVectorParams, FieldIndexOperations, Filter, HnswIndexConfig, JsonPath, Modifier, NamedQuery,
+    PayloadFieldSchema, PointId, PointInsertOperations, PointOperations, PointStruct, QueryEnum, ScrollRequest,
+    SearchParams, SearchRequest, SparseVector, UpdateOperation, Vector, VectorInternal, VectorStructInternal, Vectors,
+    WithPayloadInterface, WithVector,
 };
 use uuid::Uuid;
 
+use super::lexical::Lexical;
 use super::payload::{from_payload, to_payload};
-use super::{CollectionSpec, VectorHit, VectorPoint, VectorStore, filter::to_qdrant_json};
+use super::{CollectionSpec, LexicalHit, VectorHit, VectorPoint, VectorStore, filter::to_qdrant_json};
 use crate::domain::{Context, ContextFilter};
 use crate::error::{StoreError, StoreResult};
 use crate::store::lanes::BlockingLanes;
@@ -27,6 +29,8 @@ pub struct EdgeVectorStore {
     shard: Arc<EdgeShard>,
     gate: Arc<RwLock<()>>,
     hnsw_ef: usize,
+    /// The lexical stage, when the shard has its sparse vector.
+    lexical: Option<Arc<Lexical>>,
     /// Searches and scrolls are CPU-bound: one lane per core, the rest wait as tasks, not threads.
     query_lanes: BlockingLanes,
     /// An exclusive lock on `<dir>/.lock` for as long as the store is open (the kernel drops it when the
@@ -85,14 +89,19 @@ impl EdgeVectorStore {
         let spec = spec.clone();
         let opened = tokio::task::spawn_blocking(move || {
             let lock = lock_dir(&dir)?;
-            open_shard(&dir, &spec).map(|shard| (shard, spec, lock))
+            open_shard(&dir, &spec).map(|(shard, lexical)| (shard, lexical, spec, lock))
         })
         .await??;
-        let (shard, spec, lock) = opened;
+        let (shard, lexical, spec, lock) = opened;
+        let lexical = match (&spec.lexical, lexical) {
+            (Some(lexical), true) => Some(Arc::new(Lexical::new(lexical)?)),
+            _ => None,
+        };
         Ok(Self {
             shard: Arc::new(shard),
             gate: Arc::new(RwLock::new(())),
             hnsw_ef: spec.search.hnsw_ef,
+            lexical,
             query_lanes: BlockingLanes::per_core(),
             _process_lock: Arc::new(lock),
         })
@@ -139,8 +148,19 @@ impl EdgeVectorStore {
     }
 }
 
-/// Opens the shard in `dir`, which `lock_dir` created and locked.
-fn open_shard(dir: &Path, spec: &CollectionSpec) -> StoreResult<EdgeShard> {
+/// Whether the shard stored in `dir` was made with the sparse vector `name` (a shard made before the lexical
+/// stage existed was not, and cannot gain it: `reindex --recreate` rebuilds it).
+fn stored_with_sparse(dir: &Path, name: &str) -> StoreResult<bool> {
+    let path = dir.join("edge_config.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| edge_error(format!("read {}: {e}", path.display())))?;
+    let config: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| edge_error(format!("{}: {e}", path.display())))?;
+    Ok(config.get("sparse_vectors").and_then(|v| v.get(name)).is_some())
+}
+
+/// Opens the shard in `dir`, which `lock_dir` created and locked; says whether it has the lexical stage's
+/// sparse vector.
+fn open_shard(dir: &Path, spec: &CollectionSpec) -> StoreResult<(EdgeShard, bool)> {
     let hnsw = HnswIndexConfig {
         m: spec.hnsw_config.m,
         ef_construct: spec.hnsw_config.ef_construct,
@@ -152,13 +172,25 @@ fn open_shard(dir: &Path, spec: &CollectionSpec) -> StoreResult<EdgeShard> {
         indexing_threshold: Some(spec.optimizers_config.indexing_threshold_kb),
         ..EdgeOptimizersConfig::default()
     };
-    let config = EdgeConfigBuilder::new()
-        .vector("", EdgeVectorParams::builder(spec.vectors.size, distance(&spec.vectors.distance)?).build())
-        .hnsw_config(hnsw)
-        .optimizers(optimizers)
-        .on_disk_payload(true)
-        .build();
     let exists = dir.join("edge_config.json").exists();
+    let lexical = match &spec.lexical {
+        Some(lexical) if exists && !stored_with_sparse(dir, &lexical.name)? => {
+            tracing::warn!(
+                dir = %dir.display(),
+                "this vector store was made without the lexical stage; searches run without it until \
+                 `context-store reindex --recreate` rebuilds it from the graph"
+            );
+            None
+        }
+        other => other.as_ref(),
+    };
+    let mut builder = EdgeConfigBuilder::new()
+        .vector("", EdgeVectorParams::builder(spec.vectors.size, distance(&spec.vectors.distance)?).build());
+    if let Some(lexical) = lexical {
+        builder = builder
+            .sparse_vector(lexical.name.clone(), EdgeSparseVectorParams::builder().modifier(Modifier::Idf).build());
+    }
+    let config = builder.hnsw_config(hnsw).optimizers(optimizers).on_disk_payload(true).build();
     if exists {
         truncate_wal_prefix(&dir.join("wal"))?;
     }
@@ -183,7 +215,7 @@ fn open_shard(dir: &Path, spec: &CollectionSpec) -> StoreResult<EdgeShard> {
             })))
             .map_err(edge_error)?;
     }
-    Ok(shard)
+    Ok((shard, lexical.is_some()))
 }
 
 /// Deletes every closed WAL segment but the newest, as the WAL's own prefix truncation would.
@@ -211,6 +243,18 @@ fn truncate_wal_prefix(wal: &Path) -> StoreResult<()> {
     Ok(())
 }
 
+/// The unnamed dense vector of a point's vectors.
+fn dense_of(vectors: VectorStructInternal) -> Option<Vec<f32>> {
+    match vectors {
+        VectorStructInternal::Single(dense) => Some(dense),
+        VectorStructInternal::Named(mut named) => match named.remove("") {
+            Some(VectorInternal::Dense(dense)) => Some(dense),
+            _ => None,
+        },
+        VectorStructInternal::MultiDense(_) => None,
+    }
+}
+
 fn to_context(payload: Option<qdrant_edge::Payload>) -> StoreResult<Context> {
     let payload = payload.ok_or_else(|| edge_error("point without payload"))?;
     from_payload(&payload.0)
@@ -225,8 +269,22 @@ impl VectorStore for EdgeVectorStore {
     async fn upsert(&self, points: Vec<VectorPoint>) -> StoreResult<()> {
         let points = points
             .into_iter()
-            .map(|p| PointStruct::new(point_id(p.context.id), p.vector, to_payload(&p.context)).into())
-            .collect();
+            .map(|p| {
+                let vectors = match &self.lexical {
+                    Some(lexical) => {
+                        let (indices, values) = lexical.document(&p.context.content);
+                        let mut named = vec![(String::new(), Vector::new_dense(p.vector))];
+                        if !indices.is_empty() {
+                            named
+                                .push((lexical.name.clone(), Vector::new_sparse(indices, values).map_err(edge_error)?));
+                        }
+                        Vectors::new_named(named)
+                    }
+                    None => Vectors::from(p.vector),
+                };
+                Ok(PointStruct::new(point_id(p.context.id), vectors, to_payload(&p.context)).into())
+            })
+            .collect::<StoreResult<Vec<_>>>()?;
         self.blocking(false, move |shard| {
             shard
                 .update(UpdateOperation::PointOperation(PointOperations::UpsertPoints(
@@ -271,6 +329,49 @@ impl VectorStore for EdgeVectorStore {
                 .into_iter()
                 .map(|point| Ok(VectorHit { score: point.score, context: to_context(point.payload)? }))
                 .collect()
+        })
+        .await
+    }
+
+    async fn lexical_search(
+        &self,
+        query: &str,
+        filter: &ContextFilter,
+        limit: usize,
+        with_dense: bool,
+    ) -> StoreResult<Option<Vec<LexicalHit>>> {
+        let Some(lexical) = &self.lexical else { return Ok(None) };
+        let (indices, values) = lexical.query(query);
+        if indices.is_empty() {
+            return Ok(Some(Vec::new()));
+        }
+        let sparse = SparseVector::new(indices, values).map_err(|e| edge_error(format!("query terms: {e}")))?;
+        let (filter, using) = (qdrant_filter(filter)?, lexical.name.clone());
+        self.query(move |shard| {
+            let request = SearchRequest {
+                query: QueryEnum::Nearest(NamedQuery { query: VectorInternal::Sparse(sparse), using: Some(using) }),
+                filter: Some(filter),
+                params: None,
+                limit,
+                offset: 0,
+                with_payload: Some(WithPayloadInterface::Bool(true)),
+                with_vector: Some(if with_dense {
+                    WithVector::Selector(vec![String::new()])
+                } else {
+                    WithVector::Bool(false)
+                }),
+                score_threshold: None,
+            };
+            shard
+                .search(request)
+                .map_err(edge_error)?
+                .into_iter()
+                .map(|point| {
+                    let dense = point.vector.and_then(dense_of);
+                    Ok(LexicalHit { score: point.score, context: to_context(point.payload)?, dense })
+                })
+                .collect::<StoreResult<Vec<_>>>()
+                .map(Some)
         })
         .await
     }

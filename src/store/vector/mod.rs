@@ -4,6 +4,7 @@
 pub mod collection;
 pub mod edge;
 pub mod filter;
+pub mod lexical;
 pub mod payload;
 pub mod qdrant;
 pub mod state_points;
@@ -29,6 +30,16 @@ pub struct VectorHit {
     pub score: f32,
 }
 
+/// A hit of the lexical stage.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LexicalHit {
+    pub context: Context,
+    /// The BM25 score: the sum over matching terms of IDF x the term's weight in the text (unbounded).
+    pub score: f32,
+    /// The point's dense vector, when asked for (to score a hit the vector stage did not find).
+    pub dense: Option<Vec<f32>>,
+}
+
 #[async_trait]
 pub trait VectorStore: Send + Sync + 'static {
     /// The backend's name in health reports.
@@ -44,6 +55,16 @@ pub trait VectorStore: Send + Sync + 'static {
         limit: usize,
         exact: bool,
     ) -> StoreResult<Vec<VectorHit>>;
+    /// The `limit` points that pass `filter` with the best BM25 score for `query` (only points sharing a
+    /// term with it), with their dense vectors when `with_dense`; None when the collection has no lexical
+    /// index (made before there was one: `reindex --recreate` adds it).
+    async fn lexical_search(
+        &self,
+        query: &str,
+        filter: &ContextFilter,
+        limit: usize,
+        with_dense: bool,
+    ) -> StoreResult<Option<Vec<LexicalHit>>>;
     /// Up to `limit` points that pass `filter`, in no particular order (fuzzy-only fallback).
     async fn scroll(&self, filter: &ContextFilter, limit: usize) -> StoreResult<Vec<Context>>;
     /// Which of `ids` have a point.

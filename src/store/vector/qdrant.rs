@@ -16,17 +16,19 @@ use async_trait::async_trait;
 use qdrant_client::Qdrant;
 use qdrant_client::qdrant::{
     Condition, CountPointsBuilder, CreateCollectionBuilder, CreateFieldIndexCollectionBuilder, DeletePointsBuilder,
-    Distance, FieldType, Filter, GetPointsBuilder, HnswConfigDiffBuilder, KeywordIndexParamsBuilder,
-    OptimizersConfigDiffBuilder, PointId, PointStruct, PointsIdsList, QueryPointsBuilder, Range, ScrollPointsBuilder,
-    SearchParamsBuilder, UpsertPointsBuilder, VectorParamsBuilder, WriteOrdering, WriteOrderingType,
-    r#match::MatchValue, point_id::PointIdOptions,
+    Distance, FieldType, Filter, GetPointsBuilder, HnswConfigDiffBuilder, KeywordIndexParamsBuilder, Modifier,
+    NamedVectors, OptimizersConfigDiffBuilder, PointId, PointStruct, PointsIdsList, Query, QueryPointsBuilder, Range,
+    ScrollPointsBuilder, SearchParamsBuilder, SparseVectorParamsBuilder, SparseVectorsConfigBuilder,
+    UpsertPointsBuilder, Vector, VectorInput, VectorParamsBuilder, VectorsSelector, WriteOrdering, WriteOrderingType,
+    r#match::MatchValue, point_id::PointIdOptions, vector_output,
 };
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use super::filter::to_qdrant_json;
+use super::lexical::Lexical;
 use super::payload::{from_payload, to_payload};
-use super::{ClusterSpec, CollectionSpec, VectorHit, VectorPoint, VectorStore};
+use super::{ClusterSpec, CollectionSpec, LexicalHit, VectorHit, VectorPoint, VectorStore};
 use crate::domain::{Context, ContextFilter};
 use crate::error::{StoreError, StoreResult};
 use crate::store::breaker::CircuitBreaker;
@@ -70,6 +72,8 @@ pub struct QdrantVectorStore {
     cooldown: Duration,
     /// The request timeout: an attempt on one node is given this long plus a grace second.
     timeout: Duration,
+    /// The lexical stage, when the collection has its sparse vector (set once the collection is checked).
+    lexical: Option<Lexical>,
 }
 
 fn write_ordering(name: &str) -> StoreResult<WriteOrdering> {
@@ -200,7 +204,9 @@ impl QdrantVectorStore {
             breaker: CircuitBreaker::new("qdrant", options.breaker_threshold, options.breaker_cooldown),
             cooldown: options.breaker_cooldown,
             timeout: options.timeout,
+            lexical: None,
         };
+        let mut store = store;
         let layout = ClusterSpec {
             shard_number: options.cluster.shard_number.or(spec.cluster.shard_number),
             replication_factor: options.cluster.replication_factor.or(spec.cluster.replication_factor),
@@ -209,7 +215,11 @@ impl QdrantVectorStore {
                 .write_consistency_factor
                 .or(spec.cluster.write_consistency_factor),
         };
-        store.ensure_collection(spec, &layout).await?;
+        if store.ensure_collection(spec, &layout).await?
+            && let Some(lexical) = &spec.lexical
+        {
+            store.lexical = Some(Lexical::new(lexical)?);
+        }
         Ok(store)
     }
 
@@ -263,14 +273,33 @@ impl QdrantVectorStore {
         Err(last.unwrap_or_else(|| StoreError::Unavailable("qdrant: no node to call".into())))
     }
 
-    async fn ensure_collection(&self, spec: &CollectionSpec, layout: &ClusterSpec) -> StoreResult<()> {
+    /// Creates the collection when missing; says whether it has the lexical stage's sparse vector (one
+    /// made before the lexical stage existed has not, until `reindex --recreate` makes it again).
+    async fn ensure_collection(&self, spec: &CollectionSpec, layout: &ClusterSpec) -> StoreResult<bool> {
         let name = self.collection.clone();
         let exists = self.call(|client| {
             let name = name.clone();
             async move { client.collection_exists(name).await }
         });
         if exists.await? {
-            return Ok(());
+            let Some(lexical) = &spec.lexical else { return Ok(false) };
+            let info = self
+                .call(|client| {
+                    let name = name.clone();
+                    async move { client.collection_info(name).await }
+                })
+                .await?;
+            let sparse =
+                info.result.and_then(|i| i.config).and_then(|c| c.params).and_then(|p| p.sparse_vectors_config);
+            let has_lexical = sparse.is_some_and(|s| s.map.contains_key(&lexical.name));
+            if !has_lexical {
+                tracing::warn!(
+                    collection = %self.collection,
+                    "this collection was made without the lexical stage; searches run without it until \
+                     `context-store reindex --recreate` rebuilds it from the graph"
+                );
+            }
+            return Ok(has_lexical);
         }
         let distance = match spec.vectors.distance.as_str() {
             "Cosine" => Distance::Cosine,
@@ -303,6 +332,11 @@ impl QdrantVectorStore {
         }
         if let Some(confirmations) = layout.write_consistency_factor {
             request = request.write_consistency_factor(confirmations);
+        }
+        if let Some(lexical) = &spec.lexical {
+            let mut sparse = SparseVectorsConfigBuilder::default();
+            sparse.add_named_vector_params(&lexical.name, SparseVectorParamsBuilder::default().modifier(Modifier::Idf));
+            request = request.sparse_vectors_config(sparse);
         }
         let request: qdrant_client::qdrant::CreateCollection = request.into();
         let created = self
@@ -338,7 +372,7 @@ impl QdrantVectorStore {
             })
             .await?;
         }
-        Ok(())
+        Ok(spec.lexical.is_some())
     }
 
     /// Calls the server (each node in turn, see `call`) through the circuit breaker. An attempt on one node
@@ -365,7 +399,14 @@ impl VectorStore for QdrantVectorStore {
             .map(|p| {
                 let payload = qdrant_client::Payload::try_from(to_payload(&p.context))
                     .map_err(|e| StoreError::Backend(format!("payload: {e}")))?;
-                Ok(PointStruct::new(p.context.id.to_string(), p.vector, payload))
+                let id = p.context.id.to_string();
+                let Some(lexical) = &self.lexical else { return Ok(PointStruct::new(id, p.vector, payload)) };
+                let (indices, values) = lexical.document(&p.context.content);
+                let mut vectors = NamedVectors::default().add_vector("", Vector::new_dense(p.vector));
+                if !indices.is_empty() {
+                    vectors = vectors.add_vector(lexical.name.clone(), Vector::new_sparse(indices, values));
+                }
+                Ok(PointStruct::new(id, vectors, payload))
             })
             .collect::<StoreResult<Vec<_>>>()?;
         let request: qdrant_client::qdrant::UpsertPoints =
@@ -375,6 +416,49 @@ impl VectorStore for QdrantVectorStore {
             async move { client.upsert_points(request).await.map(drop) }
         }))
         .await
+    }
+
+    async fn lexical_search(
+        &self,
+        query: &str,
+        filter_spec: &ContextFilter,
+        limit: usize,
+        with_dense: bool,
+    ) -> StoreResult<Option<Vec<LexicalHit>>> {
+        let Some(lexical) = &self.lexical else { return Ok(None) };
+        let (indices, values) = lexical.query(query);
+        if indices.is_empty() {
+            return Ok(Some(Vec::new()));
+        }
+        let condition = filter(&to_qdrant_json(filter_spec))?;
+        let mut request = QueryPointsBuilder::new(&self.collection)
+            .query(Query::new_nearest(VectorInput::new_sparse(indices, values)))
+            .using(lexical.name.clone())
+            .filter(condition)
+            .limit(limit as u64)
+            .with_payload(true);
+        if with_dense {
+            request = request.with_vectors(VectorsSelector { names: vec![String::new()] });
+        }
+        let request: qdrant_client::qdrant::QueryPoints = request.into();
+        let response = self
+            .guarded(self.call(|client| {
+                let request = request.clone();
+                async move { client.query(request).await }
+            }))
+            .await?;
+        response
+            .result
+            .into_iter()
+            .map(|hit| {
+                let dense = hit.vectors.and_then(|v| v.get_vector_by_name("")).and_then(|v| match v {
+                    vector_output::Vector::Dense(dense) => Some(dense.data),
+                    _ => None,
+                });
+                Ok(LexicalHit { context: from_payload(&payload_json(hit.payload))?, score: hit.score, dense })
+            })
+            .collect::<StoreResult<Vec<_>>>()
+            .map(Some)
     }
 
     async fn delete(&self, ids: &[Uuid]) -> StoreResult<()> {
