@@ -78,6 +78,37 @@ pub async fn open_state_vectors(settings: &Settings) -> StoreResult<Arc<dyn Vect
     }
 }
 
+/// Removes both vector collections (contexts and agent state), so the next start makes them again from the
+/// definition: `reindex --recreate` then fills them from the graph. The graph is left alone.
+pub async fn drop_vector_collections(settings: &Settings) -> StoreResult<()> {
+    match settings.vector.backend.as_str() {
+        "edge" => {
+            for dir in ["vectors", "state_vectors"] {
+                let path = settings.data_dir.join(dir);
+                // Taking the lock first refuses while a server has the store open.
+                drop(EdgeVectorStore::lock(&path)?);
+                match std::fs::remove_dir_all(&path) {
+                    Ok(()) => {}
+                    Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(err) => return Err(StoreError::Backend(format!("remove {}: {err}", path.display()))),
+                }
+            }
+            Ok(())
+        }
+        "qdrant" => {
+            let spec = collection_spec(settings)?;
+            let options = settings.vector.qdrant.options();
+            QdrantVectorStore::drop_collection(&options, &spec).await?;
+            let mut state_spec = spec.clone();
+            state_spec.name = format!("{}_state", spec.name);
+            let mut state_options = options.clone();
+            state_options.collection = options.collection.map(|name| format!("{name}_state"));
+            QdrantVectorStore::drop_collection(&state_options, &state_spec).await
+        }
+        other => Err(StoreError::Backend(format!("unknown vector backend '{other}' (edge or qdrant)"))),
+    }
+}
+
 /// The API keys of a graph store: in the graph when it is shared by replicas (Neo4j), else in the data dir.
 pub fn key_store(settings: &Settings, graph: &dyn GraphStore) -> StoreResult<crate::auth::KeyStore> {
     match graph.shared_keys() {

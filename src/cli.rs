@@ -27,6 +27,10 @@ pub enum Command {
         /// Ignore a checkpoint left by an interrupted run and start from the first context.
         #[arg(long)]
         from_start: bool,
+        /// Delete both vector collections and make them again from the collection definition first (a
+        /// collection made before the lexical stage gains it); implies --from-start.
+        #[arg(long)]
+        recreate: bool,
     },
     /// Check the data dir, embedding assets, model, stores and keys; exit status 1 if anything fails.
     Doctor,
@@ -87,6 +91,21 @@ pub enum Command {
         /// Also measure the raw embedder in-process (the write scenario's baseline).
         #[arg(long)]
         embedder_baseline: bool,
+    },
+    /// Measure retrieval quality: store a set (JSON Lines from benchmarks/retrieval/prepare.py) in a fresh
+    /// embedded store and report recall@1/5/10 and MRR for each combination of search stages.
+    EvalRetrieval {
+        /// The set's JSON Lines file.
+        set: PathBuf,
+        /// Also write the report as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Also run the full pipeline over a grid of vector and lexical weights.
+        #[arg(long)]
+        sweep: bool,
+        /// Keep the store in this folder and use it again next time (the set is stored once).
+        #[arg(long)]
+        store: Option<PathBuf>,
     },
     /// Test aid: stores contexts from concurrent writers until killed, printing `ACK <id> <content>`
     /// for every acknowledged write (used by the kill -9 durability test).
@@ -263,6 +282,46 @@ async fn reindex(settings: &Settings, from_start: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Stores a retrieval set in a fresh embedded store (a temporary data dir, the configured model) and prints
+/// the report as a Markdown table.
+async fn eval_retrieval(
+    mut settings: Settings,
+    set: &std::path::Path,
+    json: Option<&std::path::Path>,
+    sweep: bool,
+    store: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    use crate::bench::retrieval;
+    let loaded = retrieval::RetrievalSet::load(set)?;
+    let temporary = tempfile::tempdir()?;
+    settings.data_dir = store.unwrap_or_else(|| temporary.path().to_path_buf());
+    settings.graph.backend = "sqlite".into();
+    settings.vector.backend = "edge".into();
+    let core = Core::start(&settings).await?;
+    let kept = settings.data_dir.join("retrieval-ids.json");
+    let ids: std::collections::HashMap<String, String> = match std::fs::read_to_string(&kept) {
+        Ok(text) => serde_json::from_str(&text)?,
+        Err(_) => {
+            let started = std::time::Instant::now();
+            let ids = retrieval::load_into(&core.service, &loaded).await?;
+            eprintln!("stored {} contexts in {:.0} s", ids.len(), started.elapsed().as_secs_f64());
+            std::fs::write(&kept, serde_json::to_string(&ids)?)?;
+            ids
+        }
+    };
+    let mut modes = retrieval::modes();
+    if sweep {
+        modes.extend(retrieval::weight_grid());
+    }
+    let report = retrieval::evaluate(&core.service, &loaded, &ids, &modes).await?;
+    println!("{}", report.markdown());
+    if let Some(path) = json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
+    }
+    core.shutdown().await;
+    Ok(())
+}
+
 /// A progress counter on stderr (hidden when stderr is not a terminal).
 fn counting_bar(what: &'static str) -> indicatif::ProgressBar {
     let bar = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
@@ -292,7 +351,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             crate::mcp::serve_stdio(core.service.clone(), core.auth.clone(), principal).await?;
             core.shutdown().await;
         }
-        Command::Reindex { from_start } => reindex(&settings, from_start).await?,
+        Command::Reindex { from_start, recreate } => {
+            if recreate {
+                crate::app::drop_vector_collections(&settings).await?;
+                eprintln!("vector collections removed; rebuilding them from the graph");
+            }
+            reindex(&settings, from_start || recreate).await?
+        }
         Command::Export { out } => {
             let core = Core::start(&settings).await?;
             let bar = counting_bar("exported");
@@ -403,6 +468,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             for (name, rate) in results {
                 println!("| {name} | {rate:.1} |");
             }
+        }
+        Command::EvalRetrieval { set, json, sweep, store } => {
+            eval_retrieval(settings, &set, json.as_deref(), sweep, store).await?
         }
         Command::CrashWriter { session, writers } => crash_writer(&settings, session, writers).await?,
     }

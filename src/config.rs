@@ -213,7 +213,10 @@ impl QdrantSettings {
 pub struct SearchSettings {
     pub cache_entries: u64,
     pub cache_ttl_ms: u64,
+    /// Share of the retrieval score (vector and lexical) in the final score; the rest is fuzzy.
     pub vector_weight: f64,
+    /// Share of the lexical score within the retrieval score; the rest is the vector score.
+    pub lexical_weight: f64,
     pub fuzzy_fallback_scan: usize,
 }
 
@@ -321,9 +324,21 @@ impl Default for VectorSettings {
     }
 }
 
+/// The retrieval share of the final score, the rest fuzzy (chosen on the retrieval suite, BENCHMARKS.md,
+/// "Retrieval quality").
+pub const DEFAULT_VECTOR_WEIGHT: f64 = 0.85;
+/// The lexical share of the retrieval score (chosen on the same suite).
+pub const DEFAULT_LEXICAL_WEIGHT: f64 = 0.3;
+
 impl Default for SearchSettings {
     fn default() -> Self {
-        Self { cache_entries: 10_000, cache_ttl_ms: 30_000, vector_weight: 0.7, fuzzy_fallback_scan: 2000 }
+        Self {
+            cache_entries: 10_000,
+            cache_ttl_ms: 30_000,
+            vector_weight: DEFAULT_VECTOR_WEIGHT,
+            lexical_weight: DEFAULT_LEXICAL_WEIGHT,
+            fuzzy_fallback_scan: 2000,
+        }
     }
 }
 
@@ -367,6 +382,7 @@ impl Settings {
             search_cache_entries: self.search.cache_entries,
             search_cache_ttl: Duration::from_millis(self.search.cache_ttl_ms),
             default_vector_weight: self.search.vector_weight,
+            default_lexical_weight: self.search.lexical_weight,
             fuzzy_fallback_scan: self.search.fuzzy_fallback_scan,
         }
     }

@@ -173,7 +173,7 @@ tool_table! {
     list_contexts(ListContextsRequest) -> ContextList, READ,
         "List contexts, newest first, filtered by session, type, tags, agent, time range, visibility or metadata; paginated with a cursor.";
     search_context(SearchRequest) -> SearchResponse, READ,
-        "Semantic search: metadata prefilter, vector similarity, then fuzzy rerank. Returns hits with vector, fuzzy and final scores. Falls back to fuzzy-only (mode fuzzy_only) if the embedding model is down.";
+        "Semantic search: metadata prefilter, then vector similarity and BM25 keyword candidates fused, then fuzzy rerank. Returns hits with vector, lexical, fuzzy and final scores; `stages` turns stages off. Falls back to lexical + fuzzy (mode lexical_fuzzy) if the embedding model is down.";
     link_contexts(LinkContextsRequest) -> LinkContextsResponse, UPSERT,
         "Relate two contexts with a named relation (from -> to).";
     get_related(GetRelatedRequest) -> RelatedList, READ,

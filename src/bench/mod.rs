@@ -4,6 +4,7 @@
 pub mod load;
 pub mod preload;
 pub mod report;
+pub mod retrieval;
 
 use std::sync::Arc;
 use std::time::Instant;

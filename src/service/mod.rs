@@ -44,6 +44,7 @@ pub struct ServiceOptions {
     pub search_cache_entries: u64,
     pub search_cache_ttl: Duration,
     pub default_vector_weight: f64,
+    pub default_lexical_weight: f64,
     /// How many prefiltered contexts the fuzzy-only fallback scores.
     pub fuzzy_fallback_scan: usize,
 }
@@ -53,7 +54,8 @@ impl Default for ServiceOptions {
         Self {
             search_cache_entries: 10_000,
             search_cache_ttl: Duration::from_secs(30),
-            default_vector_weight: 0.7,
+            default_vector_weight: crate::config::DEFAULT_VECTOR_WEIGHT,
+            default_lexical_weight: crate::config::DEFAULT_LEXICAL_WEIGHT,
             fuzzy_fallback_scan: 2000,
         }
     }

@@ -208,9 +208,17 @@ pub struct SearchRequest {
     /// Drop hits whose fuzzy text similarity is below this, 0-1 (default 0: keep all).
     #[serde(default)]
     pub fuzzy_threshold: Option<f64>,
-    /// Weight of the vector score in the final score, 0-1 (default 0.7; the rest is fuzzy).
+    /// Weight of the retrieval score (vector and lexical) in the final score, 0-1 (default 0.85; the rest is
+    /// fuzzy).
     #[serde(default)]
     pub vector_weight: Option<f64>,
+    /// Share of the lexical (BM25) score within the retrieval score, 0-1 (default 0.3; the rest is vector).
+    #[serde(default)]
+    pub lexical_weight: Option<f64>,
+    /// The stages to run, any of `vector`, `lexical`, `fuzzy` (default all three). Candidates come from the
+    /// vector and lexical stages (from the prefiltered set when neither runs); fuzzy reranks them.
+    #[serde(default)]
+    pub stages: Option<Vec<Stage>>,
     /// Also return the contexts directly related to each hit.
     #[serde(default)]
     pub expand_related: bool,
@@ -229,9 +237,13 @@ pub struct SearchRequest {
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
 pub struct ScoreBreakdown {
-    /// Cosine similarity of query and content (0 in fuzzy-only mode).
+    /// Cosine similarity of query and content (0 when the vector stage did not run).
     pub vector: f64,
-    /// Fuzzy text similarity, 0-1.
+    /// BM25 score of the lexical stage relative to the best candidate's, 0-1 (absent when it did not run;
+    /// 0 for a candidate sharing no term with the query).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub lexical: Option<f64>,
+    /// Fuzzy text similarity, 0-1 (0 when the fuzzy stage did not run).
     pub fuzzy: f64,
     /// The fused score hits are ordered by.
     #[serde(rename = "final")]
@@ -264,16 +276,29 @@ pub struct SearchHit {
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum SearchMode {
-    /// Vector candidates reranked by fuzzy similarity.
+    /// The stages asked for all ran.
     Hybrid,
-    /// The embedder was unavailable: fuzzy similarity over the prefiltered set only.
+    /// The embedder was unavailable: lexical candidates and the prefiltered set, reranked by fuzzy similarity.
+    LexicalFuzzy,
+    /// The embedder was unavailable and there is no lexical index: fuzzy similarity over the prefiltered set.
     FuzzyOnly,
+}
+
+/// A stage of the search pipeline.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, JsonSchema, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    Vector,
+    Lexical,
+    Fuzzy,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct SearchResponse {
     pub hits: Vec<SearchHit>,
     pub mode: SearchMode,
+    /// The stages that ran.
+    pub stages: Vec<Stage>,
     /// Why the search was degraded, when it was.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub degraded_reason: Option<String>,
@@ -440,7 +465,7 @@ pub struct RecallAgentStateRequest {
     /// Drop hits whose fuzzy text similarity is below this, 0-1 (default 0: keep all).
     #[serde(default)]
     pub fuzzy_threshold: Option<f64>,
-    /// Weight of the vector score in the final score, 0-1 (default 0.7; the rest is fuzzy).
+    /// Weight of the retrieval score in the final score, 0-1 (default 0.85; the rest is fuzzy).
     #[serde(default)]
     pub vector_weight: Option<f64>,
     /// The owning agent (defaults to the caller; admins may name any agent).
@@ -460,6 +485,8 @@ pub struct StateHit {
 pub struct RecallAgentStateResponse {
     pub hits: Vec<StateHit>,
     pub mode: SearchMode,
+    /// The stages that ran.
+    pub stages: Vec<Stage>,
     /// Why the recall was degraded, when it was.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub degraded_reason: Option<String>,

@@ -1,17 +1,28 @@
-//! Search: prefilter -> vector stage -> fuzzy rerank -> optional graph expansion, with a result cache.
+//! Search: prefilter -> vector and lexical stages (candidates pooled) -> fuzzy rerank -> optional graph
+//! expansion, with a result cache.
+//!
+//! Scoring: each candidate's retrieval score is `(1 - lexical_weight) x vector + lexical_weight x lexical`,
+//! both spread over the pool (the cosine min-max scaled over the candidates, the BM25 score divided by the
+//! best candidate's, so both 0-1; a stage that did not run leaves the other alone),
+//! and the final score `vector_weight x retrieval + (1 - vector_weight) x fuzzy` (retrieval alone when the
+//! fuzzy stage is off). A candidate found by one stage only is scored by the other too where it can be: a
+//! lexical hit's cosine is computed from its stored vector; a vector hit outside the lexical top is 0.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use super::recalls::{recall_score, recency_score};
-use super::{ContextService, RelatedSummary, ScoreBreakdown, SearchHit, SearchMode, SearchRequest, SearchResponse};
+use super::{
+    ContextService, RelatedSummary, ScoreBreakdown, SearchHit, SearchMode, SearchRequest, SearchResponse, Stage,
+};
 use crate::auth::{Permission, Principal};
 use crate::domain::{Context, ContextFilter, Timestamp, limits, parse_limit};
 use crate::error::{ServiceError, ServiceResult};
 use crate::search::rerank::{FuzzyQuery, fuse, normalise};
 use crate::store::VectorStore;
 use crate::store::graph::RecallStats;
+use crate::store::vector::LexicalHit;
 use crate::store::vector::{SearchPath, search_filled};
 
 /// Related contexts shown per search hit at most.
@@ -27,6 +38,8 @@ pub(super) struct SearchPlan {
     candidates: usize,
     fuzzy_threshold: f64,
     vector_weight: f64,
+    lexical_weight: f64,
+    stages: Stages,
     expand_related: bool,
     /// Weights of the recency and recall scores (0: not computed).
     recency_weight: f64,
@@ -42,12 +55,56 @@ fn unit_interval(field: &str, value: Option<f64>, default: f64) -> ServiceResult
     }
 }
 
-/// What the vector and fuzzy stages found, before any graph expansion.
+/// Which stages a search asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(super) struct Stages {
+    vector: bool,
+    lexical: bool,
+    fuzzy: bool,
+}
+
+impl Stages {
+    const ALL: Stages = Stages { vector: true, lexical: true, fuzzy: true };
+
+    fn parse(stages: Option<Vec<Stage>>) -> ServiceResult<Self> {
+        let Some(stages) = stages else { return Ok(Self::ALL) };
+        if stages.is_empty() {
+            return Err(ServiceError::invalid("stages must name at least one of vector, lexical, fuzzy"));
+        }
+        Ok(Self {
+            vector: stages.contains(&Stage::Vector),
+            lexical: stages.contains(&Stage::Lexical),
+            fuzzy: stages.contains(&Stage::Fuzzy),
+        })
+    }
+}
+
+/// What the vector, lexical and fuzzy stages found, before any graph expansion.
 pub(super) struct Ranked {
     pub hits: Vec<SearchHit>,
     pub mode: SearchMode,
+    pub stages: Vec<Stage>,
     pub degraded_reason: Option<String>,
     pub candidates: usize,
+}
+
+/// A candidate with the scores its stages gave it.
+struct Candidate {
+    context: Context,
+    vector: f64,
+    /// The raw BM25 score; None when the lexical stage did not find it.
+    lexical: Option<f64>,
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let (mut dot, mut aa, mut bb) = (0.0f64, 0.0f64, 0.0f64);
+    for (x, y) in a.iter().zip(b) {
+        let (x, y) = (f64::from(*x), f64::from(*y));
+        dot += x * y;
+        aa += x * x;
+        bb += y * y;
+    }
+    if aa == 0.0 || bb == 0.0 { 0.0 } else { dot / (aa.sqrt() * bb.sqrt()) }
 }
 
 impl ContextService {
@@ -63,6 +120,9 @@ impl ContextService {
             request.vector_weight,
         )?;
         plan.expand_related = request.expand_related;
+        plan.lexical_weight =
+            unit_interval("lexical_weight", request.lexical_weight, self.options.default_lexical_weight)?;
+        plan.stages = Stages::parse(request.stages)?;
         plan.recency_weight = unit_interval("recency_weight", request.recency_weight, 0.0)?;
         plan.recall_weight = unit_interval("recall_weight", request.recall_weight, 0.0)?;
         if plan.recency_weight + plan.recall_weight > 1.0 {
@@ -104,6 +164,8 @@ impl ContextService {
             candidates,
             fuzzy_threshold: unit_interval("fuzzy_threshold", fuzzy_threshold, 0.0)?,
             vector_weight: unit_interval("vector_weight", vector_weight, self.options.default_vector_weight)?,
+            lexical_weight: self.options.default_lexical_weight,
+            stages: Stages::ALL,
             expand_related: false,
             recency_weight: 0.0,
             recall_weight: 0.0,
@@ -114,7 +176,7 @@ impl ContextService {
         let mut filter = plan.filter.clone();
         filter.now = Timestamp(0);
         format!(
-            "{}|{}|{}|{}|{}|{}|{}|{}|{}|{}",
+            "{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{:?}",
             self.generation.load(Ordering::SeqCst),
             serde_json::to_string(&filter).unwrap_or_default(),
             plan.query,
@@ -124,7 +186,9 @@ impl ContextService {
             plan.vector_weight,
             plan.expand_related,
             plan.recency_weight,
-            plan.recall_weight
+            plan.recall_weight,
+            plan.lexical_weight,
+            plan.stages
         )
     }
 
@@ -154,47 +218,86 @@ impl ContextService {
     }
 
     async fn run_search(&self, plan: &SearchPlan) -> ServiceResult<SearchResponse> {
-        let Ranked { mut hits, mode, degraded_reason, candidates } = self.ranked(plan, self.vectors.as_ref()).await?;
+        let Ranked { mut hits, mode, stages, degraded_reason, candidates } =
+            self.ranked(plan, self.vectors.as_ref()).await?;
         if plan.expand_related {
             self.expand_related(plan, &mut hits).await?;
         }
-        Ok(SearchResponse { hits, mode, degraded_reason, candidates, cached: false })
+        Ok(SearchResponse { hits, mode, stages, degraded_reason, candidates, cached: false })
     }
 
-    /// The prefilter, vector and fuzzy stages over one collection: the nearest points that pass the filter,
-    /// reranked; by fuzzy similarity alone over the prefiltered points when the embedder is down.
+    /// The prefilter, vector, lexical and fuzzy stages over one collection. When the embedder is down the
+    /// vector stage is skipped: lexical candidates and up to `fuzzy_fallback_scan` prefiltered points are
+    /// reranked by fuzzy similarity (the mode says so).
     pub(super) async fn ranked(&self, plan: &SearchPlan, store: &dyn VectorStore) -> ServiceResult<Ranked> {
-        let (mode, degraded_reason, scored) = match self.embedder.embed(vec![plan.query.clone()]).await {
-            Ok(mut vectors) => {
-                let vector = vectors.pop().ok_or_else(|| ServiceError::Internal("no query vector".into()))?;
-                let (hits, path) = search_filled(store, vector, &plan.filter, plan.candidates).await?;
-                if path == SearchPath::ExactFallback {
-                    self.metrics.search_exact_fallbacks.inc();
+        let wanted = plan.stages;
+        let mut degraded_reason = None;
+        let query_vector = if wanted.vector {
+            match self.embedder.embed(vec![plan.query.clone()]).await {
+                Ok(mut vectors) => Some(vectors.pop().ok_or_else(|| ServiceError::Internal("no query vector".into()))?),
+                Err(err) => {
+                    tracing::warn!(error = %err, "embedder unavailable; searching without the vector stage");
+                    degraded_reason = Some(format!("embedder unavailable: {err}"));
+                    None
                 }
-                let scored: Vec<(Context, f64)> = hits.into_iter().map(|h| (h.context, h.score as f64)).collect();
-                (SearchMode::Hybrid, None, scored)
             }
-            Err(err) => {
-                tracing::warn!(error = %err, "embedder unavailable; searching by fuzzy similarity only");
-                let contexts = store.scroll(&plan.filter, self.options.fuzzy_fallback_scan).await?;
-                let scored = contexts.into_iter().map(|c| (c, 0.0)).collect();
-                (SearchMode::FuzzyOnly, Some(format!("embedder unavailable: {err}")), scored)
-            }
+        } else {
+            None
         };
-        let candidates = scored.len();
-        let vector_weight = if mode == SearchMode::FuzzyOnly { 0.0 } else { plan.vector_weight };
+        let degraded = degraded_reason.is_some();
+        let mut pool: Vec<Candidate> = Vec::new();
+        let mut ran = Vec::new();
+        if let Some(vector) = &query_vector {
+            let (hits, path) = search_filled(store, vector.clone(), &plan.filter, plan.candidates).await?;
+            if path == SearchPath::ExactFallback {
+                self.metrics.search_exact_fallbacks.inc();
+            }
+            pool.extend(hits.into_iter().map(|h| Candidate {
+                context: h.context,
+                vector: h.score as f64,
+                lexical: None,
+            }));
+            ran.push(Stage::Vector);
+        }
+        if wanted.lexical || degraded {
+            let lexical = store.lexical_search(&plan.query, &plan.filter, plan.candidates, query_vector.is_some());
+            if let Some(hits) = lexical.await? {
+                merge_lexical(&mut pool, hits, query_vector.as_deref());
+                ran.push(Stage::Lexical);
+            }
+        }
+        if degraded || (!wanted.vector && !ran.contains(&Stage::Lexical)) {
+            // No candidates from the stages: the prefiltered set itself, for the fuzzy stage to rank.
+            let known: std::collections::HashSet<uuid::Uuid> = pool.iter().map(|c| c.context.id).collect();
+            let scanned = store.scroll(&plan.filter, self.options.fuzzy_fallback_scan).await?;
+            pool.extend(scanned.into_iter().filter(|c| !known.contains(&c.id)).map(|context| Candidate {
+                context,
+                vector: 0.0,
+                lexical: None,
+            }));
+        }
+        let fuzzy = wanted.fuzzy || degraded;
+        if fuzzy {
+            ran.push(Stage::Fuzzy);
+        }
+        let mode = match (degraded, ran.contains(&Stage::Lexical)) {
+            (false, _) => SearchMode::Hybrid,
+            (true, true) => SearchMode::LexicalFuzzy,
+            (true, false) => SearchMode::FuzzyOnly,
+        };
+        let candidates = pool.len();
         let stats = if plan.recency_weight > 0.0 || plan.recall_weight > 0.0 {
-            let ids: Vec<uuid::Uuid> = scored.iter().map(|(context, _)| context.id).collect();
+            let ids: Vec<uuid::Uuid> = pool.iter().map(|c| c.context.id).collect();
             Some(self.graph.recall_stats(&ids).await?)
         } else {
             None
         };
+        let scoring = Scoring { vector: ran.contains(&Stage::Vector), lexical: ran.contains(&Stage::Lexical), fuzzy };
         // The rerank is CPU-bound (up to `fuzzy_fallback_scan` texts): it runs on a per-core lane, never on
         // the async workers, so long searches cannot stall other requests.
         let rerank_plan = plan.clone();
-        let hits =
-            self.rerank_lanes.run(move || Ok(rerank(&rerank_plan, scored, vector_weight, stats.as_ref()))).await?;
-        Ok(Ranked { hits, mode, degraded_reason, candidates })
+        let hits = self.rerank_lanes.run(move || Ok(rerank(&rerank_plan, pool, scoring, stats.as_ref()))).await?;
+        Ok(Ranked { hits, mode, stages: ran, degraded_reason, candidates })
     }
 
     /// Adds each hit's directly related, visible contexts: one graph call for all hits.
@@ -218,32 +321,73 @@ impl ContextService {
     }
 }
 
+/// Adds the lexical stage's hits to the pool: their BM25 score on candidates already there, new candidates
+/// for the rest (with their cosine to the query when both are known).
+fn merge_lexical(pool: &mut Vec<Candidate>, hits: Vec<LexicalHit>, query_vector: Option<&[f32]>) {
+    let at: HashMap<uuid::Uuid, usize> = pool.iter().enumerate().map(|(i, c)| (c.context.id, i)).collect();
+    for hit in hits {
+        match at.get(&hit.context.id) {
+            Some(&i) => pool[i].lexical = Some(hit.score as f64),
+            None => {
+                let vector = match (query_vector, &hit.dense) {
+                    (Some(query), Some(dense)) => cosine(query, dense),
+                    _ => 0.0,
+                };
+                pool.push(Candidate { context: hit.context, vector, lexical: Some(hit.score as f64) });
+            }
+        }
+    }
+}
+
+/// Which scores count in the final score.
+#[derive(Clone, Copy)]
+struct Scoring {
+    vector: bool,
+    lexical: bool,
+    fuzzy: bool,
+}
+
 /// The fuzzy rerank: keeps the candidates the filter matches and the threshold admits, fuses the scores
 /// (with recency and recall when the plan weighs them, from `stats`), and returns the best `limit`, best
 /// first.
 fn rerank(
     plan: &SearchPlan,
-    scored: Vec<(Context, f64)>,
-    vector_weight: f64,
+    pool: Vec<Candidate>,
+    scoring: Scoring,
     stats: Option<&HashMap<uuid::Uuid, RecallStats>>,
 ) -> Vec<SearchHit> {
-    let fuzzy = FuzzyQuery::new(&plan.normalised);
+    let fuzzy = scoring.fuzzy.then(|| FuzzyQuery::new(&plan.normalised));
+    let best_lexical = pool.iter().filter_map(|c| c.lexical).fold(0.0f64, f64::max);
+    // Cosines of one pool sit in a narrow band (0.3-0.6 is common) while the lexical score spans 0-1, so the
+    // vector score is spread over the pool's own range before the two are blended.
+    let (low, high) = pool.iter().fold((f64::MAX, f64::MIN), |(low, high), c| (low.min(c.vector), high.max(c.vector)));
+    let spread = |vector: f64| if high > low { (vector - low) / (high - low) } else { 1.0 };
     let now = Timestamp::now();
-    let mut hits: Vec<SearchHit> = scored
+    let mut hits: Vec<SearchHit> = pool
         .into_iter()
-        .filter(|(context, _)| plan.filter.matches(context))
-        .filter_map(|(context, vector)| {
-            let fuzzy_score = fuzzy.score(&normalise(&context.content));
-            if fuzzy_score < plan.fuzzy_threshold {
+        .filter(|candidate| plan.filter.matches(&candidate.context))
+        .filter_map(|Candidate { context, vector, lexical }| {
+            let fuzzy_score = fuzzy.as_ref().map_or(0.0, |f| f.score(&normalise(&context.content)));
+            if fuzzy.is_some() && fuzzy_score < plan.fuzzy_threshold {
                 return None;
             }
-            let mut scores = ScoreBreakdown {
-                vector,
-                fuzzy: fuzzy_score,
-                final_score: fuse(vector, fuzzy_score, vector_weight),
-                recency: None,
-                recall: None,
+            let lexical = scoring.lexical.then(|| {
+                let raw = lexical.unwrap_or(0.0);
+                if best_lexical > 0.0 { raw / best_lexical } else { 0.0 }
+            });
+            let retrieval = match (scoring.vector, lexical) {
+                (true, Some(lexical)) => fuse(lexical, spread(vector), plan.lexical_weight),
+                (true, None) => vector.clamp(0.0, 1.0),
+                (false, Some(lexical)) => lexical,
+                (false, None) => 0.0,
             };
+            let final_score = match (fuzzy.is_some(), scoring.vector || scoring.lexical) {
+                (true, true) => fuse(retrieval, fuzzy_score, plan.vector_weight),
+                (true, false) => fuzzy_score,
+                (false, _) => retrieval,
+            };
+            let mut scores =
+                ScoreBreakdown { vector, lexical, fuzzy: fuzzy_score, final_score, recency: None, recall: None };
             if let Some(stats) = stats {
                 let known = stats.get(&context.id);
                 let recency = recency_score(&context, known, now);

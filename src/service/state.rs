@@ -202,6 +202,7 @@ impl ContextService {
         Ok(RecallAgentStateResponse {
             hits,
             mode: ranked.mode,
+            stages: ranked.stages,
             degraded_reason: ranked.degraded_reason,
             candidates: ranked.candidates,
         })

@@ -18,6 +18,7 @@ mod qdrant_outage;
 mod recall;
 mod relay;
 mod replicas;
+mod retrieval_quality;
 mod security;
 mod service_analytics;
 mod service_contexts;

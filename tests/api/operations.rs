@@ -75,10 +75,21 @@ async fn reindex_rebuilds_lost_vectors_and_resumes_from_its_checkpoint() {
         app.core.take().unwrap().shutdown().await;
         std::mem::replace(&mut app.dir, tempfile::tempdir().unwrap())
     };
-    let full = binary(dir.path()).args(["reindex", "--from-start"]).output().unwrap();
-    assert!(full.status.success());
+    // --recreate makes both collections again from the definition (how one made before the lexical stage
+    // gains it) and fills them from the graph.
+    let full = binary(dir.path()).args(["reindex", "--recreate"]).output().unwrap();
+    assert!(full.status.success(), "{}", String::from_utf8_lossy(&full.stderr));
     let app = TestCore::start_in(dir).await;
     assert_eq!(app.service().vectors().existing_ids(&ids).await.unwrap(), ids);
+    assert_eq!(app.service().state_vectors().existing_ids(&[state_point]).await.unwrap(), vec![state_point]);
+    let everything = context_store::domain::ContextFilter::parse(
+        Default::default(),
+        context_store::domain::ReadScope { admin: true, ..Default::default() },
+        context_store::domain::Timestamp::now(),
+    )
+    .unwrap();
+    let lexical = app.service().vectors().lexical_search("number 3 backups", &everything, 10, false).await.unwrap();
+    assert!(lexical.expect("a lexical index").iter().any(|h| h.context.content.contains("number 3 ")));
 }
 
 #[tokio::test]

@@ -1,7 +1,7 @@
 use std::sync::atomic::Ordering;
 
 use context_store::domain::{ContextFilterArgs, Visibility};
-use context_store::service::{SearchMode, SearchRequest, StoreContextRequest};
+use context_store::service::{SearchMode, SearchRequest, Stage, StoreContextRequest};
 
 use crate::helpers::TestCore;
 
@@ -106,16 +106,21 @@ async fn search_results_are_cached_until_a_write() {
 }
 
 #[tokio::test]
-async fn search_falls_back_to_fuzzy_only_when_the_embedder_is_down() {
+async fn search_falls_back_to_lexical_and_fuzzy_when_the_embedder_is_down() {
     let app = TestCore::start().await;
     seed(&app).await;
     app.embedder.failing.store(true, Ordering::SeqCst);
     let result =
         app.service().search(&app.principal, search("kubernetes cluster memory", Some("s1"), "bob")).await.unwrap();
-    assert_eq!(result.mode, SearchMode::FuzzyOnly);
+    assert_eq!(result.mode, SearchMode::LexicalFuzzy);
+    assert_eq!(result.stages, [Stage::Lexical, Stage::Fuzzy]);
     assert!(result.degraded_reason.is_some());
     assert!(result.hits[0].context.content.contains("Kubernetes"));
     assert_eq!(result.hits[0].scores.vector, 0.0);
+    assert_eq!(result.hits[0].scores.lexical, Some(1.0), "the best lexical match");
+    // A misspelt word no lexical term matches is still found: the prefiltered set is scanned too.
+    let typo = app.service().search(&app.principal, search("guitarrist sollo", Some("s1"), "bob")).await.unwrap();
+    assert!(typo.hits[0].context.content.contains("guitarist"), "{:?}", typo.hits[0].context.content);
     app.embedder.failing.store(false, Ordering::SeqCst);
     let healthy =
         app.service().search(&app.principal, search("kubernetes cluster memory", Some("s1"), "bob")).await.unwrap();
@@ -328,4 +333,40 @@ mod recall_statistics {
             );
         }
     }
+}
+
+#[tokio::test]
+async fn each_stage_can_be_turned_off_and_the_lexical_stage_finds_rare_words() {
+    let app = TestCore::start().await;
+    seed(&app).await;
+    app.store("s1", "alice", "Ticket QX-7731 tracks the flaky checkout test on the release branch.").await;
+    let ask = |query: &str, stages: Option<Vec<Stage>>| SearchRequest { stages, ..search(query, Some("s1"), "bob") };
+
+    let lexical = app.service().search(&app.principal, ask("QX-7731", Some(vec![Stage::Lexical]))).await.unwrap();
+    assert_eq!(lexical.stages, [Stage::Lexical]);
+    assert_eq!(lexical.hits.len(), 1, "only texts sharing a term with the query");
+    assert!(lexical.hits[0].context.content.contains("QX-7731"));
+    let scores = &lexical.hits[0].scores;
+    assert_eq!((scores.vector, scores.fuzzy, scores.lexical), (0.0, 0.0, Some(1.0)));
+    assert_eq!(scores.final_score, 1.0);
+
+    let full = app.service().search(&app.principal, ask("what is ticket QX-7731 about", None)).await.unwrap();
+    assert_eq!(full.stages, [Stage::Vector, Stage::Lexical, Stage::Fuzzy]);
+    assert!(full.hits[0].context.content.contains("QX-7731"));
+    let top = &full.hits[0].scores;
+    assert!(top.vector > 0.0 && top.lexical == Some(1.0) && top.fuzzy > 0.0, "{top:?}");
+    assert!(full.hits.iter().skip(1).all(|h| h.scores.lexical.is_some()), "every hit carries a lexical score");
+
+    let dense = app.service().search(&app.principal, ask("forgot my login", Some(vec![Stage::Vector]))).await.unwrap();
+    assert_eq!(dense.stages, [Stage::Vector]);
+    assert!(dense.hits[0].context.content.contains("password"));
+    assert!(dense.hits.iter().all(|h| h.scores.lexical.is_none() && h.scores.fuzzy == 0.0));
+    assert_eq!(dense.hits[0].scores.final_score, dense.hits[0].scores.vector);
+
+    let fuzzy = app.service().search(&app.principal, ask("guitarist solo", Some(vec![Stage::Fuzzy]))).await.unwrap();
+    assert!(fuzzy.hits[0].context.content.contains("guitarist"));
+    assert_eq!(fuzzy.hits[0].scores.vector, 0.0);
+
+    let none = app.service().search(&app.principal, ask("x", Some(vec![]))).await.unwrap_err();
+    assert_eq!(none.code(), context_store::error::ErrorCode::InvalidArgument);
 }

@@ -290,12 +290,12 @@ mod recall {
     }
 
     #[tokio::test]
-    async fn without_the_model_recall_is_fuzzy_only() {
+    async fn without_the_model_recall_is_lexical_and_fuzzy() {
         let app = TestCore::start().await;
         let (alice, _) = remembered(&app).await;
         app.embedder.failing.store(true, Ordering::SeqCst);
         let recalled = app.service().recall_agent_state(&alice, ask("cheese sandwich")).await.unwrap();
-        assert_eq!(recalled.mode, SearchMode::FuzzyOnly);
+        assert_eq!(recalled.mode, SearchMode::LexicalFuzzy);
         assert!(recalled.degraded_reason.is_some());
         assert_eq!(keys(&recalled)[0], "lunch");
         assert!(recalled.hits.iter().all(|h| h.scores.vector == 0.0));

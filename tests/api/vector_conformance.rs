@@ -136,6 +136,53 @@ async fn payload_round_trips_and_deletes_remove_points(store: &dyn VectorStore) 
     assert_eq!(store.count().await.unwrap(), 9);
 }
 
+async fn lexical_search_ranks_by_rare_shared_terms_within_the_filter(store: &dyn VectorStore) {
+    let mut rng = fastrand::Rng::with_seed(5);
+    let mut points = dataset(&mut rng, Timestamp::now());
+    let texts = [
+        "the invoice for the printer was paid",
+        "the printer jammed again on friday",
+        "zanzibar office opening is planned",
+        "the the the the",
+        "printers and invoices everywhere in the office",
+    ];
+    for (point, text) in points.iter_mut().zip(texts) {
+        point.context.content = text.to_string();
+        point.context.expires_at = None;
+        point.context.visibility = Visibility::Public;
+    }
+    store.upsert(points.clone()).await.unwrap();
+    let everything = ContextFilter::parse(
+        ContextFilterArgs::default(),
+        ReadScope { agent_id: "root".into(), admin: true, sessions: None },
+        Timestamp::now(),
+    )
+    .unwrap();
+    let ranked = |hits: Vec<context_store::store::vector::LexicalHit>| -> Vec<String> {
+        hits.into_iter().map(|h| h.context.content).collect()
+    };
+    let hits = store.lexical_search("zanzibar office", &everything, 10, true).await.unwrap().expect("a lexical index");
+    assert_eq!(hits[0].context.content, texts[2], "the rare term decides");
+    assert_eq!(hits.len(), 2, "only texts sharing a term: {:?}", ranked(hits.clone()));
+    assert_eq!(hits[0].dense.as_deref(), Some(points[2].vector.as_slice()), "the dense vector when asked for");
+    assert!(hits[0].score > hits[1].score);
+    let found = ranked(store.lexical_search("printer invoice", &everything, 10, false).await.unwrap().unwrap());
+    assert_eq!(found.len(), 3, "stemmed: printers and invoices match too: {found:?}");
+    assert!(store.lexical_search("the of", &everything, 10, false).await.unwrap().unwrap().is_empty(), "stopwords");
+    // The filter applies as in the vector stage.
+    let only_s0 = ContextFilter::parse(
+        ContextFilterArgs { session_id: Some("s0".into()), ..Default::default() },
+        ReadScope { agent_id: "root".into(), admin: true, sessions: None },
+        Timestamp::now(),
+    )
+    .unwrap();
+    let in_s0 = store.lexical_search("printer invoice office", &only_s0, 10, false).await.unwrap().unwrap();
+    assert!(!in_s0.is_empty() && in_s0.iter().all(|h| h.context.session_id == "s0"));
+    // A deleted point is gone from the lexical index too.
+    store.delete(&[points[2].context.id]).await.unwrap();
+    assert!(store.lexical_search("zanzibar", &everything, 10, false).await.unwrap().unwrap().is_empty());
+}
+
 /// Each suite function runs against qdrant-edge (in a temp dir) and, when `QDRANT_URL` names a server,
 /// against Qdrant server in a fresh collection (scripts/test skips these otherwise, and says so).
 macro_rules! conformance {
@@ -168,7 +215,38 @@ macro_rules! conformance {
     };
 }
 
-conformance!(filters_agree_with_the_in_memory_oracle, payload_round_trips_and_deletes_remove_points);
+conformance!(
+    filters_agree_with_the_in_memory_oracle,
+    payload_round_trips_and_deletes_remove_points,
+    lexical_search_ranks_by_rare_shared_terms_within_the_filter
+);
+
+#[tokio::test]
+async fn a_store_made_before_the_lexical_stage_opens_without_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut old = CollectionSpec::builtin();
+    old.lexical = None;
+    let store = EdgeVectorStore::open(dir.path(), &old).await.unwrap();
+    let context = crate::helpers::public_context("an old note about invoices", "s", "alice");
+    store.upsert(vec![VectorPoint { context, vector: random_vector(&mut fastrand::Rng::with_seed(2)) }]).await.unwrap();
+    store.flush().await.unwrap();
+    drop(store);
+    let reopened = EdgeVectorStore::open(dir.path(), &CollectionSpec::builtin()).await.unwrap();
+    assert_eq!(reopened.count().await.unwrap(), 1);
+    let everything = ContextFilter::parse(
+        ContextFilterArgs::default(),
+        ReadScope { agent_id: "root".into(), admin: true, sessions: None },
+        Timestamp::now(),
+    )
+    .unwrap();
+    assert!(reopened.lexical_search("invoices", &everything, 10, false).await.unwrap().is_none(), "no lexical index");
+    let context = crate::helpers::public_context("a new note about invoices", "s", "alice");
+    reopened
+        .upsert(vec![VectorPoint { context, vector: random_vector(&mut fastrand::Rng::with_seed(3)) }])
+        .await
+        .unwrap();
+    assert_eq!(reopened.count().await.unwrap(), 2, "writes go on without it");
+}
 
 #[tokio::test]
 async fn the_embedded_store_opens_in_one_process_at_a_time() {

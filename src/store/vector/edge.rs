@@ -107,6 +107,11 @@ impl EdgeVectorStore {
         })
     }
 
+    /// Takes the process lock of the store in `dir` (refused while another process has it open).
+    pub fn lock(dir: &Path) -> StoreResult<std::fs::File> {
+        lock_dir(dir)
+    }
+
     /// Vectors covered by an HNSW index (the rest are searched exactly).
     pub fn indexed_vectors(&self) -> usize {
         self.shard.info().indexed_vectors_count

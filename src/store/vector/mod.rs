@@ -15,7 +15,7 @@ use uuid::Uuid;
 use crate::domain::{Context, ContextFilter};
 use crate::error::StoreResult;
 
-pub use collection::{ClusterSpec, CollectionSpec};
+pub use collection::{ClusterSpec, CollectionSpec, LexicalSpec};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct VectorPoint {

@@ -169,6 +169,21 @@ fn point_ids(ids: &[Uuid]) -> Vec<PointId> {
 }
 
 impl QdrantVectorStore {
+    /// Deletes the collection (`reindex --recreate` makes it again from the definition); absent is fine.
+    pub async fn drop_collection(options: &QdrantOptions, spec: &CollectionSpec) -> StoreResult<()> {
+        let url = options.url.split(',').map(str::trim).find(|u| !u.is_empty()).unwrap_or_default();
+        let mut config = Qdrant::from_url(url).timeout(options.timeout).skip_compatibility_check();
+        if let Some(key) = &options.api_key {
+            config = config.api_key(key.clone());
+        }
+        let client = config.build().map_err(qdrant_error)?;
+        let name = options.collection.clone().unwrap_or_else(|| spec.name.clone());
+        if client.collection_exists(name.clone()).await.map_err(qdrant_error)? {
+            client.delete_collection(name).await.map_err(qdrant_error)?;
+        }
+        Ok(())
+    }
+
     /// Connects and creates the collection (with its payload indexes) from the definition when missing.
     pub async fn connect(options: &QdrantOptions, spec: &CollectionSpec) -> StoreResult<Self> {
         let urls: Vec<&str> = options.url.split(',').map(str::trim).filter(|u| !u.is_empty()).collect();
