@@ -113,8 +113,10 @@ impl EdgeVectorStore {
     }
 
     /// Vectors covered by an HNSW index (the rest are searched exactly).
+    /// qdrant-edge counts every vector of an indexed segment, the sparse ones too: with the lexical stage
+    /// each point has two (a text of stopwords only has none, so this can read slightly low).
     pub fn indexed_vectors(&self) -> usize {
-        self.shard.info().indexed_vectors_count
+        dense_indexed(self.shard.info().indexed_vectors_count, self.lexical.is_some())
     }
 
     async fn blocking<T, F>(&self, exclusive: bool, work: F) -> StoreResult<T>
@@ -246,6 +248,12 @@ fn truncate_wal_prefix(wal: &Path) -> StoreResult<()> {
         std::fs::remove_file(&path).map_err(|e| edge_error(format!("remove {}: {e}", path.display())))?;
     }
     Ok(())
+}
+
+/// The dense vectors covered by the HNSW index, from the shard's count of all indexed vectors (see
+/// `indexed_vectors`).
+fn dense_indexed(all_indexed: usize, lexical: bool) -> usize {
+    if lexical { all_indexed / 2 } else { all_indexed }
 }
 
 /// The unnamed dense vector of a point's vectors.
@@ -424,7 +432,8 @@ impl VectorStore for EdgeVectorStore {
     }
 
     async fn indexed(&self) -> StoreResult<u64> {
-        self.blocking(false, |shard| Ok(shard.info().indexed_vectors_count as u64)).await
+        let lexical = self.lexical.is_some();
+        self.blocking(false, move |shard| Ok(dense_indexed(shard.info().indexed_vectors_count, lexical) as u64)).await
     }
 
     async fn flush(&self) -> StoreResult<()> {

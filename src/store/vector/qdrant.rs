@@ -568,7 +568,9 @@ impl VectorStore for QdrantVectorStore {
                 async move { client.collection_info(name).await }
             }))
             .await?;
-        Ok(info.result.and_then(|r| r.indexed_vectors_count).unwrap_or(0))
+        let all = info.result.and_then(|r| r.indexed_vectors_count).unwrap_or(0);
+        // The count covers the sparse vectors of the lexical stage too: each point has one beside its dense one.
+        Ok(if self.lexical.is_some() { all / 2 } else { all })
     }
 
     /// Writes were acknowledged with wait = true: the server's WAL already holds them.
