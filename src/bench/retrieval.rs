@@ -92,7 +92,7 @@ impl RetrievalSet {
     }
 }
 
-/// Seeded typos: each word of four letters or more gets one with probability 1/4 (an adjacent swap, a
+/// Seeded typos: each word of four letters or more (letters only) gets one with probability 1/4 (an adjacent swap, a
 /// dropped or doubled letter, or a neighbouring key), and every question gets at least one.
 pub fn add_typos(text: &str, seed: u64) -> String {
     const ROWS: [&str; 3] = ["qwertyuiop", "asdfghjkl", "zxcvbnm"];
@@ -126,8 +126,10 @@ pub fn add_typos(text: &str, seed: u64) -> String {
     }
     let mut rng = fastrand::Rng::with_seed(seed);
     let words: Vec<&str> = text.split(' ').collect();
-    let long: Vec<usize> =
-        (0..words.len()).filter(|&i| words[i].chars().filter(|c| c.is_alphabetic()).count() >= 4).collect();
+    // Words of letters only (a word with punctuation stays as it is).
+    let long: Vec<usize> = (0..words.len())
+        .filter(|&i| words[i].chars().count() >= 4 && words[i].chars().all(char::is_alphabetic))
+        .collect();
     let mut chosen: HashSet<usize> = long.iter().copied().filter(|_| rng.u8(..4) == 0).collect();
     if chosen.is_empty() && !long.is_empty() {
         chosen.insert(long[rng.usize(..long.len())]);
@@ -135,10 +137,7 @@ pub fn add_typos(text: &str, seed: u64) -> String {
     words
         .iter()
         .enumerate()
-        .map(|(i, word)| {
-            let alphabetic = word.chars().all(char::is_alphabetic);
-            if chosen.contains(&i) && alphabetic { typo(word, &mut rng) } else { word.to_string() }
-        })
+        .map(|(i, word)| if chosen.contains(&i) { typo(word, &mut rng) } else { word.to_string() })
         .collect::<Vec<_>>()
         .join(" ")
 }
