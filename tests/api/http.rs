@@ -100,7 +100,7 @@ async fn openapi_document_lists_every_tool_with_resolvable_schemas() {
         app.http.get(format!("{}/openapi.json", app.address)).send().await.unwrap().json().await.unwrap();
     assert_eq!(document["openapi"], json!("3.1.0"));
     let paths = document["paths"].as_object().unwrap();
-    assert_eq!(paths.len(), 18);
+    assert_eq!(paths.len(), 19);
     assert!(paths.contains_key("/mcp/tool/search_context"));
     let schemas = document["components"]["schemas"].as_object().unwrap();
     // Every reference points at a component that exists.

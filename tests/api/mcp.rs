@@ -31,6 +31,7 @@ const TOOLS: &[&str] = &[
     "get_agent_state",
     "list_agent_state",
     "delete_agent_state",
+    "recall_agent_state",
     "get_metrics",
 ];
 
