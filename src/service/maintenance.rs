@@ -89,17 +89,8 @@ impl ContextService {
 
     async fn reapply_contexts(&self, ids: &[Uuid]) -> ServiceResult<()> {
         let entries = self.graph.index_entries(ids).await?;
-        let live: std::collections::HashSet<Uuid> = entries.iter().map(|e| e.context.id).collect();
-        let gone: Vec<Uuid> = ids.iter().copied().filter(|id| !live.contains(id)).collect();
-        let points: Vec<VectorPoint> =
-            entries.into_iter().map(|e| VectorPoint { context: e.context, vector: e.embedding }).collect();
-        if !points.is_empty() {
-            self.vectors.upsert(points).await?;
-        }
-        if !gone.is_empty() {
-            self.vectors.delete(&gone).await?;
-        }
-        Ok(())
+        let points = entries.into_iter().map(|e| VectorPoint { context: e.context, vector: e.embedding }).collect();
+        settle_points(self.vectors.as_ref(), ids, points).await
     }
 
     /// Repairs, while serving, the journal entries that no running write will finish (a write cancelled
@@ -305,4 +296,21 @@ async fn optimize_when_grown(store: &dyn crate::store::VectorStore, at_last: &mu
         }
         Err(err) => tracing::warn!(error = %err, "vector optimize failed"),
     }
+}
+
+/// Makes `store` hold exactly `points` among `ids`: they are upserted, the other ids deleted.
+pub(super) async fn settle_points(
+    store: &dyn crate::store::VectorStore,
+    ids: &[Uuid],
+    points: Vec<VectorPoint>,
+) -> ServiceResult<()> {
+    let live: std::collections::HashSet<Uuid> = points.iter().map(|p| p.context.id).collect();
+    let gone: Vec<Uuid> = ids.iter().copied().filter(|id| !live.contains(id)).collect();
+    if !points.is_empty() {
+        store.upsert(points).await?;
+    }
+    if !gone.is_empty() {
+        store.delete(&gone).await?;
+    }
+    Ok(())
 }

@@ -211,16 +211,7 @@ impl ContextService {
     /// The live state entries among `point_ids` upserted to the state collection, the rest deleted (repair).
     pub(super) async fn reapply_states(&self, point_ids: &[Uuid]) -> ServiceResult<()> {
         let entries = self.graph.state_index_entries(point_ids).await?;
-        let live: std::collections::HashSet<Uuid> = entries.iter().map(|e| e.point_id).collect();
-        let gone: Vec<Uuid> = point_ids.iter().copied().filter(|id| !live.contains(id)).collect();
-        let points: Vec<_> =
-            entries.into_iter().filter_map(|e| state_point(&e.state, e.point_id, e.embedding)).collect();
-        if !points.is_empty() {
-            self.state_vectors.upsert(points).await?;
-        }
-        if !gone.is_empty() {
-            self.state_vectors.delete(&gone).await?;
-        }
-        Ok(())
+        let points = entries.into_iter().filter_map(|e| state_point(&e.state, e.point_id, e.embedding)).collect();
+        super::maintenance::settle_points(self.state_vectors.as_ref(), point_ids, points).await
     }
 }

@@ -390,6 +390,20 @@ impl QdrantVectorStore {
         Ok(spec.lexical.is_some())
     }
 
+    /// A query (vector or lexical) through the breaker and the node rotation; its scored points.
+    async fn query(
+        &self,
+        request: qdrant_client::qdrant::QueryPoints,
+    ) -> StoreResult<Vec<qdrant_client::qdrant::ScoredPoint>> {
+        let response = self
+            .guarded(self.call(|client| {
+                let request = request.clone();
+                async move { client.query(request).await }
+            }))
+            .await?;
+        Ok(response.result)
+    }
+
     /// Calls the server (each node in turn, see `call`) through the circuit breaker. An attempt on one node
     /// takes at most the request timeout plus a grace second, even when it accepts connections and never
     /// answers; the breaker counts a call as failed only when no node answered.
@@ -456,14 +470,8 @@ impl VectorStore for QdrantVectorStore {
             request = request.with_vectors(VectorsSelector { names: vec![String::new()] });
         }
         let request: qdrant_client::qdrant::QueryPoints = request.into();
-        let response = self
-            .guarded(self.call(|client| {
-                let request = request.clone();
-                async move { client.query(request).await }
-            }))
-            .await?;
-        response
-            .result
+        self.query(request)
+            .await?
             .into_iter()
             .map(|hit| {
                 let dense = hit.vectors.and_then(|v| v.get_vector_by_name("")).and_then(|v| match v {
@@ -505,14 +513,8 @@ impl VectorStore for QdrantVectorStore {
             .with_payload(true)
             .params(SearchParamsBuilder::default().hnsw_ef(self.hnsw_ef).exact(exact))
             .into();
-        let response = self
-            .guarded(self.call(|client| {
-                let request = request.clone();
-                async move { client.query(request).await }
-            }))
-            .await?;
-        response
-            .result
+        self.query(request)
+            .await?
             .into_iter()
             .map(|hit| Ok(VectorHit { context: from_payload(&payload_json(hit.payload))?, score: hit.score }))
             .collect()
