@@ -17,6 +17,8 @@ pub struct Metrics {
     pub search_cache_misses: IntCounter,
     /// Approximate searches that came back short and were run again exactly.
     pub search_exact_fallbacks: IntCounter,
+    /// Searches whose lexical stage failed and were ranked without it.
+    pub search_stage_failures: IntCounter,
     pub backend_latency: HistogramVec,
     pub items: IntGaugeVec,
     pub active_connections: IntGauge,
@@ -115,6 +117,14 @@ impl Metrics {
                 IntCounter::new(
                     "search_exact_fallbacks_total",
                     "Vector searches that returned fewer hits than asked through the index and were run exactly",
+                )
+                .unwrap(),
+            ),
+            search_stage_failures: register(
+                &registry,
+                IntCounter::new(
+                    "search_stage_failures_total",
+                    "Searches whose lexical stage failed and were ranked without it",
                 )
                 .unwrap(),
             ),

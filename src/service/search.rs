@@ -210,8 +210,8 @@ impl ContextService {
         self.metrics.search_cache_misses.inc();
         let response = self.run_search(&plan).await?;
         self.recalls.note(response.hits.iter().map(|hit| hit.context.id));
-        // A degraded answer is not cached: the next call should try the embedder again.
-        if caching && response.mode == SearchMode::Hybrid {
+        // A degraded answer is not cached: the next call should try the embedder and every stage again.
+        if caching && response.mode == SearchMode::Hybrid && response.degraded_reason.is_none() {
             self.search_cache.insert(key, Arc::new(response.clone())).await;
         }
         Ok(response)
@@ -261,9 +261,24 @@ impl ContextService {
         }
         if wanted.lexical || degraded {
             let lexical = store.lexical_search(&plan.query, &plan.filter, plan.candidates, query_vector.is_some());
-            if let Some(hits) = lexical.await? {
-                merge_lexical(&mut pool, hits, query_vector.as_deref());
-                ran.push(Stage::Lexical);
+            // The lexical stage only adds candidates: when it fails the answer is ranked without it and
+            // says so, rather than failing the search.
+            match lexical.await {
+                Ok(Some(hits)) => {
+                    merge_lexical(&mut pool, hits, query_vector.as_deref());
+                    ran.push(Stage::Lexical);
+                }
+                Ok(None) if !wanted.vector => {
+                    degraded_reason.get_or_insert_with(|| {
+                        "lexical stage unavailable: the collection predates it (reindex --recreate adds it)".into()
+                    });
+                }
+                Ok(None) => {}
+                Err(err) => {
+                    tracing::warn!(error = %err, "lexical stage failed; ranking without it");
+                    self.metrics.search_stage_failures.inc();
+                    degraded_reason.get_or_insert_with(|| format!("lexical stage failed: {err}"));
+                }
             }
         }
         if degraded || (!wanted.vector && !ran.contains(&Stage::Lexical)) {

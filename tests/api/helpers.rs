@@ -83,11 +83,18 @@ pub struct SwitchableVectors {
     pub failing_writes: AtomicBool,
     /// Milliseconds every upsert waits before it runs (a slow vector store, to cancel writes mid-way).
     pub write_delay_ms: std::sync::atomic::AtomicU64,
+    /// Makes the lexical stage's query fail (a backend error mid-search).
+    pub failing_lexical: AtomicBool,
 }
 
 impl SwitchableVectors {
     pub fn new(inner: Arc<dyn VectorStore>) -> Self {
-        Self { inner, failing_writes: AtomicBool::new(false), write_delay_ms: Default::default() }
+        Self {
+            inner,
+            failing_writes: AtomicBool::new(false),
+            write_delay_ms: Default::default(),
+            failing_lexical: AtomicBool::new(false),
+        }
     }
 }
 
@@ -122,6 +129,9 @@ impl VectorStore for SwitchableVectors {
         limit: usize,
         with_dense: bool,
     ) -> StoreResult<Option<Vec<context_store::store::vector::LexicalHit>>> {
+        if self.failing_lexical.load(Ordering::SeqCst) {
+            return Err(StoreError::Backend("lexical query switched off by the test".into()));
+        }
         self.inner.lexical_search(query, filter, limit, with_dense).await
     }
     async fn scroll(&self, filter: &ContextFilter, limit: usize) -> StoreResult<Vec<Context>> {

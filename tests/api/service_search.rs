@@ -336,6 +336,36 @@ mod recall_statistics {
 }
 
 #[tokio::test]
+async fn a_failing_lexical_stage_leaves_a_ranked_answer_that_says_so_and_is_not_cached() {
+    let app = TestCore::start().await;
+    seed(&app).await;
+    app.vectors.failing_lexical.store(true, Ordering::SeqCst);
+    let ask = || search("forgot my password", Some("s1"), "bob");
+    let first = app.service().search(&app.principal, ask()).await.expect("the search still answers");
+    assert_eq!(first.stages, [Stage::Vector, Stage::Fuzzy], "ranked without the lexical stage");
+    assert_eq!(first.mode, SearchMode::Hybrid);
+    assert!(first.hits[0].context.content.contains("password"));
+    let reason = first.degraded_reason.as_deref().unwrap_or_default();
+    assert!(reason.contains("lexical stage failed"), "{reason}");
+    assert_eq!(app.service().metrics().search_stage_failures.get(), 1);
+    let again = app.service().search(&app.principal, ask()).await.unwrap();
+    assert!(!again.cached, "an answer without a stage is not cached");
+    // Once the stage works again the full answer comes back (and that one is cached).
+    app.vectors.failing_lexical.store(false, Ordering::SeqCst);
+    let healed = app.service().search(&app.principal, ask()).await.unwrap();
+    assert_eq!(healed.stages, [Stage::Vector, Stage::Lexical, Stage::Fuzzy]);
+    assert!(healed.degraded_reason.is_none());
+    assert!(app.service().search(&app.principal, ask()).await.unwrap().cached);
+    // Asked for the lexical stage alone, a failure falls back to the prefiltered scan, ranked by the fuzzy stage.
+    app.vectors.failing_lexical.store(true, Ordering::SeqCst);
+    let alone =
+        SearchRequest { stages: Some(vec![Stage::Lexical, Stage::Fuzzy]), ..search("password", Some("s1"), "bob") };
+    let alone = app.service().search(&app.principal, alone).await.unwrap();
+    assert!(alone.hits[0].context.content.contains("password"));
+    assert!(alone.degraded_reason.is_some());
+}
+
+#[tokio::test]
 async fn each_stage_can_be_turned_off_and_the_lexical_stage_finds_rare_words() {
     let app = TestCore::start().await;
     seed(&app).await;
