@@ -5,7 +5,6 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
-use crate::embed::fastembed::ModelAssets;
 use crate::embed::{CachedEmbedder, Embedder, FastEmbedder};
 use crate::error::{StoreError, StoreResult};
 use crate::metrics::Metrics;
@@ -127,7 +126,7 @@ pub async fn open_key_store(settings: &Settings) -> StoreResult<crate::auth::Key
 }
 
 pub fn open_embedder(settings: &Settings, metrics: Arc<Metrics>) -> StoreResult<Arc<dyn Embedder>> {
-    let assets = ModelAssets::in_dir(&settings.embedding.assets_dir);
+    let assets = settings.model_assets();
     let model = FastEmbedder::start(&assets, settings.batcher_options(), metrics.clone())?;
     Ok(Arc::new(CachedEmbedder::new(Arc::new(model), settings.embedding.cache_entries, metrics)))
 }

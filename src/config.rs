@@ -7,7 +7,7 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
-use crate::embed::fastembed::BatcherOptions;
+use crate::embed::fastembed::{BatcherOptions, ModelAssets, Precision};
 use crate::service::{MaintenanceOptions, ServiceOptions};
 use crate::store::graph::sqlite::Synchronous;
 
@@ -57,6 +57,8 @@ pub struct EmbeddingSettings {
     pub batch_window_us: u64,
     pub max_tokens: usize,
     pub cache_entries: u64,
+    /// "int8" (the default: the quantized graph) or "fp32" (the exported graph as trained).
+    pub precision: Precision,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -294,6 +296,7 @@ impl Default for EmbeddingSettings {
             batch_window_us: 2000,
             max_tokens: 256,
             cache_entries: 20_000,
+            precision: Precision::default(),
         }
     }
 }
@@ -366,6 +369,11 @@ impl Settings {
             issuer: &self.auth.issuer,
             token_ttl_seconds: self.auth.token_ttl_seconds,
         }
+    }
+
+    /// The model files `scripts/setup` installed, at the configured precision.
+    pub fn model_assets(&self) -> ModelAssets {
+        ModelAssets::in_dir(&self.embedding.assets_dir, self.embedding.precision)
     }
 
     pub fn batcher_options(&self) -> BatcherOptions {

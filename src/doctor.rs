@@ -6,10 +6,6 @@ use std::path::Path;
 use std::time::Instant;
 
 use crate::config::Settings;
-use crate::embed::fastembed::ModelAssets;
-
-/// sha256 of the ONNX graph scripts/setup exports (also checked there).
-pub const MODEL_ONNX_SHA256: &str = "054c1ac508f04538ad93aa46e3980da386bb22d35aa8363247f150b2cb5da291";
 
 /// One check's outcome.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,14 +32,20 @@ fn data_dir(dir: &Path) -> Result<String, String> {
 
 fn assets(settings: &Settings) -> Result<String, String> {
     use sha2::Digest;
-    let assets = ModelAssets::in_dir(&settings.embedding.assets_dir);
+    let assets = settings.model_assets();
     assets.check().map_err(|e| e.to_string())?;
-    let onnx = std::fs::read(assets.model_dir.join("model.onnx")).map_err(|e| e.to_string())?;
+    let file = assets.model_file();
+    let onnx = std::fs::read(&file).map_err(|e| e.to_string())?;
     let digest = hex::encode(sha2::Sha256::digest(&onnx));
-    if digest != MODEL_ONNX_SHA256 {
-        return Err(format!("model.onnx has sha256 {digest}, expected {MODEL_ONNX_SHA256}: run scripts/setup"));
+    let expected = assets.precision.model_sha256();
+    if digest != expected {
+        return Err(format!("{} has sha256 {digest}, expected {expected}: run scripts/setup", file.display()));
     }
-    Ok(format!("{} (ONNX Runtime and all-MiniLM-L6-v2, sha256 verified)", settings.embedding.assets_dir.display()))
+    Ok(format!(
+        "{} (ONNX Runtime and all-MiniLM-L6-v2 {}, sha256 verified)",
+        settings.embedding.assets_dir.display(),
+        assets.precision.name()
+    ))
 }
 
 /// Runs every check; prints them as it goes.

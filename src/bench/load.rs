@@ -711,7 +711,7 @@ async fn vector_recall(data_dir: &std::path::Path, options: &LoadOptions) -> any
         .map_err(|e| anyhow::anyhow!(e.to_string()))?;
     let total = store.count().await.map_err(|e| anyhow::anyhow!(e.to_string()))?.max(1);
     let indexed = store.indexed_vectors() as f64 / total as f64;
-    let assets = crate::embed::fastembed::ModelAssets::in_dir(&options.assets_dir);
+    let assets = crate::embed::fastembed::ModelAssets::in_dir(&options.assets_dir, Default::default());
     let batcher = crate::embed::fastembed::BatcherOptions {
         sessions: 1,
         max_batch: 32,

@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use crate::config::Settings;
 use crate::embed::Embedder;
-use crate::embed::fastembed::{FastEmbedder, ModelAssets, load_session};
+use crate::embed::fastembed::{FastEmbedder, ModelAssets, Precision, load_session};
 use crate::error::StoreResult;
 use crate::metrics::Metrics;
 
@@ -114,23 +114,35 @@ pub async fn embedder_baseline(
     n_texts: usize,
     concurrency: usize,
 ) -> StoreResult<Vec<(String, f64)>> {
-    let assets = ModelAssets::in_dir(&settings.embedding.assets_dir);
+    let assets = settings.model_assets();
     assets.check()?;
     let mut sentences = Sentences::new(11);
     let texts: Vec<String> = (0..n_texts as u64).map(|n| sentences.unique_sentence(1_000_000 + n)).collect();
     let mut results = Vec::new();
-    let mut session = load_session(&assets, settings.embedding.max_tokens)?;
-    session
-        .embed(&texts[..8.min(texts.len())], None)
-        .map_err(|e| crate::error::StoreError::Unavailable(e.to_string()))?;
-    for batch in [1usize, 8, 32] {
-        let started = Instant::now();
-        for chunk in texts.chunks(batch) {
-            session.embed(chunk, Some(batch)).map_err(|e| crate::error::StoreError::Unavailable(e.to_string()))?;
+    // Both graphs, batch size by batch size in turn, so the two are compared under the same load.
+    let mut sessions_by_precision = Vec::new();
+    for precision in [Precision::Fp32, Precision::Int8] {
+        let assets = ModelAssets::in_dir(&settings.embedding.assets_dir, precision);
+        if assets.check().is_err() {
+            continue;
         }
-        results.push((format!("raw session, batch {batch}"), n_texts as f64 / started.elapsed().as_secs_f64()));
+        let mut session = load_session(&assets, settings.embedding.max_tokens)?;
+        session
+            .embed(&texts[..8.min(texts.len())], None)
+            .map_err(|e| crate::error::StoreError::Unavailable(e.to_string()))?;
+        sessions_by_precision.push((precision, session));
     }
-    drop(session);
+    for batch in [1usize, 8, 32] {
+        for (precision, session) in &mut sessions_by_precision {
+            let started = Instant::now();
+            for chunk in texts.chunks(batch) {
+                session.embed(chunk, Some(batch)).map_err(|e| crate::error::StoreError::Unavailable(e.to_string()))?;
+            }
+            let rate = n_texts as f64 / started.elapsed().as_secs_f64();
+            results.push((format!("raw session {}, batch {batch}", precision.name()), rate));
+        }
+    }
+    drop(sessions_by_precision);
     // The model's own throughput on this machine: every session busy with batches of 32, in parallel.
     let sessions = settings.embedding.sessions.max(1);
     let started = Instant::now();
@@ -154,7 +166,7 @@ pub async fn embedder_baseline(
         handle.join().map_err(|_| crate::error::StoreError::Backend("embedding thread panicked".into()))??;
     }
     results.push((
-        format!("raw, {sessions} sessions in parallel, batch 32 (incl. session load)"),
+        format!("raw {}, {sessions} sessions in parallel, batch 32 (incl. session load)", assets.precision.name()),
         n_texts as f64 / started.elapsed().as_secs_f64(),
     ));
     let embedder = Arc::new(FastEmbedder::start(&assets, settings.batcher_options(), Arc::new(Metrics::new()))?);
@@ -178,7 +190,11 @@ pub async fn embedder_baseline(
         worker.await??;
     }
     results.push((
-        format!("micro-batcher, {} sessions, {concurrency} concurrent callers", settings.embedding.sessions),
+        format!(
+            "micro-batcher {}, {} sessions, {concurrency} concurrent callers",
+            assets.precision.name(),
+            settings.embedding.sessions
+        ),
         n_texts as f64 / started.elapsed().as_secs_f64(),
     ));
     Ok(results)

@@ -38,7 +38,8 @@ async fn import_file(assets_dir: &Path, seed: u64, count: usize, progress: bool)
         return Ok(path);
     }
     std::fs::create_dir_all(path.parent().expect("a file in a folder"))?;
-    let assets = ModelAssets::in_dir(assets_dir);
+    // The cached preload files were embedded by the fp32 graph; they stay valid whatever the server runs.
+    let assets = ModelAssets::in_dir(assets_dir, crate::embed::fastembed::Precision::Fp32);
     let options =
         BatcherOptions { sessions: 2, max_batch: 32, batch_window: Duration::from_millis(2), max_tokens: 256 };
     let model = FastEmbedder::start(&assets, options, Arc::new(Metrics::new())).map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -19,26 +19,66 @@ use crate::metrics::Metrics;
 pub const DIMENSION: usize = 384;
 const SETUP_HINT: &str = "run `scripts/setup` (or set CTX__EMBEDDING__ASSETS_DIR to where it installed them)";
 
+/// Which graph of the model runs: the fp32 export, or its int8 dynamic quantization (weights int8 per
+/// output channel, activations quantized per batch at run time), both made and checked by `scripts/setup`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Precision {
+    Fp32,
+    #[default]
+    Int8,
+}
+
+impl Precision {
+    pub fn model_file(self) -> &'static str {
+        match self {
+            Precision::Fp32 => "model.onnx",
+            Precision::Int8 => "model_int8.onnx",
+        }
+    }
+
+    /// The sha256 `scripts/setup` checks the file against.
+    pub fn model_sha256(self) -> &'static str {
+        match self {
+            Precision::Fp32 => "054c1ac508f04538ad93aa46e3980da386bb22d35aa8363247f150b2cb5da291",
+            Precision::Int8 => "8a54a54a985ce881164afe89b1cadae4beee82fcf92e3e2181209b4ca45a9587",
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::Fp32 => "fp32",
+            Precision::Int8 => "int8",
+        }
+    }
+}
+
 /// Where the model files are.
 #[derive(Debug, Clone)]
 pub struct ModelAssets {
     pub onnxruntime_library: PathBuf,
     pub model_dir: PathBuf,
+    pub precision: Precision,
 }
 
 impl ModelAssets {
     /// The layout `scripts/setup` creates: `lib/libonnxruntime.so` and `model/`.
-    pub fn in_dir(assets_dir: &Path) -> Self {
+    pub fn in_dir(assets_dir: &Path, precision: Precision) -> Self {
         Self {
             onnxruntime_library: assets_dir.join("lib").join("libonnxruntime.so"),
             model_dir: assets_dir.join("model"),
+            precision,
         }
     }
 
+    /// The ONNX graph this precision loads.
+    pub fn model_file(&self) -> PathBuf {
+        self.model_dir.join(self.precision.model_file())
+    }
+
     fn required_files(&self) -> Vec<PathBuf> {
-        let mut files = vec![self.onnxruntime_library.clone()];
-        for name in ["model.onnx", "tokenizer.json", "config.json", "special_tokens_map.json", "tokenizer_config.json"]
-        {
+        let mut files = vec![self.onnxruntime_library.clone(), self.model_file()];
+        for name in ["tokenizer.json", "config.json", "special_tokens_map.json", "tokenizer_config.json"] {
             files.push(self.model_dir.join(name));
         }
         files
@@ -109,7 +149,7 @@ pub fn load_session(assets: &ModelAssets, max_tokens: usize) -> StoreResult<Text
         tokenizer_config_file: read(&dir.join("tokenizer_config.json"))?,
     };
     let model =
-        UserDefinedEmbeddingModel::new(read(&dir.join("model.onnx"))?, tokenizer_files).with_pooling(Pooling::Mean);
+        UserDefinedEmbeddingModel::new(read(&assets.model_file())?, tokenizer_files).with_pooling(Pooling::Mean);
     let options = InitOptionsUserDefined::new()
         .with_environment(ort_environment(&assets.onnxruntime_library)?)
         .with_max_length(max_tokens)

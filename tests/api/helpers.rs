@@ -11,7 +11,6 @@ use context_store::app::Core;
 use context_store::auth::Principal;
 use context_store::config::Settings;
 use context_store::domain::{Context, ContextFilter};
-use context_store::embed::fastembed::ModelAssets;
 use context_store::embed::{CachedEmbedder, Embedder, FastEmbedder};
 use context_store::error::{StoreError, StoreResult};
 use context_store::metrics::Metrics;
@@ -36,12 +35,9 @@ pub fn model() -> Arc<dyn Embedder> {
     MODEL
         .get_or_init(|| {
             let settings = test_settings(Path::new("/nonexistent"));
-            let model = FastEmbedder::start(
-                &ModelAssets::in_dir(&settings.embedding.assets_dir),
-                settings.batcher_options(),
-                Arc::new(Metrics::new()),
-            )
-            .expect("embedding assets are installed: run scripts/setup");
+            let model =
+                FastEmbedder::start(&settings.model_assets(), settings.batcher_options(), Arc::new(Metrics::new()))
+                    .expect("embedding assets are installed: run scripts/setup");
             Arc::new(model)
         })
         .clone()
