@@ -148,6 +148,15 @@ fn host_allowed(host: &str, allowed: &[String]) -> bool {
         .any(|(name, wanted)| name.eq_ignore_ascii_case(host) && wanted.is_none_or(|wanted| Some(wanted) == port))
 }
 
+/// A page this server served under a Host it answers to (the console) calls back to that same origin. Only
+/// when `allowed_hosts` is set: then the Host was checked, so a rebound name cannot pass as "same origin".
+fn same_origin(origin: &str, host: &str, allowed_hosts: &[String]) -> bool {
+    !allowed_hosts.is_empty()
+        && origin.split_once("://").is_some_and(|(scheme, authority)| {
+            matches!(scheme, "http" | "https") && authority.eq_ignore_ascii_case(host)
+        })
+}
+
 /// Whether an Origin (`scheme://host[:port]`) is allowed: entries take the same form, `:*` for any port.
 fn origin_allowed(origin: &str, allowed: &[String]) -> bool {
     let parse = |text: &str| -> Option<(String, String)> {
@@ -195,7 +204,9 @@ fn refused_host_or_origin(headers: &HeaderMap, state: &HttpState) -> Option<&'st
         return Some("the Host header names no address this server answers to (server.allowed_hosts)");
     }
     let origin = headers.get(header::ORIGIN)?;
-    let allowed = origin.to_str().is_ok_and(|origin| origin_allowed(origin, &state.allowed_origins));
+    let allowed = origin.to_str().is_ok_and(|origin| {
+        origin_allowed(origin, &state.allowed_origins) || same_origin(origin, host, &state.allowed_hosts)
+    });
     (!allowed).then_some("requests from this Origin are not allowed (server.allowed_origins)")
 }
 
@@ -284,5 +295,16 @@ mod tests {
         assert!(!origin_allowed("http://evil.example", &allowed));
         assert!(!origin_allowed("null", &allowed));
         assert!(!origin_allowed("http://localhost.evil.example:80", &allowed));
+    }
+
+    #[test]
+    fn a_page_calls_back_to_its_own_checked_origin_only() {
+        let hosts = list(&["ctx.internal:8080"]);
+        assert!(same_origin("http://ctx.internal:8080", "ctx.internal:8080", &hosts));
+        assert!(same_origin("https://CTX.internal:8080", "ctx.internal:8080", &hosts));
+        assert!(!same_origin("http://ctx.internal:9090", "ctx.internal:8080", &hosts), "another port");
+        assert!(!same_origin("null", "ctx.internal:8080", &hosts));
+        assert!(!same_origin("file://ctx.internal:8080", "ctx.internal:8080", &hosts));
+        assert!(!same_origin("http://evil.example", "evil.example", &[]), "no Host check, no same-origin pass");
     }
 }

@@ -2,6 +2,7 @@
 //! `/health`, `/health/ready`, `/metrics` and `/openapi.json`, with body limits, timeouts and load shedding.
 
 mod connections;
+mod console;
 mod events;
 mod guards;
 mod openapi;
@@ -132,7 +133,10 @@ pub fn router(state: HttpState, settings: &ServerSettings, stop: CancellationTok
         .route("/health/ready", get(routes::ready))
         .route("/auth/token", post(routes::token))
         .layer(axum::middleware::from_fn_with_state(state.clone(), routes::shed_open_load));
-    let open = Router::new().route("/health", get(routes::health)).route("/openapi.json", get(routes::openapi));
+    let open = Router::new()
+        .route("/health", get(routes::health))
+        .route("/openapi.json", get(routes::openapi))
+        .merge(console::routes());
     api.merge(unauthenticated)
         .merge(open)
         .layer(DefaultBodyLimit::max(settings.body_limit_bytes))

@@ -2,6 +2,7 @@
 
 mod bench_smoke;
 mod changes;
+mod console;
 mod crash_server;
 mod durability;
 mod embedder;
