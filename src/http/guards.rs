@@ -150,11 +150,12 @@ fn host_allowed(host: &str, allowed: &[String]) -> bool {
 
 /// A page this server served under a Host it answers to (the console) calls back to that same origin. Only
 /// when `allowed_hosts` is set: then the Host was checked, so a rebound name cannot pass as "same origin".
+/// The server itself speaks plain HTTP, so only `http://` counts: behind a TLS proxy the Host is the same
+/// for ports 80 and 443, and a page on the plain port must not pass for the TLS one (list the public
+/// origin in `server.allowed_origins` there).
 fn same_origin(origin: &str, host: &str, allowed_hosts: &[String]) -> bool {
     !allowed_hosts.is_empty()
-        && origin.split_once("://").is_some_and(|(scheme, authority)| {
-            matches!(scheme, "http" | "https") && authority.eq_ignore_ascii_case(host)
-        })
+        && origin.strip_prefix("http://").is_some_and(|authority| authority.eq_ignore_ascii_case(host))
 }
 
 /// Whether an Origin (`scheme://host[:port]`) is allowed: entries take the same form, `:*` for any port.
@@ -301,7 +302,8 @@ mod tests {
     fn a_page_calls_back_to_its_own_checked_origin_only() {
         let hosts = list(&["ctx.internal:8080"]);
         assert!(same_origin("http://ctx.internal:8080", "ctx.internal:8080", &hosts));
-        assert!(same_origin("https://CTX.internal:8080", "ctx.internal:8080", &hosts));
+        assert!(same_origin("http://CTX.internal:8080", "ctx.internal:8080", &hosts));
+        assert!(!same_origin("https://ctx.internal", "ctx.internal", &hosts), "the server's own scheme only");
         assert!(!same_origin("http://ctx.internal:9090", "ctx.internal:8080", &hosts), "another port");
         assert!(!same_origin("null", "ctx.internal:8080", &hosts));
         assert!(!same_origin("file://ctx.internal:8080", "ctx.internal:8080", &hosts));

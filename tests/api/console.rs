@@ -174,6 +174,10 @@ async fn console_browser_signs_in_stores_finds_and_draws_a_context_graph() {
     let browser = Browser::start().await;
     browser.open(&format!("{}/console", server.base)).await;
     browser.until("the sign-in form", "return !!document.getElementById('api-key')").await;
+    browser.type_into("#api-key", "cs_not_a_key").await;
+    browser.click("#sign-in-form button[type=submit]").await;
+    let refused = browser.until("a refused key", "return document.getElementById('status').textContent").await;
+    assert!(refused.as_str().unwrap().starts_with("unauthenticated"), "{refused}");
     browser.type_into("#api-key", &key).await;
     browser.click("#sign-in-form button[type=submit]").await;
     browser.until("signed in", "return !document.getElementById('app').hidden").await;
@@ -297,6 +301,9 @@ async fn console_browser_signs_in_stores_finds_and_draws_a_context_graph() {
 
     // Signing out forgets the token.
     browser.click("#sign-out").await;
-    browser.until("signed out", "return !document.getElementById('sign-in').hidden").await;
+    browser.until("signed out", "return document.getElementById('status').textContent === 'Signed out.'").await;
+    assert_eq!(browser.script("return document.getElementById('app').hidden").await, json!(true));
     assert_eq!(browser.script("return sessionStorage.length").await, json!(0));
+    let leftovers = browser.script("return document.getElementById('search-rows').children.length").await;
+    assert_eq!(leftovers, json!(0), "nothing the last key saw stays in the page");
 }

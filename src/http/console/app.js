@@ -18,11 +18,13 @@ function loadSession() {
   return null;
 }
 
+// Signing out (or a token that stopped working) reloads the page: nothing the last key could see stays in
+// the document for whoever signs in next.
 function signOut(message) {
   session = null;
   sessionStorage.removeItem(TOKEN_KEY);
-  render();
-  if (message) say(message, true);
+  if (message) sessionStorage.setItem(`${TOKEN_KEY}.notice`, message);
+  location.reload();
 }
 
 class ApiError extends Error {
@@ -551,3 +553,8 @@ async function loadHealth() {
 }
 
 render();
+const notice = sessionStorage.getItem(`${TOKEN_KEY}.notice`);
+if (notice) {
+  sessionStorage.removeItem(`${TOKEN_KEY}.notice`);
+  say(notice, true);
+}
