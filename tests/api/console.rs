@@ -20,8 +20,22 @@ struct Browser {
     _profile: tempfile::TempDir,
 }
 
+/// Ends the browser session (which quits Chromium) before the driver: killing ChromeDriver alone leaves
+/// Chromium running. A plain blocking request, so it also runs when a failed assertion unwinds.
 impl Drop for Browser {
     fn drop(&mut self) {
+        use std::io::{Read, Write};
+        let authority = self.base.trim_start_matches("http://");
+        if let Ok(mut stream) = std::net::TcpStream::connect(authority) {
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+            let request = format!(
+                "DELETE /session/{} HTTP/1.1\r\nHost: {authority}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                self.session
+            );
+            if stream.write_all(request.as_bytes()).is_ok() {
+                let _ = stream.read_to_end(&mut Vec::new());
+            }
+        }
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
