@@ -19,6 +19,8 @@ pub struct Metrics {
     pub search_exact_fallbacks: IntCounter,
     /// Searches whose lexical stage failed and were ranked without it.
     pub search_stage_failures: IntCounter,
+    /// MCP `tools/call` requests answered by the direct path (not rmcp's per-request service).
+    pub mcp_direct_calls: IntCounter,
     pub backend_latency: HistogramVec,
     pub items: IntGaugeVec,
     pub active_connections: IntGauge,
@@ -117,6 +119,14 @@ impl Metrics {
                 IntCounter::new(
                     "search_exact_fallbacks_total",
                     "Vector searches that returned fewer hits than asked through the index and were run exactly",
+                )
+                .unwrap(),
+            ),
+            mcp_direct_calls: register(
+                &registry,
+                IntCounter::new(
+                    "mcp_direct_tool_calls_total",
+                    "MCP tools/call requests answered directly rather than through rmcp's per-request service",
                 )
                 .unwrap(),
             ),

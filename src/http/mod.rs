@@ -5,6 +5,7 @@ mod connections;
 mod console;
 mod events;
 mod guards;
+mod mcp_fast;
 mod openapi;
 mod routes;
 
@@ -67,6 +68,8 @@ pub struct Shared {
     pub allowed_hosts: Arc<Vec<String>>,
     pub allowed_origins: Arc<Vec<String>>,
     pub request_timeout: Duration,
+    /// The largest request body the MCP endpoint reads (`server.body_limit_bytes`).
+    pub mcp_body_limit: usize,
     /// The last readiness report and when it was made (see `routes::ready`).
     pub readiness: Arc<tokio::sync::Mutex<Option<(std::time::Instant, crate::service::Readiness)>>>,
 }
@@ -92,6 +95,7 @@ impl HttpState {
             allowed_hosts: Arc::new(settings.server.allowed_hosts.clone()),
             allowed_origins: Arc::new(settings.server.allowed_origins.clone()),
             request_timeout: Duration::from_millis(settings.server.request_timeout_ms),
+            mcp_body_limit: settings.server.body_limit_bytes,
             readiness: Arc::default(),
         }))
     }
@@ -116,7 +120,12 @@ pub fn router(state: HttpState, settings: &ServerSettings, stop: CancellationTok
 
     let api = Router::new()
         .route("/mcp/tool/{name}", post(routes::call_tool))
-        .nest_service("/mcp", mcp)
+        .nest_service(
+            "/mcp",
+            tower::ServiceBuilder::new()
+                .layer(axum::middleware::from_fn_with_state(state.clone(), mcp_fast::tools_call))
+                .service(mcp),
+        )
         .route("/metrics", get(routes::metrics))
         .route(
             "/events",

@@ -139,16 +139,7 @@ impl ServerHandler for McpServer {
         let arguments = request.arguments.map(Value::Object).unwrap_or(Value::Null);
         let result =
             timed_call::<tools::AsValue>(&self.service, &self.auth, &principal, &request.name, arguments).await;
-        Ok(match result {
-            Ok(value) => {
-                let links = primitives::links_in(&value);
-                let mut result = CallToolResult::structured(value);
-                result.content.extend(links.into_iter().map(ContentBlock::resource_link));
-                result
-            }
-            Err(err) => CallToolResult::structured_error(err.to_json()),
-        }
-        .into())
+        Ok(tool_call_result(result).into())
     }
 
     async fn list_resources(
@@ -286,6 +277,21 @@ impl ServerHandler for McpServer {
     ) -> Result<CompleteResult, McpError> {
         let principal = self.principal(&context);
         primitives::complete(&self.service, &self.auth, &principal, request).await
+    }
+}
+
+/// A tool's answer as MCP returns it: the result as structured content (and, as the spec asks, the same
+/// JSON as text), with a resource link for each context or session it names; a failure as a structured
+/// error result. Shared by the handler and the HTTP fast path for `tools/call`.
+pub fn tool_call_result(result: Result<Value, tools::ToolError>) -> CallToolResult {
+    match result {
+        Ok(value) => {
+            let links = primitives::links_in(&value);
+            let mut result = CallToolResult::structured(value);
+            result.content.extend(links.into_iter().map(ContentBlock::resource_link));
+            result
+        }
+        Err(err) => CallToolResult::structured_error(err.to_json()),
     }
 }
 

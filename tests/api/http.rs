@@ -172,3 +172,57 @@ async fn sigterm_drains_and_flushes_so_nothing_is_left_pending() {
     let id = uuid::Uuid::parse_str(stored["context"]["id"].as_str().unwrap()).unwrap();
     assert_eq!(vectors.existing_ids(&[id]).await.unwrap(), vec![id]);
 }
+
+/// `tools/call` over MCP: a plain stateless request is answered by the direct path, the same request with
+/// `_meta` by rmcp; both must give the same JSON-RPC answer, for results and for errors.
+#[tokio::test]
+async fn mcp_tools_call_answers_the_same_on_the_direct_path_and_through_rmcp() {
+    let app = spawn_app().await;
+    let (_, _) = app.call_tool("create_session", json!({"id": "same", "purpose": "equivalence"})).await;
+    let (_, stored) =
+        app.call_tool("store_context", json!({"session_id": "same", "content": "Deploys freeze on Fridays"})).await;
+    let id = stored["context"]["id"].as_str().unwrap().to_string();
+    let post = |params: Value, id_value: Value| {
+        let body = json!({"jsonrpc": "2.0", "id": id_value, "method": "tools/call", "params": params});
+        app.http
+            .post(format!("{}/mcp", app.address))
+            .bearer_auth(&app.key)
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-protocol-version", "2025-06-18")
+            .json(&body)
+            .send()
+    };
+    let calls = [
+        json!({"name": "get_context", "arguments": {"id": id}}),
+        json!({"name": "list_contexts", "arguments": {"session_id": "same"}}),
+        json!({"name": "get_metrics"}),
+        json!({"name": "get_context", "arguments": {"id": uuid::Uuid::now_v7().to_string()}}),
+        json!({"name": "store_context", "arguments": {"session_id": "same"}}),
+        json!({"name": "no_such_tool", "arguments": {}}),
+    ];
+    for (n, params) in calls.into_iter().enumerate() {
+        let direct = post(params.clone(), json!(n)).await.unwrap();
+        assert_eq!(direct.status(), 200);
+        assert_eq!(direct.headers()["content-type"], "application/json");
+        let direct: Value = direct.json().await.unwrap();
+        let mut through_rmcp = params.clone();
+        through_rmcp["_meta"] = json!({});
+        let rmcp: Value = post(through_rmcp, json!(n)).await.unwrap().json().await.unwrap();
+        let mut direct_cmp = direct.clone();
+        let mut rmcp_cmp = rmcp.clone();
+        // get_metrics counts the calls themselves; compare its shape only.
+        if params["name"] == "get_metrics" {
+            for reply in [&mut direct_cmp, &mut rmcp_cmp] {
+                reply["result"]["content"] = json!(null);
+                reply["result"]["structuredContent"] = json!(null);
+            }
+        }
+        assert_eq!(direct_cmp, rmcp_cmp, "{params}");
+        assert_eq!(direct["id"], json!(n));
+    }
+    // The direct path counts its calls like any other: the metric moved for get_context.
+    let metrics = app.http.get(format!("{}/metrics", app.address)).bearer_auth(&app.admin_key).send().await.unwrap();
+    let text = metrics.text().await.unwrap();
+    assert!(text.contains("context_store_tool_requests_total{status=\"ok\",tool=\"get_context\"} 2"), "{text}");
+    assert!(text.contains("context_store_mcp_direct_tool_calls_total 6"), "the plain calls took the direct path");
+}

@@ -1,0 +1,187 @@
+//! A direct path for the commonest MCP request, a stateless `tools/call`, in front of rmcp's Streamable HTTP
+//! service. rmcp serves each stateless POST by building a service and a peer, spawning two tasks and
+//! answering through channels; for a tool call that machinery cost about three times the tool itself
+//! (BENCHMARKS.md, "MCP's per-request cost"). This path answers the same request with the same JSON-RPC
+//! response (the handler's `tool_call_result`), and hands everything else to rmcp untouched: other
+//! methods, batches, notifications, `_meta` or task parameters, the 2026-07-28 protocol (per-request
+//! versions and SEP-2243 headers), any other `Mcp-*` header, unexpected media types, bodies without a
+//! length or over the limit, and anything that does not parse as exactly this request.
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::HttpState;
+use crate::auth::Principal;
+
+/// Protocol versions whose stateless requests rmcp 3.11 serves without per-request negotiation and
+/// without standard headers (SEP-2243 starts at 2026-07-28).
+const DIRECT_VERSIONS: [&str; 4] = ["2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25"];
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ToolsCall {
+    jsonrpc: String,
+    id: Value,
+    method: String,
+    params: ToolsCallParams,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ToolsCallParams {
+    name: String,
+    #[serde(default)]
+    arguments: Option<Map<String, Value>>,
+}
+
+#[derive(Serialize)]
+struct Reply<'a> {
+    jsonrpc: &'static str,
+    id: &'a Value,
+    result: &'a rmcp::model::CallToolResult,
+}
+
+/// Whether the headers are those of a plain stateless JSON POST this path may answer.
+fn direct_headers(headers: &HeaderMap, limit: usize) -> bool {
+    let media = |name: header::HeaderName| {
+        headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(|v| v.split(';').next().unwrap_or_default().trim().to_ascii_lowercase())
+    };
+    let accepts: Vec<String> = media(header::ACCEPT).collect();
+    let json_body = media(header::CONTENT_TYPE).eq(["application/json".to_string()]);
+    // Without the header rmcp picks the version itself: such requests stay with it.
+    let version_ok = match headers.get_all("mcp-protocol-version").iter().collect::<Vec<_>>().as_slice() {
+        [one] => one.to_str().is_ok_and(|v| DIRECT_VERSIONS.contains(&v)),
+        _ => false,
+    };
+    let other_mcp_headers = headers.keys().any(|name| {
+        let name = name.as_str();
+        name.starts_with("mcp-") && name != "mcp-protocol-version"
+    });
+    let sized = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+        .is_some_and(|length| length <= limit);
+    accepts.iter().any(|m| m == "application/json")
+        && accepts.iter().any(|m| m == "text/event-stream")
+        && json_body
+        && version_ok
+        && !other_mcp_headers
+        && sized
+}
+
+/// The request, if it is exactly one `tools/call` with a string or integer id.
+fn parse(body: &Bytes) -> Option<ToolsCall> {
+    let call: ToolsCall = serde_json::from_slice(body).ok()?;
+    let id_ok = call.id.is_string() || call.id.is_i64() || call.id.is_u64();
+    (call.jsonrpc == "2.0" && call.method == "tools/call" && id_ok).then_some(call)
+}
+
+/// Middleware on `/mcp`: answers a stateless `tools/call` itself, passes every other request to rmcp.
+pub async fn tools_call(State(state): State<HttpState>, request: Request, next: Next) -> Response {
+    if request.method() != Method::POST || !direct_headers(request.headers(), state.mcp_body_limit) {
+        return next.run(request).await;
+    }
+    let (parts, body) = request.into_parts();
+    let bytes = match axum::body::to_bytes(body, state.mcp_body_limit).await {
+        Ok(bytes) => bytes,
+        Err(_) => {
+            return (axum::http::StatusCode::BAD_REQUEST, "Bad Request: the body could not be read").into_response();
+        }
+    };
+    let Some(call) = parse(&bytes) else {
+        return next.run(Request::from_parts(parts, Body::from(bytes))).await;
+    };
+    state.service.metrics().mcp_direct_calls.inc();
+    let principal = parts.extensions.get::<Principal>().cloned().unwrap_or_else(|| state.default_principal.clone());
+    let arguments = call.params.arguments.map(Value::Object).unwrap_or(Value::Null);
+    let result = crate::mcp::timed_call::<crate::tools::AsValue>(
+        &state.service,
+        &state.auth,
+        &principal,
+        &call.params.name,
+        arguments,
+    )
+    .await;
+    let mut result = crate::mcp::tool_call_result(result);
+    // What rmcp's handler does for peers before 2026-07-28 (all this path serves): no "complete" marker.
+    result.result_type.take_if(|kind| kind.is_complete());
+    match serde_json::to_vec(&Reply { jsonrpc: "2.0", id: &call.id, result: &result }) {
+        Ok(body) => ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response(),
+        Err(err) => {
+            tracing::error!(error = %err, "tools/call reply did not serialize");
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(header::HeaderName::from_bytes(name.as_bytes()).unwrap(), HeaderValue::from_str(value).unwrap());
+        }
+        map
+    }
+
+    const PLAIN: [(&str, &str); 4] = [
+        ("accept", "application/json, text/event-stream"),
+        ("content-type", "application/json"),
+        ("mcp-protocol-version", "2025-06-18"),
+        ("content-length", "100"),
+    ];
+
+    #[test]
+    fn only_plain_stateless_posts_take_the_direct_path() {
+        assert!(direct_headers(&headers(&PLAIN), 1000));
+        assert!(!direct_headers(&headers(&PLAIN), 99), "over the body limit");
+        let with = |extra: (&str, &str)| {
+            let mut pairs = PLAIN.to_vec();
+            pairs.retain(|(name, _)| *name != extra.0);
+            pairs.push(extra);
+            direct_headers(&headers(&pairs), 1000)
+        };
+        assert!(!with(("mcp-protocol-version", "2026-07-28")), "per-request negotiation stays with rmcp");
+        assert!(!with(("mcp-protocol-version", "1999-01-01")), "rmcp answers unknown versions");
+        assert!(!with(("accept", "application/json")), "rmcp answers 406");
+        assert!(!with(("content-type", "text/plain")), "rmcp answers 415");
+        assert!(!with(("mcp-method", "tools/call")), "standard headers are validated by rmcp");
+        assert!(!with(("mcp-session-id", "abc")));
+        let mut no_version = PLAIN.to_vec();
+        no_version.retain(|(name, _)| *name != "mcp-protocol-version");
+        assert!(!direct_headers(&headers(&no_version), 1000), "rmcp chooses the version then");
+        assert!(with(("content-type", "application/json; charset=utf-8")));
+        let mut no_length = PLAIN.to_vec();
+        no_length.retain(|(name, _)| *name != "content-length");
+        assert!(!direct_headers(&headers(&no_length), 1000), "a chunked body goes to rmcp");
+    }
+
+    #[test]
+    fn only_exactly_a_tools_call_is_parsed() {
+        let ok = |text: &str| parse(&Bytes::from(text.to_string())).is_some();
+        assert!(ok(r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"get_metrics"}}"#));
+        assert!(ok(r#"{"jsonrpc":"2.0","id":"a","method":"tools/call","params":{"name":"x","arguments":{}}}"#));
+        assert!(!ok(r#"{"jsonrpc":"2.0","id":7,"method":"tools/list"}"#));
+        assert!(!ok(r#"{"jsonrpc":"2.0","method":"tools/call","params":{"name":"x"}}"#), "a notification");
+        assert!(!ok(r#"{"jsonrpc":"2.0","id":1.5,"method":"tools/call","params":{"name":"x"}}"#));
+        assert!(!ok(r#"{"jsonrpc":"2.0","id":null,"method":"tools/call","params":{"name":"x"}}"#));
+        assert!(!ok(r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x","_meta":{}}}"#));
+        assert!(!ok(r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x","task":{}}}"#));
+        assert!(!ok(r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x","arguments":[]}}"#));
+        assert!(!ok(r#"[{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x"}}]"#), "a batch");
+        assert!(!ok(r#"{"jsonrpc":"1.0","id":1,"method":"tools/call","params":{"name":"x"}}"#));
+    }
+}
