@@ -2,7 +2,8 @@
 //! service. rmcp serves each stateless POST by building a service and a peer, spawning two tasks and
 //! answering through channels; for a tool call that machinery cost about three times the tool itself
 //! (BENCHMARKS.md, "MCP's per-request cost"). This path answers the same request with the same JSON-RPC
-//! response (the handler's `tool_call_result`), and hands everything else to rmcp untouched: other
+//! response (what the handler's `tool_call_result` serializes to, written around the result's JSON text),
+//! and hands everything else to rmcp untouched: other
 //! methods, batches, notifications, `_meta` or task parameters, the 2026-07-28 protocol (per-request
 //! versions and SEP-2243 headers), any other `Mcp-*` header, unexpected media types, bodies without a
 //! length or over the limit, and anything that does not parse as exactly this request.
@@ -105,7 +106,7 @@ pub async fn tools_call(State(state): State<HttpState>, request: Request, next: 
     state.service.metrics().mcp_direct_calls.inc();
     let principal = parts.extensions.get::<Principal>().cloned().unwrap_or_else(|| state.default_principal.clone());
     let arguments = call.params.arguments.map(Value::Object).unwrap_or(Value::Null);
-    let result = crate::mcp::timed_call::<crate::tools::AsValue>(
+    let result = crate::mcp::timed_call::<crate::tools::AsJsonBytes>(
         &state.service,
         &state.auth,
         &principal,
@@ -113,16 +114,45 @@ pub async fn tools_call(State(state): State<HttpState>, request: Request, next: 
         arguments,
     )
     .await;
-    let mut result = crate::mcp::tool_call_result(result);
-    // What rmcp's handler does for peers before 2026-07-28 (all this path serves): no "complete" marker.
-    result.result_type.take_if(|kind| kind.is_complete());
-    match serde_json::to_vec(&Reply { jsonrpc: "2.0", id: &call.id, result: &result }) {
+    let body = match result {
+        Ok(json) => reply_with_json(&call.id, &json),
+        Err(error) => {
+            let mut result = crate::mcp::tool_call_result(Err(error));
+            // What rmcp's handler does for peers before 2026-07-28 (all this path serves): no "complete" marker.
+            result.result_type.take_if(|kind| kind.is_complete());
+            serde_json::to_vec(&Reply { jsonrpc: "2.0", id: &call.id, result: &result })
+        }
+    };
+    match body {
         Ok(body) => ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response(),
         Err(err) => {
             tracing::error!(error = %err, "tools/call reply did not serialize");
             axum::http::StatusCode::INTERNAL_SERVER_ERROR.into_response()
         }
     }
+}
+
+/// The JSON-RPC answer to a successful call, written around the result's JSON text: the text content (the
+/// same JSON as a string), a resource link per context it names, then the text itself as the structured
+/// content. This is `tool_call_result` as rmcp serializes it for peers before 2026-07-28, without building
+/// a `Value` or serializing the result twice.
+fn reply_with_json(id: &Value, json: &[u8]) -> serde_json::Result<Vec<u8>> {
+    use serde::ser::Error;
+    let text = std::str::from_utf8(json).map_err(serde_json::Error::custom)?;
+    let mut out = Vec::with_capacity(json.len() * 2 + 128);
+    out.extend_from_slice(br#"{"jsonrpc":"2.0","id":"#);
+    serde_json::to_writer(&mut out, id)?;
+    out.extend_from_slice(br#","result":{"content":[{"type":"text","text":"#);
+    serde_json::to_writer(&mut out, text)?;
+    out.push(b'}');
+    for link in crate::mcp::primitives::links_in_json(json) {
+        out.push(b',');
+        serde_json::to_writer(&mut out, &rmcp::model::ContentBlock::resource_link(link))?;
+    }
+    out.extend_from_slice(br#"],"structuredContent":"#);
+    out.extend_from_slice(json);
+    out.extend_from_slice(br#","isError":false}}"#);
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@
 //! The handler is written against `ServerHandler` directly rather than with `#[tool_router]`, because the
 //! same catalogue also drives the HTTP tool endpoint and the OpenAPI document.
 
-mod primitives;
+pub(crate) mod primitives;
 
 use std::sync::Arc;
 use std::time::Instant;

@@ -51,21 +51,29 @@ fn invalid(message: impl Into<String>) -> McpError {
 }
 
 fn context_resource(context: &Value) -> Option<Resource> {
-    let id = context["id"].as_str()?;
-    let content = context["content"].as_str().unwrap_or_default();
-    let title: String = content.chars().take(80).collect();
+    let text = |key: &str| context[key].as_str();
+    Some(context_link(text("id")?, text("content"), text("type"), text("session_id"), text("agent_id")))
+}
+
+/// The resource link of one context: its URI, the start of its text as the title, and where it lives.
+fn context_link(
+    id: &str,
+    content: Option<&str>,
+    kind: Option<&str>,
+    session_id: Option<&str>,
+    agent_id: Option<&str>,
+) -> Resource {
+    let title: String = content.unwrap_or_default().chars().take(80).collect();
     let description = format!(
         "{} in session {} by {}",
-        context["type"].as_str().unwrap_or("context"),
-        context["session_id"].as_str().unwrap_or("?"),
-        context["agent_id"].as_str().unwrap_or("?")
+        kind.unwrap_or("context"),
+        session_id.unwrap_or("?"),
+        agent_id.unwrap_or("?")
     );
-    Some(
-        Resource::new(format!("context://{id}"), format!("context {id}"))
-            .with_title(title)
-            .with_description(description)
-            .with_mime_type("application/json"),
-    )
+    Resource::new(format!("context://{id}"), format!("context {id}"))
+        .with_title(title)
+        .with_description(description)
+        .with_mime_type("application/json")
 }
 
 fn session_resource(session: &Value) -> Option<Resource> {
@@ -95,6 +103,62 @@ pub fn links_in(result: &Value) -> Vec<Resource> {
         found.extend(hits.iter().map(|hit| &hit["context"]));
     }
     found.into_iter().filter_map(context_resource).collect()
+}
+
+/// What `links_in` looks at in a tool result, read from its JSON text without building a `Value`: the
+/// fields of a context, and the places contexts sit (`context`, `contexts`, `related`, `hits[].context`).
+/// One recursive shape serves the result, its list entries and the contexts in them.
+#[derive(serde::Deserialize, Default)]
+#[serde(default)]
+struct Linked<'a> {
+    #[serde(borrow)]
+    id: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    content: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, rename = "type")]
+    kind: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    session_id: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    agent_id: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    context: Option<Box<Linked<'a>>>,
+    #[serde(borrow)]
+    contexts: Option<Vec<Linked<'a>>>,
+    #[serde(borrow)]
+    related: Option<Vec<Linked<'a>>>,
+    #[serde(borrow)]
+    hits: Option<Vec<Linked<'a>>>,
+}
+
+impl Linked<'_> {
+    fn link(&self) -> Option<Resource> {
+        Some(context_link(
+            self.id.as_deref()?,
+            self.content.as_deref(),
+            self.kind.as_deref(),
+            self.session_id.as_deref(),
+            self.agent_id.as_deref(),
+        ))
+    }
+}
+
+/// `links_in` over a tool result's JSON text. A result the shape does not fit (a `context` that is not an
+/// object, an id that is not a string) is read as a `Value` and given to `links_in`.
+pub fn links_in_json(result: &[u8]) -> Vec<Resource> {
+    let Ok(view) = serde_json::from_slice::<Linked>(result) else {
+        return serde_json::from_slice::<Value>(result).map(|value| links_in(&value)).unwrap_or_default();
+    };
+    let mut links = Vec::new();
+    links.extend(view.context.as_deref().and_then(Linked::link));
+    if view.session_id.is_some() {
+        links.extend(view.link());
+    }
+    for entry in view.contexts.iter().chain(view.related.iter()).flatten() {
+        links.extend(entry.context.as_deref().map_or_else(|| entry.link(), Linked::link));
+    }
+    links.extend(view.hits.iter().flatten().filter_map(|hit| hit.context.as_deref()?.link()));
+    links
 }
 
 pub fn templates() -> ListResourceTemplatesResult {
@@ -441,4 +505,33 @@ pub async fn complete(
     info.total = Some(total as u32);
     info.has_more = Some(total > CompletionInfo::MAX_VALUES);
     Ok(CompleteResult::new(info))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn uris(links: Vec<Resource>) -> Vec<(String, Option<String>, Option<String>)> {
+        links.into_iter().map(|r| (r.uri, r.title, r.description)).collect()
+    }
+
+    #[test]
+    fn links_read_from_json_text_equal_those_read_from_a_value() {
+        let context = |id: &str| json!({"id": id, "session_id": "s", "agent_id": "a", "type": "note", "content": "text \"quoted\"\n", "tags": []});
+        let results = [
+            json!({"context": context("c1"), "versions": []}),
+            context("top"),
+            json!({"contexts": [context("l1"), {"context": context("l2"), "depth": 1}], "next_cursor": "x"}),
+            json!({"related": [{"context": context("r1"), "depth": 1, "relation": "x", "via": "c"}]}),
+            json!({"hits": [{"context": context("h1"), "scores": {"vector": 0.5}, "related": [{"id": "z"}]}]}),
+            json!({"context": "not an object", "contexts": [context("f1")]}),
+            json!({"id": 5, "session_id": "s"}),
+            json!({"sessions": [{"id": "s1"}]}),
+        ];
+        for result in results {
+            let text = serde_json::to_vec(&result).unwrap();
+            assert_eq!(uris(links_in_json(&text)), uris(links_in(&result)), "{result}");
+        }
+        assert_eq!(links_in_json(&serde_json::to_vec(&json!({"hits": [{"context": context("h")}]})).unwrap()).len(), 1);
+    }
 }

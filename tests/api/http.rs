@@ -182,6 +182,13 @@ async fn mcp_tools_call_answers_the_same_on_the_direct_path_and_through_rmcp() {
     let (_, stored) =
         app.call_tool("store_context", json!({"session_id": "same", "content": "Deploys freeze on Fridays"})).await;
     let id = stored["context"]["id"].as_str().unwrap().to_string();
+    let (_, other) = app
+        .call_tool("store_context", json!({"session_id": "same", "content": "Hotfixes need two \"reviews\"\n"}))
+        .await;
+    let other_id = other["context"]["id"].as_str().unwrap().to_string();
+    let (status, _) =
+        app.call_tool("link_contexts", json!({"from_id": id, "to_id": other_id, "relation": "explains"})).await;
+    assert_eq!(status, 200);
     let post = |params: Value, id_value: Value| {
         let body = json!({"jsonrpc": "2.0", "id": id_value, "method": "tools/call", "params": params});
         app.http
@@ -196,6 +203,8 @@ async fn mcp_tools_call_answers_the_same_on_the_direct_path_and_through_rmcp() {
         json!({"name": "get_context", "arguments": {"id": id}}),
         json!({"name": "list_contexts", "arguments": {"session_id": "same"}}),
         json!({"name": "get_metrics"}),
+        json!({"name": "get_related", "arguments": {"id": id, "both_directions": true}}),
+        json!({"name": "search_context", "arguments": {"query": "hotfix reviews", "session_id": "same"}}),
         json!({"name": "get_context", "arguments": {"id": uuid::Uuid::now_v7().to_string()}}),
         json!({"name": "store_context", "arguments": {"session_id": "same"}}),
         json!({"name": "no_such_tool", "arguments": {}}),
@@ -210,19 +219,24 @@ async fn mcp_tools_call_answers_the_same_on_the_direct_path_and_through_rmcp() {
         let rmcp: Value = post(through_rmcp, json!(n)).await.unwrap().json().await.unwrap();
         let mut direct_cmp = direct.clone();
         let mut rmcp_cmp = rmcp.clone();
-        // get_metrics counts the calls themselves; compare its shape only.
-        if params["name"] == "get_metrics" {
+        // get_metrics counts the calls themselves and the second search is served from the cache:
+        // compare their shape only.
+        if params["name"] == "get_metrics" || params["name"] == "search_context" {
             for reply in [&mut direct_cmp, &mut rmcp_cmp] {
-                reply["result"]["content"] = json!(null);
+                reply["result"]["content"][0] = json!(null);
                 reply["result"]["structuredContent"] = json!(null);
             }
         }
         assert_eq!(direct_cmp, rmcp_cmp, "{params}");
+        if params["name"] == "search_context" || params["name"] == "get_related" {
+            let links = direct["result"]["content"].as_array().unwrap().iter().filter(|c| c["type"] == "resource_link");
+            assert!(links.count() >= 1, "a resource link per context named: {direct}");
+        }
         assert_eq!(direct["id"], json!(n));
     }
     // The direct path counts its calls like any other: the metric moved for get_context.
     let metrics = app.http.get(format!("{}/metrics", app.address)).bearer_auth(&app.admin_key).send().await.unwrap();
     let text = metrics.text().await.unwrap();
     assert!(text.contains("context_store_tool_requests_total{status=\"ok\",tool=\"get_context\"} 2"), "{text}");
-    assert!(text.contains("context_store_mcp_direct_tool_calls_total 6"), "the plain calls took the direct path");
+    assert!(text.contains("context_store_mcp_direct_tool_calls_total 8"), "the plain calls took the direct path");
 }
