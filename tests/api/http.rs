@@ -234,6 +234,17 @@ async fn mcp_tools_call_answers_the_same_on_the_direct_path_and_through_rmcp() {
         }
         assert_eq!(direct["id"], json!(n));
     }
+    // It sits behind the same authentication as everything else.
+    let anonymous = app
+        .http
+        .post(format!("{}/mcp", app.address))
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2025-06-18")
+        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "list_sessions"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401);
     // The direct path counts its calls like any other: the metric moved for get_context.
     let metrics = app.http.get(format!("{}/metrics", app.address)).bearer_auth(&app.admin_key).send().await.unwrap();
     let text = metrics.text().await.unwrap();
