@@ -57,6 +57,9 @@ fn direct_headers(headers: &HeaderMap, limit: usize) -> bool {
             .flat_map(|v| v.split(','))
             .map(|v| v.split(';').next().unwrap_or_default().trim().to_ascii_lowercase())
     };
+    // Accept values with parameters (`q=0`) or quotes are left to rmcp's full parser.
+    let plain_accept =
+        headers.get_all(header::ACCEPT).iter().all(|v| v.to_str().is_ok_and(|v| !v.contains([';', '"'])));
     let accepts: Vec<String> = media(header::ACCEPT).collect();
     let json_body = media(header::CONTENT_TYPE).eq(["application/json".to_string()]);
     // Without the header rmcp picks the version itself: such requests stay with it.
@@ -73,7 +76,12 @@ fn direct_headers(headers: &HeaderMap, limit: usize) -> bool {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok())
         .is_some_and(|length| length <= limit);
-    accepts.iter().any(|m| m == "application/json")
+    // rmcp checks an Origin against its own list (stricter than the router's same-origin rule): such
+    // requests stay with it.
+    let no_origin = !headers.contains_key(header::ORIGIN);
+    plain_accept
+        && no_origin
+        && accepts.iter().any(|m| m == "application/json")
         && accepts.iter().any(|m| m == "text/event-stream")
         && json_body
         && version_ok
@@ -84,7 +92,8 @@ fn direct_headers(headers: &HeaderMap, limit: usize) -> bool {
 /// The request, if it is exactly one `tools/call` with a string or integer id.
 fn parse(body: &Bytes) -> Option<ToolsCall> {
     let call: ToolsCall = serde_json::from_slice(body).ok()?;
-    let id_ok = call.id.is_string() || call.id.is_i64() || call.id.is_u64();
+    // rmcp takes integer ids up to i64::MAX.
+    let id_ok = call.id.is_string() || call.id.is_i64();
     (call.jsonrpc == "2.0" && call.method == "tools/call" && id_ok).then_some(call)
 }
 
@@ -97,7 +106,8 @@ pub async fn tools_call(State(state): State<HttpState>, request: Request, next: 
     let bytes = match axum::body::to_bytes(body, state.mcp_body_limit).await {
         Ok(bytes) => bytes,
         Err(_) => {
-            return (axum::http::StatusCode::BAD_REQUEST, "Bad Request: the body could not be read").into_response();
+            // As rmcp answers a body it cannot read.
+            return (axum::http::StatusCode::INTERNAL_SERVER_ERROR, "Failed to read request body").into_response();
         }
     };
     let Some(call) = parse(&bytes) else {
@@ -194,6 +204,8 @@ mod tests {
         no_version.retain(|(name, _)| *name != "mcp-protocol-version");
         assert!(!direct_headers(&headers(&no_version), 1000), "rmcp chooses the version then");
         assert!(with(("content-type", "application/json; charset=utf-8")));
+        assert!(!with(("accept", "application/json, text/event-stream;q=0")), "weights are rmcp's to read");
+        assert!(!with(("origin", "http://127.0.0.1:8080")), "rmcp checks origins against its own list");
         let mut no_length = PLAIN.to_vec();
         no_length.retain(|(name, _)| *name != "content-length");
         assert!(!direct_headers(&headers(&no_length), 1000), "a chunked body goes to rmcp");
@@ -208,6 +220,7 @@ mod tests {
         assert!(!ok(r#"{"jsonrpc":"2.0","method":"tools/call","params":{"name":"x"}}"#), "a notification");
         assert!(!ok(r#"{"jsonrpc":"2.0","id":1.5,"method":"tools/call","params":{"name":"x"}}"#));
         assert!(!ok(r#"{"jsonrpc":"2.0","id":null,"method":"tools/call","params":{"name":"x"}}"#));
+        assert!(!ok(r#"{"jsonrpc":"2.0","id":18446744073709551615,"method":"tools/call","params":{"name":"x"}}"#));
         assert!(!ok(r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x","_meta":{}}}"#));
         assert!(!ok(r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x","task":{}}}"#));
         assert!(!ok(r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x","arguments":[]}}"#));
