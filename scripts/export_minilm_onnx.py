@@ -173,19 +173,37 @@ def embed(session, tokenizer, texts):
     return pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
 
 
-def check_cosines(onnx_path: Path, model_dir: Path) -> None:
+def session_for(onnx_path: Path):
     import onnxruntime
-    from tokenizers import Tokenizer
 
-    session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+    return onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+
+
+def check_reference_pairs(session, tokenizer, tolerance: float, label: str) -> None:
+    """Exits unless each reference pair's cosine is within `tolerance` of sentence-transformers'."""
     for left, right, expected in REFERENCE_PAIRS:
         a, b = embed(session, tokenizer, [left, right])
         cosine = float(np.dot(a, b))
-        status = "ok" if abs(cosine - expected) <= COSINE_TOLERANCE else "MISMATCH"
-        print(f"  cosine {cosine:.6f} expected {expected:.6f} {status}: {left!r} / {right!r}")
+        status = "ok" if abs(cosine - expected) <= tolerance else "MISMATCH"
+        print(f"  {label} cosine {cosine:.6f} expected {expected:.6f} {status}: {left!r} / {right!r}")
         if status != "ok":
-            sys.exit(f"exported model disagrees with sentence-transformers (tolerance {COSINE_TOLERANCE})")
+            sys.exit(f"{label} model disagrees with sentence-transformers (tolerance {tolerance})")
+
+
+def check_sha256(path: Path, name: str, expected) -> None:
+    """Prints the file's sha256; removes the file and exits when it is not the expected one."""
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    print(f"  {name} sha256 {digest}")
+    if expected and digest != expected:
+        path.unlink()
+        sys.exit(f"sha256 mismatch: expected {expected}, got {digest}")
+
+
+def check_cosines(onnx_path: Path, model_dir: Path) -> None:
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+    check_reference_pairs(session_for(onnx_path), tokenizer, COSINE_TOLERANCE, "exported")
 
 
 def main():
@@ -198,11 +216,7 @@ def main():
     model = build_model(args.model_dir)
     tmp = args.out.with_suffix(".onnx.tmp")
     onnx.save_model(model, str(tmp))
-    digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
-    print(f"  model.onnx sha256 {digest}")
-    if args.expect_sha256 and digest != args.expect_sha256:
-        tmp.unlink()
-        sys.exit(f"sha256 mismatch: expected {args.expect_sha256}, got {digest}")
+    check_sha256(tmp, "model.onnx", args.expect_sha256)
     check_cosines(tmp, args.model_dir)
     tmp.replace(args.out)
 

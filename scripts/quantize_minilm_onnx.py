@@ -13,14 +13,12 @@ Usage: python3 quantize_minilm_onnx.py FP32_ONNX MODEL_DIR OUT_ONNX [--expect-sh
 """
 
 import argparse
-import hashlib
 import sys
 from pathlib import Path
 
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from export_minilm_onnx import REFERENCE_PAIRS, embed  # noqa: E402
+from export_minilm_onnx import check_reference_pairs, check_sha256, embed, session_for  # noqa: E402
 
 COSINE_TOLERANCE = 0.02
 MIN_AGREEMENT = 0.98
@@ -36,24 +34,12 @@ CHECK_TEXTS = [
 ]
 
 
-def session(path: Path):
-    import onnxruntime
-
-    return onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-
-
 def check(int8_path: Path, fp32_path: Path, model_dir: Path) -> None:
     from tokenizers import Tokenizer
 
     tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
-    quantized, full = session(int8_path), session(fp32_path)
-    for left, right, expected in REFERENCE_PAIRS:
-        a, b = embed(quantized, tokenizer, [left, right])
-        cosine = float(np.dot(a, b))
-        status = "ok" if abs(cosine - expected) <= COSINE_TOLERANCE else "MISMATCH"
-        print(f"  int8 cosine {cosine:.6f} reference {expected:.6f} {status}: {left!r} / {right!r}")
-        if status != "ok":
-            sys.exit(f"int8 model strays from sentence-transformers (tolerance {COSINE_TOLERANCE})")
+    quantized, full = session_for(int8_path), session_for(fp32_path)
+    check_reference_pairs(quantized, tokenizer, COSINE_TOLERANCE, "int8")
     agreement = (embed(quantized, tokenizer, CHECK_TEXTS) * embed(full, tokenizer, CHECK_TEXTS)).sum(axis=1)
     print(f"  int8 against fp32 over {len(CHECK_TEXTS)} texts: cosine min {agreement.min():.4f} mean {agreement.mean():.4f}")
     if agreement.min() < MIN_AGREEMENT:
@@ -72,11 +58,7 @@ def main():
 
     tmp = args.out.with_suffix(".onnx.tmp")
     quantize_dynamic(args.fp32, tmp, weight_type=QuantType.QInt8, per_channel=True)
-    digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
-    print(f"  {args.out.name} sha256 {digest}")
-    if args.expect_sha256 and digest != args.expect_sha256:
-        tmp.unlink()
-        sys.exit(f"sha256 mismatch: expected {args.expect_sha256}, got {digest}")
+    check_sha256(tmp, args.out.name, args.expect_sha256)
     check(tmp, args.fp32, args.model_dir)
     tmp.replace(args.out)
 
