@@ -63,8 +63,9 @@ pub enum Command {
         /// Scenarios to run (default: all).
         #[arg(long, value_enum, value_delimiter = ',')]
         scenarios: Vec<crate::bench::load::Scenario>,
-        #[arg(long, default_value_t = 128)]
-        connections: usize,
+        /// Concurrent connections; several (`8,128`) are measured in turn against the same server.
+        #[arg(long, value_delimiter = ',', default_value = "128")]
+        connections: Vec<usize>,
         /// Measured seconds per scenario.
         #[arg(long, default_value_t = 20)]
         seconds: u64,
@@ -80,6 +81,13 @@ pub enum Command {
         preload: usize,
         #[arg(long, default_value_t = 100_000)]
         search_preload: usize,
+        /// Keep the started server's data here: the search preload is imported once, later runs with the
+        /// same directory start on it (measure a large store several ways without importing it again).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// The stages the search scenarios ask for (e.g. `vector,fuzzy`); default: all.
+        #[arg(long, value_enum, value_delimiter = ',')]
+        search_stages: Option<Vec<crate::service::Stage>>,
         /// Where report.json, report.md and latency.svg go.
         #[arg(long, default_value = "benchmarks/results")]
         out: PathBuf,
@@ -404,6 +412,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             key,
             preload,
             search_preload,
+            data_dir,
+            search_stages,
             out,
             smoke,
             seed,
@@ -426,13 +436,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let options = LoadOptions {
                 scenarios,
-                connections: if smoke { connections.min(16) } else { connections },
+                rounds: connections.iter().map(|&n| if smoke { n.clamp(1, 16) } else { n.max(1) }).collect(),
                 duration: std::time::Duration::from_secs(if smoke { 2 } else { seconds }),
                 transport,
                 url,
                 key,
                 preload: if smoke { preload.min(100) } else { preload },
                 search_preload: if smoke { search_preload.min(200) } else { search_preload },
+                search_stages,
+                data_dir,
                 assets_dir: settings.embedding.assets_dir.clone(),
                 seed,
                 progress: !smoke && std::io::IsTerminal::is_terminal(&std::io::stderr()),
@@ -441,7 +453,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let mut reports = Vec::new();
             for scenario in options.scenarios.clone() {
                 eprintln!("scenario {scenario:?}...");
-                reports.push(crate::bench::load::run_scenario(scenario, &options).await?);
+                reports.extend(crate::bench::load::run_scenario(scenario, &options).await?);
             }
             std::fs::create_dir_all(&out)?;
             let mut table = crate::bench::report::markdown(&reports);

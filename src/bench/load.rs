@@ -49,7 +49,8 @@ pub enum Transport {
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
     pub scenarios: Vec<Scenario>,
-    pub connections: usize,
+    /// Connection counts measured in turn against the same server (and preload); one report each.
+    pub rounds: Vec<usize>,
     pub duration: Duration,
     pub transport: Transport,
     /// Target an existing server instead of starting one (then `key` must be an admin key).
@@ -59,6 +60,11 @@ pub struct LoadOptions {
     pub preload: usize,
     /// Contexts preloaded for the search scenario.
     pub search_preload: usize,
+    /// A data directory for the started server that outlives the run: the search preload is imported
+    /// into it once, and later runs with the same directory (and preload) start on it.
+    pub data_dir: Option<PathBuf>,
+    /// The search stages the search scenarios ask for (absent: the service's default, all three).
+    pub search_stages: Option<Vec<crate::service::Stage>>,
     pub assets_dir: PathBuf,
     pub seed: u64,
     pub progress: bool,
@@ -100,12 +106,36 @@ pub struct ScenarioReport {
     pub recall_at_10: Option<f64>,
     /// Points covered by HNSW / all points, when recall was measured.
     pub indexed_fraction: Option<f64>,
+    /// Search at scale: seconds the import of the preload took (the stopped server's data directory).
+    pub import_seconds: Option<f64>,
+    /// Search at scale: seconds from the server being ready until HNSW covered 95% of the points.
+    pub index_seconds: Option<f64>,
+    /// The server's resident memory once ready (and indexed), before the load started.
+    pub server_start_rss_mb: Option<f64>,
+    /// Server CPU time (user + system) during the round per operation, in milliseconds.
+    pub server_cpu_ms_per_op: Option<f64>,
 }
 
 /// A server the harness started: killed when dropped.
 struct Server {
     child: std::process::Child,
-    _dir: tempfile::TempDir,
+    _dir: DataDir,
+}
+
+/// Where a server the harness started keeps its data: a temporary directory, or one given with
+/// `--data-dir` that outlives the run (a later run on it skips the preload).
+enum DataDir {
+    Temporary(tempfile::TempDir),
+    Kept(PathBuf),
+}
+
+impl DataDir {
+    fn path(&self) -> &std::path::Path {
+        match self {
+            DataDir::Temporary(dir) => dir.path(),
+            DataDir::Kept(path) => path,
+        }
+    }
 }
 
 impl Drop for Server {
@@ -123,8 +153,28 @@ impl Server {
     }
 
     fn peak_rss_mb(&self) -> Option<f64> {
+        self.status_mb("VmHWM:")
+    }
+
+    /// CPU seconds (user + system) the server has used so far.
+    fn cpu_seconds(&self) -> Option<f64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).ok()?;
+        // Fields after the command name (which is in parentheses and may hold spaces); utime and stime are
+        // the 14th and 15th fields of the line, in clock ticks (100 per second on Linux).
+        let rest = stat.rsplit_once(')')?.1;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+        Some(ticks / 100.0)
+    }
+
+    fn rss_mb(&self) -> Option<f64> {
+        self.status_mb("VmRSS:")
+    }
+
+    /// A memory line of the server's `/proc/<pid>/status`, in MB.
+    fn status_mb(&self, field: &str) -> Option<f64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
-        let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+        let line = status.lines().find(|l| l.starts_with(field))?;
         let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
         Some(kb / 1024.0)
     }
@@ -139,6 +189,7 @@ struct Target {
     ready_seconds: Option<f64>,
     /// Contexts imported into the data directory before the server started (search at scale).
     bulk_loaded: Option<Vec<String>>,
+    import_seconds: Option<f64>,
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -150,18 +201,26 @@ async fn start_target(options: &LoadOptions, scenario: Scenario) -> anyhow::Resu
         let admin = options.key.clone().ok_or_else(|| anyhow::anyhow!("--url needs --key (an admin key)"))?;
         return Ok(Target {
             base: url.trim_end_matches('/').to_string(),
-            bearers: vec![admin.clone(); options.connections],
+            bearers: vec![admin.clone(); options.connections()],
             admin,
             server: None,
             ready_seconds: None,
             bulk_loaded: None,
+            import_seconds: None,
         });
     }
-    let dir = tempfile::tempdir()?;
+    let dir = match &options.data_dir {
+        Some(path) => {
+            std::fs::create_dir_all(path)?;
+            DataDir::Kept(path.clone())
+        }
+        None => DataDir::Temporary(tempfile::tempdir()?),
+    };
+    let already_loaded = dir.path().join("vectors").exists();
     let server_settings = crate::config::Settings { data_dir: dir.path().to_path_buf(), ..options.settings.clone() };
     let keys = crate::app::open_key_store(&server_settings).await.map_err(|e| anyhow::anyhow!(e.to_string()))?;
-    let mut bearers = Vec::with_capacity(options.connections);
-    for index in 0..options.connections {
+    let mut bearers = Vec::with_capacity(options.connections());
+    for index in 0..options.connections() {
         let new = NewKey {
             agent_id: format!("bench-agent-{index}"),
             agent_type: "bench".into(),
@@ -178,12 +237,19 @@ async fn start_target(options: &LoadOptions, scenario: Scenario) -> anyhow::Resu
     };
     let admin = keys.create(&admin_key).await.map_err(|e| anyhow::anyhow!(e.to_string()))?.1;
     drop(keys);
-    let bulk_loaded = if matches!(scenario, Scenario::Search | Scenario::SearchNew) && options.search_preload > 0 {
-        let (dir, assets, count) = (dir.path(), &options.assets_dir, options.search_preload);
-        Some(super::preload::bulk_preload(dir, assets, options.seed, count, options.progress).await?)
-    } else {
-        None
-    };
+    let (bulk_loaded, import_seconds) =
+        if matches!(scenario, Scenario::Search | Scenario::SearchNew) && options.search_preload > 0 {
+            let (dir, assets, count) = (dir.path(), &options.assets_dir, options.search_preload);
+            if already_loaded {
+                (Some(super::preload::preloaded_ids(assets, options.seed, count)?), None)
+            } else {
+                let (ids, seconds) =
+                    super::preload::bulk_preload(dir, assets, options.seed, count, options.progress).await?;
+                (Some(ids), Some(seconds))
+            }
+        } else {
+            (None, None)
+        };
     let port = free_port()?;
     let log_path = dir.path().join("server.log");
     let log = std::fs::File::create(&log_path)?;
@@ -195,7 +261,7 @@ async fn start_target(options: &LoadOptions, scenario: Scenario) -> anyhow::Resu
         .env("CTX__EMBEDDING__ASSETS_DIR", &options.assets_dir)
         .env("CTX__SERVER__RATE_LIMIT_PER_SECOND", "1000000")
         .env("CTX__SERVER__RATE_LIMIT_BURST", "1000000")
-        .env("CTX__SERVER__MAX_CONCURRENCY", (options.connections * 4).max(64).to_string())
+        .env("CTX__SERVER__MAX_CONCURRENCY", (options.connections() * 4).max(64).to_string())
         .env("RUST_LOG", "warn")
         .stdout(std::process::Stdio::null())
         .stderr(log);
@@ -224,7 +290,7 @@ async fn start_target(options: &LoadOptions, scenario: Scenario) -> anyhow::Resu
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    Ok(Target { base, bearers, admin, server: Some(server), ready_seconds: Some(ready), bulk_loaded })
+    Ok(Target { base, bearers, admin, server: Some(server), ready_seconds: Some(ready), bulk_loaded, import_seconds })
 }
 
 /// The MCP protocol version the load generator speaks (sent as `MCP-Protocol-Version`).
@@ -371,6 +437,19 @@ struct Fixture {
     sessions: Vec<String>,
     context_ids: Vec<String>,
     warm_queries: Vec<String>,
+    index_seconds: Option<f64>,
+    search_stages: Option<Vec<crate::service::Stage>>,
+}
+
+impl Fixture {
+    /// The search scenarios' request for `query`.
+    fn search(&self, query: &str) -> Value {
+        let mut request = json!({"query": query, "limit": 10});
+        if let Some(stages) = &self.search_stages {
+            request["stages"] = json!(stages);
+        }
+        request
+    }
 }
 
 async fn preload(
@@ -428,11 +507,12 @@ pub(super) fn progress_bar(enabled: bool, length: u64, message: &'static str) ->
     bar
 }
 
-/// Waits until the vector index covers most points (the server optimizes in the background).
-async fn wait_for_index(admin: &Connection, progress: bool) {
+/// Waits until the vector index covers most points (the server optimizes in the background), at most ten
+/// minutes plus a second per 500 points; returns the seconds waited.
+async fn wait_for_index(admin: &Connection, points: usize, progress: bool) -> f64 {
     let bar = progress_bar(progress, 100, "building HNSW index");
     let started = Instant::now();
-    while started.elapsed() < Duration::from_secs(600) {
+    while started.elapsed() < Duration::from_secs(600 + points as u64 / 500) {
         let metrics = admin.http.get(format!("{}/metrics", admin.base)).bearer_auth(&admin.bearer).send().await.ok();
         let text = match metrics {
             Some(response) => response.text().await.unwrap_or_default(),
@@ -455,6 +535,7 @@ async fn wait_for_index(admin: &Connection, progress: bool) {
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
     bar.finish_and_clear();
+    started.elapsed().as_secs_f64()
 }
 
 async fn prepare(scenario: Scenario, target: &Target, options: &LoadOptions) -> anyhow::Result<Fixture> {
@@ -463,7 +544,8 @@ async fn prepare(scenario: Scenario, target: &Target, options: &LoadOptions) -> 
         return Ok(Fixture::default());
     }
     let run = uuid::Uuid::now_v7().simple().to_string();
-    let mut sessions: Vec<String> = (0..(options.connections / 8).max(1)).map(|i| format!("bench-{run}-{i}")).collect();
+    let mut sessions: Vec<String> =
+        (0..(options.connections() / 8).max(1)).map(|i| format!("bench-{run}-{i}")).collect();
     if target.bulk_loaded.is_some() {
         sessions = (0..super::preload::SESSIONS).map(super::preload::session_id).collect();
     }
@@ -482,11 +564,13 @@ async fn prepare(scenario: Scenario, target: &Target, options: &LoadOptions) -> 
         Some(ids) => ids.clone(),
         None => preload(&admin, &sessions, count, options.seed, options.progress).await?,
     };
-    if matches!(scenario, Scenario::Search | Scenario::SearchNew) && count >= 5_000 {
-        wait_for_index(&admin, options.progress).await;
-    }
+    let index_seconds = if matches!(scenario, Scenario::Search | Scenario::SearchNew) && count >= 5_000 {
+        Some(wait_for_index(&admin, count, options.progress).await)
+    } else {
+        None
+    };
     // Each agent has a state entry to read.
-    for index in 0..options.connections {
+    for index in 0..options.connections() {
         let body = json!({"key": "profile", "value": {"n": index}, "agent_id": format!("bench-agent-{index}")});
         admin.call("set_agent_state", body).await.map_err(|e| anyhow::anyhow!("set_agent_state: {e}"))?;
     }
@@ -500,7 +584,8 @@ async fn prepare(scenario: Scenario, target: &Target, options: &LoadOptions) -> 
                 .map_err(|e| anyhow::anyhow!("warm: {e}"))?;
         }
     }
-    Ok(Fixture { sessions, context_ids, warm_queries })
+    let search_stages = options.search_stages.clone();
+    Ok(Fixture { sessions, context_ids, warm_queries, index_seconds, search_stages })
 }
 
 /// Per-connection recording.
@@ -570,11 +655,11 @@ async fn step(
         },
         Scenario::Search => {
             let query = &fixture.warm_queries[rng.usize(..fixture.warm_queries.len())];
-            ("search (cached embedding)", json!({"query": query, "limit": 10}))
+            ("search (cached embedding)", fixture.search(query))
         }
         Scenario::SearchNew => {
             let query = format!("{} {}", sentences.next_sentence(), rng.u32(..1000));
-            ("search (new query)", json!({"query": query, "limit": 10}))
+            ("search (new query)", fixture.search(&query))
         }
         Scenario::Mixed => match roll {
             0..30 => ("get_context", json!({"id": any_id()})),
@@ -605,20 +690,89 @@ fn op_report(op: &str, histogram: &Histogram<u64>, errors: u64, seconds: f64) ->
     }
 }
 
-/// Runs one scenario against its own server (or the given URL).
-pub async fn run_scenario(scenario: Scenario, options: &LoadOptions) -> anyhow::Result<ScenarioReport> {
+impl LoadOptions {
+    /// The most connections any round opens: the keys, sessions and state entries prepared for them.
+    pub fn connections(&self) -> usize {
+        self.rounds.iter().copied().max().unwrap_or(1)
+    }
+}
+
+/// What one round of load measured.
+struct Round {
+    connections: usize,
+    cpu_ms_per_op: Option<f64>,
+    seconds: f64,
+    total: OpReport,
+    ops: Vec<OpReport>,
+    error_samples: Vec<String>,
+}
+
+/// Runs one scenario against its own server (or the given URL), one round per connection count.
+pub async fn run_scenario(scenario: Scenario, options: &LoadOptions) -> anyhow::Result<Vec<ScenarioReport>> {
     let target = start_target(options, scenario).await?;
     let fixture = Arc::new(prepare(scenario, &target, options).await?);
+    let server_start_rss_mb = target.server.as_ref().and_then(Server::rss_mb);
+    let mut rounds = Vec::new();
+    for &connections in &options.rounds {
+        let cpu_before = target.server.as_ref().and_then(Server::cpu_seconds);
+        let mut round = measure(scenario, &target, &fixture, options, connections).await?;
+        let cpu_after = target.server.as_ref().and_then(Server::cpu_seconds);
+        round.cpu_ms_per_op = cpu_before
+            .zip(cpu_after)
+            .filter(|_| round.total.ops > 0)
+            .map(|(before, after)| 1000.0 * (after - before) / round.total.ops as f64);
+        rounds.push(round);
+    }
+    let server_peak_rss_mb = target.server.as_ref().and_then(Server::peak_rss_mb);
+    let mut target = target;
+    let (recall_at_10, indexed_fraction) = match (scenario, target.server.as_mut()) {
+        (Scenario::Search | Scenario::SearchNew, Some(server)) => {
+            server.stop();
+            let (recall, indexed) = vector_recall(server._dir.path(), options).await?;
+            (Some(recall), Some(indexed))
+        }
+        _ => (None, None),
+    };
+    Ok(rounds
+        .into_iter()
+        .map(|round| ScenarioReport {
+            scenario,
+            transport: options.transport,
+            connections: round.connections,
+            seconds: round.seconds,
+            preloaded: fixture.context_ids.len(),
+            total: round.total,
+            ops: round.ops,
+            error_samples: round.error_samples,
+            server_peak_rss_mb,
+            ready_seconds: target.ready_seconds,
+            recall_at_10,
+            indexed_fraction,
+            import_seconds: target.import_seconds,
+            index_seconds: fixture.index_seconds,
+            server_start_rss_mb,
+            server_cpu_ms_per_op: round.cpu_ms_per_op,
+        })
+        .collect())
+}
+
+/// One round: `connections` concurrent connections for the configured duration.
+async fn measure(
+    scenario: Scenario,
+    target: &Target,
+    fixture: &Arc<Fixture>,
+    options: &LoadOptions,
+    connections: usize,
+) -> anyhow::Result<Round> {
     let done = Arc::new(AtomicU64::new(0));
     let bar = progress_bar(options.progress, options.duration.as_secs().max(1), "measuring");
     let deadline = tokio::time::Instant::now() + options.duration;
     let started = Instant::now();
-    let tasks: Vec<_> = (0..options.connections)
+    let tasks: Vec<_> = (0..connections)
         .map(|index| {
             let connection = Connection::new(&target.base, &target.bearers[index], options.transport);
             let (fixture, done) = (fixture.clone(), done.clone());
             let seed = options.seed.wrapping_add(index as u64);
-            let connections = options.connections;
             tokio::spawn(async move {
                 let agent = format!("bench-agent-{index}");
                 let mut rng = fastrand::Rng::with_seed(seed);
@@ -672,30 +826,8 @@ pub async fn run_scenario(scenario: Scenario, options: &LoadOptions) -> anyhow::
         })
         .collect();
     error_samples.truncate(10);
-    let server_peak_rss_mb = target.server.as_ref().and_then(Server::peak_rss_mb);
-    let mut target = target;
-    let (recall_at_10, indexed_fraction) = match (scenario, target.server.as_mut()) {
-        (Scenario::Search | Scenario::SearchNew, Some(server)) => {
-            server.stop();
-            let (recall, indexed) = vector_recall(server._dir.path(), options).await?;
-            (Some(recall), Some(indexed))
-        }
-        _ => (None, None),
-    };
-    Ok(ScenarioReport {
-        scenario,
-        transport: options.transport,
-        connections: options.connections,
-        seconds,
-        preloaded: fixture.context_ids.len(),
-        total: op_report("all", &total, total_errors, seconds),
-        ops,
-        error_samples,
-        server_peak_rss_mb,
-        ready_seconds: target.ready_seconds,
-        recall_at_10,
-        indexed_fraction,
-    })
+    let total = op_report("all", &total, total_errors, seconds);
+    Ok(Round { connections, cpu_ms_per_op: None, seconds, total, ops, error_samples })
 }
 
 /// Recall@10 of HNSW against exact search on the stopped server's vector store, over new queries.

@@ -24,7 +24,15 @@ pub fn markdown(reports: &[ScenarioReport]) -> String {
         }
         let rss = report.server_peak_rss_mb.map(|mb| format!("{mb:.0} MB")).unwrap_or_else(|| "n/a".into());
         let ready = report.ready_seconds.map(|s| format!("{s:.2} s")).unwrap_or_else(|| "n/a".into());
-        out.push_str(&format!("\nserver peak RSS: {rss}; ready after start: {ready}\n"));
+        let start_rss = report.server_start_rss_mb.map(|mb| format!("{mb:.0} MB")).unwrap_or_else(|| "n/a".into());
+        out.push_str(&format!("\nserver RSS before the load: {start_rss}, peak: {rss}; ready after start: {ready}\n"));
+        if let Some(cpu) = report.server_cpu_ms_per_op {
+            out.push_str(&format!("server CPU per operation: {cpu:.3} ms\n"));
+        }
+        if let Some(import) = report.import_seconds {
+            let index = report.index_seconds.map(|s| format!("{s:.0} s")).unwrap_or_else(|| "n/a".into());
+            out.push_str(&format!("preload import: {import:.0} s; HNSW to 95% after the server was ready: {index}\n"));
+        }
         if let (Some(recall), Some(indexed)) = (report.recall_at_10, report.indexed_fraction) {
             out.push_str(&format!(
                 "vector-stage recall@10 vs exact search: {recall:.4} (HNSW covered {:.0}% of points)\n",

@@ -285,7 +285,7 @@ pub enum SearchMode {
 }
 
 /// A stage of the search pipeline.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, JsonSchema, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, JsonSchema, PartialEq, Eq, Hash, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum Stage {
     Vector,

@@ -27,3 +27,46 @@ fn the_load_harness_runs_every_scenario_without_errors() {
     assert!(svg.starts_with("<svg"));
     assert!(out.path().join("report.md").exists());
 }
+
+/// Several connection counts are measured against one server, the stages asked for are the ones searched,
+/// and a kept data directory is imported into once: a second run starts on it without importing.
+#[test]
+fn search_rounds_share_one_server_and_a_kept_data_directory_is_imported_once() {
+    let (out, data) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let run = || {
+        let status = std::process::Command::new(env!("CARGO_BIN_EXE_context-store"))
+            .args(["bench", "--smoke", "--transport", "http", "--scenarios", "search", "--connections", "2,4"])
+            // Its own seed: the preload file is not shared with the other harness test running beside it.
+            .args(["--seed", "7", "--search-stages", "vector,fuzzy", "--data-dir"])
+            .arg(data.path().join("store"))
+            .arg("--out")
+            .arg(out.path())
+            .env("CTX__EMBEDDING__ASSETS_DIR", crate::helpers::assets_dir())
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("harness runs");
+        assert!(status.success());
+        let reports: Vec<Value> =
+            serde_json::from_str(&std::fs::read_to_string(out.path().join("report.json")).unwrap()).unwrap();
+        reports
+    };
+    let first = run();
+    let connections: Vec<u64> = first.iter().map(|r| r["connections"].as_u64().unwrap()).collect();
+    assert_eq!(connections, [2, 4]);
+    for report in &first {
+        assert_eq!(report["total"]["errors"].as_u64(), Some(0), "{}", report["error_samples"]);
+        assert!(report["total"]["ops"].as_u64().unwrap() > 0, "{report}");
+        assert!(report["server_cpu_ms_per_op"].as_f64().unwrap() > 0.0, "{report}");
+        assert!(report["import_seconds"].as_f64().is_some(), "the first run imports: {report}");
+        assert_eq!(report["preloaded"].as_u64(), Some(200));
+    }
+    let second = run();
+    assert_eq!(second.len(), 2);
+    for report in &second {
+        assert!(report["import_seconds"].is_null(), "the second run starts on the kept store: {report}");
+        assert_eq!(report["preloaded"].as_u64(), Some(200));
+        assert_eq!(report["total"]["errors"].as_u64(), Some(0), "{}", report["error_samples"]);
+    }
+    assert!(data.path().join("store").join("vectors").exists());
+}

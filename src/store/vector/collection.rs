@@ -26,6 +26,45 @@ pub struct CollectionSpec {
     /// The lexical stage: a BM25 sparse vector of each point's text beside its dense vector. Absent: none.
     #[serde(default)]
     pub lexical: Option<LexicalSpec>,
+    /// Scalar quantization of the dense vectors (`{"scalar": {"type": "int8", ...}}`), searched first and
+    /// rescored with the originals (`search.quantization`). Absent: full-precision vectors only.
+    #[serde(default)]
+    pub quantization_config: Option<QuantizationSpec>,
+}
+
+/// Quantization in Qdrant's notation; only scalar int8 is offered.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct QuantizationSpec {
+    pub scalar: ScalarQuantizationSpec,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ScalarQuantizationSpec {
+    /// "int8", the only scalar type.
+    #[serde(rename = "type")]
+    pub kind: ScalarKind,
+    /// The share of values whose range the int8 steps cover (0.5-1.0); outliers are clipped.
+    pub quantile: Option<f32>,
+    /// Keep the quantized vectors in memory even when the originals are on disk.
+    pub always_ram: Option<bool>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ScalarKind {
+    Int8,
+}
+
+/// How a search uses the quantized vectors.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct QuantizationSearchSpec {
+    /// Re-score the quantized search's best candidates with the original vectors.
+    pub rescore: bool,
+    /// Candidates taken from the quantized search per hit asked for (>= 1), before rescoring.
+    pub oversampling: f64,
 }
 
 /// BM25 over each point's text, as a sparse vector the engine weighs by inverse document frequency (Qdrant's
@@ -57,6 +96,10 @@ pub struct VectorSpec {
     pub size: usize,
     /// "Cosine", "Dot", "Euclid" or "Manhattan".
     pub distance: String,
+    /// Keep the original vectors in memory-mapped files, read from disk when not cached (with quantization
+    /// they are only read to rescore the best candidates).
+    #[serde(default)]
+    pub on_disk: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -80,6 +123,9 @@ pub struct OptimizerSpec {
 #[serde(deny_unknown_fields)]
 pub struct SearchSpec {
     pub hnsw_ef: usize,
+    /// Used when the collection is quantized.
+    #[serde(default)]
+    pub quantization: Option<QuantizationSearchSpec>,
 }
 
 impl CollectionSpec {
@@ -103,5 +149,15 @@ mod tests {
         assert!(spec.payload_indexes.contains_key("session_id"));
         assert!(spec.payload_indexes.contains_key("tags"));
         assert_eq!(spec.lexical.map(|l| l.name), Some("lexical".to_string()));
+        assert_eq!(spec.quantization_config.map(|q| q.scalar.kind), Some(ScalarKind::Int8));
+        assert!(spec.search.quantization.is_some_and(|q| q.rescore && q.oversampling >= 1.0));
+    }
+
+    #[test]
+    fn quantization_other_than_scalar_int8_is_refused() {
+        let spec = |text: &str| serde_json::from_str::<QuantizationSpec>(text);
+        assert!(spec(r#"{"scalar": {"type": "int8", "quantile": 0.99}}"#).is_ok());
+        assert!(spec(r#"{"scalar": {"type": "uint4"}}"#).is_err());
+        assert!(spec(r#"{"binary": {"always_ram": true}}"#).is_err());
     }
 }

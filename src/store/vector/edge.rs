@@ -12,12 +12,13 @@ use async_trait::async_trait;
 use qdrant_edge::{
     CountRequest, CreateIndex, Distance, EdgeConfigBuilder, EdgeOptimizersConfig, EdgeShard, EdgeSparseVectorParams,
     EdgeVectorParams, FieldIndexOperations, Filter, HnswIndexConfig, JsonPath, Modifier, NamedQuery,
-    PayloadFieldSchema, PointId, PointInsertOperations, PointOperations, PointStruct, QueryEnum, ScrollRequest,
-    SearchParams, SearchRequest, SparseVector, UpdateOperation, Vector, VectorInternal, VectorStructInternal, Vectors,
-    WithPayloadInterface, WithVector,
+    PayloadFieldSchema, PointId, PointInsertOperations, PointOperations, PointStruct, QuantizationConfig,
+    QuantizationSearchParams, QueryEnum, ScrollRequest, SearchParams, SearchRequest, SparseVector, UpdateOperation,
+    Vector, VectorInternal, VectorStructInternal, Vectors, WithPayloadInterface, WithVector,
 };
 use uuid::Uuid;
 
+use super::collection::{QuantizationSearchSpec, QuantizationSpec, ScalarKind};
 use super::lexical::Lexical;
 use super::payload::{from_payload, to_payload};
 use super::{CollectionSpec, LexicalHit, VectorHit, VectorPoint, VectorStore, filter::to_qdrant_json};
@@ -29,6 +30,8 @@ pub struct EdgeVectorStore {
     shard: Arc<EdgeShard>,
     gate: Arc<RwLock<()>>,
     hnsw_ef: usize,
+    /// How searches use the quantized vectors, when the collection has them.
+    quantization: Option<QuantizationSearchSpec>,
     /// The lexical stage, when the shard has its sparse vector.
     lexical: Option<Arc<Lexical>>,
     /// Searches and scrolls are CPU-bound: one lane per core, the rest wait as tasks, not threads.
@@ -58,6 +61,28 @@ fn lock_dir(dir: &Path) -> StoreResult<std::fs::File> {
         ))),
         Err(std::fs::TryLockError::Error(e)) => Err(edge_error(format!("lock {}: {e}", path.display()))),
     }
+}
+
+/// The collection's quantization in qdrant-edge's terms (its scalar variant is not exported by name, so it
+/// is read from the same notation Qdrant's REST API uses).
+fn quantization(spec: &QuantizationSpec) -> StoreResult<QuantizationConfig> {
+    let ScalarKind::Int8 = spec.scalar.kind;
+    let notation = serde_json::json!({"scalar": {
+        "type": "int8",
+        "quantile": spec.scalar.quantile,
+        "always_ram": spec.scalar.always_ram,
+    }});
+    serde_json::from_value(notation).map_err(|e| edge_error(format!("quantization: {e}")))
+}
+
+/// Search parameters: an exact search reads the original vectors only, so it stays the ground truth.
+fn search_params(hnsw_ef: usize, exact: bool, quantization: Option<QuantizationSearchSpec>) -> SearchParams {
+    let quantization = quantization.map(|q| QuantizationSearchParams {
+        ignore: exact,
+        rescore: Some(q.rescore),
+        oversampling: Some(q.oversampling),
+    });
+    SearchParams { hnsw_ef: Some(hnsw_ef), exact, quantization, ..SearchParams::default() }
 }
 
 fn edge_error(err: impl std::fmt::Display) -> StoreError {
@@ -101,6 +126,7 @@ impl EdgeVectorStore {
             shard: Arc::new(shard),
             gate: Arc::new(RwLock::new(())),
             hnsw_ef: spec.search.hnsw_ef,
+            quantization: spec.quantization_config.as_ref().and(spec.search.quantization),
             lexical,
             query_lanes: BlockingLanes::per_core(),
             _process_lock: Arc::new(lock),
@@ -191,8 +217,15 @@ fn open_shard(dir: &Path, spec: &CollectionSpec) -> StoreResult<(EdgeShard, bool
         }
         other => other.as_ref(),
     };
-    let mut builder = EdgeConfigBuilder::new()
-        .vector("", EdgeVectorParams::builder(spec.vectors.size, distance(&spec.vectors.distance)?).build());
+    let mut builder = EdgeConfigBuilder::new().vector(
+        "",
+        EdgeVectorParams::builder(spec.vectors.size, distance(&spec.vectors.distance)?)
+            .on_disk(spec.vectors.on_disk)
+            .build(),
+    );
+    if let Some(quantized) = &spec.quantization_config {
+        builder = builder.quantization_config(quantization(quantized)?);
+    }
     if let Some(lexical) = lexical {
         builder = builder
             .sparse_vector(lexical.name.clone(), EdgeSparseVectorParams::builder().modifier(Modifier::Idf).build());
@@ -324,12 +357,12 @@ impl VectorStore for EdgeVectorStore {
         exact: bool,
     ) -> StoreResult<Vec<VectorHit>> {
         let filter = qdrant_filter(filter)?;
-        let hnsw_ef = self.hnsw_ef.max(limit);
+        let params = search_params(self.hnsw_ef.max(limit), exact, self.quantization);
         self.query(move |shard| {
             let request = SearchRequest {
                 query: QueryEnum::Nearest(NamedQuery { query: VectorInternal::Dense(vector), using: None }),
                 filter: Some(filter),
-                params: Some(SearchParams { hnsw_ef: Some(hnsw_ef), exact, ..SearchParams::default() }),
+                params: Some(params),
                 limit,
                 offset: 0,
                 with_payload: Some(WithPayloadInterface::Bool(true)),
@@ -452,6 +485,88 @@ impl VectorStore for EdgeVectorStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::{ContextFilterArgs, ReadScope, Timestamp, Visibility};
+
+    fn point(rng: &mut fastrand::Rng) -> VectorPoint {
+        let vector: Vec<f32> = (0..384).map(|_| rng.f32() - 0.5).collect();
+        let context = Context {
+            id: Uuid::now_v7(),
+            session_id: "s".into(),
+            agent_id: "a".into(),
+            context_type: "note".into(),
+            content: format!("note {}", rng.u32(..)),
+            tags: vec![],
+            metadata: Default::default(),
+            visibility: Visibility::Public,
+            created_at: Timestamp(1),
+            updated_at: Timestamp(1),
+            version: 1,
+            expires_at: None,
+            content_hash: rng.u64(..).to_string(),
+        };
+        VectorPoint { context, vector }
+    }
+
+    /// Whether each HNSW-indexed segment's dense vector is quantized, as the segments on disk record it
+    /// (the appendable segment new points go to is never quantized).
+    fn segment_quantization(dir: &Path) -> Vec<bool> {
+        let segments = std::fs::read_dir(dir.join("segments")).unwrap();
+        let mut found = Vec::new();
+        for segment in segments.map(|e| e.unwrap().path()).filter(|p| p.join("segment.json").exists()) {
+            let text = std::fs::read_to_string(segment.join("segment.json")).unwrap();
+            let config: serde_json::Value = serde_json::from_str(&text).unwrap();
+            let dense = &config["config"]["vector_data"][""];
+            if dense["index"]["type"] == "hnsw" {
+                found.push(!dense["quantization_config"].is_null());
+            }
+        }
+        found
+    }
+
+    /// A store made before quantization gains it: reopened with the quantized definition, its optimizer
+    /// rebuilds the segments, and the quantized, rescored search finds what exact search finds.
+    #[tokio::test]
+    async fn a_store_gains_int8_quantization_on_reopen_and_searches_agree_with_exact_search() {
+        let dir = tempfile::tempdir().unwrap();
+        let quantized = CollectionSpec::builtin();
+        assert!(quantized.quantization_config.is_some() && quantized.vectors.on_disk);
+        let plain = CollectionSpec {
+            quantization_config: None,
+            vectors: super::super::collection::VectorSpec { on_disk: false, ..quantized.vectors.clone() },
+            ..quantized.clone()
+        };
+        let mut rng = fastrand::Rng::with_seed(7);
+        let points: Vec<VectorPoint> = (0..3000).map(|_| point(&mut rng)).collect();
+        let queries: Vec<Vec<f32>> = points.iter().step_by(100).map(|p| p.vector.clone()).collect();
+        {
+            let store = EdgeVectorStore::open(dir.path(), &plain).await.unwrap();
+            for chunk in points.chunks(500) {
+                store.upsert(chunk.to_vec()).await.unwrap();
+            }
+            store.optimize().await.unwrap();
+            store.flush().await.unwrap();
+        }
+        let segments = segment_quantization(dir.path());
+        assert!(!segments.is_empty() && segments.iter().all(|q| !q), "indexed without quantization: {segments:?}");
+
+        let store = EdgeVectorStore::open(dir.path(), &quantized).await.unwrap();
+        store.optimize().await.unwrap();
+        store.flush().await.unwrap();
+        let segments = segment_quantization(dir.path());
+        assert!(!segments.is_empty() && segments.iter().all(|q| *q), "every indexed segment quantized: {segments:?}");
+        assert_eq!(store.count().await.unwrap(), 3000);
+        let scope = ReadScope { agent_id: "a".into(), admin: true, sessions: None };
+        let filter = ContextFilter::parse(ContextFilterArgs::default(), scope, Timestamp(2)).unwrap();
+        let (mut found, mut expected) = (0, 0);
+        for query in queries {
+            let exact = store.search(query.clone(), &filter, 10, true).await.unwrap();
+            let approximate = store.search(query, &filter, 10, false).await.unwrap();
+            expected += exact.len();
+            found += exact.iter().filter(|e| approximate.iter().any(|a| a.context.id == e.context.id)).count();
+        }
+        assert_eq!(expected, 300);
+        assert!(found as f64 / expected as f64 >= 0.95, "recall@10 {found}/{expected}");
+    }
 
     #[test]
     fn wal_truncation_keeps_the_newest_closed_and_every_open_segment() {

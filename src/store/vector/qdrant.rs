@@ -17,14 +17,16 @@ use qdrant_client::Qdrant;
 use qdrant_client::qdrant::{
     Condition, CountPointsBuilder, CreateCollectionBuilder, CreateFieldIndexCollectionBuilder, DeletePointsBuilder,
     Distance, FieldType, Filter, GetPointsBuilder, HnswConfigDiffBuilder, KeywordIndexParamsBuilder, Modifier,
-    NamedVectors, OptimizersConfigDiffBuilder, PointId, PointStruct, PointsIdsList, Query, QueryPointsBuilder, Range,
-    ScrollPointsBuilder, SearchParamsBuilder, SparseVectorParamsBuilder, SparseVectorsConfigBuilder,
-    UpsertPointsBuilder, Vector, VectorInput, VectorParamsBuilder, VectorsSelector, WriteOrdering, WriteOrderingType,
-    r#match::MatchValue, point_id::PointIdOptions, vector_output,
+    NamedVectors, OptimizersConfigDiffBuilder, PointId, PointStruct, PointsIdsList, QuantizationSearchParamsBuilder,
+    QuantizationType, Query, QueryPointsBuilder, Range, ScalarQuantizationBuilder, ScrollPointsBuilder, SearchParams,
+    SearchParamsBuilder, SparseVectorParamsBuilder, SparseVectorsConfigBuilder, UpsertPointsBuilder, Vector,
+    VectorInput, VectorParamsBuilder, VectorsSelector, WriteOrdering, WriteOrderingType, r#match::MatchValue,
+    point_id::PointIdOptions, vector_output,
 };
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
+use super::collection::QuantizationSearchSpec;
 use super::filter::to_qdrant_json;
 use super::lexical::Lexical;
 use super::payload::{from_payload, to_payload};
@@ -66,6 +68,8 @@ pub struct QdrantVectorStore {
     epoch: Instant,
     collection: String,
     hnsw_ef: u64,
+    /// How searches use the quantized vectors, when the collection has them.
+    quantization: Option<QuantizationSearchSpec>,
     ordering: WriteOrdering,
     breaker: CircuitBreaker,
     /// How long a node that did not answer is skipped.
@@ -169,6 +173,20 @@ fn point_ids(ids: &[Uuid]) -> Vec<PointId> {
 }
 
 impl QdrantVectorStore {
+    /// An exact search reads the original vectors only, so it stays the ground truth.
+    fn search_params(&self, exact: bool) -> SearchParams {
+        let mut params = SearchParamsBuilder::default().hnsw_ef(self.hnsw_ef).exact(exact);
+        if let Some(q) = self.quantization {
+            params = params.quantization(
+                QuantizationSearchParamsBuilder::default()
+                    .ignore(exact)
+                    .rescore(q.rescore)
+                    .oversampling(q.oversampling),
+            );
+        }
+        params.build()
+    }
+
     /// Deletes the collection (`reindex --recreate` makes it again from the definition); absent is fine.
     pub async fn drop_collection(options: &QdrantOptions, spec: &CollectionSpec) -> StoreResult<()> {
         let url = options.url.split(',').map(str::trim).find(|u| !u.is_empty()).unwrap_or_default();
@@ -215,6 +233,7 @@ impl QdrantVectorStore {
             epoch: Instant::now(),
             collection,
             hnsw_ef: spec.search.hnsw_ef as u64,
+            quantization: spec.quantization_config.as_ref().and(spec.search.quantization),
             ordering: write_ordering(&options.write_ordering)?,
             breaker: CircuitBreaker::new("qdrant", options.breaker_threshold, options.breaker_cooldown),
             cooldown: options.breaker_cooldown,
@@ -333,12 +352,22 @@ impl QdrantVectorStore {
             hnsw = hnsw.payload_m(payload_m as u64);
         }
         let mut request = CreateCollectionBuilder::new(&self.collection)
-            .vectors_config(VectorParamsBuilder::new(spec.vectors.size as u64, distance))
+            .vectors_config(VectorParamsBuilder::new(spec.vectors.size as u64, distance).on_disk(spec.vectors.on_disk))
             .hnsw_config(hnsw)
             .optimizers_config(
                 OptimizersConfigDiffBuilder::default()
                     .indexing_threshold(spec.optimizers_config.indexing_threshold_kb as u64),
             );
+        if let Some(quantized) = &spec.quantization_config {
+            let mut scalar = ScalarQuantizationBuilder::default().r#type(QuantizationType::Int8.into());
+            if let Some(quantile) = quantized.scalar.quantile {
+                scalar = scalar.quantile(quantile);
+            }
+            if let Some(always_ram) = quantized.scalar.always_ram {
+                scalar = scalar.always_ram(always_ram);
+            }
+            request = request.quantization_config(scalar.build());
+        }
         if let Some(shards) = layout.shard_number {
             request = request.shard_number(shards);
         }
@@ -511,7 +540,7 @@ impl VectorStore for QdrantVectorStore {
             .filter(condition)
             .limit(limit as u64)
             .with_payload(true)
-            .params(SearchParamsBuilder::default().hnsw_ef(self.hnsw_ef).exact(exact))
+            .params(self.search_params(exact))
             .into();
         self.query(request)
             .await?
