@@ -835,12 +835,12 @@ async fn vector_recall(data_dir: &std::path::Path, options: &LoadOptions) -> any
     use crate::domain::{ContextFilter, ContextFilterArgs, ReadScope, Timestamp};
     use crate::embed::Embedder;
     use crate::store::VectorStore;
-    use crate::store::vector::CollectionSpec;
     use crate::store::vector::edge::EdgeVectorStore;
 
-    let store = EdgeVectorStore::open(&data_dir.join("vectors"), &CollectionSpec::builtin())
-        .await
-        .map_err(|e| anyhow::anyhow!(e.to_string()))?;
+    // The definition the server ran with (its search parameters decide the approximate search).
+    let spec = crate::app::collection_spec(&options.settings).map_err(|e| anyhow::anyhow!(e.to_string()))?;
+    let store =
+        EdgeVectorStore::open(&data_dir.join("vectors"), &spec).await.map_err(|e| anyhow::anyhow!(e.to_string()))?;
     let total = store.count().await.map_err(|e| anyhow::anyhow!(e.to_string()))?.max(1);
     let indexed = store.indexed_vectors() as f64 / total as f64;
     let assets = crate::embed::fastembed::ModelAssets::in_dir(&options.assets_dir, Default::default());
