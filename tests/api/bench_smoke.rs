@@ -1,22 +1,31 @@
 //! The load harness keeps working: a smoke run (seconds) of every scenario over MCP, checked for output
 //! and zero errors. Timings are reported by the harness, never asserted here.
 
+use std::ffi::OsStr;
+use std::path::Path;
+
 use serde_json::Value;
 
-#[test]
-fn the_load_harness_runs_every_scenario_without_errors() {
-    let out = tempfile::tempdir().unwrap();
+/// Runs `context-store bench --smoke ARGS --out OUT` and returns its JSON report.
+fn smoke_run(args: &[&OsStr], out: &Path) -> Vec<Value> {
     let status = std::process::Command::new(env!("CARGO_BIN_EXE_context-store"))
-        .args(["bench", "--smoke", "--transport", "mcp", "--out"])
-        .arg(out.path())
+        .args(["bench", "--smoke"])
+        .args(args)
+        .arg("--out")
+        .arg(out)
         .env("CTX__EMBEDDING__ASSETS_DIR", crate::helpers::assets_dir())
         .env("RUST_LOG", "warn")
         .stdout(std::process::Stdio::null())
         .status()
         .expect("harness runs");
     assert!(status.success());
-    let reports: Vec<Value> =
-        serde_json::from_str(&std::fs::read_to_string(out.path().join("report.json")).unwrap()).unwrap();
+    serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap()
+}
+
+#[test]
+fn the_load_harness_runs_every_scenario_without_errors() {
+    let out = tempfile::tempdir().unwrap();
+    let reports = smoke_run(&["--transport".as_ref(), "mcp".as_ref()], out.path());
     let scenarios: Vec<&str> = reports.iter().map(|r| r["scenario"].as_str().unwrap()).collect();
     assert_eq!(scenarios, vec!["noop", "ping", "agent", "write", "read", "search", "search_new", "mixed"]);
     for report in &reports {
@@ -28,29 +37,20 @@ fn the_load_harness_runs_every_scenario_without_errors() {
     assert!(out.path().join("report.md").exists());
 }
 
-/// Several connection counts are measured against one server, the stages asked for are the ones searched,
-/// and a kept data directory is imported into once: a second run starts on it without importing.
+/// Several connection counts are measured against one server (searching with two of the three stages), and a
+/// kept data directory is imported into once: a second run starts on it without importing.
 #[test]
 fn search_rounds_share_one_server_and_a_kept_data_directory_is_imported_once() {
     let (out, data) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let run = || {
-        let status = std::process::Command::new(env!("CARGO_BIN_EXE_context-store"))
-            .args(["bench", "--smoke", "--transport", "http", "--scenarios", "search", "--connections", "2,4"])
-            // Its own seed: the preload file is not shared with the other harness test running beside it.
-            .args(["--seed", "7", "--search-stages", "vector,fuzzy", "--data-dir"])
-            .arg(data.path().join("store"))
-            .arg("--out")
-            .arg(out.path())
-            .env("CTX__EMBEDDING__ASSETS_DIR", crate::helpers::assets_dir())
-            .env("RUST_LOG", "warn")
-            .stdout(std::process::Stdio::null())
-            .status()
-            .expect("harness runs");
-        assert!(status.success());
-        let reports: Vec<Value> =
-            serde_json::from_str(&std::fs::read_to_string(out.path().join("report.json")).unwrap()).unwrap();
-        reports
-    };
+    let store = data.path().join("store");
+    let args: Vec<&OsStr> = ["--transport", "http", "--scenarios", "search", "--connections", "2,4"]
+        .into_iter()
+        // Its own seed: the preload file is not shared with the other harness test running beside it.
+        .chain(["--seed", "7", "--search-stages", "vector,fuzzy", "--data-dir"])
+        .map(OsStr::new)
+        .chain([store.as_os_str()])
+        .collect();
+    let run = || smoke_run(&args, out.path());
     let first = run();
     let connections: Vec<u64> = first.iter().map(|r| r["connections"].as_u64().unwrap()).collect();
     assert_eq!(connections, [2, 4]);

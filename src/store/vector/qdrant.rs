@@ -416,7 +416,33 @@ impl QdrantVectorStore {
             })
             .await?;
         }
+        self.wait_until_readable().await?;
         Ok(spec.lexical.is_some())
+    }
+
+    /// On a cluster, a collection's shard copies become active a moment after it is created; a read before
+    /// then fails ("0 of 0 read operations failed"). Start-up waits until a count answers, at most
+    /// `READABLE_WAIT`, and then gives the last error.
+    async fn wait_until_readable(&self) -> StoreResult<()> {
+        const READABLE_WAIT: Duration = Duration::from_secs(20);
+        let started = Instant::now();
+        loop {
+            let request: qdrant_client::qdrant::CountPoints = CountPointsBuilder::new(&self.collection).into();
+            let counted = self
+                .call(|client| {
+                    let request = request.clone();
+                    async move { client.count(request).await }
+                })
+                .await;
+            match counted {
+                Ok(_) => return Ok(()),
+                Err(err) if started.elapsed() >= READABLE_WAIT => return Err(err),
+                Err(err) => {
+                    tracing::info!(collection = %self.collection, error = %err, "waiting for the collection to be readable");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+            }
+        }
     }
 
     /// A query (vector or lexical) through the breaker and the node rotation; its scored points.
