@@ -271,3 +271,41 @@ async fn the_embedded_store_opens_in_one_process_at_a_time() {
     let reopened = EdgeVectorStore::open(dir.path(), &spec).await.unwrap();
     assert_eq!(reopened.count().await.unwrap(), 1, "the lock goes with the store");
 }
+
+/// A Qdrant server collection made without quantization gains the definition's when a store opens it, and
+/// loses it again when the definition has none.
+#[tokio::test]
+#[ignore = "needs a Qdrant server: set QDRANT_URL (gRPC, e.g. http://127.0.0.1:6334)"]
+async fn qdrant_server_collection_follows_the_definitions_quantization() {
+    use qdrant_client::qdrant::quantization_config::Quantization;
+    let url = std::env::var("QDRANT_URL").expect("QDRANT_URL names a Qdrant server");
+    let collection = format!("test_{}", uuid::Uuid::now_v7().simple());
+    let mut settings = context_store::config::QdrantSettings { url: url.clone(), ..Default::default() };
+    settings.collection = Some(collection.clone());
+    let quantization = || async {
+        let client = qdrant_client::Qdrant::from_url(&url).skip_compatibility_check().build().unwrap();
+        let info = client.collection_info(&collection).await.unwrap();
+        info.result.and_then(|i| i.config).and_then(|c| c.quantization_config).and_then(|q| q.quantization)
+    };
+    let plain = CollectionSpec { quantization_config: None, ..CollectionSpec::builtin() };
+    let store = QdrantVectorStore::connect(&settings.options(), &plain).await.unwrap();
+    let context = crate::helpers::public_context("a note kept across the change", "s", "alice");
+    store.upsert(vec![VectorPoint { context, vector: random_vector(&mut fastrand::Rng::with_seed(3)) }]).await.unwrap();
+    drop(store);
+    assert_eq!(quantization().await, None, "made without quantization");
+
+    let store = QdrantVectorStore::connect(&settings.options(), &CollectionSpec::builtin()).await.unwrap();
+    match quantization().await {
+        Some(Quantization::Scalar(scalar)) => {
+            assert_eq!(scalar.r#type, qdrant_client::qdrant::QuantizationType::Int8 as i32);
+            assert_eq!(scalar.quantile, Some(0.99));
+        }
+        other => panic!("expected scalar int8 quantization, got {other:?}"),
+    }
+    assert_eq!(store.count().await.unwrap(), 1, "the point stays");
+    drop(store);
+
+    QdrantVectorStore::connect(&settings.options(), &plain).await.unwrap();
+    assert_eq!(quantization().await, None, "a definition without quantization turns it off");
+    QdrantVectorStore::drop_collection(&settings.options(), &plain).await.unwrap();
+}

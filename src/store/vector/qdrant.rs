@@ -19,9 +19,9 @@ use qdrant_client::qdrant::{
     Distance, FieldType, Filter, GetPointsBuilder, HnswConfigDiffBuilder, KeywordIndexParamsBuilder, Modifier,
     NamedVectors, OptimizersConfigDiffBuilder, PointId, PointStruct, PointsIdsList, QuantizationSearchParamsBuilder,
     QuantizationType, Query, QueryPointsBuilder, Range, ScalarQuantizationBuilder, ScrollPointsBuilder, SearchParams,
-    SearchParamsBuilder, SparseVectorParamsBuilder, SparseVectorsConfigBuilder, UpsertPointsBuilder, Vector,
-    VectorInput, VectorParamsBuilder, VectorsSelector, WriteOrdering, WriteOrderingType, r#match::MatchValue,
-    point_id::PointIdOptions, vector_output,
+    SearchParamsBuilder, SparseVectorParamsBuilder, SparseVectorsConfigBuilder, UpdateCollectionBuilder,
+    UpsertPointsBuilder, Vector, VectorInput, VectorParamsBuilder, VectorsSelector, WriteOrdering, WriteOrderingType,
+    r#match::MatchValue, point_id::PointIdOptions, vector_output,
 };
 use serde_json::{Map, Value};
 use uuid::Uuid;
@@ -172,6 +172,19 @@ fn point_ids(ids: &[Uuid]) -> Vec<PointId> {
     ids.iter().map(|id| PointId::from(id.to_string())).collect()
 }
 
+/// The definition's scalar quantization in the server's terms.
+fn scalar_quantization(spec: &CollectionSpec) -> Option<qdrant_client::qdrant::ScalarQuantization> {
+    let quantized = spec.quantization_config.as_ref()?;
+    let mut scalar = ScalarQuantizationBuilder::default().r#type(QuantizationType::Int8.into());
+    if let Some(quantile) = quantized.scalar.quantile {
+        scalar = scalar.quantile(quantile);
+    }
+    if let Some(always_ram) = quantized.scalar.always_ram {
+        scalar = scalar.always_ram(always_ram);
+    }
+    Some(scalar.build())
+}
+
 impl QdrantVectorStore {
     /// An exact search reads the original vectors only, so it stays the ground truth.
     fn search_params(&self, exact: bool) -> SearchParams {
@@ -307,6 +320,38 @@ impl QdrantVectorStore {
         Err(last.unwrap_or_else(|| StoreError::Unavailable("qdrant: no node to call".into())))
     }
 
+    /// Brings an existing collection's quantization to the definition's (the server then rebuilds its
+    /// segments in the background), so a changed definition reaches a store made before it.
+    async fn follow_quantization(
+        &self,
+        spec: &CollectionSpec,
+        current: Option<qdrant_client::qdrant::QuantizationConfig>,
+    ) -> StoreResult<()> {
+        use qdrant_client::qdrant::{Disabled, quantization_config, quantization_config_diff};
+        let wanted = scalar_quantization(spec);
+        let same = match (&wanted, current.and_then(|c| c.quantization)) {
+            (Some(wanted), Some(quantization_config::Quantization::Scalar(current))) => *wanted == current,
+            (None, None) => true,
+            _ => false,
+        };
+        if same {
+            return Ok(());
+        }
+        let change: quantization_config_diff::Quantization = match wanted {
+            Some(scalar) => scalar.into(),
+            None => Disabled {}.into(),
+        };
+        let request: qdrant_client::qdrant::UpdateCollection =
+            UpdateCollectionBuilder::new(&self.collection).quantization_config(change).into();
+        self.call(|client| {
+            let request = request.clone();
+            async move { client.update_collection(request).await }
+        })
+        .await?;
+        tracing::info!(collection = %self.collection, "quantization changed to the definition's");
+        Ok(())
+    }
+
     /// Creates the collection when missing; says whether it has the lexical stage's sparse vector (one
     /// made before the lexical stage existed has not, until `reindex --recreate` makes it again).
     async fn ensure_collection(&self, spec: &CollectionSpec, layout: &ClusterSpec) -> StoreResult<bool> {
@@ -316,15 +361,16 @@ impl QdrantVectorStore {
             async move { client.collection_exists(name).await }
         });
         if exists.await? {
-            let Some(lexical) = &spec.lexical else { return Ok(false) };
             let info = self
                 .call(|client| {
                     let name = name.clone();
                     async move { client.collection_info(name).await }
                 })
                 .await?;
-            let sparse =
-                info.result.and_then(|i| i.config).and_then(|c| c.params).and_then(|p| p.sparse_vectors_config);
+            let config = info.result.and_then(|i| i.config);
+            self.follow_quantization(spec, config.as_ref().and_then(|c| c.quantization_config)).await?;
+            let Some(lexical) = &spec.lexical else { return Ok(false) };
+            let sparse = config.and_then(|c| c.params).and_then(|p| p.sparse_vectors_config);
             let has_lexical = sparse.is_some_and(|s| s.map.contains_key(&lexical.name));
             if !has_lexical {
                 tracing::warn!(
@@ -358,15 +404,8 @@ impl QdrantVectorStore {
                 OptimizersConfigDiffBuilder::default()
                     .indexing_threshold(spec.optimizers_config.indexing_threshold_kb as u64),
             );
-        if let Some(quantized) = &spec.quantization_config {
-            let mut scalar = ScalarQuantizationBuilder::default().r#type(QuantizationType::Int8.into());
-            if let Some(quantile) = quantized.scalar.quantile {
-                scalar = scalar.quantile(quantile);
-            }
-            if let Some(always_ram) = quantized.scalar.always_ram {
-                scalar = scalar.always_ram(always_ram);
-            }
-            request = request.quantization_config(scalar.build());
+        if let Some(scalar) = scalar_quantization(spec) {
+            request = request.quantization_config(scalar);
         }
         if let Some(shards) = layout.shard_number {
             request = request.shard_number(shards);
