@@ -134,7 +134,24 @@ impl CollectionSpec {
     }
 
     pub fn parse(text: &str) -> Result<Self, serde_json::Error> {
-        serde_json::from_str(text)
+        let spec: Self = serde_json::from_str(text)?;
+        spec.check().map_err(<serde_json::Error as serde::de::Error>::custom)?;
+        Ok(spec)
+    }
+
+    /// The ranges the engines accept, checked here so a bad definition is refused when it is read.
+    fn check(&self) -> Result<(), String> {
+        if let Some(quantile) = self.quantization_config.as_ref().and_then(|q| q.scalar.quantile)
+            && !(0.5..=1.0).contains(&quantile)
+        {
+            return Err(format!("quantization_config.scalar.quantile must be within 0.5-1.0, not {quantile}"));
+        }
+        if let Some(search) = self.search.quantization
+            && (search.oversampling.is_nan() || search.oversampling < 1.0)
+        {
+            return Err(format!("search.quantization.oversampling must be at least 1, not {}", search.oversampling));
+        }
+        Ok(())
     }
 }
 
@@ -159,5 +176,15 @@ mod tests {
         assert!(spec(r#"{"scalar": {"type": "int8", "quantile": 0.99}}"#).is_ok());
         assert!(spec(r#"{"scalar": {"type": "uint4"}}"#).is_err());
         assert!(spec(r#"{"binary": {"always_ram": true}}"#).is_err());
+    }
+
+    #[test]
+    fn quantization_settings_out_of_range_are_refused_when_read() {
+        let with = |from: &str, to: &str| CollectionSpec::parse(&BUILTIN_COLLECTION.replacen(from, to, 1));
+        assert!(with("\"quantile\": 0.99", "\"quantile\": 0.99").is_ok());
+        let error = with("\"quantile\": 0.99", "\"quantile\": 0.2").unwrap_err().to_string();
+        assert!(error.contains("quantile must be within 0.5-1.0"), "{error}");
+        let error = with("\"oversampling\": 2.0", "\"oversampling\": 0.5").unwrap_err().to_string();
+        assert!(error.contains("oversampling must be at least 1"), "{error}");
     }
 }
