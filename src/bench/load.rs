@@ -714,14 +714,7 @@ pub async fn run_scenario(scenario: Scenario, options: &LoadOptions) -> anyhow::
     let server_start_rss_mb = target.server.as_ref().and_then(Server::rss_mb);
     let mut rounds = Vec::new();
     for &connections in &options.rounds {
-        let cpu_before = target.server.as_ref().and_then(Server::cpu_seconds);
-        let mut round = measure(scenario, &target, &fixture, options, connections).await?;
-        let cpu_after = target.server.as_ref().and_then(Server::cpu_seconds);
-        round.cpu_ms_per_op = cpu_before
-            .zip(cpu_after)
-            .filter(|_| round.total.ops > 0)
-            .map(|(before, after)| 1000.0 * (after - before) / round.total.ops as f64);
-        rounds.push(round);
+        rounds.push(measure(scenario, &target, &fixture, options, connections).await?);
     }
     let server_peak_rss_mb = target.server.as_ref().and_then(Server::peak_rss_mb);
     let mut target = target;
@@ -764,6 +757,7 @@ async fn measure(
     options: &LoadOptions,
     connections: usize,
 ) -> anyhow::Result<Round> {
+    let cpu_before = target.server.as_ref().and_then(Server::cpu_seconds);
     let done = Arc::new(AtomicU64::new(0));
     let bar = progress_bar(options.progress, options.duration.as_secs().max(1), "measuring");
     let deadline = tokio::time::Instant::now() + options.duration;
@@ -827,7 +821,12 @@ async fn measure(
         .collect();
     error_samples.truncate(10);
     let total = op_report("all", &total, total_errors, seconds);
-    Ok(Round { connections, cpu_ms_per_op: None, seconds, total, ops, error_samples })
+    let cpu_after = target.server.as_ref().and_then(Server::cpu_seconds);
+    let cpu_ms_per_op = cpu_before
+        .zip(cpu_after)
+        .filter(|_| total.ops > 0)
+        .map(|(before, after)| 1000.0 * (after - before) / total.ops as f64);
+    Ok(Round { connections, cpu_ms_per_op, seconds, total, ops, error_samples })
 }
 
 /// Recall@10 of HNSW against exact search on the stopped server's vector store, over new queries.

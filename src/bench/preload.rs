@@ -143,7 +143,7 @@ pub fn preloaded_ids(assets_dir: &Path, seed: u64, count: usize) -> anyhow::Resu
     ids_in(&file)
 }
 
-/// The ids of the contexts in an import file, in file order (the rest of each line is skipped unread).
+/// The ids of the contexts in an import file, in file order (each line's other fields are not kept).
 fn ids_in(file: &Path) -> anyhow::Result<Vec<String>> {
     #[derive(serde::Deserialize)]
     struct Line {

@@ -133,6 +133,11 @@ impl CollectionSpec {
         Self::parse(BUILTIN_COLLECTION).expect("collections/contexts.json is valid")
     }
 
+    /// How searches use the quantized vectors: the search settings, when the collection is quantized.
+    pub fn search_quantization(&self) -> Option<QuantizationSearchSpec> {
+        self.quantization_config.as_ref().and(self.search.quantization)
+    }
+
     pub fn parse(text: &str) -> Result<Self, serde_json::Error> {
         let spec: Self = serde_json::from_str(text)?;
         spec.check().map_err(<serde_json::Error as serde::de::Error>::custom)?;

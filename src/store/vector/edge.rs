@@ -126,7 +126,7 @@ impl EdgeVectorStore {
             shard: Arc::new(shard),
             gate: Arc::new(RwLock::new(())),
             hnsw_ef: spec.search.hnsw_ef,
-            quantization: spec.quantization_config.as_ref().and(spec.search.quantization),
+            quantization: spec.search_quantization(),
             lexical,
             query_lanes: BlockingLanes::per_core(),
             _process_lock: Arc::new(lock),

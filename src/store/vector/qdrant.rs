@@ -246,7 +246,7 @@ impl QdrantVectorStore {
             epoch: Instant::now(),
             collection,
             hnsw_ef: spec.search.hnsw_ef as u64,
-            quantization: spec.quantization_config.as_ref().and(spec.search.quantization),
+            quantization: spec.search_quantization(),
             ordering: write_ordering(&options.write_ordering)?,
             breaker: CircuitBreaker::new("qdrant", options.breaker_threshold, options.breaker_cooldown),
             cooldown: options.breaker_cooldown,
