@@ -331,7 +331,7 @@ impl Default for VectorSettings {
 /// "Retrieval quality").
 pub const DEFAULT_VECTOR_WEIGHT: f64 = 0.85;
 /// The lexical share of the retrieval score (chosen on the same suite).
-pub const DEFAULT_LEXICAL_WEIGHT: f64 = 0.3;
+pub const DEFAULT_LEXICAL_WEIGHT: f64 = 0.5;
 
 impl Default for SearchSettings {
     fn default() -> Self {

@@ -212,7 +212,7 @@ pub struct SearchRequest {
     /// fuzzy).
     #[serde(default)]
     pub vector_weight: Option<f64>,
-    /// Share of the lexical (BM25) score within the retrieval score, 0-1 (default 0.3; the rest is vector).
+    /// Share of the lexical (BM25) score within the retrieval score, 0-1 (default 0.5; the rest is vector; both scaled by their own spread).
     #[serde(default)]
     pub lexical_weight: Option<f64>,
     /// The stages to run, any of `vector`, `lexical`, `fuzzy` (default all three). Candidates come from the

@@ -1,12 +1,16 @@
 //! Search: prefilter -> vector and lexical stages (candidates pooled) -> fuzzy rerank -> optional graph
 //! expansion, with a result cache.
 //!
-//! Scoring: each candidate's retrieval score is `(1 - lexical_weight) x vector + lexical_weight x lexical`,
-//! both spread over the pool (the cosine min-max scaled over the candidates, the BM25 score divided by the
-//! best candidate's, so both 0-1; a stage that did not run leaves the other alone),
-//! and the final score `vector_weight x retrieval + (1 - vector_weight) x fuzzy` (retrieval alone when the
-//! fuzzy stage is off). A candidate found by one stage only is scored by the other too where it can be: a
-//! lexical hit's cosine is computed from its stored vector; a vector hit outside the lexical top is 0.
+//! Scoring: each stage's scores are put on one scale by distribution-based score fusion (as Qdrant's `dbsf`
+//! fusion does): a score maps to `(score - (mean - 3 sd)) / (6 sd)`, clamped to 0-1, with the mean and
+//! standard deviation of that stage's own hits, so a stage whose scores sit in a narrow band (cosines of one
+//! query often span 0.3-0.6) and one whose scores spread wide (BM25) weigh alike. The retrieval score is
+//! `(1 - lexical_weight) x vector + lexical_weight x lexical` over those (a stage that did not run leaves the
+//! other alone), and the final score `vector_weight x retrieval + (1 - vector_weight) x fuzzy` (retrieval
+//! alone when the fuzzy stage is off). A candidate found by one stage only is scored by the other too where
+//! it can be: a lexical hit's cosine is computed from its stored vector; a vector hit outside the lexical top
+//! scores lexical 0. The breakdown a hit carries keeps the stages' own scores: the cosine, and the BM25 score
+//! divided by the best candidate's.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -91,7 +95,10 @@ pub(super) struct Ranked {
 /// A candidate with the scores its stages gave it.
 struct Candidate {
     context: Context,
+    /// The cosine to the query (0 when unknown).
     vector: f64,
+    /// Whether the vector stage found it (a lexical hit's cosine is computed afterwards).
+    from_vector: bool,
     /// The raw BM25 score; None when the lexical stage did not find it.
     lexical: Option<f64>,
 }
@@ -255,6 +262,7 @@ impl ContextService {
             pool.extend(hits.into_iter().map(|h| Candidate {
                 context: h.context,
                 vector: h.score as f64,
+                from_vector: true,
                 lexical: None,
             }));
             ran.push(Stage::Vector);
@@ -288,6 +296,7 @@ impl ContextService {
             pool.extend(scanned.into_iter().filter(|c| !known.contains(&c.id)).map(|context| Candidate {
                 context,
                 vector: 0.0,
+                from_vector: false,
                 lexical: None,
             }));
         }
@@ -348,7 +357,12 @@ fn merge_lexical(pool: &mut Vec<Candidate>, hits: Vec<LexicalHit>, query_vector:
                     (Some(query), Some(dense)) => cosine(query, dense),
                     _ => 0.0,
                 };
-                pool.push(Candidate { context: hit.context, vector, lexical: Some(hit.score as f64) });
+                pool.push(Candidate {
+                    context: hit.context,
+                    vector,
+                    from_vector: false,
+                    lexical: Some(hit.score as f64),
+                });
             }
         }
     }
@@ -373,28 +387,27 @@ fn rerank(
 ) -> Vec<SearchHit> {
     let fuzzy = scoring.fuzzy.then(|| FuzzyQuery::new(&plan.normalised));
     let best_lexical = pool.iter().filter_map(|c| c.lexical).fold(0.0f64, f64::max);
-    // Cosines of one pool sit in a narrow band (0.3-0.6 is common) while the lexical score spans 0-1, so the
-    // vector score is spread over the pool's own range before the two are blended.
-    let (low, high) = pool.iter().fold((f64::MAX, f64::MIN), |(low, high), c| (low.min(c.vector), high.max(c.vector)));
-    let spread = |vector: f64| if high > low { (vector - low) / (high - low) } else { 1.0 };
+    let vector_scale = Dbsf::over(pool.iter().filter(|c| c.from_vector).map(|c| c.vector));
+    let lexical_scale = Dbsf::over(pool.iter().filter_map(|c| c.lexical));
     let now = Timestamp::now();
     let mut hits: Vec<SearchHit> = pool
         .into_iter()
         .filter(|candidate| plan.filter.matches(&candidate.context))
-        .filter_map(|Candidate { context, vector, lexical }| {
+        .filter_map(|Candidate { context, vector, lexical, .. }| {
             let fuzzy_score = fuzzy.as_ref().map_or(0.0, |f| f.score(&normalise(&context.content)));
             if fuzzy.is_some() && fuzzy_score < plan.fuzzy_threshold {
                 return None;
             }
+            let lexical_scaled = lexical.map_or(0.0, |raw| lexical_scale.scale(raw));
             let lexical = scoring.lexical.then(|| {
                 let raw = lexical.unwrap_or(0.0);
                 if best_lexical > 0.0 { raw / best_lexical } else { 0.0 }
             });
-            let retrieval = match (scoring.vector, lexical) {
-                (true, Some(lexical)) => fuse(lexical, spread(vector), plan.lexical_weight),
-                (true, None) => vector.clamp(0.0, 1.0),
-                (false, Some(lexical)) => lexical,
-                (false, None) => 0.0,
+            let retrieval = match (scoring.vector, scoring.lexical) {
+                (true, true) => fuse(lexical_scaled, vector_scale.scale(vector), plan.lexical_weight),
+                (true, false) => vector.clamp(0.0, 1.0),
+                (false, true) => lexical.unwrap_or(0.0),
+                (false, false) => 0.0,
             };
             let final_score = match (fuzzy.is_some(), scoring.vector || scoring.lexical) {
                 (true, true) => fuse(retrieval, fuzzy_score, plan.vector_weight),
@@ -419,4 +432,53 @@ fn rerank(
     hits.sort_by(|a, b| b.scores.final_score.total_cmp(&a.scores.final_score));
     hits.truncate(plan.limit);
     hits
+}
+
+/// Distribution-based score scaling: a stage's scores mapped by the mean and standard deviation of its own
+/// hits, `mean - 3 sd` to 0 and `mean + 3 sd` to 1, clamped.
+#[derive(Debug, Clone, Copy)]
+struct Dbsf {
+    low: f64,
+    width: f64,
+}
+
+impl Dbsf {
+    fn over(scores: impl Iterator<Item = f64>) -> Self {
+        let (mut n, mut sum, mut squares) = (0.0f64, 0.0f64, 0.0f64);
+        for score in scores {
+            n += 1.0;
+            sum += score;
+            squares += score * score;
+        }
+        let mean = if n > 0.0 { sum / n } else { 0.0 };
+        let sd = if n > 0.0 { (squares / n - mean * mean).max(0.0).sqrt() } else { 0.0 };
+        Self { low: mean - 3.0 * sd, width: 6.0 * sd }
+    }
+
+    /// The score on the 0-1 scale; the middle when every hit scored the same.
+    fn scale(&self, score: f64) -> f64 {
+        if self.width > 1e-12 { ((score - self.low) / self.width).clamp(0.0, 1.0) } else { 0.5 }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Dbsf;
+
+    #[test]
+    fn dbsf_centres_a_stage_on_its_mean_and_spans_six_deviations() {
+        // Mean 0.5, standard deviation 0.1: 0.2 -> 0, 0.5 -> 0.5, 0.8 -> 1.
+        let scale = Dbsf::over([0.4, 0.6, 0.4, 0.6].into_iter());
+        assert!((scale.scale(0.5) - 0.5).abs() < 1e-9);
+        assert!((scale.scale(0.6) - 4.0 / 6.0).abs() < 1e-9);
+        assert_eq!(scale.scale(0.2 - 1e-9), 0.0);
+        assert_eq!(scale.scale(5.0), 1.0);
+        // A narrow band of cosines and a wide band of BM25 scores land on the same scale.
+        let cosines = Dbsf::over([0.41, 0.43, 0.45].into_iter());
+        let bm25 = Dbsf::over([4.1, 4.3, 4.5].into_iter());
+        assert!((cosines.scale(0.45) - bm25.scale(4.5)).abs() < 1e-9);
+        // One hit, or hits that all scored the same: the middle, and nothing is divided by zero.
+        assert_eq!(Dbsf::over([0.7].into_iter()).scale(0.7), 0.5);
+        assert_eq!(Dbsf::over(std::iter::empty()).scale(0.3), 0.5);
+    }
 }
