@@ -117,6 +117,10 @@ pub struct HnswSpec {
 pub struct OptimizerSpec {
     /// Segments holding more than this many KB of vectors get an HNSW index when optimized.
     pub indexing_threshold_kb: usize,
+    /// Segments are merged up to this many KB of vectors; fewer, larger segments cost a search less CPU
+    /// (one HNSW walk per segment). Absent: the engine's default (256 MB per indexing thread).
+    #[serde(default)]
+    pub max_segment_size_kb: Option<usize>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -156,6 +160,22 @@ impl CollectionSpec {
         {
             return Err(format!("search.quantization.oversampling must be at least 1, not {}", search.oversampling));
         }
+        if self.hnsw_config.ef_construct < 4 {
+            return Err(format!("hnsw_config.ef_construct must be at least 4, not {}", self.hnsw_config.ef_construct));
+        }
+        if self.search.hnsw_ef == 0 {
+            return Err("search.hnsw_ef must be at least 1".into());
+        }
+        let optimizers = &self.optimizers_config;
+        if let Some(max_kb) = optimizers.max_segment_size_kb
+            && max_kb < optimizers.indexing_threshold_kb
+        {
+            // A segment capped below the indexing threshold would never get its HNSW index.
+            return Err(format!(
+                "optimizers_config.max_segment_size_kb ({max_kb}) must be at least indexing_threshold_kb ({})",
+                optimizers.indexing_threshold_kb
+            ));
+        }
         Ok(())
     }
 }
@@ -191,5 +211,19 @@ mod tests {
         assert!(error.contains("quantile must be within 0.5-1.0"), "{error}");
         let error = with("\"oversampling\": 2.0", "\"oversampling\": 0.5").unwrap_err().to_string();
         assert!(error.contains("oversampling must be at least 1"), "{error}");
+    }
+
+    #[test]
+    fn index_and_segment_settings_out_of_range_are_refused_when_read() {
+        let with = |from: &str, to: &str| CollectionSpec::parse(&BUILTIN_COLLECTION.replacen(from, to, 1));
+        let builtin = CollectionSpec::builtin();
+        assert!(builtin.optimizers_config.max_segment_size_kb >= Some(builtin.optimizers_config.indexing_threshold_kb));
+        let error = with("\"max_segment_size_kb\": 1000000", "\"max_segment_size_kb\": 1000").unwrap_err().to_string();
+        assert!(error.contains("max_segment_size_kb (1000) must be at least indexing_threshold_kb (2000)"), "{error}");
+        let error = with("\"ef_construct\": 128", "\"ef_construct\": 2").unwrap_err().to_string();
+        assert!(error.contains("ef_construct must be at least 4"), "{error}");
+        let error = with("\"hnsw_ef\": 64", "\"hnsw_ef\": 0").unwrap_err().to_string();
+        assert!(error.contains("hnsw_ef must be at least 1"), "{error}");
+        assert!(with(", \"max_segment_size_kb\": 1000000", "").is_ok(), "the engine's default when absent");
     }
 }

@@ -203,6 +203,7 @@ fn open_shard(dir: &Path, spec: &CollectionSpec) -> StoreResult<(EdgeShard, bool
     };
     let optimizers = EdgeOptimizersConfig {
         indexing_threshold: Some(spec.optimizers_config.indexing_threshold_kb),
+        max_segment_size: spec.optimizers_config.max_segment_size_kb,
         ..EdgeOptimizersConfig::default()
     };
     let exists = dir.join("edge_config.json").exists();

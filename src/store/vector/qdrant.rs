@@ -397,13 +397,15 @@ impl QdrantVectorStore {
         if let Some(payload_m) = spec.hnsw_config.payload_m {
             hnsw = hnsw.payload_m(payload_m as u64);
         }
+        let mut optimizers = OptimizersConfigDiffBuilder::default()
+            .indexing_threshold(spec.optimizers_config.indexing_threshold_kb as u64);
+        if let Some(max_kb) = spec.optimizers_config.max_segment_size_kb {
+            optimizers = optimizers.max_segment_size(max_kb as u64);
+        }
         let mut request = CreateCollectionBuilder::new(&self.collection)
             .vectors_config(VectorParamsBuilder::new(spec.vectors.size as u64, distance).on_disk(spec.vectors.on_disk))
             .hnsw_config(hnsw)
-            .optimizers_config(
-                OptimizersConfigDiffBuilder::default()
-                    .indexing_threshold(spec.optimizers_config.indexing_threshold_kb as u64),
-            );
+            .optimizers_config(optimizers);
         if let Some(scalar) = scalar_quantization(spec) {
             request = request.quantization_config(scalar);
         }
