@@ -77,7 +77,11 @@ def gelu(g, x):
     return g.op("Mul", [g.op("Mul", [x, half]), g.op("Add", [erf, one])])
 
 
-def build_model(model_dir: Path) -> onnx.ModelProto:
+def build_model(model_dir: Path, fused: bool = False) -> onnx.ModelProto:
+    """The encoder from standard ONNX operators, or (`fused`) with ONNX Runtime's fused transformer operators
+    (`com.microsoft` Attention, BiasGelu and SkipLayerNormalization: one kernel per attention block, GELU and
+    residual LayerNorm), the graph ONNX Runtime's transformer optimizer makes of a PyTorch export, which its
+    pattern matcher does not find in this hand-built one."""
     config = json.loads((model_dir / "config.json").read_text())
     weights = load_file(str(model_dir / "model.safetensors"))
     hidden = config["hidden_size"]
@@ -116,6 +120,8 @@ def build_model(model_dir: Path) -> onnx.ModelProto:
     )
     x = g.op("Add", [g.op("Add", [word, token_type]), position])
     x = layer_norm(g, x, weights, "embeddings.LayerNorm", eps)
+    if fused:
+        return finish(g, inputs, fused_layers(g, x, weights, config), hidden, fused=True)
 
     # Additive attention mask [B, 1, 1, S]: 0 where attended, -1e9 where padded.
     mask = g.op("Cast", ["attention_mask"], to=TensorProto.FLOAT)
@@ -151,12 +157,62 @@ def build_model(model_dir: Path) -> onnx.ModelProto:
         ffn = linear(g, ffn, weights, f"{p}.output.dense")
         x = layer_norm(g, g.op("Add", [ffn, x]), weights, f"{p}.output.LayerNorm", eps)
 
+    return finish(g, inputs, x, hidden)
+
+
+def fused_layers(g, x, weights, config):
+    """The transformer layers from ONNX Runtime's contrib operators; the same arithmetic as the plain graph."""
+    hidden = config["hidden_size"]
+    eps = float(config["layer_norm_eps"])
+    contrib = {"domain": "com.microsoft"}
+    # Attention takes the raw [B, S] mask (1 attended, 0 padded) as int32.
+    mask = g.op("Cast", ["attention_mask"], to=TensorProto.INT32)
+    for layer in range(config["num_hidden_layers"]):
+        p = f"encoder.layer.{layer}"
+        a = f"{p}.attention.self"
+        # Q, K and V projections packed side by side: [hidden, 3 x hidden] and [3 x hidden].
+        qkv_w = np.concatenate([weights[f"{a}.{n}.weight"].T for n in ("query", "key", "value")], axis=1)
+        qkv_b = np.concatenate([weights[f"{a}.{n}.bias"] for n in ("query", "key", "value")])
+        context = g.op(
+            "Attention",
+            [x, g.const(f"{a}.qkv.w", qkv_w.copy()), g.const(f"{a}.qkv.b", qkv_b), mask],
+            num_heads=config["num_attention_heads"],
+            **contrib,
+        )
+        x = skip_layer_norm(g, context, x, weights, f"{p}.attention.output", eps)
+        intermediate = g.op(
+            "MatMul", [x, g.const(f"{p}.intermediate.dense.w", weights[f"{p}.intermediate.dense.weight"].T.copy())]
+        )
+        intermediate = g.op(
+            "BiasGelu", [intermediate, g.const(f"{p}.intermediate.dense.b", weights[f"{p}.intermediate.dense.bias"])],
+            **contrib,
+        )
+        x = skip_layer_norm(g, intermediate, x, weights, f"{p}.output", eps)
+    assert x and hidden
+    return x
+
+
+def skip_layer_norm(g, y, residual, weights, prefix, eps):
+    """LayerNorm(y x W + b + residual) as MatMul then SkipLayerNormalization (bias and residual in the kernel)."""
+    projected = g.op("MatMul", [y, g.const(prefix + ".dense.w", weights[prefix + ".dense.weight"].T.copy())])
+    gamma = g.const(prefix + ".LayerNorm.g", weights[prefix + ".LayerNorm.weight"])
+    beta = g.const(prefix + ".LayerNorm.b", weights[prefix + ".LayerNorm.bias"])
+    bias = g.const(prefix + ".dense.b", weights[prefix + ".dense.bias"])
+    return g.op(
+        "SkipLayerNormalization", [projected, residual, gamma, beta, bias], epsilon=eps, domain="com.microsoft"
+    )
+
+
+def finish(g, inputs, x, hidden, fused=False):
     g.nodes.append(helper.make_node("Identity", [x], ["last_hidden_state"], name="last_hidden_state"))
     output = helper.make_tensor_value_info("last_hidden_state", TensorProto.FLOAT, ["batch", "sequence", hidden])
     graph = helper.make_graph(g.nodes, "all-MiniLM-L6-v2", inputs, [output], g.initializers)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="context-store")
+    opsets = [helper.make_opsetid("", OPSET)] + ([helper.make_opsetid("com.microsoft", 1)] if fused else [])
+    model = helper.make_model(graph, opset_imports=opsets, producer_name="context-store")
     model.ir_version = 8
-    onnx.checker.check_model(model)
+    if not fused:
+        # The checker does not know the contrib operators; the fused graph is checked by running it.
+        onnx.checker.check_model(model)
     return model
 
 

@@ -1,15 +1,18 @@
-"""Quantize the all-MiniLM-L6-v2 ONNX graph to int8 weights, then check it against the fp32 graph.
+"""Build the int8 all-MiniLM-L6-v2 graph: fused transformer operators, int8 weights; check it against fp32.
 
-ONNX Runtime's own dynamic quantization (`onnxruntime.quantization.quantize_dynamic`, from the PyPI wheel
-`scripts/setup` installs): the weights of every MatMul become int8 with one scale per output channel, and the
-activations are quantized to uint8 at run time, batch by batch. No calibration data is needed.
+First the encoder is built again with ONNX Runtime's fused operators (`export_minilm_onnx.build_model(fused=True)`:
+Attention, BiasGelu, SkipLayerNormalization; the same arithmetic as the plain fp32 graph). Then ONNX Runtime's
+own dynamic quantization (`onnxruntime.quantization.quantize_dynamic`, from the PyPI wheel `scripts/setup`
+installs) makes the weights of every MatMul and of the packed attention projections int8, with one scale per
+output channel, and quantizes the activations to uint8 at run time, batch by batch (MatMulInteger, QAttention).
+No calibration data is needed.
 
 The result is checked three ways:
-- the sha256 of the written file (quantization is deterministic for pinned package versions);
+- the sha256 of the written file (building and quantization are deterministic for pinned package versions);
 - the reference sentence pairs of the fp32 export: each cosine within COSINE_TOLERANCE of sentence-transformers;
-- the int8 and fp32 embeddings of CHECK_TEXTS: every cosine between the two at least MIN_AGREEMENT.
+- the int8 and (plain) fp32 embeddings of CHECK_TEXTS: every cosine between the two at least MIN_AGREEMENT.
 
-Usage: python3 quantize_minilm_onnx.py FP32_ONNX MODEL_DIR OUT_ONNX [--expect-sha256 HEX]
+Usage: python3 quantize_minilm_onnx.py FP32_ONNX MODEL_DIR OUT_ONNX  (MODEL_DIR: the weights and tokenizer) [--expect-sha256 HEX]
 """
 
 import argparse
@@ -18,7 +21,7 @@ from pathlib import Path
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from export_minilm_onnx import check_reference_pairs, check_sha256, embed, session_for  # noqa: E402
+from export_minilm_onnx import build_model, check_reference_pairs, check_sha256, embed, session_for  # noqa: E402
 
 COSINE_TOLERANCE = 0.02
 MIN_AGREEMENT = 0.98
@@ -54,10 +57,21 @@ def main():
     parser.add_argument("--expect-sha256", default=None)
     args = parser.parse_args()
 
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    fused = args.out.with_suffix(".fused.tmp")
+    onnx.save_model(build_model(args.model_dir, fused=True), str(fused))
     tmp = args.out.with_suffix(".onnx.tmp")
-    quantize_dynamic(args.fp32, tmp, weight_type=QuantType.QInt8, per_channel=True)
+    # The contrib operators' outputs have no inferred type; they are all float.
+    quantize_dynamic(
+        fused,
+        tmp,
+        weight_type=QuantType.QInt8,
+        per_channel=True,
+        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+    )
+    fused.unlink()
     check_sha256(tmp, args.out.name, args.expect_sha256)
     check(tmp, args.fp32, args.model_dir)
     tmp.replace(args.out)
