@@ -41,7 +41,7 @@ impl Precision {
     pub fn model_sha256(self) -> &'static str {
         match self {
             Precision::Fp32 => "054c1ac508f04538ad93aa46e3980da386bb22d35aa8363247f150b2cb5da291",
-            Precision::Int8 => "8a54a54a985ce881164afe89b1cadae4beee82fcf92e3e2181209b4ca45a9587",
+            Precision::Int8 => "39f6d2d6a51c7e8ae16b5559425b12db4e636c4ac998322aec54441eafb03265",
         }
     }
 
@@ -258,5 +258,25 @@ impl Embedder for FastEmbedder {
             vectors.push(receiver.await.map_err(|_| unavailable("the embedding worker dropped a request"))??);
         }
         Ok(vectors)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Precision;
+
+    /// `doctor` and `scripts/setup` check the model files against the same digests.
+    #[test]
+    fn model_digests_match_the_ones_scripts_setup_pins() {
+        let setup = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/setup")).unwrap();
+        let pinned = |name: &str| {
+            setup
+                .lines()
+                .find_map(|line| line.strip_prefix(&format!("{name}=")))
+                .unwrap_or_else(|| panic!("{name} in scripts/setup"))
+                .to_string()
+        };
+        assert_eq!(pinned("MODEL_ONNX_SHA256"), Precision::Fp32.model_sha256());
+        assert_eq!(pinned("MODEL_INT8_SHA256"), Precision::Int8.model_sha256());
     }
 }
