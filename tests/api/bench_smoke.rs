@@ -69,4 +69,21 @@ fn search_rounds_share_one_server_and_a_kept_data_directory_is_imported_once() {
         assert_eq!(report["total"]["errors"].as_u64(), Some(0), "{}", report["error_samples"]);
     }
     assert!(data.path().join("store").join("vectors").exists());
+    // A run that asks for another preload is refused rather than measured against the wrong store.
+    let other: Vec<&OsStr> =
+        args.iter().map(|arg| if *arg == OsStr::new("7") { OsStr::new("8") } else { *arg }).collect();
+    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_context-store"))
+        .args(["bench", "--smoke"])
+        .args(&other)
+        .arg("--out")
+        .arg(out.path())
+        .env("CTX__EMBEDDING__ASSETS_DIR", crate::helpers::assets_dir())
+        .output()
+        .expect("harness runs");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("holds the preload of 200 contexts with seed 7, not the preload of 200 contexts with seed 8"),
+        "{stderr}"
+    );
 }
