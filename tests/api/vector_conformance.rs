@@ -272,8 +272,8 @@ async fn the_embedded_store_opens_in_one_process_at_a_time() {
     assert_eq!(reopened.count().await.unwrap(), 1, "the lock goes with the store");
 }
 
-/// A Qdrant server collection made without quantization gains the definition's when a store opens it, and
-/// loses it again when the definition has none.
+/// A Qdrant server collection made without quantization (and with another segment cap) gains the
+/// definition's when a store opens it, and loses the quantization again when the definition has none.
 #[tokio::test]
 #[ignore = "needs a Qdrant server: set QDRANT_URL (gRPC, e.g. http://127.0.0.1:6334)"]
 async fn qdrant_server_collection_follows_the_definitions_quantization() {
@@ -287,12 +287,20 @@ async fn qdrant_server_collection_follows_the_definitions_quantization() {
         let info = client.collection_info(&collection).await.unwrap();
         info.result.and_then(|i| i.config).and_then(|c| c.quantization_config).and_then(|q| q.quantization)
     };
-    let plain = CollectionSpec { quantization_config: None, ..CollectionSpec::builtin() };
+    let max_segment = || async {
+        let client = qdrant_client::Qdrant::from_url(&url).skip_compatibility_check().build().unwrap();
+        let info = client.collection_info(&collection).await.unwrap();
+        info.result.and_then(|i| i.config).and_then(|c| c.optimizer_config).and_then(|o| o.max_segment_size)
+    };
+    let builtin = CollectionSpec::builtin();
+    let mut plain = CollectionSpec { quantization_config: None, ..builtin.clone() };
+    plain.optimizers_config.max_segment_size_kb = Some(50_000);
     let store = QdrantVectorStore::connect(&settings.options(), &plain).await.unwrap();
     let context = crate::helpers::public_context("a note kept across the change", "s", "alice");
     store.upsert(vec![VectorPoint { context, vector: random_vector(&mut fastrand::Rng::with_seed(3)) }]).await.unwrap();
     drop(store);
     assert_eq!(quantization().await, None, "made without quantization");
+    assert_eq!(max_segment().await, Some(50_000));
 
     let store = QdrantVectorStore::connect(&settings.options(), &CollectionSpec::builtin()).await.unwrap();
     match quantization().await {
@@ -303,6 +311,7 @@ async fn qdrant_server_collection_follows_the_definitions_quantization() {
         other => panic!("expected scalar int8 quantization, got {other:?}"),
     }
     assert_eq!(store.count().await.unwrap(), 1, "the point stays");
+    assert_eq!(max_segment().await, builtin.optimizers_config.max_segment_size_kb.map(|kb| kb as u64));
     drop(store);
 
     QdrantVectorStore::connect(&settings.options(), &plain).await.unwrap();

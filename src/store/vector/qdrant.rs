@@ -352,6 +352,37 @@ impl QdrantVectorStore {
         Ok(())
     }
 
+    /// Brings an existing collection's indexing threshold and segment cap to the definition's (a cap the
+    /// definition leaves out keeps whatever the collection has).
+    async fn follow_optimizers(
+        &self,
+        spec: &CollectionSpec,
+        current: Option<qdrant_client::qdrant::OptimizersConfigDiff>,
+    ) -> StoreResult<()> {
+        let wanted = &spec.optimizers_config;
+        let current = current.unwrap_or_default();
+        let threshold = wanted.indexing_threshold_kb as u64;
+        let max_segment = wanted.max_segment_size_kb.map(|kb| kb as u64);
+        let same_threshold = current.indexing_threshold == Some(threshold);
+        let same_max_segment = max_segment.is_none() || current.max_segment_size == max_segment;
+        if same_threshold && same_max_segment {
+            return Ok(());
+        }
+        let mut change = OptimizersConfigDiffBuilder::default().indexing_threshold(threshold);
+        if let Some(max_kb) = max_segment {
+            change = change.max_segment_size(max_kb);
+        }
+        let request: qdrant_client::qdrant::UpdateCollection =
+            UpdateCollectionBuilder::new(&self.collection).optimizers_config(change).into();
+        self.call(|client| {
+            let request = request.clone();
+            async move { client.update_collection(request).await }
+        })
+        .await?;
+        tracing::info!(collection = %self.collection, "optimizer settings changed to the definition's");
+        Ok(())
+    }
+
     /// Creates the collection when missing; says whether it has the lexical stage's sparse vector (one
     /// made before the lexical stage existed has not, until `reindex --recreate` makes it again).
     async fn ensure_collection(&self, spec: &CollectionSpec, layout: &ClusterSpec) -> StoreResult<bool> {
@@ -369,6 +400,7 @@ impl QdrantVectorStore {
                 .await?;
             let config = info.result.and_then(|i| i.config);
             self.follow_quantization(spec, config.as_ref().and_then(|c| c.quantization_config)).await?;
+            self.follow_optimizers(spec, config.as_ref().and_then(|c| c.optimizer_config)).await?;
             let Some(lexical) = &spec.lexical else { return Ok(false) };
             let sparse = config.and_then(|c| c.params).and_then(|p| p.sparse_vectors_config);
             let has_lexical = sparse.is_some_and(|s| s.map.contains_key(&lexical.name));
