@@ -202,7 +202,7 @@ pub struct SearchRequest {
     /// Hits to return, 1-200 (default 20).
     #[serde(default)]
     pub limit: Option<usize>,
-    /// Vector candidates to rerank, limit-1000 (default max(4 x limit, 40)).
+    /// Candidates each stage (vector, lexical) brings to the rerank, limit-1000 (default max(3 x limit, 30)).
     #[serde(default)]
     pub candidates: Option<usize>,
     /// Drop hits whose fuzzy text similarity is below this, 0-1 (default 0: keep all).
@@ -459,7 +459,7 @@ pub struct RecallAgentStateRequest {
     /// Hits to return, 1-200 (default 20).
     #[serde(default)]
     pub limit: Option<usize>,
-    /// Vector candidates to rerank, limit-1000 (default max(4 x limit, 40)).
+    /// Candidates each stage (vector, lexical) brings to the rerank, limit-1000 (default max(3 x limit, 30)).
     #[serde(default)]
     pub candidates: Option<usize>,
     /// Drop hits whose fuzzy text similarity is below this, 0-1 (default 0: keep all).

@@ -156,7 +156,7 @@ impl ContextService {
             return Err(ServiceError::invalid(format!("query must be at most {} characters", limits::MAX_QUERY_CHARS)));
         }
         let limit = parse_limit(limit)?;
-        let candidates = candidates.unwrap_or((4 * limit).max(40));
+        let candidates = candidates.unwrap_or((3 * limit).max(30));
         if candidates < limit || candidates > limits::MAX_CANDIDATES {
             return Err(ServiceError::invalid(format!(
                 "candidates must be between limit and {}",
