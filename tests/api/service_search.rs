@@ -46,7 +46,7 @@ async fn search_ranks_the_semantically_closest_context_first_with_a_score_breakd
     assert!((0.0..=1.0).contains(&scores.fuzzy));
     assert!(result.hits.windows(2).all(|w| w[0].scores.final_score >= w[1].scores.final_score));
     assert!(result.hits.iter().all(|h| h.context.session_id == "s1"), "prefilter keeps other sessions out");
-    assert_eq!(result.hits.len(), 5, "the index page was short (5 of 40 candidates match) and was filled exactly");
+    assert_eq!(result.hits.len(), 5, "the index page was short (5 of 30 candidates match) and was filled exactly");
     assert_eq!(app.service().metrics().search_exact_fallbacks.get(), 1);
 
     let thresholded = app
