@@ -172,6 +172,16 @@ fn point_ids(ids: &[Uuid]) -> Vec<PointId> {
     ids.iter().map(|id| PointId::from(id.to_string())).collect()
 }
 
+/// The definition's indexing threshold and segment cap (left to the server when the definition has none).
+fn optimizers(spec: &CollectionSpec) -> OptimizersConfigDiffBuilder {
+    let wanted = &spec.optimizers_config;
+    let mut optimizers = OptimizersConfigDiffBuilder::default().indexing_threshold(wanted.indexing_threshold_kb as u64);
+    if let Some(max_kb) = wanted.max_segment_size_kb {
+        optimizers = optimizers.max_segment_size(max_kb as u64);
+    }
+    optimizers
+}
+
 /// The definition's scalar quantization in the server's terms.
 fn scalar_quantization(spec: &CollectionSpec) -> Option<qdrant_client::qdrant::ScalarQuantization> {
     let quantized = spec.quantization_config.as_ref()?;
@@ -341,14 +351,22 @@ impl QdrantVectorStore {
             Some(scalar) => scalar.into(),
             None => Disabled {}.into(),
         };
-        let request: qdrant_client::qdrant::UpdateCollection =
-            UpdateCollectionBuilder::new(&self.collection).quantization_config(change).into();
+        self.update_collection(
+            UpdateCollectionBuilder::new(&self.collection).quantization_config(change),
+            "quantization",
+        )
+        .await
+    }
+
+    /// Applies a change to the existing collection's settings (the server rebuilds segments as needed).
+    async fn update_collection(&self, change: UpdateCollectionBuilder, what: &str) -> StoreResult<()> {
+        let request: qdrant_client::qdrant::UpdateCollection = change.into();
         self.call(|client| {
             let request = request.clone();
             async move { client.update_collection(request).await }
         })
         .await?;
-        tracing::info!(collection = %self.collection, "quantization changed to the definition's");
+        tracing::info!(collection = %self.collection, "{what} changed to the definition's");
         Ok(())
     }
 
@@ -368,19 +386,8 @@ impl QdrantVectorStore {
         if same_threshold && same_max_segment {
             return Ok(());
         }
-        let mut change = OptimizersConfigDiffBuilder::default().indexing_threshold(threshold);
-        if let Some(max_kb) = max_segment {
-            change = change.max_segment_size(max_kb);
-        }
-        let request: qdrant_client::qdrant::UpdateCollection =
-            UpdateCollectionBuilder::new(&self.collection).optimizers_config(change).into();
-        self.call(|client| {
-            let request = request.clone();
-            async move { client.update_collection(request).await }
-        })
-        .await?;
-        tracing::info!(collection = %self.collection, "optimizer settings changed to the definition's");
-        Ok(())
+        let change = UpdateCollectionBuilder::new(&self.collection).optimizers_config(optimizers(spec));
+        self.update_collection(change, "optimizer settings").await
     }
 
     /// Creates the collection when missing; says whether it has the lexical stage's sparse vector (one
@@ -429,15 +436,10 @@ impl QdrantVectorStore {
         if let Some(payload_m) = spec.hnsw_config.payload_m {
             hnsw = hnsw.payload_m(payload_m as u64);
         }
-        let mut optimizers = OptimizersConfigDiffBuilder::default()
-            .indexing_threshold(spec.optimizers_config.indexing_threshold_kb as u64);
-        if let Some(max_kb) = spec.optimizers_config.max_segment_size_kb {
-            optimizers = optimizers.max_segment_size(max_kb as u64);
-        }
         let mut request = CreateCollectionBuilder::new(&self.collection)
             .vectors_config(VectorParamsBuilder::new(spec.vectors.size as u64, distance).on_disk(spec.vectors.on_disk))
             .hnsw_config(hnsw)
-            .optimizers_config(optimizers);
+            .optimizers_config(optimizers(spec));
         if let Some(scalar) = scalar_quantization(spec) {
             request = request.quantization_config(scalar);
         }
