@@ -162,7 +162,6 @@ def build_model(model_dir: Path, fused: bool = False) -> onnx.ModelProto:
 
 def fused_layers(g, x, weights, config):
     """The transformer layers from ONNX Runtime's contrib operators; the same arithmetic as the plain graph."""
-    hidden = config["hidden_size"]
     eps = float(config["layer_norm_eps"])
     contrib = {"domain": "com.microsoft"}
     # Attention takes the raw [B, S] mask (1 attended, 0 padded) as int32.
@@ -188,7 +187,6 @@ def fused_layers(g, x, weights, config):
             **contrib,
         )
         x = skip_layer_norm(g, intermediate, x, weights, f"{p}.output", eps)
-    assert x and hidden
     return x
 
 

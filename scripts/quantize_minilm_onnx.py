@@ -12,7 +12,8 @@ The result is checked three ways:
 - the reference sentence pairs of the fp32 export: each cosine within COSINE_TOLERANCE of sentence-transformers;
 - the int8 and (plain) fp32 embeddings of CHECK_TEXTS: every cosine between the two at least MIN_AGREEMENT.
 
-Usage: python3 quantize_minilm_onnx.py FP32_ONNX MODEL_DIR OUT_ONNX  (MODEL_DIR: the weights and tokenizer) [--expect-sha256 HEX]
+Usage: python3 quantize_minilm_onnx.py FP32_ONNX MODEL_DIR OUT_ONNX [--expect-sha256 HEX]
+(MODEL_DIR: the model package's folder, with the safetensors weights and the tokenizer)
 """
 
 import argparse

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::Sentences;
@@ -240,27 +240,13 @@ async fn start_target(options: &LoadOptions, scenario: Scenario) -> anyhow::Resu
     let (bulk_loaded, import_seconds) =
         if matches!(scenario, Scenario::Search | Scenario::SearchNew) && options.search_preload > 0 {
             let (dir, assets, count) = (dir.path(), &options.assets_dir, options.search_preload);
-            let marker = dir.join(PRELOAD_MARKER);
-            let wanted = PreloadMarker { seed: options.seed, count };
             if already_loaded {
-                let found: Option<PreloadMarker> =
-                    std::fs::read_to_string(&marker).ok().and_then(|text| serde_json::from_str(&text).ok());
-                anyhow::ensure!(
-                    found == Some(wanted),
-                    "the data directory {} holds {}, not the preload of {count} contexts with seed {}: use another \
-                     directory",
-                    dir.display(),
-                    found.map_or("a store no search preload made".to_string(), |f| format!(
-                        "the preload of {} contexts with seed {}",
-                        f.count, f.seed
-                    )),
-                    options.seed
-                );
+                super::preload::check_kept(dir, options.seed, count)?;
                 (Some(super::preload::preloaded_ids(assets, options.seed, count)?), None)
             } else {
                 let (ids, seconds) =
                     super::preload::bulk_preload(dir, assets, options.seed, count, options.progress).await?;
-                std::fs::write(&marker, serde_json::to_string(&wanted)?)?;
+                super::preload::mark_kept(dir, options.seed, count)?;
                 (Some(ids), Some(seconds))
             }
         } else {
@@ -846,15 +832,6 @@ async fn measure(
 }
 
 /// Recall@10 of HNSW against exact search on the stopped server's vector store, over new queries.
-/// What a kept data directory was preloaded with (a later run on it must ask for the same).
-const PRELOAD_MARKER: &str = "bench-preload.json";
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-struct PreloadMarker {
-    seed: u64,
-    count: usize,
-}
-
 async fn vector_recall(data_dir: &std::path::Path, options: &LoadOptions) -> anyhow::Result<(f64, f64)> {
     use crate::domain::{ContextFilter, ContextFilterArgs, ReadScope, Timestamp};
     use crate::embed::Embedder;

@@ -136,6 +136,35 @@ async fn import_file(assets_dir: &Path, seed: u64, count: usize, progress: bool)
     Ok(path)
 }
 
+/// What a kept data directory was preloaded with; a later run on it must ask for the same.
+const KEPT_MARKER: &str = "bench-preload.json";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct Kept {
+    seed: u64,
+    count: usize,
+}
+
+/// Records in a kept data directory the preload just imported into it.
+pub fn mark_kept(dir: &Path, seed: u64, count: usize) -> anyhow::Result<()> {
+    Ok(std::fs::write(dir.join(KEPT_MARKER), serde_json::to_string(&Kept { seed, count })?)?)
+}
+
+/// Refuses a kept data directory that holds anything but the preload of `count` contexts with `seed`.
+pub fn check_kept(dir: &Path, seed: u64, count: usize) -> anyhow::Result<()> {
+    let found: Option<Kept> =
+        std::fs::read_to_string(dir.join(KEPT_MARKER)).ok().and_then(|text| serde_json::from_str(&text).ok());
+    let holds = match found {
+        Some(kept) if kept == (Kept { seed, count }) => return Ok(()),
+        Some(kept) => format!("the preload of {} contexts with seed {}", kept.count, kept.seed),
+        None => "a store no search preload made".to_string(),
+    };
+    anyhow::bail!(
+        "the data directory {} holds {holds}, not the preload of {count} contexts with seed {seed}: use another directory",
+        dir.display()
+    )
+}
+
 /// The ids of the contexts of the cached preload of `count` (already imported into a kept data directory).
 pub fn preloaded_ids(assets_dir: &Path, seed: u64, count: usize) -> anyhow::Result<Vec<String>> {
     let file = cache_file(assets_dir, seed, count);

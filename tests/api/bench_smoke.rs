@@ -6,9 +6,9 @@ use std::path::Path;
 
 use serde_json::Value;
 
-/// Runs `context-store bench --smoke ARGS --out OUT` and returns its JSON report.
-fn smoke_run(args: &[&OsStr], out: &Path) -> Vec<Value> {
-    let status = std::process::Command::new(env!("CARGO_BIN_EXE_context-store"))
+/// Runs `context-store bench --smoke ARGS --out OUT`.
+fn harness(args: &[&OsStr], out: &Path) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_context-store"))
         .args(["bench", "--smoke"])
         .args(args)
         .arg("--out")
@@ -16,9 +16,14 @@ fn smoke_run(args: &[&OsStr], out: &Path) -> Vec<Value> {
         .env("CTX__EMBEDDING__ASSETS_DIR", crate::helpers::assets_dir())
         .env("RUST_LOG", "warn")
         .stdout(std::process::Stdio::null())
-        .status()
-        .expect("harness runs");
-    assert!(status.success());
+        .output()
+        .expect("harness runs")
+}
+
+/// A smoke run that must succeed; its JSON report.
+fn smoke_run(args: &[&OsStr], out: &Path) -> Vec<Value> {
+    let output = harness(args, out);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap()
 }
 
@@ -72,14 +77,7 @@ fn search_rounds_share_one_server_and_a_kept_data_directory_is_imported_once() {
     // A run that asks for another preload is refused rather than measured against the wrong store.
     let other: Vec<&OsStr> =
         args.iter().map(|arg| if *arg == OsStr::new("7") { OsStr::new("8") } else { *arg }).collect();
-    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_context-store"))
-        .args(["bench", "--smoke"])
-        .args(&other)
-        .arg("--out")
-        .arg(out.path())
-        .env("CTX__EMBEDDING__ASSETS_DIR", crate::helpers::assets_dir())
-        .output()
-        .expect("harness runs");
+    let refused = harness(&other, out.path());
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(!refused.status.success(), "{stderr}");
     assert!(
