@@ -515,7 +515,7 @@ impl ServerProcess {
             {
                 return (server, started.elapsed());
             }
-            assert!(started.elapsed() < std::time::Duration::from_secs(60), "the server did not become ready");
+            assert!(started.elapsed() < std::time::Duration::from_secs(180), "the server did not become ready");
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
     }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::helpers::{ServerProcess, eventually, neo4j_exclusive, neo4j_uri};
+use crate::helpers::{ServerProcess, checkout, eventually, neo4j_exclusive, neo4j_uri};
 use crate::replicas::{call, keys_command};
 
 /// A throwaway cluster; stopped and removed when dropped.
@@ -19,7 +19,7 @@ struct Cluster {
 }
 
 fn qdrant_scripts() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/qdrant")
+    checkout().join("../shared/qdrant")
 }
 
 impl Cluster {

@@ -318,3 +318,62 @@ async fn qdrant_server_collection_follows_the_definitions_quantization() {
     assert_eq!(quantization().await, None, "a definition without quantization turns it off");
     QdrantVectorStore::drop_collection(&settings.options(), &plain).await.unwrap();
 }
+
+/// A store started before its Qdrant server is up waits for it (within the start-up's patience) instead of
+/// exiting, as a replica started beside its server by docker compose does; and a collection left half-made
+/// (a payload index missing, as when a start-up was cut off between the create and the indexes) is finished
+/// by the next start.
+#[tokio::test]
+#[ignore = "needs ../shared/qdrant (its start script): scripts/test runs this"]
+async fn qdrant_server_start_up_waits_for_the_server_and_finishes_a_half_made_collection() {
+    let scripts = crate::helpers::checkout().join("../shared/qdrant");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let url = format!("http://127.0.0.1:{port}");
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = context_store::config::QdrantSettings { url: url.clone(), ..Default::default() };
+    settings.collection = Some(format!("test_{}", Uuid::now_v7().simple()));
+    let spec = CollectionSpec::builtin();
+    let options = settings.options();
+    let connecting = tokio::spawn({
+        let (options, spec) = (options.clone(), spec.clone());
+        async move { QdrantVectorStore::connect(&options, &spec).await }
+    });
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    assert!(!connecting.is_finished(), "with no server, the start-up waits");
+    let started = std::process::Command::new(scripts.join("start"))
+        .arg(dir.path())
+        .env("QDRANT_GRPC_PORT", port.to_string())
+        .output()
+        .expect("../shared/qdrant/start runs");
+    assert!(started.status.success(), "start: {}", String::from_utf8_lossy(&started.stderr));
+    let stop = scopeguard(scripts.join("stop"), dir.path().to_path_buf());
+    let store = connecting.await.unwrap().expect("the store connects once the server is up");
+    assert_eq!(store.count().await.unwrap(), 0);
+    drop(store);
+
+    let client = qdrant_client::Qdrant::from_url(&url).skip_compatibility_check().build().unwrap();
+    let collection = options.collection.clone().unwrap();
+    let indexed = || async {
+        let info = client.collection_info(&collection).await.unwrap().result.unwrap();
+        info.payload_schema.keys().cloned().collect::<std::collections::BTreeSet<_>>()
+    };
+    let wanted: std::collections::BTreeSet<String> = spec.payload_indexes.keys().cloned().collect();
+    assert_eq!(indexed().await, wanted, "the definition's payload indexes");
+    let request = qdrant_client::qdrant::DeleteFieldIndexCollectionBuilder::new(&collection, "agent_id").wait(true);
+    client.delete_field_index(request).await.unwrap();
+    assert!(!indexed().await.contains("agent_id"));
+    QdrantVectorStore::connect(&options, &spec).await.unwrap();
+    assert_eq!(indexed().await, wanted, "the next start makes the missing index");
+    drop(stop);
+}
+
+/// Runs `stop DIR --clean` when dropped, so a failing assertion does not leave the server running.
+fn scopeguard(stop: std::path::PathBuf, dir: std::path::PathBuf) -> impl Drop {
+    struct Stop(std::path::PathBuf, std::path::PathBuf);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new(&self.0).arg(&self.1).arg("--clean").status();
+        }
+    }
+    Stop(stop, dir)
+}

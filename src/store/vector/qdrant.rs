@@ -182,6 +182,17 @@ fn optimizers(spec: &CollectionSpec) -> OptimizersConfigDiffBuilder {
     optimizers
 }
 
+/// The definition's distance in the server's terms.
+fn distance(spec: &CollectionSpec) -> StoreResult<Distance> {
+    match spec.vectors.distance.as_str() {
+        "Cosine" => Ok(Distance::Cosine),
+        "Dot" => Ok(Distance::Dot),
+        "Euclid" => Ok(Distance::Euclid),
+        "Manhattan" => Ok(Distance::Manhattan),
+        other => Err(StoreError::Backend(format!("unknown distance '{other}' in the collection definition"))),
+    }
+}
+
 /// The definition's scalar quantization in the server's terms.
 fn scalar_quantization(spec: &CollectionSpec) -> Option<qdrant_client::qdrant::ScalarQuantization> {
     let quantized = spec.quantization_config.as_ref()?;
@@ -272,12 +283,34 @@ impl QdrantVectorStore {
                 .write_consistency_factor
                 .or(spec.cluster.write_consistency_factor),
         };
-        if store.ensure_collection(spec, &layout).await?
-            && let Some(lexical) = &spec.lexical
-        {
-            store.lexical = Some(Lexical::new(lexical)?);
+        // Checked once: a definition the server cannot take is not worth waiting for.
+        distance(spec)?;
+        let lexical = match &spec.lexical {
+            Some(lexical) => Some(Lexical::new(lexical)?),
+            None => None,
+        };
+        if store.settle_collection(spec, &layout).await? {
+            store.lexical = lexical;
         }
         Ok(store)
+    }
+
+    /// `ensure_collection`, tried again until `SETTLE_WAIT` has passed: replicas starting together on a busy
+    /// cluster see creates time out, a collection that exists before its shards are active, and a leader
+    /// election; a start-up waits for the cluster to settle instead of exiting on the first such answer.
+    async fn settle_collection(&self, spec: &CollectionSpec, layout: &ClusterSpec) -> StoreResult<bool> {
+        const SETTLE_WAIT: Duration = Duration::from_secs(120);
+        let started = Instant::now();
+        loop {
+            match self.ensure_collection(spec, layout).await {
+                Ok(has_lexical) => return Ok(has_lexical),
+                Err(err) if started.elapsed() >= SETTLE_WAIT => return Err(err),
+                Err(err) => {
+                    tracing::warn!(collection = %self.collection, error = %err, "the collection is not set up yet; trying again");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
     }
 
     fn now_ms(&self) -> u64 {
@@ -390,45 +423,67 @@ impl QdrantVectorStore {
         self.update_collection(change, "optimizer settings").await
     }
 
-    /// Creates the collection when missing; says whether it has the lexical stage's sparse vector (one
-    /// made before the lexical stage existed has not, until `reindex --recreate` makes it again).
+    /// Creates the collection when missing, brings an existing one's quantization and optimizer settings to
+    /// the definition, makes the payload indexes it lacks and waits until it answers a read. Each step is
+    /// safe to repeat, so a start-up cut off mid-way (or a replica racing another) finishes the job on the
+    /// next attempt. Says whether the collection has the lexical stage's sparse vector (one made before the
+    /// lexical stage existed has not, until `reindex --recreate` makes it again).
     async fn ensure_collection(&self, spec: &CollectionSpec, layout: &ClusterSpec) -> StoreResult<bool> {
         let name = self.collection.clone();
         let exists = self.call(|client| {
             let name = name.clone();
             async move { client.collection_exists(name).await }
         });
-        if exists.await? {
-            let info = self
-                .call(|client| {
-                    let name = name.clone();
-                    async move { client.collection_info(name).await }
-                })
-                .await?;
-            let config = info.result.and_then(|i| i.config);
-            self.follow_quantization(spec, config.as_ref().and_then(|c| c.quantization_config)).await?;
-            self.follow_optimizers(spec, config.as_ref().and_then(|c| c.optimizer_config)).await?;
-            let Some(lexical) = &spec.lexical else { return Ok(false) };
-            let sparse = config.and_then(|c| c.params).and_then(|p| p.sparse_vectors_config);
-            let has_lexical = sparse.is_some_and(|s| s.map.contains_key(&lexical.name));
-            if !has_lexical {
-                tracing::warn!(
-                    collection = %self.collection,
-                    "this collection was made without the lexical stage; searches run without it until \
-                     `context-store reindex --recreate` rebuilds it from the graph"
-                );
-            }
-            return Ok(has_lexical);
+        if !exists.await? {
+            self.create_collection(spec, layout).await?;
         }
-        let distance = match spec.vectors.distance.as_str() {
-            "Cosine" => Distance::Cosine,
-            "Dot" => Distance::Dot,
-            "Euclid" => Distance::Euclid,
-            "Manhattan" => Distance::Manhattan,
-            other => {
-                return Err(StoreError::Backend(format!("unknown distance '{other}' in the collection definition")));
+        let info = self
+            .call(|client| {
+                let name = name.clone();
+                async move { client.collection_info(name).await }
+            })
+            .await?
+            .result
+            .unwrap_or_default();
+        let config = info.config;
+        self.follow_quantization(spec, config.as_ref().and_then(|c| c.quantization_config)).await?;
+        self.follow_optimizers(spec, config.as_ref().and_then(|c| c.optimizer_config)).await?;
+        for (field, schema) in &spec.payload_indexes {
+            if info.payload_schema.contains_key(field) {
+                continue;
             }
-        };
+            let kind = schema.get("type").and_then(Value::as_str).or(schema.as_str()).unwrap_or("keyword");
+            let mut request = match kind {
+                "integer" => CreateFieldIndexCollectionBuilder::new(&self.collection, field, FieldType::Integer),
+                _ => CreateFieldIndexCollectionBuilder::new(&self.collection, field, FieldType::Keyword),
+            };
+            if kind == "keyword" && schema.get("is_tenant").and_then(Value::as_bool) == Some(true) {
+                request = request.field_index_params(KeywordIndexParamsBuilder::default().is_tenant(true));
+            }
+            let request: qdrant_client::qdrant::CreateFieldIndexCollection = request.wait(true).into();
+            self.call(|client| {
+                let request = request.clone();
+                async move { client.create_field_index(request).await }
+            })
+            .await?;
+        }
+        self.wait_until_readable().await?;
+        let Some(lexical) = &spec.lexical else { return Ok(false) };
+        let sparse = config.and_then(|c| c.params).and_then(|p| p.sparse_vectors_config);
+        let has_lexical = sparse.is_some_and(|s| s.map.contains_key(&lexical.name));
+        if !has_lexical {
+            tracing::warn!(
+                collection = %self.collection,
+                "this collection was made without the lexical stage; searches run without it until \
+                 `context-store reindex --recreate` rebuilds it from the graph"
+            );
+        }
+        Ok(has_lexical)
+    }
+
+    /// Creates the collection from the definition (its payload indexes come after, in `ensure_collection`).
+    async fn create_collection(&self, spec: &CollectionSpec, layout: &ClusterSpec) -> StoreResult<()> {
+        let distance = distance(spec)?;
         let mut hnsw = HnswConfigDiffBuilder::default()
             .m(spec.hnsw_config.m as u64)
             .ef_construct(spec.hnsw_config.ef_construct as u64)
@@ -475,24 +530,7 @@ impl QdrantVectorStore {
         if !created {
             tracing::info!(collection = %self.collection, "another replica created the collection first");
         }
-        for (field, schema) in &spec.payload_indexes {
-            let kind = schema.get("type").and_then(Value::as_str).or(schema.as_str()).unwrap_or("keyword");
-            let mut request = match kind {
-                "integer" => CreateFieldIndexCollectionBuilder::new(&self.collection, field, FieldType::Integer),
-                _ => CreateFieldIndexCollectionBuilder::new(&self.collection, field, FieldType::Keyword),
-            };
-            if kind == "keyword" && schema.get("is_tenant").and_then(Value::as_bool) == Some(true) {
-                request = request.field_index_params(KeywordIndexParamsBuilder::default().is_tenant(true));
-            }
-            let request: qdrant_client::qdrant::CreateFieldIndexCollection = request.wait(true).into();
-            self.call(|client| {
-                let request = request.clone();
-                async move { client.create_field_index(request).await }
-            })
-            .await?;
-        }
-        self.wait_until_readable().await?;
-        Ok(spec.lexical.is_some())
+        Ok(())
     }
 
     /// On a cluster, a collection's shard copies become active a moment after it is created; a read before
