@@ -507,9 +507,14 @@ impl ServerProcess {
         for (name, value) in env {
             command.env(name, value);
         }
-        let server = Self { child: command.spawn().expect("server starts"), base: format!("http://127.0.0.1:{port}") };
+        let mut server =
+            Self { child: command.spawn().expect("server starts"), base: format!("http://127.0.0.1:{port}") };
         let probe = reqwest::Client::new();
         loop {
+            // Its stderr (inherited) says why.
+            if let Ok(Some(status)) = server.child.try_wait() {
+                panic!("the server exited before it was ready ({status}); its error is printed above");
+            }
             if let Ok(response) = probe.get(format!("{}/health/ready", server.base)).send().await
                 && response.status().is_success()
             {
