@@ -170,6 +170,9 @@ pub struct QdrantSettings {
     /// "weak", "medium" (the default: a point's writes are ordered by one replica of its shard, so copies
     /// cannot end up different when two service replicas write it at once) or "strong".
     pub write_ordering: String,
+    /// How long a start waits for the server to answer and the collection to be set up (a cluster electing a
+    /// leader, replicas starting together) before giving up; `doctor` does not wait.
+    pub startup_wait_ms: u64,
 }
 
 impl Default for QdrantSettings {
@@ -186,6 +189,7 @@ impl Default for QdrantSettings {
             replication_factor: None,
             write_consistency_factor: None,
             write_ordering: "medium".into(),
+            startup_wait_ms: 120_000,
         }
     }
 }
@@ -206,6 +210,7 @@ impl QdrantSettings {
                 write_consistency_factor: self.write_consistency_factor,
             },
             write_ordering: self.write_ordering.clone(),
+            startup_wait: Duration::from_millis(self.startup_wait_ms),
         }
     }
 }

@@ -319,10 +319,10 @@ async fn qdrant_server_collection_follows_the_definitions_quantization() {
     QdrantVectorStore::drop_collection(&settings.options(), &plain).await.unwrap();
 }
 
-/// A store started before its Qdrant server is up waits for it (within the start-up's patience) instead of
-/// exiting, as a replica started beside its server by docker compose does; and a collection left half-made
-/// (a payload index missing, as when a start-up was cut off between the create and the indexes) is finished
-/// by the next start.
+/// A store started before its Qdrant server is up waits for it (within `startup_wait`) instead of exiting,
+/// as a replica started beside its server by docker compose does; a wrong API key fails at once, not after
+/// that wait; and a collection left half-made (a payload index missing, as when a start was cut off between
+/// the create and the indexes) is finished by the next start.
 #[tokio::test]
 #[ignore = "needs ../shared/qdrant (its start script): scripts/test runs this"]
 async fn qdrant_server_start_up_waits_for_the_server_and_finishes_a_half_made_collection() {
@@ -332,26 +332,37 @@ async fn qdrant_server_start_up_waits_for_the_server_and_finishes_a_half_made_co
     let dir = tempfile::tempdir().unwrap();
     let mut settings = context_store::config::QdrantSettings { url: url.clone(), ..Default::default() };
     settings.collection = Some(format!("test_{}", Uuid::now_v7().simple()));
+    settings.api_key = Some("the-right-key".into());
     let spec = CollectionSpec::builtin();
     let options = settings.options();
+    assert!(options.startup_wait >= std::time::Duration::from_secs(60), "the default wait is generous");
     let connecting = tokio::spawn({
         let (options, spec) = (options.clone(), spec.clone());
         async move { QdrantVectorStore::connect(&options, &spec).await }
     });
     tokio::time::sleep(std::time::Duration::from_secs(3)).await;
-    assert!(!connecting.is_finished(), "with no server, the start-up waits");
+    assert!(!connecting.is_finished(), "with no server, the start waits");
+    let _stop = StopQdrant(scripts.join("stop"), dir.path().to_path_buf());
     let started = std::process::Command::new(scripts.join("start"))
         .arg(dir.path())
         .env("QDRANT_GRPC_PORT", port.to_string())
+        .env("QDRANT__SERVICE__API_KEY", "the-right-key")
         .output()
         .expect("../shared/qdrant/start runs");
     assert!(started.status.success(), "start: {}", String::from_utf8_lossy(&started.stderr));
-    let stop = scopeguard(scripts.join("stop"), dir.path().to_path_buf());
     let store = connecting.await.unwrap().expect("the store connects once the server is up");
     assert_eq!(store.count().await.unwrap(), 0);
     drop(store);
 
-    let client = qdrant_client::Qdrant::from_url(&url).skip_compatibility_check().build().unwrap();
+    let mut wrong = options.clone();
+    wrong.api_key = Some("a-wrong-key".into());
+    let asked = std::time::Instant::now();
+    let refused = QdrantVectorStore::connect(&wrong, &spec).await.err().expect("a wrong key is refused");
+    assert!(refused.to_string().contains("refused"), "{refused}");
+    assert!(asked.elapsed() < wrong.startup_wait / 4, "refused at once, not after the wait: {:?}", asked.elapsed());
+
+    let client =
+        qdrant_client::Qdrant::from_url(&url).api_key("the-right-key").skip_compatibility_check().build().unwrap();
     let collection = options.collection.clone().unwrap();
     let indexed = || async {
         let info = client.collection_info(&collection).await.unwrap().result.unwrap();
@@ -363,17 +374,19 @@ async fn qdrant_server_start_up_waits_for_the_server_and_finishes_a_half_made_co
     client.delete_field_index(request).await.unwrap();
     assert!(!indexed().await.contains("agent_id"));
     QdrantVectorStore::connect(&options, &spec).await.unwrap();
-    assert_eq!(indexed().await, wanted, "the next start makes the missing index");
-    drop(stop);
+    crate::helpers::eventually(
+        std::time::Duration::from_secs(30),
+        "the next start makes the missing index",
+        async || indexed().await == wanted,
+    )
+    .await;
 }
 
 /// Runs `stop DIR --clean` when dropped, so a failing assertion does not leave the server running.
-fn scopeguard(stop: std::path::PathBuf, dir: std::path::PathBuf) -> impl Drop {
-    struct Stop(std::path::PathBuf, std::path::PathBuf);
-    impl Drop for Stop {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new(&self.0).arg(&self.1).arg("--clean").status();
-        }
+struct StopQdrant(std::path::PathBuf, std::path::PathBuf);
+
+impl Drop for StopQdrant {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(&self.0).arg(&self.1).arg("--clean").status();
     }
-    Stop(stop, dir)
 }

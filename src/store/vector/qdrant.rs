@@ -51,6 +51,8 @@ pub struct QdrantOptions {
     pub cluster: ClusterSpec,
     /// "weak", "medium" or "strong".
     pub write_ordering: String,
+    /// How long `connect` tries again to set the collection up (see `settle_collection`).
+    pub startup_wait: Duration,
 }
 
 /// One server (or cluster node) and until when it is skipped after failing to answer.
@@ -96,6 +98,9 @@ fn write_ordering(name: &str) -> StoreResult<WriteOrdering> {
 
 fn qdrant_error(err: qdrant_client::QdrantError) -> StoreError {
     let text = err.to_string();
+    if refused(&err) {
+        return StoreError::Backend(format!("{REFUSED}: {text}"));
+    }
     // Transport failures (refused, reset, timed out, a stream cancelled when its connection dropped) mean the
     // server is unreachable; the rest are answers. tonic spells it "cancelled" and "canceled".
     let lower = text.to_ascii_lowercase();
@@ -104,6 +109,23 @@ fn qdrant_error(err: qdrant_client::QdrantError) -> StoreError {
         StoreError::Unavailable(format!("qdrant: {text}"))
     } else {
         StoreError::Backend(format!("qdrant: {text}"))
+    }
+}
+
+/// How a refusal that asking again cannot change starts its message (see `refused`).
+const REFUSED: &str = "qdrant refused the request";
+
+/// Answers no retry can change: a wrong API key, a request the server finds invalid (a definition it
+/// cannot take), a call it does not implement, a URL or value the client cannot form.
+fn refused(err: &qdrant_client::QdrantError) -> bool {
+    use qdrant_client::QdrantError;
+    // gRPC status codes (tonic's `Code`, not a dependency of this crate): InvalidArgument 3, PermissionDenied
+    // 7, Unimplemented 12, Unauthenticated 16.
+    const FINAL: [i32; 4] = [3, 7, 12, 16];
+    match err {
+        QdrantError::ResponseError { status } => FINAL.contains(&(status.code() as i32)),
+        QdrantError::ConversionError(_) | QdrantError::InvalidUri(_) => true,
+        _ => false,
     }
 }
 
@@ -283,31 +305,42 @@ impl QdrantVectorStore {
                 .write_consistency_factor
                 .or(spec.cluster.write_consistency_factor),
         };
-        // Checked once: a definition the server cannot take is not worth waiting for.
+        // Checked before the first call: a definition naming an unknown distance is not worth waiting for.
         distance(spec)?;
         let lexical = match &spec.lexical {
             Some(lexical) => Some(Lexical::new(lexical)?),
             None => None,
         };
-        if store.settle_collection(spec, &layout).await? {
+        if store.settle_collection(spec, &layout, options.startup_wait).await? {
             store.lexical = lexical;
         }
         Ok(store)
     }
 
-    /// `ensure_collection`, tried again until `SETTLE_WAIT` has passed: replicas starting together on a busy
-    /// cluster see creates time out, a collection that exists before its shards are active, and a leader
-    /// election; a start-up waits for the cluster to settle instead of exiting on the first such answer.
-    async fn settle_collection(&self, spec: &CollectionSpec, layout: &ClusterSpec) -> StoreResult<bool> {
-        const SETTLE_WAIT: Duration = Duration::from_secs(120);
+    /// `ensure_collection`, tried again (at growing intervals, up to 5 s) until `options.startup_wait` has
+    /// passed: replicas starting together on a busy cluster see creates time out, a collection that exists
+    /// before its shards are active, and a leader election, and a server started beside the service (docker
+    /// compose) answers a moment later; a start waits for them instead of exiting on the first such answer.
+    /// A refusal no retry can change (a wrong API key, a definition the server rejects) fails at once.
+    async fn settle_collection(
+        &self,
+        spec: &CollectionSpec,
+        layout: &ClusterSpec,
+        wait: Duration,
+    ) -> StoreResult<bool> {
         let started = Instant::now();
+        let mut pause = Duration::from_millis(250);
         loop {
             match self.ensure_collection(spec, layout).await {
                 Ok(has_lexical) => return Ok(has_lexical),
-                Err(err) if started.elapsed() >= SETTLE_WAIT => return Err(err),
+                Err(StoreError::Backend(message)) if message.starts_with(REFUSED) => {
+                    return Err(StoreError::Backend(message));
+                }
+                Err(err) if started.elapsed() + pause >= wait => return Err(err),
                 Err(err) => {
                     tracing::warn!(collection = %self.collection, error = %err, "the collection is not set up yet; trying again");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(5));
                 }
             }
         }
@@ -434,7 +467,8 @@ impl QdrantVectorStore {
             let name = name.clone();
             async move { client.collection_exists(name).await }
         });
-        if !exists.await? {
+        let created = !exists.await?;
+        if created {
             self.create_collection(spec, layout).await?;
         }
         let info = self
@@ -444,7 +478,9 @@ impl QdrantVectorStore {
             })
             .await?
             .result
-            .unwrap_or_default();
+            .ok_or_else(|| {
+                StoreError::Unavailable(format!("qdrant: no description of '{}' in the answer", self.collection))
+            })?;
         let config = info.config;
         self.follow_quantization(spec, config.as_ref().and_then(|c| c.quantization_config)).await?;
         self.follow_optimizers(spec, config.as_ref().and_then(|c| c.optimizer_config)).await?;
@@ -460,7 +496,10 @@ impl QdrantVectorStore {
             if kind == "keyword" && schema.get("is_tenant").and_then(Value::as_bool) == Some(true) {
                 request = request.field_index_params(KeywordIndexParamsBuilder::default().is_tenant(true));
             }
-            let request: qdrant_client::qdrant::CreateFieldIndexCollection = request.wait(true).into();
+            // On a collection just made (empty) the index is there when the call answers; on one that holds
+            // points it is built in the background (filters work meanwhile, unindexed), so a start does not
+            // wait out, and time out on, a large build.
+            let request: qdrant_client::qdrant::CreateFieldIndexCollection = request.wait(created).into();
             self.call(|client| {
                 let request = request.clone();
                 async move { client.create_field_index(request).await }
