@@ -209,11 +209,7 @@ mod tests {
     /// The committed seed corpus of both fuzz targets (and the cases fuzzing found) run as tests.
     #[test]
     fn seed_corpus_keeps_the_invariants() {
-        // At run time first: a binary reused from another clone sharing the target dir has its path compiled in.
-        let checkout = std::env::var_os("CARGO_MANIFEST_DIR")
-            .map(std::path::PathBuf::from)
-            .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into());
-        let root = checkout.join("fuzz").join("seeds");
+        let root = crate::test_checkout().join("fuzz").join("seeds");
         let mut ran = 0;
         for (target, run) in [("tool_arguments", tool_arguments as fn(&[u8])), ("context_filter", context_filter)] {
             for entry in std::fs::read_dir(root.join(target)).expect("seed folder") {

@@ -23,3 +23,12 @@ pub mod search;
 pub mod service;
 pub mod store;
 pub mod tools;
+
+/// The checkout the unit tests run from: cargo's `CARGO_MANIFEST_DIR` at run time first, since a test binary
+/// reused from another clone that shares the target directory has that clone's path compiled in.
+#[cfg(test)]
+pub(crate) fn test_checkout() -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into())
+}

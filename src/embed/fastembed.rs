@@ -268,11 +268,7 @@ mod tests {
     /// `doctor` and `scripts/setup` check the model files against the same digests.
     #[test]
     fn model_digests_match_the_ones_scripts_setup_pins() {
-        // At run time first: a binary reused from another clone sharing the target dir has its path compiled in.
-        let checkout = std::env::var_os("CARGO_MANIFEST_DIR")
-            .map(std::path::PathBuf::from)
-            .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into());
-        let setup = std::fs::read_to_string(checkout.join("scripts/setup")).unwrap();
+        let setup = std::fs::read_to_string(crate::test_checkout().join("scripts/setup")).unwrap();
         let pinned = |name: &str| {
             setup
                 .lines()

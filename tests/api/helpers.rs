@@ -29,6 +29,11 @@ pub fn checkout() -> PathBuf {
     std::env::var_os("CARGO_MANIFEST_DIR").map(PathBuf::from).unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into())
 }
 
+/// The Qdrant server scripts of `../shared/qdrant` beside the checkout (start, stop, start-cluster).
+pub fn qdrant_scripts() -> PathBuf {
+    checkout().join("../shared/qdrant")
+}
+
 /// The real model, loaded once for the whole test binary.
 pub fn model() -> Arc<dyn Embedder> {
     static MODEL: OnceLock<Arc<FastEmbedder>> = OnceLock::new();

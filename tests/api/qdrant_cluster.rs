@@ -9,17 +9,13 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::helpers::{ServerProcess, checkout, eventually, neo4j_exclusive, neo4j_uri};
+use crate::helpers::{ServerProcess, eventually, neo4j_exclusive, neo4j_uri, qdrant_scripts};
 use crate::replicas::{call, keys_command};
 
 /// A throwaway cluster; stopped and removed when dropped.
 struct Cluster {
     dir: tempfile::TempDir,
     urls: Vec<String>,
-}
-
-fn qdrant_scripts() -> PathBuf {
-    checkout().join("../shared/qdrant")
 }
 
 impl Cluster {

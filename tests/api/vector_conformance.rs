@@ -326,7 +326,7 @@ async fn qdrant_server_collection_follows_the_definitions_quantization() {
 #[tokio::test]
 #[ignore = "needs ../shared/qdrant (its start script): scripts/test runs this"]
 async fn qdrant_server_start_up_waits_for_the_server_and_finishes_a_half_made_collection() {
-    let scripts = crate::helpers::checkout().join("../shared/qdrant");
+    let scripts = crate::helpers::qdrant_scripts();
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let url = format!("http://127.0.0.1:{port}");
     let dir = tempfile::tempdir().unwrap();
