@@ -69,15 +69,76 @@ fn decode<T: serde::de::DeserializeOwned>(arguments: Value) -> Result<T, ToolErr
 /// How a tool's result is handed to its interface: MCP wants a JSON document, the HTTP endpoint bytes.
 pub trait Encoding {
     type Output;
-    fn encode<T: Serialize>(value: &T) -> Result<Self::Output, ToolError>;
+    fn encode<T: Serialize + NamedContexts>(value: &T) -> Result<Self::Output, ToolError>;
 }
+
+/// The contexts a tool's result names, read from the typed result (an MCP answer links each as a
+/// resource). `None`: the type does not say, and the links are read from the result's JSON.
+pub trait NamedContexts {
+    fn named_contexts(&self) -> Option<Vec<&crate::domain::Context>> {
+        None
+    }
+}
+
+impl NamedContexts for crate::domain::Context {
+    fn named_contexts(&self) -> Option<Vec<&crate::domain::Context>> {
+        Some(vec![self])
+    }
+}
+
+impl NamedContexts for GetContextResponse {
+    fn named_contexts(&self) -> Option<Vec<&crate::domain::Context>> {
+        Some(vec![&self.context])
+    }
+}
+
+impl NamedContexts for StoreContextResponse {
+    fn named_contexts(&self) -> Option<Vec<&crate::domain::Context>> {
+        Some(vec![&self.context])
+    }
+}
+
+impl NamedContexts for ContextList {
+    fn named_contexts(&self) -> Option<Vec<&crate::domain::Context>> {
+        Some(self.contexts.iter().collect())
+    }
+}
+
+impl NamedContexts for SearchResponse {
+    fn named_contexts(&self) -> Option<Vec<&crate::domain::Context>> {
+        Some(self.hits.iter().map(|hit| &hit.context).collect())
+    }
+}
+
+impl NamedContexts for RelatedList {
+    fn named_contexts(&self) -> Option<Vec<&crate::domain::Context>> {
+        Some(self.related.iter().map(|item| &item.context).collect())
+    }
+}
+
+impl NamedContexts for AgentStateResponse {
+    fn named_contexts(&self) -> Option<Vec<&crate::domain::Context>> {
+        Some(Vec::new())
+    }
+}
+
+impl NamedContexts for Session {}
+impl NamedContexts for SessionList {}
+impl NamedContexts for DeleteContextResponse {}
+impl NamedContexts for LinkContextsResponse {}
+impl NamedContexts for AgentStateList {}
+impl NamedContexts for DeleteAgentStateResponse {}
+impl NamedContexts for RecallAgentStateResponse {}
+impl NamedContexts for MetricsSummary {}
+impl NamedContexts for QueryGraphResponse {}
+impl NamedContexts for TokenResponse {}
 
 /// The result as a `serde_json::Value` (MCP's structured content).
 pub struct AsValue;
 
 impl Encoding for AsValue {
     type Output = Value;
-    fn encode<T: Serialize>(value: &T) -> Result<Value, ToolError> {
+    fn encode<T: Serialize + NamedContexts>(value: &T) -> Result<Value, ToolError> {
         serde_json::to_value(value).map_err(|err| ServiceError::Internal(err.to_string()).into())
     }
 }
@@ -88,8 +149,27 @@ pub struct AsJsonBytes;
 
 impl Encoding for AsJsonBytes {
     type Output = Vec<u8>;
-    fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, ToolError> {
+    fn encode<T: Serialize + NamedContexts>(value: &T) -> Result<Vec<u8>, ToolError> {
         serde_json::to_vec(value).map_err(|err| ServiceError::Internal(err.to_string()).into())
+    }
+}
+
+/// A result's JSON text and, when its type names them, the resource links of the contexts it names,
+/// written as content blocks each after a comma (MCP's direct `tools/call` path).
+pub struct McpJson {
+    pub json: Vec<u8>,
+    pub links: Option<Vec<u8>>,
+}
+
+/// The result serialized as `AsJsonBytes` does, with the links of the contexts its type names.
+pub struct AsMcpJson;
+
+impl Encoding for AsMcpJson {
+    type Output = McpJson;
+    fn encode<T: Serialize + NamedContexts>(value: &T) -> Result<McpJson, ToolError> {
+        let json = AsJsonBytes::encode(value)?;
+        let links = value.named_contexts().map(|contexts| crate::mcp::primitives::links_json(&contexts));
+        Ok(McpJson { json, links })
     }
 }
 
@@ -141,7 +221,8 @@ macro_rules! tool_table {
         /// calling anything: what the fuzz targets and their regression tests exercise.
         pub fn decode_arguments(name: &str, arguments: Value) -> Result<Value, ToolError> {
             match name {
-                $(stringify!($name) => AsValue::encode(&decode::<$request>(arguments)?),)*
+                $(stringify!($name) => serde_json::to_value(decode::<$request>(arguments)?)
+                    .map_err(|err| ServiceError::Internal(err.to_string()).into()),)*
                 other => Err(ToolError { code: ErrorCode::NotFound, message: format!("no tool named '{other}'") }),
             }
         }
@@ -266,5 +347,66 @@ impl ContextService {
         _request: GetMetricsRequest,
     ) -> crate::error::ServiceResult<MetricsSummary> {
         self.metrics_summary(principal).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::domain::{Context, Timestamp, Visibility};
+
+    fn context(id: u128, content: &str) -> Context {
+        Context {
+            id: uuid::Uuid::from_u128(id),
+            session_id: "s".into(),
+            agent_id: "alice".into(),
+            context_type: "note".into(),
+            content: content.into(),
+            tags: vec![],
+            metadata: Default::default(),
+            visibility: Visibility::Public,
+            created_at: Timestamp(0),
+            updated_at: Timestamp(0),
+            version: 1,
+            expires_at: None,
+            content_hash: crate::domain::content_hash(content),
+        }
+    }
+
+    /// The links an MCP answer carries for a typed result equal those read from its JSON (what rmcp's
+    /// path and results without typed links use).
+    fn same_links<T: Serialize + NamedContexts>(result: &T) -> usize {
+        let typed = crate::mcp::primitives::links_json(&result.named_contexts().expect("typed links"));
+        let value = serde_json::to_value(result).unwrap();
+        let mut from_json = Vec::new();
+        for link in crate::mcp::primitives::links_in(&value) {
+            from_json.push(b',');
+            serde_json::to_writer(&mut from_json, &rmcp::model::ContentBlock::resource_link(link)).unwrap();
+        }
+        let as_values = |bytes: &[u8]| -> Value { serde_json::from_slice(&[b"[0", bytes, b"]"].concat()).unwrap() };
+        assert_eq!(as_values(&typed), as_values(&from_json), "{value}");
+        as_values(&typed).as_array().unwrap().len() - 1
+    }
+
+    #[test]
+    fn typed_links_equal_the_links_read_from_the_json() {
+        let (one, two) = (context(1, "first \"quoted\"\nline"), context(2, &"é".repeat(100)));
+        assert_eq!(same_links(&one), 1);
+        assert_eq!(same_links(&GetContextResponse { context: one.clone(), versions: vec![] }), 1);
+        assert_eq!(same_links(&StoreContextResponse { context: one.clone(), deduplicated: false }), 1);
+        let list =
+            ContextList { contexts: vec![one.clone(), two.clone()], next_cursor: None, recall: Default::default() };
+        assert_eq!(same_links(&list), 2);
+        let hits = json!({"hits": [
+            {"context": one, "scores": {"vector": 0.5, "fuzzy": 0.1, "final": 0.4}},
+            {"context": two, "scores": {"vector": 0.4, "fuzzy": 0.1, "final": 0.3}, "related": [{"id": "x", "relation": "r", "type": "note", "content": "c"}]}
+        ], "mode": "hybrid", "stages": [], "candidates": 2, "cached": false});
+        assert_eq!(same_links(&serde_json::from_value::<SearchResponse>(hits).unwrap()), 2);
+        let related = json!({"related": [{"context": two, "depth": 1, "relation": "explains", "via": "c"}]});
+        assert_eq!(same_links(&serde_json::from_value::<RelatedList>(related).unwrap()), 1);
+        let state = json!({"state": {"agent_id": "a", "session_id": "s", "key": "k", "value": {"id": "x", "session_id": "s"}, "version": 1, "updated_at": "2026-01-01T00:00:00Z"}});
+        assert_eq!(same_links(&serde_json::from_value::<AgentStateResponse>(state).unwrap()), 0);
     }
 }

@@ -9,10 +9,13 @@
 //! length or over the limit, and anything that does not parse as exactly this request.
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Request, State};
+use std::sync::Arc;
+
+use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderValue, Method, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use rmcp::transport::streamable_http_server::StreamableHttpService;
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -97,10 +100,15 @@ fn parse(body: &Bytes) -> Option<ToolsCall> {
     (call.jsonrpc == "2.0" && call.method == "tools/call" && id_ok).then_some(call)
 }
 
-/// Middleware on `/mcp`: answers a stateless `tools/call` itself, passes every other request to rmcp.
-pub async fn tools_call(State(state): State<HttpState>, request: Request, next: Next) -> Response {
+/// rmcp's Streamable HTTP service as the router holds it: shared, so a request does not clone its
+/// configuration (host and origin lists, a cancellation token) as a tower service would be cloned.
+pub type Rmcp = StreamableHttpService<crate::mcp::McpServer, LocalSessionManager>;
+
+/// `/mcp`: answers a stateless `tools/call` itself, passes every other request to rmcp.
+pub async fn serve(state: HttpState, rmcp: Arc<Rmcp>, request: Request) -> Response {
+    let next = async |request: Request| rmcp.handle(request).await.map(Body::new);
     if request.method() != Method::POST || !direct_headers(request.headers(), state.mcp_body_limit) {
-        return next.run(request).await;
+        return next(request).await;
     }
     let (parts, body) = request.into_parts();
     let bytes = match axum::body::to_bytes(body, state.mcp_body_limit).await {
@@ -111,12 +119,12 @@ pub async fn tools_call(State(state): State<HttpState>, request: Request, next: 
         }
     };
     let Some(call) = parse(&bytes) else {
-        return next.run(Request::from_parts(parts, Body::from(bytes))).await;
+        return next(Request::from_parts(parts, Body::from(bytes))).await;
     };
     state.service.metrics().mcp_direct_calls.inc();
     let principal = parts.extensions.get::<Principal>().cloned().unwrap_or_else(|| state.default_principal.clone());
     let arguments = call.params.arguments.map(Value::Object).unwrap_or(Value::Null);
-    let result = crate::mcp::timed_call::<crate::tools::AsJsonBytes>(
+    let result = crate::mcp::timed_call::<crate::tools::AsMcpJson>(
         &state.service,
         &state.auth,
         &principal,
@@ -143,26 +151,48 @@ pub async fn tools_call(State(state): State<HttpState>, request: Request, next: 
 }
 
 /// The JSON-RPC answer to a successful call, written around the result's JSON text: the text content (the
-/// same JSON as a string), a resource link per context it names, then the text itself as the structured
-/// content. This is `tool_call_result` as rmcp serializes it for peers before 2026-07-28, without building
-/// a `Value` or serializing the result twice.
-fn reply_with_json(id: &Value, json: &[u8]) -> serde_json::Result<Vec<u8>> {
-    use serde::ser::Error;
-    let text = std::str::from_utf8(json).map_err(serde_json::Error::custom)?;
-    let mut out = Vec::with_capacity(json.len() * 2 + 128);
+/// same JSON as a string), a resource link per context it names (from the typed result, or read from the
+/// text when its type does not say), then the text itself as the structured content. This is
+/// `tool_call_result` as rmcp serializes it for peers before 2026-07-28, without building a `Value` or
+/// serializing the result twice.
+fn reply_with_json(id: &Value, result: &crate::tools::McpJson) -> serde_json::Result<Vec<u8>> {
+    let json = &result.json;
+    let links = result.links.as_ref().map_or(json.len(), Vec::len);
+    let mut out = Vec::with_capacity(json.len() * 2 + links + 128);
     out.extend_from_slice(br#"{"jsonrpc":"2.0","id":"#);
     serde_json::to_writer(&mut out, id)?;
     out.extend_from_slice(br#","result":{"content":[{"type":"text","text":"#);
-    serde_json::to_writer(&mut out, text)?;
+    write_json_text_as_string(json, &mut out);
     out.push(b'}');
-    for link in crate::mcp::primitives::links_in_json(json) {
-        out.push(b',');
-        serde_json::to_writer(&mut out, &rmcp::model::ContentBlock::resource_link(link))?;
+    match &result.links {
+        Some(links) => out.extend_from_slice(links),
+        None => crate::mcp::primitives::each_link_in_json(json, |link| {
+            out.push(b',');
+            serde_json::to_writer(&mut out, &link)
+        })?,
     }
     out.extend_from_slice(br#"],"structuredContent":"#);
     out.extend_from_slice(json);
     out.extend_from_slice(br#","isError":false}}"#);
     Ok(out)
+}
+
+/// Writes compact JSON text produced by serde_json as a JSON string. Such text holds no control characters
+/// (serde_json escapes them inside strings and writes no whitespace between tokens) and is valid UTF-8, so
+/// only `"` and `\` need escaping: they are found with memchr and the runs between them copied whole, where
+/// a general string escaper looks at every byte (the text is most of an MCP read's answer).
+fn write_json_text_as_string(json: &[u8], out: &mut Vec<u8>) {
+    debug_assert!(json.iter().all(|&byte| byte >= 0x20) && std::str::from_utf8(json).is_ok());
+    out.reserve(json.len() + 2);
+    out.push(b'"');
+    let mut start = 0;
+    for at in memchr::memchr2_iter(b'"', b'\\', json) {
+        out.extend_from_slice(&json[start..at]);
+        out.extend_from_slice(&[b'\\', json[at]]);
+        start = at + 1;
+    }
+    out.extend_from_slice(&json[start..]);
+    out.push(b'"');
 }
 
 #[cfg(test)]
@@ -226,5 +256,21 @@ mod tests {
         assert!(!ok(r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x","arguments":[]}}"#));
         assert!(!ok(r#"[{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x"}}]"#), "a batch");
         assert!(!ok(r#"{"jsonrpc":"1.0","id":1,"method":"tools/call","params":{"name":"x"}}"#));
+    }
+
+    #[test]
+    fn json_text_is_written_as_the_string_serde_json_would_write() {
+        let values = [
+            serde_json::json!({"content": "line\nwith \"quotes\", a \\ backslash, é and \u{1}", "n": [1, 2.5, null]}),
+            serde_json::json!("plain"),
+            serde_json::json!({}),
+        ];
+        for value in values {
+            let text = serde_json::to_vec(&value).unwrap();
+            let mut out = Vec::new();
+            write_json_text_as_string(&text, &mut out);
+            let expected = serde_json::to_vec(std::str::from_utf8(&text).unwrap()).unwrap();
+            assert_eq!(String::from_utf8(out).unwrap(), String::from_utf8(expected).unwrap());
+        }
     }
 }

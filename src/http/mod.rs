@@ -112,20 +112,22 @@ pub fn router(state: HttpState, settings: &ServerSettings, stop: CancellationTok
         .with_allowed_origins(settings.allowed_origins.clone())
         .enforce_origin_validation();
     let mcp_handler = McpServer::new(state.service.clone(), state.auth.clone(), state.default_principal.clone());
-    let mcp = StreamableHttpService::new(
+    let rmcp = Arc::new(StreamableHttpService::new(
         move || Ok(mcp_handler.for_connection()),
         Arc::new(LocalSessionManager::default()),
         mcp_config,
-    );
+    ));
+    let mcp = {
+        let state = state.clone();
+        tower::service_fn(move |request| {
+            let (state, rmcp) = (state.clone(), rmcp.clone());
+            async move { Ok::<_, std::convert::Infallible>(mcp_fast::serve(state, rmcp, request).await) }
+        })
+    };
 
     let api = Router::new()
         .route("/mcp/tool/{name}", post(routes::call_tool))
-        .nest_service(
-            "/mcp",
-            tower::ServiceBuilder::new()
-                .layer(axum::middleware::from_fn_with_state(state.clone(), mcp_fast::tools_call))
-                .service(mcp),
-        )
+        .nest_service("/mcp", mcp)
         .route("/metrics", get(routes::metrics))
         .route(
             "/events",

@@ -51,29 +51,117 @@ fn invalid(message: impl Into<String>) -> McpError {
 }
 
 fn context_resource(context: &Value) -> Option<Resource> {
-    let text = |key: &str| context[key].as_str();
-    Some(context_link(text("id")?, text("content"), text("type"), text("session_id"), text("agent_id")))
+    ContextLink::from_value(context).map(|link| link.resource())
 }
 
-/// The resource link of one context: its URI, the start of its text as the title, and where it lives.
-fn context_link(
-    id: &str,
-    content: Option<&str>,
-    kind: Option<&str>,
-    session_id: Option<&str>,
-    agent_id: Option<&str>,
-) -> Resource {
-    let title: String = content.unwrap_or_default().chars().take(80).collect();
-    let description = format!(
-        "{} in session {} by {}",
-        kind.unwrap_or("context"),
-        session_id.unwrap_or("?"),
-        agent_id.unwrap_or("?")
-    );
-    Resource::new(format!("context://{id}"), format!("context {id}"))
-        .with_title(title)
-        .with_description(description)
-        .with_mime_type("application/json")
+/// The resource link of one context, borrowed from a tool result: its URI, the start of its text as the
+/// title, and where it lives. `resource` builds rmcp's type; serializing writes the same `resource_link`
+/// content block without building it (the direct `tools/call` path).
+#[derive(Clone, Copy, Debug)]
+pub struct ContextLink<'a> {
+    id: LinkId<'a>,
+    content: Option<&'a str>,
+    kind: Option<&'a str>,
+    session_id: Option<&'a str>,
+    agent_id: Option<&'a str>,
+}
+
+/// A context's id as a result holds it: JSON text, or the typed id.
+#[derive(Clone, Copy, Debug)]
+enum LinkId<'a> {
+    Text(&'a str),
+    Typed(&'a uuid::Uuid),
+}
+
+impl std::fmt::Display for LinkId<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LinkId::Text(id) => f.write_str(id),
+            LinkId::Typed(id) => id.fmt(f),
+        }
+    }
+}
+
+/// Title length of a context link, in characters.
+const TITLE_CHARS: usize = 80;
+
+impl<'a> ContextLink<'a> {
+    fn from_value(context: &'a Value) -> Option<Self> {
+        let text = |key: &str| context[key].as_str();
+        Some(Self {
+            id: LinkId::Text(text("id")?),
+            content: text("content"),
+            kind: text("type"),
+            session_id: text("session_id"),
+            agent_id: text("agent_id"),
+        })
+    }
+
+    fn from_context(context: &'a crate::domain::Context) -> Self {
+        Self {
+            id: LinkId::Typed(&context.id),
+            content: Some(&context.content),
+            kind: Some(&context.context_type),
+            session_id: Some(&context.session_id),
+            agent_id: Some(&context.agent_id),
+        }
+    }
+
+    fn title(&self) -> &'a str {
+        let content = self.content.unwrap_or_default();
+        content.char_indices().nth(TITLE_CHARS).map_or(content, |(end, _)| &content[..end])
+    }
+
+    fn description(self) -> impl std::fmt::Display + serde::Serialize + 'a {
+        let kind = self.kind.unwrap_or("context");
+        let (session, agent) = (self.session_id.unwrap_or("?"), self.agent_id.unwrap_or("?"));
+        Shown(move |f: &mut std::fmt::Formatter<'_>| write!(f, "{kind} in session {session} by {agent}"))
+    }
+
+    fn uri(self) -> impl std::fmt::Display + serde::Serialize + 'a {
+        Shown(move |f: &mut std::fmt::Formatter<'_>| write!(f, "context://{}", self.id))
+    }
+
+    fn name(self) -> impl std::fmt::Display + serde::Serialize + 'a {
+        Shown(move |f: &mut std::fmt::Formatter<'_>| write!(f, "context {}", self.id))
+    }
+
+    pub fn resource(&self) -> Resource {
+        Resource::new(self.uri().to_string(), self.name().to_string())
+            .with_title(self.title())
+            .with_description(self.description().to_string())
+            .with_mime_type("application/json")
+    }
+}
+
+/// Text written by a closure: formatted straight into its destination (a JSON string, a `String`).
+struct Shown<F>(F);
+
+impl<F: Fn(&mut std::fmt::Formatter<'_>) -> std::fmt::Result> std::fmt::Display for Shown<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        (self.0)(f)
+    }
+}
+
+impl<F: Fn(&mut std::fmt::Formatter<'_>) -> std::fmt::Result> serde::Serialize for Shown<F> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl serde::Serialize for ContextLink<'_> {
+    /// As `ContentBlock::resource_link(self.resource())` serializes.
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(Some(6))?;
+        map.serialize_entry("type", "resource_link")?;
+        map.serialize_entry("uri", &self.uri())?;
+        map.serialize_entry("name", &self.name())?;
+        map.serialize_entry("title", self.title())?;
+        map.serialize_entry("description", &self.description())?;
+        map.serialize_entry("mimeType", "application/json")?;
+        map.end()
+    }
 }
 
 fn session_resource(session: &Value) -> Option<Resource> {
@@ -85,8 +173,8 @@ fn session_resource(session: &Value) -> Option<Resource> {
     )
 }
 
-/// Resource links for the contexts a tool result names (`context`, `contexts`, `hits[].context`, `related`).
-pub fn links_in(result: &Value) -> Vec<Resource> {
+/// The contexts a tool result names (`context`, `contexts`, `hits[].context`, `related`), as links.
+fn context_links(result: &Value) -> Vec<ContextLink<'_>> {
     let mut found: Vec<&Value> = Vec::new();
     if result["context"].is_object() {
         found.push(&result["context"]);
@@ -102,7 +190,22 @@ pub fn links_in(result: &Value) -> Vec<Resource> {
     if let Some(hits) = result["hits"].as_array() {
         found.extend(hits.iter().map(|hit| &hit["context"]));
     }
-    found.into_iter().filter_map(context_resource).collect()
+    found.into_iter().filter_map(ContextLink::from_value).collect()
+}
+
+/// Resource links for the contexts a tool result names.
+pub fn links_in(result: &Value) -> Vec<Resource> {
+    context_links(result).iter().map(ContextLink::resource).collect()
+}
+
+/// The links of typed contexts, each written as a content block after a comma.
+pub fn links_json(contexts: &[&crate::domain::Context]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(contexts.len() * 256);
+    for context in contexts {
+        out.push(b',');
+        serde_json::to_writer(&mut out, &ContextLink::from_context(context)).expect("a link serializes to memory");
+    }
+    out
 }
 
 /// What `links_in` looks at in a tool result, read from its JSON text without building a `Value`: the
@@ -132,33 +235,30 @@ struct Linked<'a> {
 }
 
 impl Linked<'_> {
-    fn link(&self) -> Option<Resource> {
-        Some(context_link(
-            self.id.as_deref()?,
-            self.content.as_deref(),
-            self.kind.as_deref(),
-            self.session_id.as_deref(),
-            self.agent_id.as_deref(),
-        ))
+    fn link(&self) -> Option<ContextLink<'_>> {
+        Some(ContextLink {
+            id: LinkId::Text(self.id.as_deref()?),
+            content: self.content.as_deref(),
+            kind: self.kind.as_deref(),
+            session_id: self.session_id.as_deref(),
+            agent_id: self.agent_id.as_deref(),
+        })
     }
 }
 
-/// `links_in` over a tool result's JSON text. A result the shape does not fit (a `context` that is not an
-/// object, an id that is not a string) is read as a `Value` and given to `links_in`.
-pub fn links_in_json(result: &[u8]) -> Vec<Resource> {
+/// `context_links` over a tool result's JSON text, each link handed to `visit` in order. A result the
+/// shape does not fit (a `context` that is not an object, an id that is not a string) is read as a `Value`.
+pub fn each_link_in_json<E>(result: &[u8], mut visit: impl FnMut(ContextLink<'_>) -> Result<(), E>) -> Result<(), E> {
     let Ok(view) = serde_json::from_slice::<Linked>(result) else {
-        return serde_json::from_slice::<Value>(result).map(|value| links_in(&value)).unwrap_or_default();
+        let value = serde_json::from_slice::<Value>(result).unwrap_or_default();
+        return context_links(&value).into_iter().try_for_each(visit);
     };
-    let mut links = Vec::new();
-    links.extend(view.context.as_deref().and_then(Linked::link));
-    if view.session_id.is_some() {
-        links.extend(view.link());
-    }
-    for entry in view.contexts.iter().chain(view.related.iter()).flatten() {
-        links.extend(entry.context.as_deref().map_or_else(|| entry.link(), Linked::link));
-    }
-    links.extend(view.hits.iter().flatten().filter_map(|hit| hit.context.as_deref()?.link()));
-    links
+    let top = view.context.as_deref().and_then(Linked::link);
+    let itself = view.session_id.is_some().then(|| view.link()).flatten();
+    let entries = view.contexts.iter().chain(view.related.iter()).flatten();
+    let listed = entries.filter_map(|entry| entry.context.as_deref().map_or_else(|| entry.link(), Linked::link));
+    let hits = view.hits.iter().flatten().filter_map(|hit| hit.context.as_deref()?.link());
+    top.into_iter().chain(itself).chain(listed).chain(hits).try_for_each(&mut visit)
 }
 
 pub fn templates() -> ListResourceTemplatesResult {
@@ -528,10 +628,37 @@ mod tests {
             json!({"id": 5, "session_id": "s"}),
             json!({"sessions": [{"id": "s1"}]}),
         ];
+        let links_in_json = |text: &[u8]| {
+            let mut links = Vec::new();
+            each_link_in_json(text, |link| {
+                links.push(link.resource());
+                Ok::<_, ()>(())
+            })
+            .unwrap();
+            links
+        };
         for result in results {
             let text = serde_json::to_vec(&result).unwrap();
             assert_eq!(uris(links_in_json(&text)), uris(links_in(&result)), "{result}");
         }
         assert_eq!(links_in_json(&serde_json::to_vec(&json!({"hits": [{"context": context("h")}]})).unwrap()).len(), 1);
+    }
+
+    #[test]
+    fn a_link_serializes_as_rmcp_serializes_its_resource_link() {
+        let long: String = "é\"x\\".repeat(40);
+        let contexts = [
+            json!({"id": "c1", "session_id": "s", "agent_id": "a", "type": "note", "content": long}),
+            json!({"id": "c2", "content": "short \u{1} text"}),
+            json!({"id": "c3"}),
+        ];
+        for context in &contexts {
+            let link = ContextLink::from_value(context).unwrap();
+            let direct = serde_json::to_value(link).unwrap();
+            let through_rmcp = serde_json::to_value(rmcp::model::ContentBlock::resource_link(link.resource())).unwrap();
+            assert_eq!(direct, through_rmcp, "{context}");
+        }
+        let title = ContextLink::from_value(&contexts[0]).unwrap().resource().title.unwrap();
+        assert_eq!(title.chars().count(), TITLE_CHARS);
     }
 }
