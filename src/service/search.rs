@@ -379,59 +379,123 @@ struct Scoring {
 /// The fuzzy rerank: keeps the candidates the filter matches and the threshold admits, fuses the scores
 /// (with recency and recall when the plan weighs them, from `stats`), and returns the best `limit`, best
 /// first.
+///
+/// The fuzzy score is the costly part (a normalised copy of each text and a token-by-token comparison), and
+/// a candidate's final score can exceed its score with a fuzzy score of 0 by a known most: candidates are
+/// scored best bound first, and once `limit` hits are in hand, those whose bound is below the worst of
+/// them are left unscored. They could not have placed, so the answer is the one scoring every candidate
+/// gives.
 fn rerank(
     plan: &SearchPlan,
     pool: Vec<Candidate>,
     scoring: Scoring,
     stats: Option<&HashMap<uuid::Uuid, RecallStats>>,
 ) -> Vec<SearchHit> {
+    rerank_pruned(plan, pool, scoring, stats, true)
+}
+
+/// The rerank, leaving out the candidates that cannot place when `prune` is set (the tests compare the
+/// two).
+fn rerank_pruned(
+    plan: &SearchPlan,
+    pool: Vec<Candidate>,
+    scoring: Scoring,
+    stats: Option<&HashMap<uuid::Uuid, RecallStats>>,
+    prune: bool,
+) -> Vec<SearchHit> {
     let fuzzy = scoring.fuzzy.then(|| FuzzyQuery::new(&plan.normalised));
     let best_lexical = pool.iter().filter_map(|c| c.lexical).fold(0.0f64, f64::max);
     let vector_scale = Dbsf::over(pool.iter().filter(|c| c.from_vector).map(|c| c.vector));
     let lexical_scale = Dbsf::over(pool.iter().filter_map(|c| c.lexical));
     let now = Timestamp::now();
-    let mut hits: Vec<SearchHit> = pool
+    let rest = 1.0 - plan.recency_weight - plan.recall_weight;
+    // The final score from the retrieval score, a fuzzy score, and the recency and recall scores.
+    let final_score = |retrieval: f64, fuzzy_score: f64, recency: f64, recall: f64| {
+        let score = match (fuzzy.is_some(), scoring.vector || scoring.lexical) {
+            (true, true) => fuse(retrieval, fuzzy_score, plan.vector_weight),
+            (true, false) => fuzzy_score,
+            (false, _) => retrieval,
+        };
+        match stats {
+            Some(_) => rest * score + plan.recency_weight * recency + plan.recall_weight * recall,
+            None => score,
+        }
+    };
+    let mut ranked: Vec<Ranking> = pool
         .into_iter()
         .filter(|candidate| plan.filter.matches(&candidate.context))
-        .filter_map(|Candidate { context, vector, lexical, .. }| {
-            let fuzzy_score = fuzzy.as_ref().map_or(0.0, |f| f.score(&normalise(&context.content)));
-            if fuzzy.is_some() && fuzzy_score < plan.fuzzy_threshold {
-                return None;
-            }
-            let lexical_scaled = lexical.map_or(0.0, |raw| lexical_scale.scale(raw));
+        .enumerate()
+        .map(|(order, candidate)| {
+            let lexical_scaled = candidate.lexical.map_or(0.0, |raw| lexical_scale.scale(raw));
             let lexical = scoring.lexical.then(|| {
-                let raw = lexical.unwrap_or(0.0);
+                let raw = candidate.lexical.unwrap_or(0.0);
                 if best_lexical > 0.0 { raw / best_lexical } else { 0.0 }
             });
             let retrieval = match (scoring.vector, scoring.lexical) {
-                (true, true) => fuse(lexical_scaled, vector_scale.scale(vector), plan.lexical_weight),
-                (true, false) => vector.clamp(0.0, 1.0),
+                (true, true) => fuse(lexical_scaled, vector_scale.scale(candidate.vector), plan.lexical_weight),
+                (true, false) => candidate.vector.clamp(0.0, 1.0),
                 (false, true) => lexical.unwrap_or(0.0),
                 (false, false) => 0.0,
             };
-            let final_score = match (fuzzy.is_some(), scoring.vector || scoring.lexical) {
-                (true, true) => fuse(retrieval, fuzzy_score, plan.vector_weight),
-                (true, false) => fuzzy_score,
-                (false, _) => retrieval,
+            let (recency, recall) = match stats {
+                Some(stats) => {
+                    let known = stats.get(&candidate.context.id);
+                    (recency_score(&candidate.context, known, now), recall_score(known))
+                }
+                None => (0.0, 0.0),
             };
-            let mut scores =
-                ScoreBreakdown { vector, lexical, fuzzy: fuzzy_score, final_score, recency: None, recall: None };
-            if let Some(stats) = stats {
-                let known = stats.get(&context.id);
-                let recency = recency_score(&context, known, now);
-                let recall = recall_score(known);
-                let rest = 1.0 - plan.recency_weight - plan.recall_weight;
-                scores.final_score =
-                    rest * scores.final_score + plan.recency_weight * recency + plan.recall_weight * recall;
-                scores.recency = Some(recency);
-                scores.recall = Some(recall);
-            }
-            Some(SearchHit { scores, context, related: Vec::new() })
+            let bound = final_score(retrieval, 1.0, recency, recall);
+            Ranking { order, candidate, lexical, retrieval, recency, recall, bound }
         })
         .collect();
+    ranked.sort_by(|a, b| b.bound.total_cmp(&a.bound));
+    // Final scores of the hits so far, the best `limit` of them, lowest first.
+    let mut placed: Vec<f64> = Vec::with_capacity(plan.limit + 1);
+    let mut hits: Vec<(usize, SearchHit)> = Vec::new();
+    for Ranking { order, candidate, lexical, retrieval, recency, recall, bound } in ranked {
+        if prune && placed.len() == plan.limit && placed.first().is_some_and(|&worst| bound < worst) {
+            break;
+        }
+        let context = candidate.context;
+        let fuzzy_score = fuzzy.as_ref().map_or(0.0, |f| f.score(&normalise(&context.content)));
+        if fuzzy.is_some() && fuzzy_score < plan.fuzzy_threshold {
+            continue;
+        }
+        let score = final_score(retrieval, fuzzy_score, recency, recall);
+        placed.insert(placed.partition_point(|&p| p < score), score);
+        if placed.len() > plan.limit {
+            placed.remove(0);
+        }
+        let (recency, recall) = if stats.is_some() { (Some(recency), Some(recall)) } else { (None, None) };
+        let scores = ScoreBreakdown {
+            vector: candidate.vector,
+            lexical,
+            fuzzy: fuzzy_score,
+            final_score: score,
+            recency,
+            recall,
+        };
+        hits.push((order, SearchHit { scores, context, related: Vec::new() }));
+    }
+    // Pool order first, so equal scores keep the order they had when every candidate was scored.
+    hits.sort_by_key(|(order, _)| *order);
+    let mut hits: Vec<SearchHit> = hits.into_iter().map(|(_, hit)| hit).collect();
     hits.sort_by(|a, b| b.scores.final_score.total_cmp(&a.scores.final_score));
     hits.truncate(plan.limit);
     hits
+}
+
+/// A candidate on its way through the rerank: its scores before the fuzzy stage and the best final score
+/// it could reach.
+struct Ranking {
+    /// Its place in the pool.
+    order: usize,
+    candidate: Candidate,
+    lexical: Option<f64>,
+    retrieval: f64,
+    recency: f64,
+    recall: f64,
+    bound: f64,
 }
 
 /// Distribution-based score scaling: a stage's scores mapped by the mean and standard deviation of its own
@@ -463,7 +527,81 @@ impl Dbsf {
 
 #[cfg(test)]
 mod tests {
-    use super::Dbsf;
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::domain::{ReadScope, Visibility};
+
+    fn candidate(n: usize, content: String, vector: f64, lexical: Option<f64>) -> Candidate {
+        let context = Context {
+            id: uuid::Uuid::from_u128(n as u128 + 1),
+            session_id: "s".into(),
+            agent_id: "a".into(),
+            context_type: "note".into(),
+            content_hash: crate::domain::content_hash(&content),
+            content,
+            tags: vec![],
+            metadata: Default::default(),
+            visibility: Visibility::Public,
+            created_at: Timestamp(n as i64 * 60_000),
+            updated_at: Timestamp(n as i64 * 60_000),
+            version: 1,
+            expires_at: None,
+        };
+        Candidate { context, vector, from_vector: lexical.is_none() || !n.is_multiple_of(3), lexical }
+    }
+
+    proptest! {
+        /// Leaving out the candidates that cannot place changes nothing: the same hits, scores and order.
+        #[test]
+        fn pruning_the_rerank_gives_the_answer_scoring_every_candidate_gives(
+            words in prop::collection::vec(prop::collection::vec(0usize..8, 1..12), 1..80),
+            scores in prop::collection::vec((0.0f64..1.0, prop::option::of(0.0f64..20.0)), 80),
+            limit in 1usize..15,
+            fuzzy_threshold in prop_oneof![Just(0.0), 0.0f64..0.6],
+            vector_weight in 0.0f64..1.0,
+            weights in prop_oneof![Just((0.0, 0.0)), (0.0f64..0.5, 0.0f64..0.5)],
+            stages in (any::<bool>(), any::<bool>(), any::<bool>()),
+        ) {
+            const VOCABULARY: [&str; 8] = ["deploy", "friday", "freeze", "hotfix", "review", "rollback", "db", "cache"];
+            let pool = || -> Vec<Candidate> {
+                words.iter().zip(&scores).enumerate().map(|(n, (words, &(vector, lexical)))| {
+                    let content = words.iter().map(|&w| VOCABULARY[w]).collect::<Vec<_>>().join(" ");
+                    candidate(n, content, vector, lexical)
+                }).collect()
+            };
+            let query = "deploy freeze on friday with a review";
+            let filter = ContextFilter::parse(
+                Default::default(),
+                ReadScope { agent_id: "a".into(), admin: true, sessions: None },
+                Timestamp(100 * 60_000),
+            ).unwrap();
+            let plan = SearchPlan {
+                query: query.into(),
+                normalised: normalise(query),
+                filter,
+                limit,
+                candidates: 80,
+                fuzzy_threshold,
+                vector_weight,
+                lexical_weight: 0.5,
+                stages: Stages::ALL,
+                expand_related: false,
+                recency_weight: weights.0,
+                recall_weight: weights.1,
+            };
+            let scoring = Scoring { vector: stages.0, lexical: stages.1, fuzzy: stages.2 };
+            let stats = HashMap::new();
+            let stats = (weights != (0.0, 0.0)).then_some(&stats);
+            let all = rerank_pruned(&plan, pool(), scoring, stats, false);
+            let pruned = rerank_pruned(&plan, pool(), scoring, stats, true);
+            let seen = |hits: &[SearchHit]| -> Vec<(uuid::Uuid, ScoreBreakdown)> {
+                hits.iter().map(|hit| (hit.context.id, hit.scores.clone())).collect()
+            };
+            prop_assert_eq!(seen(&pruned), seen(&all));
+            prop_assert!(all.len() <= limit);
+        }
+    }
 
     #[test]
     fn dbsf_centres_a_stage_on_its_mean_and_spans_six_deviations() {
