@@ -26,7 +26,7 @@ use crate::error::{ServiceError, ServiceResult};
 use crate::search::rerank::{FuzzyQuery, fuse, normalise};
 use crate::store::VectorStore;
 use crate::store::graph::RecallStats;
-use crate::store::vector::LexicalHit;
+use crate::store::vector::LexicalHits;
 use crate::store::vector::{SearchPath, search_filled};
 
 /// Related contexts shown per search hit at most.
@@ -268,7 +268,10 @@ impl ContextService {
             ran.push(Stage::Vector);
         }
         if wanted.lexical || degraded {
-            let lexical = store.lexical_search(&plan.query, &plan.filter, plan.candidates, query_vector.is_some());
+            // Hits on candidates the vector stage found are scored without reading them again.
+            let known: std::collections::HashSet<uuid::Uuid> = pool.iter().map(|c| c.context.id).collect();
+            let lexical =
+                store.lexical_search_beside(&plan.query, &plan.filter, plan.candidates, query_vector.is_some(), &known);
             // The lexical stage only adds candidates: when it fails the answer is ranked without it and
             // says so, rather than failing the search.
             match lexical.await {
@@ -347,9 +350,14 @@ impl ContextService {
 
 /// Adds the lexical stage's hits to the pool: their BM25 score on candidates already there, new candidates
 /// for the rest (with their cosine to the query when both are known).
-fn merge_lexical(pool: &mut Vec<Candidate>, hits: Vec<LexicalHit>, query_vector: Option<&[f32]>) {
+fn merge_lexical(pool: &mut Vec<Candidate>, hits: LexicalHits, query_vector: Option<&[f32]>) {
     let at: HashMap<uuid::Uuid, usize> = pool.iter().enumerate().map(|(i, c)| (c.context.id, i)).collect();
-    for hit in hits {
+    for (id, score) in hits.known {
+        if let Some(&i) = at.get(&id) {
+            pool[i].lexical = Some(score as f64);
+        }
+    }
+    for hit in hits.hits {
         match at.get(&hit.context.id) {
             Some(&i) => pool[i].lexical = Some(hit.score as f64),
             None => {

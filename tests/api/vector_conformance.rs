@@ -169,6 +169,14 @@ async fn lexical_search_ranks_by_rare_shared_terms_within_the_filter(store: &dyn
     let found = ranked(store.lexical_search("printer invoice", &everything, 10, false).await.unwrap().unwrap());
     assert_eq!(found.len(), 3, "stemmed: printers and invoices match too: {found:?}");
     assert!(store.lexical_search("the of", &everything, 10, false).await.unwrap().unwrap().is_empty(), "stopwords");
+    // Beside a pool: hits on known ids come back as ids and scores, the rest in full, with the same scores.
+    let all = store.lexical_search("printer invoice office", &everything, 10, true).await.unwrap().unwrap();
+    assert_eq!(all.len(), 4);
+    let known: std::collections::HashSet<uuid::Uuid> = [all[0].context.id, all[2].context.id].into();
+    let beside =
+        store.lexical_search_beside("printer invoice office", &everything, 10, true, &known).await.unwrap().unwrap();
+    assert_eq!(beside.known, vec![(all[0].context.id, all[0].score), (all[2].context.id, all[2].score)]);
+    assert_eq!(beside.hits, vec![all[1].clone(), all[3].clone()], "in full, in score order, dense vectors too");
     // The filter applies as in the vector stage.
     let only_s0 = ContextFilter::parse(
         ContextFilterArgs { session_id: Some("s0".into()), ..Default::default() },

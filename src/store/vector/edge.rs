@@ -5,6 +5,7 @@
 //! `EdgeShard::flush` panics if an update holds the WAL at that moment, so updates take `gate` shared and
 //! flush takes it exclusively.
 
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
@@ -21,7 +22,7 @@ use uuid::Uuid;
 use super::collection::{QuantizationSearchSpec, QuantizationSpec, ScalarKind};
 use super::lexical::Lexical;
 use super::payload::{from_payload, to_payload};
-use super::{CollectionSpec, LexicalHit, VectorHit, VectorPoint, VectorStore, filter::to_qdrant_json};
+use super::{CollectionSpec, LexicalHit, LexicalHits, VectorHit, VectorPoint, VectorStore, filter::to_qdrant_json};
 use crate::domain::{Context, ContextFilter};
 use crate::error::{StoreError, StoreResult};
 use crate::store::lanes::BlockingLanes;
@@ -307,6 +308,76 @@ fn to_context(payload: Option<qdrant_edge::Payload>) -> StoreResult<Context> {
     from_payload(&payload.0)
 }
 
+impl EdgeVectorStore {
+    /// The lexical stage. Without `known` ids the search reads each hit's payload (and vector) itself;
+    /// with them it returns scores only, and only the hits outside `known` are read afterwards.
+    async fn lexical(
+        &self,
+        query: &str,
+        filter: &ContextFilter,
+        limit: usize,
+        with_dense: bool,
+        known: HashSet<Uuid>,
+    ) -> StoreResult<Option<LexicalHits>> {
+        let Some(lexical) = &self.lexical else { return Ok(None) };
+        let (indices, values) = lexical.query(query);
+        if indices.is_empty() {
+            return Ok(Some(LexicalHits::default()));
+        }
+        let sparse = SparseVector::new(indices, values).map_err(|e| edge_error(format!("query terms: {e}")))?;
+        let (filter, using) = (qdrant_filter(filter)?, lexical.name.clone());
+        let with_vector = move || match with_dense {
+            true => WithVector::Selector(vec![String::new()]),
+            false => WithVector::Bool(false),
+        };
+        let in_full = known.is_empty();
+        self.query(move |shard| {
+            let request = SearchRequest {
+                query: QueryEnum::Nearest(NamedQuery { query: VectorInternal::Sparse(sparse), using: Some(using) }),
+                filter: Some(filter),
+                params: None,
+                limit,
+                offset: 0,
+                with_payload: Some(WithPayloadInterface::Bool(in_full)),
+                with_vector: Some(if in_full { with_vector() } else { WithVector::Bool(false) }),
+                score_threshold: None,
+            };
+            let scored = shard.search(request).map_err(edge_error)?;
+            let mut hits = LexicalHits::default();
+            if in_full {
+                for point in scored {
+                    let dense = point.vector.and_then(dense_of);
+                    hits.hits.push(LexicalHit { score: point.score, context: to_context(point.payload)?, dense });
+                }
+                return Ok(Some(hits));
+            }
+            let mut unread = Vec::new();
+            for point in scored {
+                match point.id {
+                    PointId::Uuid(id) if known.contains(&id) => hits.known.push((id, point.score)),
+                    id => unread.push((id, point.score)),
+                }
+            }
+            let ids: Vec<PointId> = unread.iter().map(|(id, _)| *id).collect();
+            let mut records: HashMap<PointId, _> = shard
+                .retrieve(&ids, Some(WithPayloadInterface::Bool(true)), Some(with_vector()))
+                .map_err(edge_error)?
+                .into_iter()
+                .map(|record| (record.id, record))
+                .collect();
+            // In score order; a point deleted between the search and the read is left out.
+            for (id, score) in unread {
+                if let Some(record) = records.remove(&id) {
+                    let dense = record.vector.and_then(dense_of);
+                    hits.hits.push(LexicalHit { score, context: to_context(record.payload)?, dense });
+                }
+            }
+            Ok(Some(hits))
+        })
+        .await
+    }
+}
+
 #[async_trait]
 impl VectorStore for EdgeVectorStore {
     fn backend(&self) -> &'static str {
@@ -387,40 +458,19 @@ impl VectorStore for EdgeVectorStore {
         limit: usize,
         with_dense: bool,
     ) -> StoreResult<Option<Vec<LexicalHit>>> {
-        let Some(lexical) = &self.lexical else { return Ok(None) };
-        let (indices, values) = lexical.query(query);
-        if indices.is_empty() {
-            return Ok(Some(Vec::new()));
-        }
-        let sparse = SparseVector::new(indices, values).map_err(|e| edge_error(format!("query terms: {e}")))?;
-        let (filter, using) = (qdrant_filter(filter)?, lexical.name.clone());
-        self.query(move |shard| {
-            let request = SearchRequest {
-                query: QueryEnum::Nearest(NamedQuery { query: VectorInternal::Sparse(sparse), using: Some(using) }),
-                filter: Some(filter),
-                params: None,
-                limit,
-                offset: 0,
-                with_payload: Some(WithPayloadInterface::Bool(true)),
-                with_vector: Some(if with_dense {
-                    WithVector::Selector(vec![String::new()])
-                } else {
-                    WithVector::Bool(false)
-                }),
-                score_threshold: None,
-            };
-            shard
-                .search(request)
-                .map_err(edge_error)?
-                .into_iter()
-                .map(|point| {
-                    let dense = point.vector.and_then(dense_of);
-                    Ok(LexicalHit { score: point.score, context: to_context(point.payload)?, dense })
-                })
-                .collect::<StoreResult<Vec<_>>>()
-                .map(Some)
-        })
-        .await
+        let hits = self.lexical(query, filter, limit, with_dense, HashSet::new()).await?;
+        Ok(hits.map(|hits| hits.hits))
+    }
+
+    async fn lexical_search_beside(
+        &self,
+        query: &str,
+        filter: &ContextFilter,
+        limit: usize,
+        with_dense: bool,
+        known: &HashSet<Uuid>,
+    ) -> StoreResult<Option<LexicalHits>> {
+        self.lexical(query, filter, limit, with_dense, known.clone()).await
     }
 
     async fn scroll(&self, filter: &ContextFilter, limit: usize) -> StoreResult<Vec<Context>> {

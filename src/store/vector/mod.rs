@@ -9,6 +9,8 @@ pub mod payload;
 pub mod qdrant;
 pub mod state_points;
 
+use std::collections::HashSet;
+
 use async_trait::async_trait;
 use uuid::Uuid;
 
@@ -40,6 +42,15 @@ pub struct LexicalHit {
     pub dense: Option<Vec<f32>>,
 }
 
+/// The lexical stage's hits beside a pool of candidates already in hand.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LexicalHits {
+    /// Hits outside the pool, in full.
+    pub hits: Vec<LexicalHit>,
+    /// Hits on points of the pool: their ids and BM25 scores.
+    pub known: Vec<(Uuid, f32)>,
+}
+
 #[async_trait]
 pub trait VectorStore: Send + Sync + 'static {
     /// The backend's name in health reports.
@@ -65,6 +76,23 @@ pub trait VectorStore: Send + Sync + 'static {
         limit: usize,
         with_dense: bool,
     ) -> StoreResult<Option<Vec<LexicalHit>>>;
+    /// `lexical_search` beside candidates already in hand: a hit on an id in `known` comes back as its id
+    /// and score, without its payload or vector being read. The default reads every hit in full.
+    async fn lexical_search_beside(
+        &self,
+        query: &str,
+        filter: &ContextFilter,
+        limit: usize,
+        with_dense: bool,
+        known: &HashSet<Uuid>,
+    ) -> StoreResult<Option<LexicalHits>> {
+        let hits = self.lexical_search(query, filter, limit, with_dense).await?;
+        Ok(hits.map(|hits| {
+            let (known, hits): (Vec<LexicalHit>, Vec<LexicalHit>) =
+                hits.into_iter().partition(|hit| known.contains(&hit.context.id));
+            LexicalHits { hits, known: known.into_iter().map(|hit| (hit.context.id, hit.score)).collect() }
+        }))
+    }
     /// Up to `limit` points that pass `filter`, in no particular order (fuzzy-only fallback).
     async fn scroll(&self, filter: &ContextFilter, limit: usize) -> StoreResult<Vec<Context>>;
     /// Which of `ids` have a point.
