@@ -452,7 +452,9 @@ fn rerank_pruned(
                 }
                 None => (0.0, 0.0),
             };
-            let bound = final_score(retrieval, 1.0, recency, recall);
+            // The final score is linear in the fuzzy score (0-1), so one end bounds it, whatever the signs of
+            // the weights after rounding.
+            let bound = final_score(retrieval, 1.0, recency, recall).max(final_score(retrieval, 0.0, recency, recall));
             Ranking { order, candidate, lexical, retrieval, recency, recall, bound }
         })
         .collect();
@@ -461,7 +463,7 @@ fn rerank_pruned(
     let mut placed: Vec<f64> = Vec::with_capacity(plan.limit + 1);
     let mut hits: Vec<(usize, SearchHit)> = Vec::new();
     for Ranking { order, candidate, lexical, retrieval, recency, recall, bound } in ranked {
-        if prune && placed.len() == plan.limit && placed.first().is_some_and(|&worst| bound < worst) {
+        if prune && placed.len() == plan.limit && placed.first().is_some_and(|worst| bound.total_cmp(worst).is_lt()) {
             break;
         }
         let context = candidate.context;
@@ -470,7 +472,7 @@ fn rerank_pruned(
             continue;
         }
         let score = final_score(retrieval, fuzzy_score, recency, recall);
-        placed.insert(placed.partition_point(|&p| p < score), score);
+        placed.insert(placed.partition_point(|p| p.total_cmp(&score).is_lt()), score);
         if placed.len() > plan.limit {
             placed.remove(0);
         }
@@ -564,11 +566,17 @@ mod tests {
         #[test]
         fn pruning_the_rerank_gives_the_answer_scoring_every_candidate_gives(
             words in prop::collection::vec(prop::collection::vec(0usize..8, 1..12), 1..80),
-            scores in prop::collection::vec((0.0f64..1.0, prop::option::of(0.0f64..20.0)), 80),
+            scores in prop::collection::vec((-1.0f64..1.0, prop::option::of(0.0f64..20.0)), 80),
             limit in 1usize..15,
             fuzzy_threshold in prop_oneof![Just(0.0), 0.0f64..0.6],
             vector_weight in 0.0f64..1.0,
-            weights in prop_oneof![Just((0.0, 0.0)), (0.0f64..0.5, 0.0f64..0.5)],
+            // Weights that sum to 1 leave the rest at 0 or a rounding error either side of it.
+            weights in prop_oneof![
+                Just((0.0, 0.0)),
+                (0.0f64..0.5, 0.0f64..0.5),
+                (0.0f64..1.0).prop_map(|w| (w, 1.0 - w)),
+                Just((0.49, 0.5100000000000001)),
+            ],
             stages in (any::<bool>(), any::<bool>(), any::<bool>()),
         ) {
             const VOCABULARY: [&str; 8] = ["deploy", "friday", "freeze", "hotfix", "review", "rollback", "db", "cache"];
