@@ -72,66 +72,72 @@ pub trait Encoding {
     fn encode<T: Serialize + NamedContexts>(value: &T) -> Result<Self::Output, ToolError>;
 }
 
-/// The contexts a tool's result names, read from the typed result (an MCP answer links each as a
-/// resource). `None`: the type does not say, and the links are read from the result's JSON.
+/// The contexts a tool's result names, read from the typed result: an MCP answer links each as a resource.
+/// Every result type says (no default), so a new type cannot leave its links out unnoticed.
 pub trait NamedContexts {
-    fn named_contexts(&self) -> Option<Vec<&crate::domain::Context>> {
-        None
-    }
+    fn named_contexts(&self) -> Vec<&crate::domain::Context>;
 }
 
 impl NamedContexts for crate::domain::Context {
-    fn named_contexts(&self) -> Option<Vec<&crate::domain::Context>> {
-        Some(vec![self])
+    fn named_contexts(&self) -> Vec<&crate::domain::Context> {
+        vec![self]
     }
 }
 
 impl NamedContexts for GetContextResponse {
-    fn named_contexts(&self) -> Option<Vec<&crate::domain::Context>> {
-        Some(vec![&self.context])
+    fn named_contexts(&self) -> Vec<&crate::domain::Context> {
+        vec![&self.context]
     }
 }
 
 impl NamedContexts for StoreContextResponse {
-    fn named_contexts(&self) -> Option<Vec<&crate::domain::Context>> {
-        Some(vec![&self.context])
+    fn named_contexts(&self) -> Vec<&crate::domain::Context> {
+        vec![&self.context]
     }
 }
 
 impl NamedContexts for ContextList {
-    fn named_contexts(&self) -> Option<Vec<&crate::domain::Context>> {
-        Some(self.contexts.iter().collect())
+    fn named_contexts(&self) -> Vec<&crate::domain::Context> {
+        self.contexts.iter().collect()
     }
 }
 
 impl NamedContexts for SearchResponse {
-    fn named_contexts(&self) -> Option<Vec<&crate::domain::Context>> {
-        Some(self.hits.iter().map(|hit| &hit.context).collect())
+    fn named_contexts(&self) -> Vec<&crate::domain::Context> {
+        self.hits.iter().map(|hit| &hit.context).collect()
     }
 }
 
 impl NamedContexts for RelatedList {
-    fn named_contexts(&self) -> Option<Vec<&crate::domain::Context>> {
-        Some(self.related.iter().map(|item| &item.context).collect())
+    fn named_contexts(&self) -> Vec<&crate::domain::Context> {
+        self.related.iter().map(|item| &item.context).collect()
     }
 }
 
-impl NamedContexts for AgentStateResponse {
-    fn named_contexts(&self) -> Option<Vec<&crate::domain::Context>> {
-        Some(Vec::new())
-    }
+/// Result types that name no context.
+macro_rules! names_no_context {
+    ($($kind:ty),*) => {
+        $(impl NamedContexts for $kind {
+            fn named_contexts(&self) -> Vec<&crate::domain::Context> {
+                Vec::new()
+            }
+        })*
+    };
 }
 
-impl NamedContexts for Session {}
-impl NamedContexts for SessionList {}
-impl NamedContexts for DeleteContextResponse {}
-impl NamedContexts for LinkContextsResponse {}
-impl NamedContexts for AgentStateList {}
-impl NamedContexts for DeleteAgentStateResponse {}
-impl NamedContexts for RecallAgentStateResponse {}
-impl NamedContexts for MetricsSummary {}
-impl NamedContexts for QueryGraphResponse {}
-impl NamedContexts for TokenResponse {}
+names_no_context!(
+    Session,
+    SessionList,
+    DeleteContextResponse,
+    LinkContextsResponse,
+    AgentStateResponse,
+    AgentStateList,
+    DeleteAgentStateResponse,
+    RecallAgentStateResponse,
+    MetricsSummary,
+    QueryGraphResponse,
+    TokenResponse
+);
 
 /// The result as a `serde_json::Value` (MCP's structured content).
 pub struct AsValue;
@@ -154,11 +160,11 @@ impl Encoding for AsJsonBytes {
     }
 }
 
-/// A result's JSON text and, when its type names them, the resource links of the contexts it names,
-/// written as content blocks each after a comma (MCP's direct `tools/call` path).
+/// A result's JSON text and the resource links of the contexts it names, written as content blocks each
+/// after a comma (MCP's direct `tools/call` path).
 pub struct McpJson {
     pub json: Vec<u8>,
-    pub links: Option<Vec<u8>>,
+    pub links: Vec<u8>,
 }
 
 /// The result serialized as `AsJsonBytes` does, with the links of the contexts its type names.
@@ -168,7 +174,7 @@ impl Encoding for AsMcpJson {
     type Output = McpJson;
     fn encode<T: Serialize + NamedContexts>(value: &T) -> Result<McpJson, ToolError> {
         let json = AsJsonBytes::encode(value)?;
-        let links = value.named_contexts().map(|contexts| crate::mcp::primitives::links_json(&contexts));
+        let links = crate::mcp::primitives::links_json(&value.named_contexts());
         Ok(McpJson { json, links })
     }
 }
@@ -378,7 +384,7 @@ mod tests {
     /// The links an MCP answer carries for a typed result equal those read from its JSON (what rmcp's
     /// path and results without typed links use).
     fn same_links<T: Serialize + NamedContexts>(result: &T) -> usize {
-        let typed = crate::mcp::primitives::links_json(&result.named_contexts().expect("typed links"));
+        let typed = crate::mcp::primitives::links_json(&result.named_contexts());
         let value = serde_json::to_value(result).unwrap();
         let mut from_json = Vec::new();
         for link in crate::mcp::primitives::links_in(&value) {
@@ -408,5 +414,9 @@ mod tests {
         assert_eq!(same_links(&serde_json::from_value::<RelatedList>(related).unwrap()), 1);
         let state = json!({"state": {"agent_id": "a", "session_id": "s", "key": "k", "value": {"id": "x", "session_id": "s"}, "version": 1, "updated_at": "2026-01-01T00:00:00Z"}});
         assert_eq!(same_links(&serde_json::from_value::<AgentStateResponse>(state).unwrap()), 0);
+        let session =
+            json!({"id": "s", "purpose": "p", "metadata": {}, "created_by": "a", "created_at": "2026-01-01T00:00:00Z"});
+        assert_eq!(same_links(&serde_json::from_value::<Session>(session).unwrap()), 0);
+        assert_eq!(same_links(&DeleteContextResponse { id: "c".into(), deleted: true }), 0);
     }
 }

@@ -151,26 +151,19 @@ pub async fn serve(state: HttpState, rmcp: Arc<Rmcp>, request: Request) -> Respo
 }
 
 /// The JSON-RPC answer to a successful call, written around the result's JSON text: the text content (the
-/// same JSON as a string), a resource link per context it names (from the typed result, or read from the
-/// text when its type does not say), then the text itself as the structured content. This is
+/// same JSON as a string), a resource link per context it names (from the typed result), then the text
+/// itself as the structured content. This is
 /// `tool_call_result` as rmcp serializes it for peers before 2026-07-28, without building a `Value` or
 /// serializing the result twice.
 fn reply_with_json(id: &Value, result: &crate::tools::McpJson) -> serde_json::Result<Vec<u8>> {
     let json = &result.json;
-    let links = result.links.as_ref().map_or(json.len(), Vec::len);
-    let mut out = Vec::with_capacity(json.len() * 2 + links + 128);
+    let mut out = Vec::with_capacity(json.len() * 2 + result.links.len() + 128);
     out.extend_from_slice(br#"{"jsonrpc":"2.0","id":"#);
     serde_json::to_writer(&mut out, id)?;
     out.extend_from_slice(br#","result":{"content":[{"type":"text","text":"#);
     write_json_text_as_string(json, &mut out);
     out.push(b'}');
-    match &result.links {
-        Some(links) => out.extend_from_slice(links),
-        None => crate::mcp::primitives::each_link_in_json(json, |link| {
-            out.push(b',');
-            serde_json::to_writer(&mut out, &link)
-        })?,
-    }
+    out.extend_from_slice(&result.links);
     out.extend_from_slice(br#"],"structuredContent":"#);
     out.extend_from_slice(json);
     out.extend_from_slice(br#","isError":false}}"#);

@@ -208,59 +208,6 @@ pub fn links_json(contexts: &[&crate::domain::Context]) -> Vec<u8> {
     out
 }
 
-/// What `links_in` looks at in a tool result, read from its JSON text without building a `Value`: the
-/// fields of a context, and the places contexts sit (`context`, `contexts`, `related`, `hits[].context`).
-/// One recursive shape serves the result, its list entries and the contexts in them.
-#[derive(serde::Deserialize, Default)]
-#[serde(default)]
-struct Linked<'a> {
-    #[serde(borrow)]
-    id: Option<std::borrow::Cow<'a, str>>,
-    #[serde(borrow)]
-    content: Option<std::borrow::Cow<'a, str>>,
-    #[serde(borrow, rename = "type")]
-    kind: Option<std::borrow::Cow<'a, str>>,
-    #[serde(borrow)]
-    session_id: Option<std::borrow::Cow<'a, str>>,
-    #[serde(borrow)]
-    agent_id: Option<std::borrow::Cow<'a, str>>,
-    #[serde(borrow)]
-    context: Option<Box<Linked<'a>>>,
-    #[serde(borrow)]
-    contexts: Option<Vec<Linked<'a>>>,
-    #[serde(borrow)]
-    related: Option<Vec<Linked<'a>>>,
-    #[serde(borrow)]
-    hits: Option<Vec<Linked<'a>>>,
-}
-
-impl Linked<'_> {
-    fn link(&self) -> Option<ContextLink<'_>> {
-        Some(ContextLink {
-            id: LinkId::Text(self.id.as_deref()?),
-            content: self.content.as_deref(),
-            kind: self.kind.as_deref(),
-            session_id: self.session_id.as_deref(),
-            agent_id: self.agent_id.as_deref(),
-        })
-    }
-}
-
-/// `context_links` over a tool result's JSON text, each link handed to `visit` in order. A result the
-/// shape does not fit (a `context` that is not an object, an id that is not a string) is read as a `Value`.
-pub fn each_link_in_json<E>(result: &[u8], mut visit: impl FnMut(ContextLink<'_>) -> Result<(), E>) -> Result<(), E> {
-    let Ok(view) = serde_json::from_slice::<Linked>(result) else {
-        let value = serde_json::from_slice::<Value>(result).unwrap_or_default();
-        return context_links(&value).into_iter().try_for_each(visit);
-    };
-    let top = view.context.as_deref().and_then(Linked::link);
-    let itself = view.session_id.is_some().then(|| view.link()).flatten();
-    let entries = view.contexts.iter().chain(view.related.iter()).flatten();
-    let listed = entries.filter_map(|entry| entry.context.as_deref().map_or_else(|| entry.link(), Linked::link));
-    let hits = view.hits.iter().flatten().filter_map(|hit| hit.context.as_deref()?.link());
-    top.into_iter().chain(itself).chain(listed).chain(hits).try_for_each(&mut visit)
-}
-
 pub fn templates() -> ListResourceTemplatesResult {
     ListResourceTemplatesResult::with_all_items(vec![
         ResourceTemplate::new("context://{id}", "context")
@@ -610,39 +557,6 @@ pub async fn complete(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn uris(links: Vec<Resource>) -> Vec<(String, Option<String>, Option<String>)> {
-        links.into_iter().map(|r| (r.uri, r.title, r.description)).collect()
-    }
-
-    #[test]
-    fn links_read_from_json_text_equal_those_read_from_a_value() {
-        let context = |id: &str| json!({"id": id, "session_id": "s", "agent_id": "a", "type": "note", "content": "text \"quoted\"\n", "tags": []});
-        let results = [
-            json!({"context": context("c1"), "versions": []}),
-            context("top"),
-            json!({"contexts": [context("l1"), {"context": context("l2"), "depth": 1}], "next_cursor": "x"}),
-            json!({"related": [{"context": context("r1"), "depth": 1, "relation": "x", "via": "c"}]}),
-            json!({"hits": [{"context": context("h1"), "scores": {"vector": 0.5}, "related": [{"id": "z"}]}]}),
-            json!({"context": "not an object", "contexts": [context("f1")]}),
-            json!({"id": 5, "session_id": "s"}),
-            json!({"sessions": [{"id": "s1"}]}),
-        ];
-        let links_in_json = |text: &[u8]| {
-            let mut links = Vec::new();
-            each_link_in_json(text, |link| {
-                links.push(link.resource());
-                Ok::<_, ()>(())
-            })
-            .unwrap();
-            links
-        };
-        for result in results {
-            let text = serde_json::to_vec(&result).unwrap();
-            assert_eq!(uris(links_in_json(&text)), uris(links_in(&result)), "{result}");
-        }
-        assert_eq!(links_in_json(&serde_json::to_vec(&json!({"hits": [{"context": context("h")}]})).unwrap()).len(), 1);
-    }
 
     #[test]
     fn a_link_serializes_as_rmcp_serializes_its_resource_link() {
