@@ -78,10 +78,11 @@ def gelu(g, x):
 
 
 def build_model(model_dir: Path, fused: bool = False) -> onnx.ModelProto:
-    """The encoder from standard ONNX operators, or (`fused`) with ONNX Runtime's fused transformer operators
-    (`com.microsoft` Attention, BiasGelu and SkipLayerNormalization: one kernel per attention block, GELU and
-    residual LayerNorm), the graph ONNX Runtime's transformer optimizer makes of a PyTorch export, which its
-    pattern matcher does not find in this hand-built one."""
+    """The encoder from standard ONNX operators, or (`fused`) with two of ONNX Runtime's transformer operators
+    (`com.microsoft` Attention, one kernel per attention block with packed Q/K/V weights, and Gelu), which its
+    transformer optimizer makes of a PyTorch export but does not find in this hand-built graph. The residual
+    LayerNorms stay plain Add + LayerNormalization: on CPU, ONNX Runtime's SkipLayerNormalization and BiasGelu
+    kernels are slower than the operators they fuse (see `SLOWER_FUSIONS` in src/embed/fastembed.rs)."""
     config = json.loads((model_dir / "config.json").read_text())
     weights = load_file(str(model_dir / "model.safetensors"))
     hidden = config["hidden_size"]
@@ -150,18 +151,21 @@ def build_model(model_dir: Path, fused: bool = False) -> onnx.ModelProto:
         probs = g.op("Softmax", [scores], axis=-1)
         context = g.op("Transpose", [g.op("MatMul", [probs, v])], perm=[0, 2, 1, 3])
         context = g.op("Reshape", [context, merge_heads_shape])
-        attn_out = linear(g, context, weights, f"{p}.attention.output.dense")
-        x = layer_norm(g, g.op("Add", [attn_out, x]), weights, f"{p}.attention.output.LayerNorm", eps)
-
-        ffn = gelu(g, linear(g, x, weights, f"{p}.intermediate.dense"))
-        ffn = linear(g, ffn, weights, f"{p}.output.dense")
-        x = layer_norm(g, g.op("Add", [ffn, x]), weights, f"{p}.output.LayerNorm", eps)
+        x = residual_norm(g, context, x, weights, f"{p}.attention.output", eps)
+        x = residual_norm(g, gelu(g, linear(g, x, weights, f"{p}.intermediate.dense")), x, weights, f"{p}.output", eps)
 
     return finish(g, inputs, x, hidden)
 
 
+def residual_norm(g, y, residual, weights, prefix, eps):
+    """LayerNorm(y x W + b + residual): a layer's output projection, its residual connection and LayerNorm."""
+    projected = linear(g, y, weights, prefix + ".dense")
+    return layer_norm(g, g.op("Add", [projected, residual]), weights, prefix + ".LayerNorm", eps)
+
+
 def fused_layers(g, x, weights, config):
-    """The transformer layers from ONNX Runtime's contrib operators; the same arithmetic as the plain graph."""
+    """The transformer layers with ONNX Runtime's Attention and Gelu operators; the same arithmetic as the plain
+    graph."""
     eps = float(config["layer_norm_eps"])
     contrib = {"domain": "com.microsoft"}
     # Attention takes the raw [B, S] mask (1 attended, 0 padded) as int32.
@@ -178,27 +182,10 @@ def fused_layers(g, x, weights, config):
             num_heads=config["num_attention_heads"],
             **contrib,
         )
-        x = skip_layer_norm(g, context, x, weights, f"{p}.attention.output", eps)
-        intermediate = g.op(
-            "MatMul", [x, g.const(f"{p}.intermediate.dense.w", weights[f"{p}.intermediate.dense.weight"].T.copy())]
-        )
-        intermediate = g.op(
-            "BiasGelu", [intermediate, g.const(f"{p}.intermediate.dense.b", weights[f"{p}.intermediate.dense.bias"])],
-            **contrib,
-        )
-        x = skip_layer_norm(g, intermediate, x, weights, f"{p}.output", eps)
+        x = residual_norm(g, context, x, weights, f"{p}.attention.output", eps)
+        intermediate = g.op("Gelu", [linear(g, x, weights, f"{p}.intermediate.dense")], **contrib)
+        x = residual_norm(g, intermediate, x, weights, f"{p}.output", eps)
     return x
-
-
-def skip_layer_norm(g, y, residual, weights, prefix, eps):
-    """LayerNorm(y x W + b + residual) as MatMul then SkipLayerNormalization (bias and residual in the kernel)."""
-    projected = g.op("MatMul", [y, g.const(prefix + ".dense.w", weights[prefix + ".dense.weight"].T.copy())])
-    gamma = g.const(prefix + ".LayerNorm.g", weights[prefix + ".LayerNorm.weight"])
-    beta = g.const(prefix + ".LayerNorm.b", weights[prefix + ".LayerNorm.bias"])
-    bias = g.const(prefix + ".dense.b", weights[prefix + ".dense.bias"])
-    return g.op(
-        "SkipLayerNormalization", [projected, residual, gamma, beta, bias], epsilon=eps, domain="com.microsoft"
-    )
 
 
 def finish(g, inputs, x, hidden, fused=False):

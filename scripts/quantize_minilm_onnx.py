@@ -1,7 +1,8 @@
 """Build the int8 all-MiniLM-L6-v2 graph: fused transformer operators, int8 weights; check it against fp32.
 
-First the encoder is built again with ONNX Runtime's fused operators (`export_minilm_onnx.build_model(fused=True)`:
-Attention, BiasGelu, SkipLayerNormalization; the same arithmetic as the plain fp32 graph). Then ONNX Runtime's
+First the encoder is built again with two of ONNX Runtime's transformer operators
+(`export_minilm_onnx.build_model(fused=True)`: Attention and Gelu; the same arithmetic as the plain fp32 graph).
+Then ONNX Runtime's
 own dynamic quantization (`onnxruntime.quantization.quantize_dynamic`, from the PyPI wheel `scripts/setup`
 installs) makes the weights of every MatMul and of the packed attention projections int8, with one scale per
 output channel, and quantizes the activations to uint8 at run time, batch by batch (MatMulInteger, QAttention).

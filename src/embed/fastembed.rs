@@ -41,7 +41,7 @@ impl Precision {
     pub fn model_sha256(self) -> &'static str {
         match self {
             Precision::Fp32 => "054c1ac508f04538ad93aa46e3980da386bb22d35aa8363247f150b2cb5da291",
-            Precision::Int8 => "39f6d2d6a51c7e8ae16b5559425b12db4e636c4ac998322aec54441eafb03265",
+            Precision::Int8 => "8499d69b7f39a0f84bf0b7503a3c9b8718d735c26d60f3d6fec8d2908c0e3673",
         }
     }
 
@@ -139,6 +139,12 @@ fn ort_environment(library: &Path) -> StoreResult<ort::environment::Environment>
         .map_err(unavailable)
 }
 
+/// ONNX Runtime graph fusions left off. On this CPU kernel set, SkipLayerNormalization costs several times the
+/// Add + LayerNormalization it replaces, and BiasGelu more than the bias Add (folded into the quantized MatMul
+/// anyway) and Gelu: with both off the int8 graph runs ~1.3 x faster (BENCHMARKS.md, "int8 embedder without
+/// the slower fusions"). The fp32 graph has neither pattern in a form ONNX Runtime fuses, so it is unchanged.
+const SLOWER_FUSIONS: &str = "SkipLayerNormFusion;BiasGeluFusion";
+
 /// One model session (fastembed over ONNX Runtime), single intra-op thread, spinning off.
 pub fn load_session(assets: &ModelAssets, max_tokens: usize) -> StoreResult<TextEmbedding> {
     let dir = &assets.model_dir;
@@ -154,7 +160,8 @@ pub fn load_session(assets: &ModelAssets, max_tokens: usize) -> StoreResult<Text
         .with_environment(ort_environment(&assets.onnxruntime_library)?)
         .with_max_length(max_tokens)
         .with_intra_threads(1)
-        .with_session_config("session.intra_op.allow_spinning", "0");
+        .with_session_config("session.intra_op.allow_spinning", "0")
+        .with_session_config("optimization.disable_specified_optimizers", SLOWER_FUSIONS);
     TextEmbedding::try_new_from_user_defined(model, options).map_err(unavailable)
 }
 
