@@ -280,8 +280,9 @@ async fn the_embedded_store_opens_in_one_process_at_a_time() {
     assert_eq!(reopened.count().await.unwrap(), 1, "the lock goes with the store");
 }
 
-/// A Qdrant server collection made without quantization (and with another segment cap) gains the
-/// definition's when a store opens it, and loses the quantization again when the definition has none.
+/// A Qdrant server collection made without quantization (and with another segment cap and its vectors in the
+/// other place) gains the definition's settings when a store opens it, and loses the quantization again when
+/// the definition has none.
 #[tokio::test]
 #[ignore = "needs a Qdrant server: set QDRANT_URL (gRPC, e.g. http://127.0.0.1:6334)"]
 async fn qdrant_server_collection_follows_the_definitions_quantization() {
@@ -300,15 +301,29 @@ async fn qdrant_server_collection_follows_the_definitions_quantization() {
         let info = client.collection_info(&collection).await.unwrap();
         info.result.and_then(|i| i.config).and_then(|c| c.optimizer_config).and_then(|o| o.max_segment_size)
     };
+    #[allow(deprecated)] // the 1.18 server in ../shared/qdrant reports `on_disk`, not `memory`
+    let on_disk = || async {
+        use qdrant_client::qdrant::vectors_config::Config;
+        let client = qdrant_client::Qdrant::from_url(&url).skip_compatibility_check().build().unwrap();
+        let info = client.collection_info(&collection).await.unwrap();
+        match info.result.and_then(|i| i.config).and_then(|c| c.params).and_then(|p| p.vectors_config) {
+            Some(qdrant_client::qdrant::VectorsConfig { config: Some(Config::Params(params)) }) => {
+                params.on_disk.unwrap_or(false)
+            }
+            other => panic!("expected one unnamed vector, got {other:?}"),
+        }
+    };
     let builtin = CollectionSpec::builtin();
     let mut plain = CollectionSpec { quantization_config: None, ..builtin.clone() };
     plain.optimizers_config.max_segment_size_kb = Some(50_000);
+    plain.vectors.on_disk = !builtin.vectors.on_disk;
     let store = QdrantVectorStore::connect(&settings.options(), &plain).await.unwrap();
     let context = crate::helpers::public_context("a note kept across the change", "s", "alice");
     store.upsert(vec![VectorPoint { context, vector: random_vector(&mut fastrand::Rng::with_seed(3)) }]).await.unwrap();
     drop(store);
     assert_eq!(quantization().await, None, "made without quantization");
     assert_eq!(max_segment().await, Some(50_000));
+    assert_eq!(on_disk().await, plain.vectors.on_disk);
 
     let store = QdrantVectorStore::connect(&settings.options(), &CollectionSpec::builtin()).await.unwrap();
     match quantization().await {
@@ -320,6 +335,7 @@ async fn qdrant_server_collection_follows_the_definitions_quantization() {
     }
     assert_eq!(store.count().await.unwrap(), 1, "the point stays");
     assert_eq!(max_segment().await, builtin.optimizers_config.max_segment_size_kb.map(|kb| kb as u64));
+    assert_eq!(on_disk().await, builtin.vectors.on_disk, "the vectors move to the definition's place");
     drop(store);
 
     QdrantVectorStore::connect(&settings.options(), &plain).await.unwrap();

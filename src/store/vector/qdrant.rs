@@ -424,6 +424,30 @@ impl QdrantVectorStore {
         .await
     }
 
+    /// Brings an existing collection's original vectors to the definition's place (in RAM, or memory-mapped
+    /// from disk with `vectors.on_disk`); the server moves them as it rebuilds segments.
+    async fn follow_vector_storage(
+        &self,
+        spec: &CollectionSpec,
+        current: Option<qdrant_client::qdrant::VectorsConfig>,
+    ) -> StoreResult<()> {
+        use qdrant_client::qdrant::{VectorParamsDiffBuilder, vectors_config, vectors_config_diff};
+        // Named vectors: not a collection a store made (it makes one unnamed dense vector); left alone.
+        let Some(vectors_config::Config::Params(params)) = current.and_then(|c| c.config) else {
+            return Ok(());
+        };
+        #[allow(deprecated)] // `memory` supersedes it from Qdrant 1.19; the servers this runs against know `on_disk`.
+        let on_disk = params.on_disk.unwrap_or(false);
+        if on_disk == spec.vectors.on_disk {
+            return Ok(());
+        }
+        let diff = vectors_config_diff::Config::Params(
+            VectorParamsDiffBuilder::default().on_disk(spec.vectors.on_disk).into(),
+        );
+        self.update_collection(UpdateCollectionBuilder::new(&self.collection).vectors_config(diff), "vector storage")
+            .await
+    }
+
     /// Applies a change to the existing collection's settings (the server rebuilds segments as needed).
     async fn update_collection(&self, change: UpdateCollectionBuilder, what: &str) -> StoreResult<()> {
         let request: qdrant_client::qdrant::UpdateCollection = change.into();
@@ -456,7 +480,8 @@ impl QdrantVectorStore {
         self.update_collection(change, "optimizer settings").await
     }
 
-    /// Creates the collection when missing, brings an existing one's quantization and optimizer settings to
+    /// Creates the collection when missing, brings an existing one's quantization, vector storage and optimizer
+    /// settings to
     /// the definition, makes the payload indexes it lacks and waits until it answers a read. Each step is
     /// safe to repeat, so a start-up cut off mid-way (or a replica racing another) finishes the job on the
     /// next attempt. Says whether the collection has the lexical stage's sparse vector (one made before the
@@ -483,6 +508,8 @@ impl QdrantVectorStore {
             })?;
         let config = info.config;
         self.follow_quantization(spec, config.as_ref().and_then(|c| c.quantization_config)).await?;
+        let vectors = config.as_ref().and_then(|c| c.params.as_ref()).and_then(|p| p.vectors_config.clone());
+        self.follow_vector_storage(spec, vectors).await?;
         self.follow_optimizers(spec, config.as_ref().and_then(|c| c.optimizer_config)).await?;
         for (field, schema) in &spec.payload_indexes {
             if info.payload_schema.contains_key(field) {
