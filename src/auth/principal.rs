@@ -79,6 +79,20 @@ impl Principal {
         Self { agent_id: agent_id.to_string(), agent_type: "local".into(), permissions, sessions: None, trusted: true }
     }
 
+    /// No permission at all: what a request that reached a handler without an identity gets when
+    /// authentication is on (the authenticate layer attaches one to every request, so this only keeps a
+    /// routing mistake from failing open).
+    pub fn nobody() -> Self {
+        let permissions = Permissions { read: false, write: false, query: false, admin: false };
+        Self {
+            agent_id: String::new(),
+            agent_type: "none".into(),
+            permissions,
+            sessions: Some(Vec::new()),
+            trusted: false,
+        }
+    }
+
     pub fn admin(agent_id: &str) -> Self {
         Self {
             agent_id: agent_id.to_string(),

@@ -1,9 +1,11 @@
-//! A moka cache in front of an embedder, keyed by the exact text. Hits and misses are counted.
+//! A moka cache in front of an embedder, keyed by the sha256 of the exact text (a text can be 64 KiB; its
+//! digest keeps every entry near the size of its vector). Hits and misses are counted.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use moka::future::Cache;
+use sha2::{Digest, Sha256};
 
 use super::Embedder;
 use crate::error::StoreResult;
@@ -11,7 +13,7 @@ use crate::metrics::Metrics;
 
 pub struct CachedEmbedder {
     inner: Arc<dyn Embedder>,
-    cache: Cache<String, Arc<Vec<f32>>>,
+    cache: Cache<[u8; 32], Arc<Vec<f32>>>,
     metrics: Arc<Metrics>,
 }
 
@@ -35,8 +37,9 @@ impl Embedder for CachedEmbedder {
     async fn embed(&self, texts: Vec<String>) -> StoreResult<Vec<Vec<f32>>> {
         let mut vectors: Vec<Option<Vec<f32>>> = Vec::with_capacity(texts.len());
         let mut missing = Vec::new();
-        for (index, text) in texts.iter().enumerate() {
-            match self.cache.get(text).await {
+        let keys: Vec<[u8; 32]> = texts.iter().map(|text| Sha256::digest(text.as_bytes()).into()).collect();
+        for (index, key) in keys.iter().enumerate() {
+            match self.cache.get(key).await {
                 Some(vector) => {
                     self.metrics.embed_cache_hits.inc();
                     vectors.push(Some(vector.as_ref().clone()));
@@ -51,7 +54,7 @@ impl Embedder for CachedEmbedder {
         if !missing.is_empty() {
             let computed = self.inner.embed(missing.iter().map(|&i| texts[i].clone()).collect()).await?;
             for (index, vector) in missing.into_iter().zip(computed) {
-                self.cache.insert(texts[index].clone(), Arc::new(vector.clone())).await;
+                self.cache.insert(keys[index], Arc::new(vector.clone())).await;
                 vectors[index] = Some(vector);
             }
         }

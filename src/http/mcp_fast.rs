@@ -122,7 +122,7 @@ pub async fn serve(state: HttpState, rmcp: Arc<Rmcp>, request: Request) -> Respo
         return next(Request::from_parts(parts, Body::from(bytes))).await;
     };
     state.service.metrics().mcp_direct_calls.inc();
-    let principal = parts.extensions.get::<Principal>().cloned().unwrap_or_else(|| state.default_principal.clone());
+    let principal = parts.extensions.get::<Principal>().cloned().unwrap_or_else(|| state.unidentified_principal());
     let arguments = call.params.arguments.map(Value::Object).unwrap_or(Value::Null);
     let result = crate::mcp::timed_call::<crate::tools::AsMcpJson>(
         &state.service,

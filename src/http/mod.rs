@@ -101,6 +101,14 @@ impl HttpState {
     }
 }
 
+impl HttpState {
+    /// Who a handler acts for when a request carries no identity: the local trusted agent without
+    /// authentication, nobody with it (fails closed; the authenticate layer attaches one to every request).
+    pub fn unidentified_principal(&self) -> Principal {
+        if self.auth_enabled { Principal::nobody() } else { self.default_principal.clone() }
+    }
+}
+
 /// The whole HTTP surface. `stop` ends MCP streams on shutdown.
 pub fn router(state: HttpState, settings: &ServerSettings, stop: CancellationToken) -> Router {
     let mcp_config = StreamableHttpServerConfig::default()
@@ -111,7 +119,7 @@ pub fn router(state: HttpState, settings: &ServerSettings, stop: CancellationTok
         .with_allowed_hosts(settings.allowed_hosts.clone())
         .with_allowed_origins(settings.allowed_origins.clone())
         .enforce_origin_validation();
-    let mcp_handler = McpServer::new(state.service.clone(), state.auth.clone(), state.default_principal.clone());
+    let mcp_handler = McpServer::new(state.service.clone(), state.auth.clone(), state.unidentified_principal());
     let rmcp = Arc::new(StreamableHttpService::new(
         move || Ok(mcp_handler.for_connection()),
         Arc::new(LocalSessionManager::default()),

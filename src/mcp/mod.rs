@@ -198,6 +198,8 @@ impl ServerHandler for McpServer {
 
     async fn listen(&self, context: SubscriptionContext) -> Result<(), McpError> {
         let principal = self.principal(context.request_context());
+        // Notifications name the contexts that changed: a key that may not read gets none.
+        principal.require(crate::auth::Permission::Read).map_err(|e| primitives::mcp_error(e.into()))?;
         let watches: Vec<primitives::Watch> = context
             .accepted()
             .resource_subscriptions

@@ -12,6 +12,12 @@ use rapidfuzz::fuzz::RatioBatchComparator;
 
 /// Text beyond this many characters is not scored (the head of a context carries most of its meaning).
 const MAX_SCORED_CHARS: usize = 4096;
+/// The query's first this many distinct tokens are scored. Each token is compared with every distinct word
+/// of every candidate, so this bounds the work a long query (up to 2 048 characters of one-letter tokens)
+/// can ask of the rerank; a query of natural language rarely has more.
+pub const MAX_QUERY_TOKENS: usize = 32;
+/// At most this many distinct words of a text's scored head are compared (the first ones).
+const MAX_SCORED_WORDS: usize = 1024;
 
 /// Lower-cases and keeps letters and digits, with single spaces between words.
 pub fn normalise(text: &str) -> String {
@@ -37,6 +43,7 @@ impl FuzzyQuery {
         let tokens: Vec<(String, RatioBatchComparator<char>)> = normalised_query
             .split(' ')
             .filter(|t| !t.is_empty() && seen.insert(t.to_string()))
+            .take(MAX_QUERY_TOKENS)
             .map(|t| (t.to_string(), RatioBatchComparator::new(t.chars())))
             .collect();
         let total_weight = tokens.iter().map(|(t, _)| t.chars().count() as f64).sum();
@@ -52,15 +59,32 @@ impl FuzzyQuery {
             Some((end, _)) => &normalised_text[..end],
             None => normalised_text,
         };
-        let words: HashSet<&str> = head.split(' ').filter(|w| !w.is_empty()).collect();
+        let mut words: HashSet<&str> = HashSet::new();
+        for word in head.split(' ').filter(|w| !w.is_empty()) {
+            if words.len() == MAX_SCORED_WORDS {
+                break;
+            }
+            words.insert(word);
+        }
+        let lengths: Vec<(&str, usize)> = words.iter().map(|w| (*w, w.chars().count())).collect();
         let mut weighted = 0.0;
         for (token, comparator) in &self.tokens {
+            let token_len = token.chars().count();
             let best = if words.contains(token.as_str()) {
                 1.0
             } else {
-                words.iter().map(|w| comparator.similarity(w.chars())).fold(0.0_f64, f64::max)
+                let mut best = 0.0_f64;
+                for &(word, word_len) in &lengths {
+                    // The Indel ratio of two strings is at most 2 x min(len) / (sum of lens): a word whose
+                    // length cannot beat the best so far is not compared.
+                    let bound = 2.0 * token_len.min(word_len) as f64 / (token_len + word_len) as f64;
+                    if bound > best {
+                        best = best.max(comparator.similarity(word.chars()));
+                    }
+                }
+                best
             };
-            weighted += best * token.chars().count() as f64;
+            weighted += best * token_len as f64;
         }
         weighted / self.total_weight
     }
@@ -91,6 +115,15 @@ mod tests {
     }
 
     #[test]
+    fn only_the_first_distinct_query_tokens_are_scored() {
+        let tokens: Vec<String> = (0..MAX_QUERY_TOKENS + 8).map(|n| format!("w{n}")).collect();
+        let query = FuzzyQuery::new(&tokens.join(" "));
+        assert_eq!(query.tokens.len(), MAX_QUERY_TOKENS);
+        // A text with the first tokens only matches fully: the tokens past the cap carry no weight.
+        assert_eq!(query.score(&tokens[..MAX_QUERY_TOKENS].join(" ")), 1.0);
+    }
+
+    #[test]
     fn empty_query_scores_zero() {
         assert_eq!(FuzzyQuery::new("").score("anything"), 0.0);
     }
@@ -100,6 +133,21 @@ mod tests {
         fn fuzzy_score_is_within_unit_interval(query in "[a-z ]{0,40}", text in "[a-z ]{0,200}") {
             let score = FuzzyQuery::new(&normalise(&query)).score(&normalise(&text));
             prop_assert!((0.0..=1.0).contains(&score));
+        }
+
+        /// Skipping the words whose length bounds their ratio below the best so far changes no score.
+        #[test]
+        fn the_length_bound_skips_only_words_that_cannot_win(query in "[a-z ]{0,40}", text in "[a-z ]{0,200}") {
+            let fuzzy = FuzzyQuery::new(&normalise(&query));
+            let text = normalise(&text);
+            let words: HashSet<&str> = text.split(' ').filter(|w| !w.is_empty()).collect();
+            let mut weighted = 0.0;
+            for (token, comparator) in &fuzzy.tokens {
+                let best = words.iter().map(|w| comparator.similarity(w.chars())).fold(0.0_f64, f64::max);
+                weighted += best * token.chars().count() as f64;
+            }
+            let every_word = if fuzzy.total_weight == 0.0 { 0.0 } else { weighted / fuzzy.total_weight };
+            prop_assert!((fuzzy.score(&text) - every_word).abs() < 1e-12, "{} vs {}", fuzzy.score(&text), every_word);
         }
 
         #[test]

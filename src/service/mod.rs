@@ -108,8 +108,11 @@ impl ContextService {
         metrics: Arc<Metrics>,
         options: ServiceOptions,
     ) -> Self {
-        let search_cache =
-            Cache::builder().max_capacity(options.search_cache_entries).time_to_live(options.search_cache_ttl).build();
+        let search_cache = Cache::builder()
+            .max_capacity(options.search_cache_entries)
+            .weigher(|_, answer: &Arc<SearchResponse>| search::cache_weight(answer))
+            .time_to_live(options.search_cache_ttl)
+            .build();
         Self {
             graph,
             vectors,

@@ -31,6 +31,19 @@ use crate::store::vector::{SearchPath, search_filled};
 
 /// Related contexts shown per search hit at most.
 const RELATED_PER_HIT: usize = 10;
+/// A cached answer weighs one entry per this many bytes of text it carries (at least one), so
+/// `search.cache_entries` bounds the cache's memory and not only its count of answers.
+const CACHE_ENTRY_BYTES: usize = 4096;
+
+/// The result cache's weight of an answer: its hits' and related contexts' text, in `CACHE_ENTRY_BYTES`.
+pub(super) fn cache_weight(answer: &SearchResponse) -> u32 {
+    let text: usize = answer
+        .hits
+        .iter()
+        .map(|hit| hit.context.content.len() + hit.related.iter().map(|r| r.content.len()).sum::<usize>())
+        .sum();
+    u32::try_from(1 + text / CACHE_ENTRY_BYTES).unwrap_or(u32::MAX)
+}
 
 /// A validated search.
 #[derive(Clone)]
@@ -244,7 +257,8 @@ impl ContextService {
                 Ok(mut vectors) => Some(vectors.pop().ok_or_else(|| ServiceError::Internal("no query vector".into()))?),
                 Err(err) => {
                     tracing::warn!(error = %err, "embedder unavailable; searching without the vector stage");
-                    degraded_reason = Some(format!("embedder unavailable: {err}"));
+                    // The cause goes to the log: a backend's message can name hosts and paths.
+                    degraded_reason = Some("embedder unavailable (the cause is in the server log)".into());
                     None
                 }
             }
@@ -288,7 +302,8 @@ impl ContextService {
                 Err(err) => {
                     tracing::warn!(error = %err, "lexical stage failed; ranking without it");
                     self.metrics.search_stage_failures.inc();
-                    degraded_reason.get_or_insert_with(|| format!("lexical stage failed: {err}"));
+                    degraded_reason
+                        .get_or_insert_with(|| "lexical stage failed (the cause is in the server log)".into());
                 }
             }
         }
@@ -617,6 +632,36 @@ mod tests {
             prop_assert_eq!(seen(&pruned), seen(&all));
             prop_assert!(all.len() <= limit);
         }
+    }
+
+    #[test]
+    fn a_cached_answer_weighs_one_entry_per_4_kib_of_text() {
+        let answer = |contents: &[usize]| SearchResponse {
+            hits: contents
+                .iter()
+                .enumerate()
+                .map(|(n, len)| SearchHit {
+                    context: candidate(n, "x".repeat(*len), 0.5, None).context,
+                    scores: ScoreBreakdown {
+                        vector: 0.0,
+                        lexical: None,
+                        fuzzy: 0.0,
+                        final_score: 0.0,
+                        recency: None,
+                        recall: None,
+                    },
+                    related: Vec::new(),
+                })
+                .collect(),
+            mode: SearchMode::Hybrid,
+            stages: vec![Stage::Vector],
+            degraded_reason: None,
+            candidates: contents.len(),
+            cached: false,
+        };
+        assert_eq!(cache_weight(&answer(&[])), 1);
+        assert_eq!(cache_weight(&answer(&[100, 200])), 1);
+        assert_eq!(cache_weight(&answer(&[64 * 1024; 200])), 1 + 200 * 16);
     }
 
     #[test]

@@ -214,6 +214,25 @@ async fn mcp_subscriptions_listen_tells_of_changes_to_a_watched_session() {
     }
     subscription.cancel().await.unwrap();
     client.cancel().await.unwrap();
+
+    // A key that may write but not read learns nothing of what changes: its listen is refused.
+    let writer = create_key(&app.auth, "writer", "write", None).await;
+    let config = StreamableHttpClientTransportConfig::with_uri(format!("{}/mcp", app.address)).auth_header(writer);
+    let lifecycle = ClientLifecycleMode::Discover { preferred_versions: vec![ProtocolVersion::V_2026_07_28] };
+    let client = ClientConfig::default()
+        .serve_with_lifecycle(StreamableHttpClientTransport::from_config(config), lifecycle)
+        .await
+        .expect("server/discover over HTTP");
+    let filter = SubscriptionFilter::builder().resource_subscription("session://watched").build();
+    if let Ok(mut subscription) = client.listen(filter).await {
+        tool(&app, &app.key, "store_context", json!({"session_id": "watched", "content": "again"})).await;
+        let next = tokio::time::timeout(Duration::from_secs(5), subscription.next()).await;
+        assert!(
+            !matches!(next, Ok(Ok(Some(ServerNotification::ResourceUpdatedNotification(_))))),
+            "a key without read got a notification: {next:?}"
+        );
+    }
+    client.cancel().await.unwrap();
     app.stop().await;
 }
 
