@@ -294,8 +294,8 @@ impl App {
                 stop.cancel();
             }
         };
-        let service = router.into_make_service_with_connect_info::<crate::http::ClientAddr>();
-        axum::serve(listener, service).with_graceful_shutdown(graceful).await?;
+        let header_read_timeout = std::time::Duration::from_millis(settings.server.header_read_timeout_ms.max(1));
+        crate::http::serve(listener, router, header_read_timeout, graceful).await;
         core.shutdown().await;
         Ok(())
     }

@@ -20,12 +20,6 @@ use crate::tools::ToolError;
 #[derive(Debug, Clone, Copy)]
 pub struct ClientAddr(pub SocketAddr);
 
-impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, super::CountingListener>> for ClientAddr {
-    fn connect_info(stream: axum::serve::IncomingStream<'_, super::CountingListener>) -> Self {
-        ClientAddr(*stream.remote_addr())
-    }
-}
-
 /// The client address of a request, when the server was started with connect info.
 pub fn client_ip(request: &Request) -> Option<IpAddr> {
     request.extensions().get::<axum::extract::ConnectInfo<ClientAddr>>().map(|info| info.0.0.ip())

@@ -8,6 +8,7 @@ mod guards;
 mod mcp_fast;
 mod openapi;
 mod routes;
+mod serve;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use connections::CountingListener;
 pub use guards::ClientAddr;
+pub use serve::serve;
 
 use std::num::NonZeroU32;
 

@@ -441,3 +441,24 @@ async fn each_agent_is_rate_limited_with_429_and_retry_after() {
     assert_eq!(app.call_tool_as(Some(&app.admin_key), "list_sessions", json!({})).await.0, 200);
     app.stop().await;
 }
+
+/// A client that starts a request and never finishes its headers (slowloris) is cut off after
+/// `server.header_read_timeout_ms`, while a prompt request on another connection is served.
+#[tokio::test]
+async fn a_connection_that_never_finishes_its_headers_is_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn_app_with(|settings| settings.server.header_read_timeout_ms = 300).await;
+    let host = app.address.trim_start_matches("http://").to_string();
+    let mut slow = tokio::net::TcpStream::connect(&host).await.unwrap();
+    slow.write_all(format!("GET /health HTTP/1.1\r\nHost: {host}\r\nX-Slow: ").as_bytes()).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(std::time::Duration::from_secs(20), slow.read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "the connection was still open after 20 s");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 408"), "closed without serving the request: {answer}");
+    assert!(started.elapsed() >= std::time::Duration::from_millis(250), "closed before the timeout");
+    let health = app.http.get(format!("{}/health", app.address)).send().await.unwrap();
+    assert_eq!(health.status().as_u16(), 200);
+    app.stop().await;
+}
