@@ -470,35 +470,43 @@ async fn readiness_runs_the_model_itself_not_its_cache() {
 
 #[tokio::test]
 async fn long_reranks_leave_the_async_workers_free() {
-    let app = spawn_app().await;
+    let app = spawn_app_with(|settings| {
+        settings.server.rate_limit_per_second = 100_000;
+        settings.server.rate_limit_burst = 100_000;
+    })
+    .await;
     ok(&app, &app.admin_key, "create_session", json!({"id": "s1", "purpose": "rerank"})).await;
-    // Long texts of many distinct words, and long queries of other words: each rerank compares every query
-    // word with every text word (the head of each text, up to 4 096 characters).
+    // Many texts of many distinct short words, and long queries of other words: each rerank compares the
+    // query's first 32 distinct words with up to 1 024 distinct words of every candidate.
     let mut rng = fastrand::Rng::with_seed(5);
-    let word = |rng: &mut fastrand::Rng| {
-        (0..rng.usize(6..11)).map(|_| rng.alphabetic().to_ascii_lowercase()).collect::<String>()
+    let word = |rng: &mut fastrand::Rng, letters: std::ops::Range<usize>| {
+        (0..rng.usize(letters)).map(|_| rng.alphabetic().to_ascii_lowercase()).collect::<String>()
     };
-    let mut writes = Vec::new();
-    for _ in 0..200 {
-        let text: Vec<String> = (0..600).map(|_| word(&mut rng)).collect();
-        writes.push(app.call_tool("store_context", json!({"session_id": "s1", "content": text.join(" ")})));
-    }
-    for (status, body) in futures::future::join_all(writes).await {
-        assert_eq!(status, 200, "{body}");
+    for _ in 0..5 {
+        let mut writes = Vec::new();
+        for _ in 0..200 {
+            let text: Vec<String> = (0..1000).map(|_| word(&mut rng, 3..6)).collect();
+            writes.push(app.call_tool("store_context", json!({"session_id": "s1", "content": text.join(" ")})));
+        }
+        for (status, body) in futures::future::join_all(writes).await {
+            assert_eq!(status, 200, "{body}");
+        }
     }
     // 2 000 characters at most: about 220 words.
-    let query: Vec<String> = (0..215).map(|_| word(&mut rng)).collect();
+    let query: Vec<String> = (0..215).map(|_| word(&mut rng, 3..6)).collect();
     let query = query.join(" ");
     let searches: Vec<_> = (0..6)
         .map(|n| {
             let (http, url, key) =
                 (app.http.clone(), format!("{}/mcp/tool/search_context", app.address), app.key.clone());
-            let arguments = json!({"query": format!("{query} {n}"), "candidates": 200, "limit": 5});
+            // vector_weight 0: no candidate can be left out of the rerank by its vector score.
+            let arguments =
+                json!({"query": format!("{query} {n}"), "candidates": 1000, "limit": 5, "vector_weight": 0.0});
             tokio::spawn(async move { http.post(url).bearer_auth(key).json(&arguments).send().await.unwrap().status() })
         })
         .collect();
-    // Embedding the queries and the vector stage take a few hundred milliseconds here; each rerank of 200
-    // long texts over a second more.
+    // Embedding the queries and the vector stage take a few hundred milliseconds here; each rerank of 1 000
+    // texts over a second more.
     tokio::time::sleep(Duration::from_millis(700)).await;
     let health = app.http.get(format!("{}/health", app.address)).send().await.unwrap();
     assert_eq!(health.status().as_u16(), 200);
