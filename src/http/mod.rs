@@ -101,9 +101,7 @@ impl HttpState {
             readiness: Arc::default(),
         }))
     }
-}
 
-impl HttpState {
     /// Who a handler acts for when a request carries no identity: the local trusted agent without
     /// authentication, nobody with it (fails closed; the authenticate layer attaches one to every request).
     pub fn unidentified_principal(&self) -> Principal {

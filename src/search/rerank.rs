@@ -15,7 +15,7 @@ const MAX_SCORED_CHARS: usize = 4096;
 /// The query's first this many distinct tokens are scored. Each token is compared with every distinct word
 /// of every candidate, so this bounds the work a long query (up to 2 048 characters of one-letter tokens)
 /// can ask of the rerank; a query of natural language rarely has more.
-pub const MAX_QUERY_TOKENS: usize = 32;
+const MAX_QUERY_TOKENS: usize = 32;
 /// At most this many distinct words of a text's scored head are compared (the first ones).
 const MAX_SCORED_WORDS: usize = 1024;
 

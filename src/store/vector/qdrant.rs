@@ -481,8 +481,7 @@ impl QdrantVectorStore {
     }
 
     /// Creates the collection when missing, brings an existing one's quantization, vector storage and optimizer
-    /// settings to
-    /// the definition, makes the payload indexes it lacks and waits until it answers a read. Each step is
+    /// settings to the definition, makes the payload indexes it lacks and waits until it answers a read. Each step is
     /// safe to repeat, so a start-up cut off mid-way (or a replica racing another) finishes the job on the
     /// next attempt. Says whether the collection has the lexical stage's sparse vector (one made before the
     /// lexical stage existed has not, until `reindex --recreate` makes it again).
