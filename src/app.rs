@@ -266,6 +266,7 @@ impl App {
             return Err(err.context("handing over the first admin key"));
         }
         let listener = tokio::net::TcpListener::bind((settings.server.host.as_str(), settings.server.port)).await?;
+        core.service.prepare_search();
         Ok(Self { core, listener, settings })
     }
 

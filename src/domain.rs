@@ -32,6 +32,9 @@ pub mod limits {
     pub const DEFAULT_LIMIT: usize = 20;
     pub const MAX_CANDIDATES: usize = 1000;
     pub const MAX_RELATED_DEPTH: u32 = 3;
+    /// Previous versions one `get_context` returns, by default and at most (`versions_before` pages on).
+    pub const DEFAULT_VERSIONS: usize = 20;
+    pub const MAX_VERSIONS: usize = 100;
     pub const MAX_TTL_SECONDS: i64 = 10 * 365 * 24 * 3600;
     pub const MAX_FILTER_VALUES: usize = 64;
     /// Metadata keys one filter may test (each is a condition in every backend's query).

@@ -400,7 +400,7 @@ mod tests {
     fn typed_links_equal_the_links_read_from_the_json() {
         let (one, two) = (context(1, "first \"quoted\"\nline"), context(2, &"é".repeat(100)));
         assert_eq!(same_links(&one), 1);
-        assert_eq!(same_links(&GetContextResponse { context: one.clone(), versions: vec![] }), 1);
+        assert_eq!(same_links(&GetContextResponse { context: one.clone(), versions: vec![], versions_next: None }), 1);
         assert_eq!(same_links(&StoreContextResponse { context: one.clone(), deduplicated: false }), 1);
         let list =
             ContextList { contexts: vec![one.clone(), two.clone()], next_cursor: None, recall: Default::default() };

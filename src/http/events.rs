@@ -57,7 +57,7 @@ pub async fn events(
     {
         return refused(StatusCode::FORBIDDEN, ErrorCode::PermissionDenied, "this key may not use that session");
     }
-    let subscriber = match state.service.changes().subscribe() {
+    let subscriber = match state.service.changes().subscribe(&principal) {
         Ok(subscriber) => subscriber,
         Err(err) => {
             let error = ToolError::from(err);

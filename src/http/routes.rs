@@ -239,9 +239,30 @@ pub async fn shed_load(State(state): State<HttpState>, request: Request, next: N
     shed(&state.slots, request, next).await
 }
 
-/// The same for the unauthenticated routes that do work, with their own slots.
+/// The most an unauthenticated request's body may hold (an API key exchange is well under it).
+const OPEN_BODY_BYTES: usize = 16 * 1024;
+/// How long an unauthenticated request's body may take to arrive.
+const OPEN_BODY_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The same for the unauthenticated routes that do work, with their own slots. The body is read before a
+/// slot is taken, within `OPEN_BODY_DEADLINE`: a client that sends it slowly holds its own connection, not
+/// one of the slots that readiness probes and token exchanges share.
 pub async fn shed_open_load(State(state): State<HttpState>, request: Request, next: Next) -> Response {
-    shed(&state.open_slots, request, next).await
+    let (parts, body) = request.into_parts();
+    let body = match tokio::time::timeout(OPEN_BODY_DEADLINE, axum::body::to_bytes(body, OPEN_BODY_BYTES)).await {
+        Ok(Ok(body)) => body,
+        Ok(Err(_)) => {
+            let message = format!("the body is over {OPEN_BODY_BYTES} bytes or broke off");
+            let error = ToolError { code: ErrorCode::PayloadTooLarge, message };
+            return error_response(StatusCode::PAYLOAD_TOO_LARGE, &error);
+        }
+        Err(_) => {
+            let message = format!("the body took longer than {} s to arrive", OPEN_BODY_DEADLINE.as_secs());
+            let error = ToolError { code: ErrorCode::InvalidArgument, message };
+            return error_response(StatusCode::REQUEST_TIMEOUT, &error);
+        }
+    };
+    shed(&state.open_slots, Request::from_parts(parts, axum::body::Body::from(body)), next).await
 }
 
 async fn shed(slots: &Arc<tokio::sync::Semaphore>, request: Request, next: Next) -> Response {

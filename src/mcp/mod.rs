@@ -207,7 +207,7 @@ impl ServerHandler for McpServer {
             .flatten()
             .filter_map(|u| primitives::Watch::parse(u))
             .collect();
-        let subscriber = self.service.changes().subscribe().map_err(|e| primitives::mcp_error(e.into()))?;
+        let subscriber = self.service.changes().subscribe(&principal).map_err(|e| primitives::mcp_error(e.into()))?;
         // Over HTTP the stream outlives the request that authenticated it: its credential is checked again.
         let credential = (!principal.trusted)
             .then(|| context.request_context().extensions.get::<http::request::Parts>())
@@ -248,7 +248,7 @@ impl ServerHandler for McpServer {
             ));
         }
         let principal = self.principal(&context);
-        let subscriber = self.service.changes().subscribe().map_err(|e| primitives::mcp_error(e.into()))?;
+        let subscriber = self.service.changes().subscribe(&principal).map_err(|e| primitives::mcp_error(e.into()))?;
         let peer = context.peer.clone();
         let uri = watch.uri.clone();
         let task = tokio::spawn(async move {

@@ -7,13 +7,15 @@
 //! The feed is per process: with several replicas, a subscriber hears of the writes made through the
 //! replica it is connected to.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 use tokio::sync::broadcast;
 use uuid::Uuid;
 
+use crate::auth::Principal;
 use crate::domain::{Context, ReadScope, Timestamp};
 
 /// Events kept for subscribers that are behind.
@@ -94,17 +96,26 @@ pub enum Received {
 /// Subscribers at once (server-sent event streams and MCP subscriptions together): each costs a task and a
 /// wake-up per change, and a stream outlives the request limits that bound other calls.
 pub const MAX_SUBSCRIBERS: usize = 256;
+/// Subscribers one authenticated agent may hold at once, so that one key cannot take every slot. The
+/// local trusted principal (authentication off) is every caller at once and is not counted.
+pub const MAX_SUBSCRIBERS_PER_AGENT: usize = 32;
 
 pub struct ChangeFeed {
     sender: broadcast::Sender<Arc<ChangeEvent>>,
     seq: AtomicU64,
     slots: Arc<tokio::sync::Semaphore>,
+    per_agent: Arc<Mutex<HashMap<String, usize>>>,
 }
 
 impl ChangeFeed {
     pub fn new(capacity: usize) -> Self {
         let (sender, _) = broadcast::channel(capacity.max(1));
-        Self { sender, seq: AtomicU64::new(0), slots: Arc::new(tokio::sync::Semaphore::new(MAX_SUBSCRIBERS)) }
+        Self {
+            sender,
+            seq: AtomicU64::new(0),
+            slots: Arc::new(tokio::sync::Semaphore::new(MAX_SUBSCRIBERS)),
+            per_agent: Arc::default(),
+        }
     }
 
     /// Publishes a change. A delete carries a tombstone: who, where and which version, not the content (an
@@ -122,20 +133,58 @@ impl ChangeFeed {
         let _ = self.sender.send(Arc::new(event));
     }
 
-    /// A new subscriber, or `ResourceExhausted` when `MAX_SUBSCRIBERS` are subscribed.
-    pub fn subscribe(&self) -> crate::error::ServiceResult<Subscriber> {
+    /// A new subscriber for `principal`, or `ResourceExhausted` when `MAX_SUBSCRIBERS` are subscribed or
+    /// its agent holds `MAX_SUBSCRIBERS_PER_AGENT`.
+    pub fn subscribe(&self, principal: &Principal) -> crate::error::ServiceResult<Subscriber> {
+        let agent = match principal.trusted {
+            true => None,
+            false => Some(AgentSlot::take(&self.per_agent, &principal.agent_id)?),
+        };
         let slot = self.slots.clone().try_acquire_owned().map_err(|_| {
             crate::error::ServiceError::ResourceExhausted(format!(
                 "{MAX_SUBSCRIBERS} change subscriptions are open; retry later"
             ))
         })?;
-        Ok(Subscriber { receiver: self.sender.subscribe(), _slot: slot })
+        Ok(Subscriber { receiver: self.sender.subscribe(), _slot: slot, _agent: agent })
+    }
+}
+
+/// One of an agent's subscriptions, given back when dropped.
+struct AgentSlot {
+    counts: Arc<Mutex<HashMap<String, usize>>>,
+    agent: String,
+}
+
+impl AgentSlot {
+    fn take(counts: &Arc<Mutex<HashMap<String, usize>>>, agent: &str) -> crate::error::ServiceResult<Self> {
+        let mut held = counts.lock().unwrap_or_else(|e| e.into_inner());
+        let n = held.entry(agent.to_string()).or_default();
+        if *n >= MAX_SUBSCRIBERS_PER_AGENT {
+            return Err(crate::error::ServiceError::ResourceExhausted(format!(
+                "this agent holds {MAX_SUBSCRIBERS_PER_AGENT} change subscriptions; close one first"
+            )));
+        }
+        *n += 1;
+        Ok(Self { counts: counts.clone(), agent: agent.to_string() })
+    }
+}
+
+impl Drop for AgentSlot {
+    fn drop(&mut self) {
+        let mut held = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = held.get_mut(&self.agent) {
+            *n -= 1;
+            if *n == 0 {
+                held.remove(&self.agent);
+            }
+        }
     }
 }
 
 pub struct Subscriber {
     receiver: broadcast::Receiver<Arc<ChangeEvent>>,
     _slot: tokio::sync::OwnedSemaphorePermit,
+    _agent: Option<AgentSlot>,
 }
 
 impl Subscriber {
@@ -199,7 +248,8 @@ mod tests {
     #[tokio::test]
     async fn a_subscriber_behind_the_ring_is_told_what_it_missed_and_sees_only_its_scope() {
         let feed = ChangeFeed::new(4);
-        let mut slow = feed.subscribe().unwrap();
+        let local = Principal::local_trusted("a");
+        let mut slow = feed.subscribe(&local).unwrap();
         for _ in 0..10 {
             feed.publish(ChangeKind::Stored, &context("s", "a", Visibility::Public), None);
         }
@@ -207,7 +257,7 @@ mod tests {
         let Some(Received::Event(event)) = slow.next().await else { panic!("the oldest kept event") };
         assert_eq!(event.seq, 7);
 
-        let mut bob = feed.subscribe().unwrap();
+        let mut bob = feed.subscribe(&local).unwrap();
         let mut scope = ReadScope { agent_id: "bob".into(), admin: false, sessions: Some(vec!["s".into()]) };
         feed.publish(ChangeKind::Stored, &context("other", "a", Visibility::Public), None);
         feed.publish(ChangeKind::Stored, &context("s", "a", Visibility::Private), None);
@@ -217,5 +267,26 @@ mod tests {
             panic!("an event")
         };
         assert_eq!((event.kind, event.context.id), (ChangeKind::Updated, visible.id), "the first one bob may see");
+    }
+
+    #[test]
+    fn one_agent_cannot_take_every_subscription_slot() {
+        let feed = ChangeFeed::new(4);
+        let agent = |name: &str| Principal { trusted: false, ..Principal::local_trusted(name) };
+        let (mallory, alice) = (agent("mallory"), agent("alice"));
+        let mut held: Vec<Subscriber> =
+            (0..MAX_SUBSCRIBERS_PER_AGENT).map(|_| feed.subscribe(&mallory).unwrap()).collect();
+        let refused = feed.subscribe(&mallory).err().expect("over the per-agent cap");
+        assert_eq!(refused.code(), crate::error::ErrorCode::ResourceExhausted);
+        assert!(feed.subscribe(&alice).is_ok(), "another agent still subscribes");
+        held.pop();
+        assert!(feed.subscribe(&mallory).is_ok(), "a closed subscription gives its slot back");
+        drop(held);
+        // The local trusted principal is every caller at once: only the overall cap holds it.
+        let local = Principal::local_trusted("a");
+        let all: Vec<Subscriber> = (0..MAX_SUBSCRIBERS).map(|_| feed.subscribe(&local).unwrap()).collect();
+        assert!(feed.subscribe(&alice).is_err(), "no slot left");
+        drop(all);
+        assert!(feed.per_agent.lock().unwrap().is_empty(), "every agent slot given back");
     }
 }

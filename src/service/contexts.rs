@@ -108,16 +108,30 @@ impl ContextService {
         principal.require(Permission::Read)?;
         let agent = principal.acting_agent(request.agent_id.as_deref())?;
         let id = parse_uuid("id", &request.id)?;
+        let versions_limit = match request.versions_limit {
+            None => limits::DEFAULT_VERSIONS,
+            Some(n) if (1..=limits::MAX_VERSIONS).contains(&n) => n,
+            Some(_) => {
+                return Err(ServiceError::invalid(format!(
+                    "versions_limit must be between 1 and {}",
+                    limits::MAX_VERSIONS
+                )));
+            }
+        };
         let scope = principal.read_scope(&agent);
         let context = self.visible_context(id, &scope).await?;
         self.recalls.note([id]);
-        let versions = if request.include_versions {
-            let versions = self.graph.context_versions(id).await?;
-            versions.into_iter().filter(|version| scope.may_see_version(&context, version)).collect()
-        } else {
-            Vec::new()
-        };
-        Ok(GetContextResponse { context, versions })
+        let (mut versions, mut versions_next) = (Vec::new(), None);
+        if request.include_versions {
+            // One more than the page, to know whether another follows.
+            let mut page = self.graph.context_versions(id, request.versions_before, Some(versions_limit + 1)).await?;
+            if page.len() > versions_limit {
+                page.truncate(versions_limit);
+                versions_next = page.last().map(|version| version.version);
+            }
+            versions = page.into_iter().filter(|version| scope.may_see_version(&context, version)).collect();
+        }
+        Ok(GetContextResponse { context, versions, versions_next })
     }
 
     pub async fn update_context(&self, principal: &Principal, request: UpdateContextRequest) -> ServiceResult<Context> {

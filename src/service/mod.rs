@@ -142,6 +142,12 @@ impl ContextService {
         &self.metrics
     }
 
+    /// Starts the background work that makes searches cheaper, for a process about to serve them.
+    pub fn prepare_search(&self) {
+        self.vectors.prepare_search();
+        self.state_vectors.prepare_search();
+    }
+
     /// A slot for a write that runs to completion even when its caller goes away: held by the write's task,
     /// so writes whose callers left still count against the bound. None free is `unavailable` at once.
     pub fn write_slot(&self) -> ServiceResult<tokio::sync::OwnedSemaphorePermit> {

@@ -91,6 +91,12 @@ pub struct GetContextRequest {
     /// Also return previous versions, newest first.
     #[serde(default)]
     pub include_versions: bool,
+    /// How many previous versions (default 20, at most 100).
+    #[serde(default)]
+    pub versions_limit: Option<usize>,
+    /// Only versions older than this one: a response's `versions_next`, for the next page.
+    #[serde(default)]
+    pub versions_before: Option<i64>,
     /// The reading agent (defaults to the caller).
     #[serde(default)]
     pub agent_id: Option<String>,
@@ -101,6 +107,9 @@ pub struct GetContextResponse {
     pub context: Context,
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub versions: Vec<ContextVersion>,
+    /// More versions are older than these: pass it as `versions_before` for the next page.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub versions_next: Option<i64>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
@@ -262,7 +271,11 @@ pub struct RelatedSummary {
     pub relation: String,
     #[serde(rename = "type")]
     pub context_type: String,
+    /// The related context's text, cut to its first 500 characters (`get_context` has it whole).
     pub content: String,
+    /// Whether `content` was cut.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]

@@ -31,6 +31,9 @@ use crate::store::vector::{SearchPath, search_filled};
 
 /// Related contexts shown per search hit at most.
 const RELATED_PER_HIT: usize = 10;
+/// A related context's summary carries at most this many characters of its text: 10 summaries for each
+/// of up to 200 hits must not make an answer of hundreds of megabytes.
+const RELATED_PREVIEW_CHARS: usize = 500;
 /// A cached answer weighs one entry per this many bytes of text it carries (at least one), so
 /// `search.cache_entries` bounds the cache's memory and not only its count of answers.
 const CACHE_ENTRY_BYTES: usize = 4096;
@@ -348,11 +351,13 @@ impl ContextService {
         let mut by_hit: HashMap<uuid::Uuid, Vec<RelatedSummary>> = HashMap::new();
         for (start, related) in self.graph.neighbours(&ids, RELATED_PER_HIT, &plan.filter.scope).await? {
             if plan.filter.scope.may_see(&related.context) && !related.context.is_expired(plan.filter.now) {
+                let (content, truncated) = preview(related.context.content, RELATED_PREVIEW_CHARS);
                 by_hit.entry(start).or_default().push(RelatedSummary {
                     id: related.context.id.to_string(),
                     relation: related.relation,
                     context_type: related.context.context_type,
-                    content: related.context.content,
+                    content,
+                    truncated,
                 });
             }
         }
@@ -360,6 +365,17 @@ impl ContextService {
             hit.related = by_hit.remove(&hit.context.id).unwrap_or_default();
         }
         Ok(())
+    }
+}
+
+/// The first `chars` characters of `text`, and whether anything was cut.
+fn preview(mut text: String, chars: usize) -> (String, bool) {
+    match text.char_indices().nth(chars) {
+        Some((end, _)) => {
+            text.truncate(end);
+            (text, true)
+        }
+        None => (text, false),
     }
 }
 

@@ -83,7 +83,7 @@ impl ContextService {
             let ids: Vec<Uuid> = entries.iter().map(|e| e.context.id).collect();
             relations.extend(self.graph.relations_from(&ids).await?);
             for entry in entries {
-                let versions = self.graph.context_versions(entry.context.id).await?;
+                let versions = self.graph.context_versions(entry.context.id, None, None).await?;
                 counts.contexts += 1;
                 counts.versions += versions.len() as u64;
                 emit(out, Record::Context { context: entry.context, embedding: entry.embedding, versions })?;

@@ -169,7 +169,7 @@ async fn updates_keep_versions_and_detect_conflicts(store: Store) {
     let stale = store.update_context(&v2, &[0.2; 384]).await;
     assert!(matches!(stale, Err(StoreError::VersionConflict { expected: 1, current: 2 })), "{stale:?}");
     assert_eq!(store.get_context(v1.id).await.unwrap(), Some(v2.clone()));
-    let versions = store.context_versions(v1.id).await.unwrap();
+    let versions = store.context_versions(v1.id, None, None).await.unwrap();
     assert_eq!(versions.len(), 1);
     assert_eq!((versions[0].version, versions[0].content.as_str()), (1, "first words"));
     assert_eq!(versions[0].tags, ["red"]);
@@ -195,11 +195,32 @@ async fn updates_keep_versions_and_detect_conflicts(store: Store) {
     assert_eq!(store.get_context(v1.id).await.unwrap(), Some(v2.clone()));
     let restored = store.index_entries(&[v1.id]).await.unwrap();
     assert_eq!(restored[0].embedding, vec![0.2; 384], "the undone update's embedding does not stay");
-    assert_eq!(store.context_versions(v1.id).await.unwrap().len(), 1, "the undone update leaves no version");
+    assert_eq!(
+        store.context_versions(v1.id, None, None).await.unwrap().len(),
+        1,
+        "the undone update leaves no version"
+    );
     // The undone update's journal entry stays: its vector write may have been applied after all.
     assert!(store.pending_index(100).await.unwrap().iter().any(|p| p.seq == seq && p.id == v1.id));
     let missing = store.update_context(&next_version(&public_context("x", "s", "a"), "y"), &[0.0; 384]).await;
     assert!(matches!(missing, Err(StoreError::NotFound)), "{missing:?}");
+
+    // Versions page newest first: a limit, and a cursor below a version.
+    let mut paged = public_context("paged", "s", "alice");
+    insert(&store, &paged).await;
+    for words in ["two", "three", "four"] {
+        let next = next_version(&paged, words);
+        store.update_context(&next, &[0.4; 384]).await.unwrap();
+        paged = next;
+    }
+    let page = |before, limit| store.context_versions(paged.id, before, limit);
+    let numbers = |versions: Vec<context_store::domain::ContextVersion>| -> Vec<i64> {
+        versions.iter().map(|v| v.version).collect()
+    };
+    assert_eq!(numbers(page(None, None).await.unwrap()), [3, 2, 1]);
+    assert_eq!(numbers(page(None, Some(2)).await.unwrap()), [3, 2]);
+    assert_eq!(numbers(page(Some(3), Some(5)).await.unwrap()), [2, 1]);
+    assert_eq!(numbers(page(Some(1), None).await.unwrap()), Vec::<i64>::new());
 }
 
 async fn concurrent_updates_of_one_version_let_one_win(store: Store) {
@@ -221,7 +242,7 @@ async fn concurrent_updates_of_one_version_let_one_win(store: Store) {
         }
     }
     assert_eq!(won, 1);
-    assert_eq!(store.context_versions(v1.id).await.unwrap().len(), 1);
+    assert_eq!(store.context_versions(v1.id, None, None).await.unwrap().len(), 1);
 }
 
 async fn deletes_hide_roll_back_and_purge(store: Store) {
@@ -244,7 +265,7 @@ async fn deletes_hide_roll_back_and_purge(store: Store) {
     let (seq, _) = store.delete_context(gone.id, None).await.unwrap();
     store.clear_pending(&[seq]).await.unwrap();
     store.purge_context(gone.id).await.unwrap();
-    assert_eq!(store.context_versions(gone.id).await.unwrap(), vec![]);
+    assert_eq!(store.context_versions(gone.id, None, None).await.unwrap(), vec![]);
     assert_eq!(store.counts().await.unwrap().contexts, 1);
 
     let failed = public_context("vector write failed", "s", "alice");
@@ -662,7 +683,7 @@ async fn export_scans_and_version_import(store: Store) {
     ];
     store.import_versions(a.id, &versions).await.unwrap();
     store.import_versions(a.id, &versions).await.unwrap(); // idempotent
-    assert_eq!(store.context_versions(a.id).await.unwrap(), versions);
+    assert_eq!(store.context_versions(a.id, None, None).await.unwrap(), versions);
 }
 
 /// API keys where the store keeps them (Neo4j: in the graph; SQLite: the data dir's `keys.sqlite3`):

@@ -326,8 +326,13 @@ impl TestCore {
         &self,
         id: impl ToString,
     ) -> context_store::error::ServiceResult<context_store::service::GetContextResponse> {
-        let request =
-            context_store::service::GetContextRequest { id: id.to_string(), include_versions: true, agent_id: None };
+        let request = context_store::service::GetContextRequest {
+            id: id.to_string(),
+            include_versions: true,
+            versions_limit: None,
+            versions_before: None,
+            agent_id: None,
+        };
         self.service().get_context(&self.principal, request).await
     }
 

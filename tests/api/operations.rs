@@ -164,7 +164,7 @@ async fn export_then_import_round_trips_everything_and_import_is_idempotent() {
     let everything = context_store::domain::ReadScope { admin: true, ..Default::default() };
     let (contexts, versions, related) = (
         graph.get_contexts(&ids).await.unwrap(),
-        graph.context_versions(first.id).await.unwrap(),
+        graph.context_versions(first.id, None, None).await.unwrap(),
         graph.related(first.id, 1, None, false, 10, &everything).await.unwrap(),
     );
     let counts = graph.counts().await.unwrap();
@@ -202,7 +202,7 @@ async fn export_then_import_round_trips_everything_and_import_is_idempotent() {
     got.sort_by_key(|c| c.id);
     want.sort_by_key(|c| c.id);
     assert_eq!(got, want, "every field of every context");
-    assert_eq!(graph.context_versions(first.id).await.unwrap(), versions);
+    assert_eq!(graph.context_versions(first.id, None, None).await.unwrap(), versions);
     assert_eq!(graph.related(first.id, 1, None, false, 10, &everything).await.unwrap(), related);
     let restored_counts = graph.counts().await.unwrap();
     assert_eq!(

@@ -445,6 +445,32 @@ async fn each_agent_is_rate_limited_with_429_and_retry_after() {
 /// A client that starts a request and never finishes its headers (slowloris) is cut off after
 /// `server.header_read_timeout_ms`, while a prompt request on another connection is served.
 #[tokio::test]
+async fn slow_token_bodies_do_not_take_the_readiness_slots() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn_app().await;
+    let host = app.address.trim_start_matches("http://").to_string();
+    // More half-sent token exchanges than the unauthenticated routes have slots.
+    let mut slow = Vec::new();
+    for _ in 0..40 {
+        let mut stream = tokio::net::TcpStream::connect(&host).await.unwrap();
+        let head = format!(
+            "POST /auth/token HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"api_"
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        slow.push(stream);
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let ready = app.http.get(format!("{}/health/ready", app.address)).send().await.unwrap();
+    assert_eq!(ready.status().as_u16(), 200, "readiness answered beside 40 slow bodies");
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(std::time::Duration::from_secs(20), slow[0].read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "a body that never completes is answered within 20 s");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn a_connection_that_never_finishes_its_headers_is_closed() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let app = spawn_app_with(|settings| settings.server.header_read_timeout_ms = 300).await;

@@ -149,6 +149,34 @@ async fn update_keeps_previous_versions_and_rejects_stale_versions() {
 
     let not_author = edit("hijack", None, "mallory").await.unwrap_err();
     assert_eq!(not_author.code(), ErrorCode::PermissionDenied);
+
+    // Previous versions come a page at a time, newest first, however many there are.
+    for n in 3..=25 {
+        edit(&format!("draft {n} of the plan"), None, "alice").await.unwrap();
+    }
+    let page = |limit, before| {
+        let request = context_store::service::GetContextRequest {
+            id: id.clone(),
+            include_versions: true,
+            versions_limit: limit,
+            versions_before: before,
+            agent_id: None,
+        };
+        app.service().get_context(&app.principal, request)
+    };
+    let numbers = |got: &context_store::service::GetContextResponse| -> Vec<i64> {
+        got.versions.iter().map(|v| v.version).collect()
+    };
+    let first = page(None, None).await.unwrap();
+    assert_eq!(numbers(&first), (5..=24).rev().collect::<Vec<i64>>(), "20 by default, newest first");
+    assert_eq!(first.versions_next, Some(5));
+    let rest = page(Some(100), first.versions_next).await.unwrap();
+    assert_eq!((numbers(&rest), rest.versions_next), (vec![4, 3, 2, 1], None));
+    let exact = page(Some(4), Some(5)).await.unwrap();
+    assert_eq!((exact.versions.len(), exact.versions_next), (4, None), "a full last page has no next");
+    for limit in [0, 101] {
+        assert_eq!(page(Some(limit), None).await.unwrap_err().code(), ErrorCode::InvalidArgument);
+    }
 }
 
 #[tokio::test]

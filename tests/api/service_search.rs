@@ -147,7 +147,9 @@ async fn expanded_search_hits_carry_their_visible_related_contexts() {
     let app = TestCore::start().await;
     app.session("s1").await;
     let question = app.store("s1", "alice", "Why does the nightly backup job fail on Sundays?").await;
-    let answer = app.store("s1", "alice", "The backup disk is full on weekends; rotate old snapshots").await;
+    // Longer than a summary carries, in two-byte characters so a cut between bytes would show.
+    let long_answer = format!("The backup disk is full on weekends; rotate old snapshots.{}", " été".repeat(200));
+    let answer = app.store("s1", "alice", &long_answer).await;
     let hidden = app
         .service()
         .store_context(
@@ -188,8 +190,12 @@ async fn expanded_search_hits_carry_their_visible_related_contexts() {
     let hit = result.hits.iter().find(|h| h.context.id == question.context.id).expect("question found");
     let related: Vec<&str> = hit.related.iter().map(|r| r.id.as_str()).collect();
     assert_eq!(related, vec![answer.context.id.to_string().as_str()], "bob sees the answer, not alice's private note");
+    let summary = &hit.related[0];
+    assert!(summary.truncated && summary.content.chars().count() == 500, "a summary carries 500 characters");
+    assert!(long_answer.starts_with(&summary.content));
     let answer_hit = result.hits.iter().find(|h| h.context.id == answer.context.id).expect("answer found");
     assert_eq!(answer_hit.related[0].id, question.context.id.to_string(), "links are followed both ways");
+    assert!(!answer_hit.related[0].truncated && answer_hit.related[0].content == question.context.content);
 }
 
 mod recall_statistics {
@@ -204,7 +210,13 @@ mod recall_statistics {
     use crate::helpers::TestCore;
 
     fn read(id: uuid::Uuid) -> GetContextRequest {
-        GetContextRequest { id: id.to_string(), include_versions: false, agent_id: None }
+        GetContextRequest {
+            id: id.to_string(),
+            include_versions: false,
+            versions_limit: None,
+            versions_before: None,
+            agent_id: None,
+        }
     }
 
     fn listed(sort: ListOrder, limit: usize, cursor: Option<String>) -> ListContextsRequest {

@@ -95,6 +95,13 @@ impl RelatedWalk {
         }
     }
 
+    /// How many edges the next level reads at most, in the order they are reached: enough for every node
+    /// the walk may still take, and for as many edges back to nodes already seen, so that a node with
+    /// millions of edges costs a bounded read.
+    pub fn edge_budget(&self) -> usize {
+        4 * self.max_nodes.saturating_sub(self.reached.len()) + self.seen.len()
+    }
+
     /// The nodes the last `absorb` reached, whose contexts `settle` needs.
     pub fn level_ids(&self) -> Vec<Uuid> {
         self.level.iter().map(|r| r.0).collect()
@@ -330,8 +337,14 @@ pub trait ContextGraph: Send + Sync + 'static {
         after: Option<Uuid>,
         limit: usize,
     ) -> StoreResult<Vec<Context>>;
-    /// Previous versions of a context, newest first.
-    async fn context_versions(&self, id: Uuid) -> StoreResult<Vec<ContextVersion>>;
+    /// Previous versions of a context, newest first: those older than `before` when given, at most
+    /// `limit` when given.
+    async fn context_versions(
+        &self,
+        id: Uuid,
+        before: Option<i64>,
+        limit: Option<usize>,
+    ) -> StoreResult<Vec<ContextVersion>>;
     /// Writes previous versions of a live context as they were (import); existing ones are replaced.
     async fn import_versions(&self, id: Uuid, versions: &[ContextVersion]) -> StoreResult<()>;
 }

@@ -22,6 +22,7 @@ use uuid::Uuid;
 use super::collection::{QuantizationSearchSpec, QuantizationSpec, ScalarKind};
 use super::lexical::Lexical;
 use super::payload::{from_payload, to_payload};
+use super::term_counts::{TermCounts, Walk};
 use super::{CollectionSpec, LexicalHit, LexicalHits, VectorHit, VectorPoint, VectorStore, filter::to_qdrant_json};
 use crate::domain::{Context, ContextFilter};
 use crate::error::{StoreError, StoreResult};
@@ -35,6 +36,10 @@ pub struct EdgeVectorStore {
     quantization: Option<QuantizationSearchSpec>,
     /// The lexical stage, when the shard has its sparse vector.
     lexical: Option<Arc<Lexical>>,
+    /// How many points hold each lexical term, to leave common terms' posting lists unwalked.
+    terms: Arc<TermCounts>,
+    /// A query term in more points than this is common (`lexical.common_term_points`; 0: none is).
+    common_term_points: u32,
     /// Searches and scrolls are CPU-bound: one lane per core, the rest wait as tasks, not threads.
     query_lanes: BlockingLanes,
     /// An exclusive lock on `<dir>/.lock` for as long as the store is open (the kernel drops it when the
@@ -123,12 +128,15 @@ impl EdgeVectorStore {
             (Some(lexical), true) => Some(Arc::new(Lexical::new(lexical)?)),
             _ => None,
         };
+        let common_term_points = spec.lexical.as_ref().map_or(0, |l| l.common_term_points);
         Ok(Self {
             shard: Arc::new(shard),
             gate: Arc::new(RwLock::new(())),
             hnsw_ef: spec.search.hnsw_ef,
             quantization: spec.search_quantization(),
             lexical,
+            terms: Arc::default(),
+            common_term_points,
             query_lanes: BlockingLanes::per_core(),
             _process_lock: Arc::new(lock),
         })
@@ -311,6 +319,10 @@ fn to_context(payload: Option<qdrant_edge::Payload>) -> StoreResult<Context> {
 impl EdgeVectorStore {
     /// The lexical stage. Without `known` ids the search reads each hit's payload (and vector) itself;
     /// with them it returns scores only, and only the hits outside `known` are read afterwards.
+    ///
+    /// Once the terms are counted, common terms' posting lists are not walked (`TermCounts`): the rare
+    /// terms find the candidates, and the whole query then scores those and the `known` ones, by the same
+    /// BM25 as a full walk. A query of common terms only scores the `known` candidates.
     async fn lexical(
         &self,
         query: &str,
@@ -324,25 +336,58 @@ impl EdgeVectorStore {
         if indices.is_empty() {
             return Ok(Some(LexicalHits::default()));
         }
-        let sparse = SparseVector::new(indices, values).map_err(|e| edge_error(format!("query terms: {e}")))?;
+        self.count_terms_once();
+        let walk = match self.terms.plan(&indices, self.common_term_points) {
+            // Without candidates from elsewhere there is nothing to score but what a walk finds.
+            Walk::None if known.is_empty() => Walk::All,
+            walk => walk,
+        };
+        let rare = match &walk {
+            Walk::Rare(rare) => {
+                let (indices, values) =
+                    indices.iter().zip(&values).filter(|(term, _)| rare.contains(term)).map(|(t, v)| (*t, *v)).unzip();
+                Some(sparse_query(indices, values)?)
+            }
+            _ => None,
+        };
+        let sparse = sparse_query(indices, values)?;
         let (filter, using) = (qdrant_filter(filter)?, lexical.name.clone());
         let with_vector = move || match with_dense {
             true => WithVector::Selector(vec![String::new()]),
             false => WithVector::Bool(false),
         };
-        let in_full = known.is_empty();
+        let in_full = known.is_empty() && walk == Walk::All;
         self.query(move |shard| {
-            let request = SearchRequest {
-                query: QueryEnum::Nearest(NamedQuery { query: VectorInternal::Sparse(sparse), using: Some(using) }),
-                filter: Some(filter),
-                params: None,
-                limit,
-                offset: 0,
-                with_payload: Some(WithPayloadInterface::Bool(in_full)),
-                with_vector: Some(if in_full { with_vector() } else { WithVector::Bool(false) }),
-                score_threshold: None,
+            let search = |query: SparseVector, filter: Filter, limit: usize, in_full: bool| {
+                let request = SearchRequest {
+                    query: QueryEnum::Nearest(NamedQuery {
+                        query: VectorInternal::Sparse(query),
+                        using: Some(using.clone()),
+                    }),
+                    filter: Some(filter),
+                    params: None,
+                    limit,
+                    offset: 0,
+                    with_payload: Some(WithPayloadInterface::Bool(in_full)),
+                    with_vector: Some(if in_full { with_vector() } else { WithVector::Bool(false) }),
+                    score_threshold: None,
+                };
+                shard.search(request).map_err(edge_error)
             };
-            let scored = shard.search(request).map_err(edge_error)?;
+            let scored = match (walk, rare) {
+                (Walk::Rare(_), Some(rare)) => {
+                    let found = search(rare, filter.clone(), limit, false)?;
+                    let mut ids: HashSet<PointId> = known.iter().copied().map(point_id).collect();
+                    ids.extend(found.into_iter().map(|point| point.id));
+                    let n = ids.len();
+                    search(sparse, filter.merge_owned(has_id(ids)?), n, false)?
+                }
+                (Walk::None, _) => {
+                    let ids: HashSet<PointId> = known.iter().copied().map(point_id).collect();
+                    search(sparse, filter.merge_owned(has_id(ids)?), known.len(), false)?
+                }
+                _ => search(sparse, filter, limit, in_full)?,
+            };
             let mut hits = LexicalHits::default();
             if in_full {
                 for point in scored {
@@ -376,6 +421,100 @@ impl EdgeVectorStore {
         })
         .await
     }
+
+    /// Starts counting the lexical terms of every point, once per open store, in the background: searches
+    /// walk every term until it is done. A failed count is logged and tried again by a later search.
+    fn count_terms_once(&self) {
+        let Some(lexical) = &self.lexical else { return };
+        if self.common_term_points == 0 || !self.terms.claim_count() {
+            return;
+        }
+        let (shard, gate, terms, name) =
+            (self.shard.clone(), self.gate.clone(), self.terms.clone(), lexical.name.clone());
+        tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
+            match count_terms(&shard, &gate, &terms, &name) {
+                Ok(points) => {
+                    terms.counted();
+                    tracing::info!(points, ms = started.elapsed().as_millis() as u64, "lexical terms counted");
+                }
+                Err(err) => {
+                    terms.uncounted();
+                    tracing::warn!(error = %err, "counting the lexical terms failed; every term is walked");
+                }
+            }
+        });
+    }
+
+    /// The term counts and the sparse vector's name, when writes must keep the counts current.
+    fn term_tracking(&self) -> Option<(Arc<TermCounts>, String)> {
+        let lexical = self.lexical.as_ref().filter(|_| self.terms.tracking())?;
+        Some((self.terms.clone(), lexical.name.clone()))
+    }
+}
+
+/// The lexical terms the stored points `ids` hold (none for a point not stored or without terms).
+fn stored_terms(shard: &EdgeShard, ids: &[PointId], name: &str) -> StoreResult<Vec<Vec<u32>>> {
+    let selector = WithVector::Selector(vec![name.to_string()]);
+    let records = shard.retrieve(ids, Some(WithPayloadInterface::Bool(false)), Some(selector)).map_err(edge_error)?;
+    Ok(records.into_iter().filter_map(|record| record.vector.and_then(|v| sparse_of(v, name))).collect())
+}
+
+/// Counts the lexical terms of every point in the shard into `terms`, a page at a time (each page holds the
+/// update gate shared, as a write does); returns how many points were read.
+fn count_terms(shard: &EdgeShard, gate: &RwLock<()>, terms: &TermCounts, name: &str) -> StoreResult<usize> {
+    const PAGE: usize = 4096;
+    let (mut offset, mut points) = (None, 0);
+    loop {
+        let (records, next) = {
+            let _guard = gate.read().unwrap_or_else(|e| e.into_inner());
+            shard
+                .scroll(ScrollRequest {
+                    offset,
+                    limit: Some(PAGE),
+                    filter: None,
+                    with_payload: Some(WithPayloadInterface::Bool(false)),
+                    with_vector: WithVector::Selector(vec![name.to_string()]),
+                    order_by: None,
+                })
+                .map_err(edge_error)?
+        };
+        points += records.len();
+        let page: Vec<Vec<u32>> =
+            records.into_iter().filter_map(|record| record.vector.and_then(|v| sparse_of(v, name))).collect();
+        terms.add(page.iter().map(Vec::as_slice));
+        match next {
+            Some(next) => offset = Some(next),
+            None => return Ok(points),
+        }
+    }
+}
+
+/// The terms of a point's sparse vector `name`.
+fn sparse_of(vectors: VectorStructInternal, name: &str) -> Option<Vec<u32>> {
+    match vectors {
+        VectorStructInternal::Named(mut named) => match named.remove(name) {
+            Some(VectorInternal::Sparse(sparse)) => Some(sparse.indices),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+fn sparse_query(indices: Vec<u32>, values: Vec<f32>) -> StoreResult<SparseVector> {
+    SparseVector::new(indices, values).map_err(|e| edge_error(format!("query terms: {e}")))
+}
+
+/// A filter that admits only the points `ids`.
+fn has_id(ids: HashSet<PointId>) -> StoreResult<Filter> {
+    let ids: Vec<String> = ids
+        .into_iter()
+        .filter_map(|id| match id {
+            PointId::Uuid(id) => Some(id.to_string()),
+            PointId::NumId(_) => None,
+        })
+        .collect();
+    serde_json::from_value(serde_json::json!({"must": [{"has_id": ids}]})).map_err(|e| edge_error(format!("ids: {e}")))
 }
 
 #[async_trait]
@@ -385,6 +524,8 @@ impl VectorStore for EdgeVectorStore {
     }
 
     async fn upsert(&self, points: Vec<VectorPoint>) -> StoreResult<()> {
+        let tracking = self.term_tracking();
+        let (mut ids, mut written) = (Vec::new(), Vec::new());
         let points = points
             .into_iter()
             .map(|p| {
@@ -392,6 +533,10 @@ impl VectorStore for EdgeVectorStore {
                     Some(lexical) => {
                         let (indices, values) = lexical.document(&p.context.content);
                         let mut named = vec![(String::new(), Vector::new_dense(p.vector))];
+                        if tracking.is_some() {
+                            ids.push(point_id(p.context.id));
+                            written.push(indices.clone());
+                        }
                         if !indices.is_empty() {
                             named
                                 .push((lexical.name.clone(), Vector::new_sparse(indices, values).map_err(edge_error)?));
@@ -404,19 +549,37 @@ impl VectorStore for EdgeVectorStore {
             })
             .collect::<StoreResult<Vec<_>>>()?;
         self.blocking(false, move |shard| {
+            let replaced = match &tracking {
+                Some((_, name)) => stored_terms(shard, &ids, name)?,
+                None => Vec::new(),
+            };
             shard
                 .update(UpdateOperation::PointOperation(PointOperations::UpsertPoints(
                     PointInsertOperations::PointsList(points),
                 )))
-                .map_err(edge_error)
+                .map_err(edge_error)?;
+            if let Some((terms, _)) = tracking {
+                terms.remove(replaced.iter().map(Vec::as_slice));
+                terms.add(written.iter().map(Vec::as_slice));
+            }
+            Ok(())
         })
         .await
     }
 
     async fn delete(&self, ids: &[Uuid]) -> StoreResult<()> {
+        let tracking = self.term_tracking();
         let ids: Vec<PointId> = ids.iter().copied().map(point_id).collect();
         self.blocking(false, move |shard| {
-            shard.update(UpdateOperation::PointOperation(PointOperations::DeletePoints { ids })).map_err(edge_error)
+            let deleted = match &tracking {
+                Some((_, name)) => stored_terms(shard, &ids, name)?,
+                None => Vec::new(),
+            };
+            shard.update(UpdateOperation::PointOperation(PointOperations::DeletePoints { ids })).map_err(edge_error)?;
+            if let Some((terms, _)) = tracking {
+                terms.remove(deleted.iter().map(Vec::as_slice));
+            }
+            Ok(())
         })
         .await
     }
@@ -531,6 +694,10 @@ impl VectorStore for EdgeVectorStore {
     async fn optimize(&self) -> StoreResult<bool> {
         self.blocking(false, |shard| shard.optimize().map_err(edge_error)).await
     }
+
+    fn prepare_search(&self) {
+        self.count_terms_once();
+    }
 }
 
 #[cfg(test)]
@@ -617,6 +784,83 @@ mod tests {
         }
         assert_eq!(expected, 300);
         assert!(found as f64 / expected as f64 >= 0.95, "recall@10 {found}/{expected}");
+    }
+
+    /// Once the terms are counted, a common term's posting list is not walked: the rare terms find the
+    /// candidates and the whole query scores them, and the known candidates, as a full walk would; a query
+    /// of common terms only scores the known candidates. Writes keep the counts equal to a fresh count.
+    #[tokio::test]
+    async fn common_terms_only_score_what_rare_terms_and_known_candidates_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spec = CollectionSpec::builtin();
+        spec.lexical.as_mut().unwrap().common_term_points = 20;
+        let mut store = EdgeVectorStore::open(dir.path(), &spec).await.unwrap();
+        let mut rng = fastrand::Rng::with_seed(11);
+        let points: Vec<VectorPoint> = (0..100)
+            .map(|n| {
+                let mut point = point(&mut rng);
+                let rare = if n % 20 == 0 { " zeppelin" } else { "" };
+                let lantern = if n % 2 == 0 { " lantern lantern" } else { " kettle" };
+                point.context.content = format!("harbor{lantern}{rare} note {n}");
+                point
+            })
+            .collect();
+        store.upsert(points.clone()).await.unwrap();
+        let scope = ReadScope { agent_id: "a".into(), admin: true, sessions: None };
+        let filter = ContextFilter::parse(ContextFilterArgs::default(), scope, Timestamp(2)).unwrap();
+        let lexical = store.lexical.clone().unwrap();
+        let term = |word: &str| lexical.query(word).0[0];
+        let (harbor, zeppelin) = (term("harbor"), term("zeppelin"));
+
+        store.count_terms_once();
+        for _ in 0..500 {
+            if store.terms.points_with(harbor).is_some() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!((store.terms.points_with(harbor), store.terms.points_with(zeppelin)), (Some(100), Some(5)));
+
+        let scores = |hits: &LexicalHits| -> HashMap<Uuid, f32> {
+            hits.hits.iter().map(|h| (h.context.id, h.score)).chain(hits.known.iter().copied()).collect()
+        };
+        let none = HashSet::new();
+        let query = "zeppelin harbor lantern";
+        // A full walk would fill all 8 places; the rare term alone finds its 5 points.
+        let planned = scores(&store.lexical(query, &filter, 8, false, none.clone()).await.unwrap().unwrap());
+        store.common_term_points = 0;
+        let walked = scores(&store.lexical(query, &filter, 100, false, none.clone()).await.unwrap().unwrap());
+        let rare: HashSet<Uuid> = points.iter().step_by(20).map(|p| p.context.id).collect();
+        assert_eq!(planned.keys().copied().collect::<HashSet<_>>(), rare, "the rare term's points");
+        for (id, score) in &planned {
+            assert!((score - walked[id]).abs() <= 1e-4 * walked[id], "{score} vs a full walk's {}", walked[id]);
+        }
+
+        let known: HashSet<Uuid> = points[1..4].iter().map(|p| p.context.id).collect();
+        let walked_common = store.lexical("harbor lantern", &filter, 100, false, known.clone()).await.unwrap().unwrap();
+        store.common_term_points = 20;
+        let common = store.lexical("harbor lantern", &filter, 100, false, known.clone()).await.unwrap().unwrap();
+        assert!(common.hits.is_empty() && common.known.len() == 3, "only the known candidates: {common:?}");
+        let walked_common = scores(&walked_common);
+        for (id, score) in &common.known {
+            assert!((score - walked_common[id]).abs() <= 1e-4 * walked_common[id]);
+        }
+        let alone = store.lexical("harbor lantern", &filter, 7, false, none).await.unwrap().unwrap();
+        assert_eq!(alone.hits.len(), 7, "without known candidates every term is walked");
+
+        let mut changed = points[0].clone();
+        changed.context.content = "harbor kettle".into();
+        store.upsert(vec![changed]).await.unwrap();
+        store.delete(&[points[20].context.id, points[21].context.id]).await.unwrap();
+        assert_eq!(store.terms.points_with(zeppelin), Some(3));
+        assert_eq!(store.terms.points_with(harbor), Some(98));
+        let recount = TermCounts::default();
+        assert!(recount.claim_count());
+        assert_eq!(count_terms(&store.shard, &store.gate, &recount, &lexical.name).unwrap(), 98);
+        recount.counted();
+        for word in ["harbor", "lantern", "kettle", "zeppelin", "note"] {
+            assert_eq!(store.terms.points_with(term(word)), recount.points_with(term(word)), "{word}");
+        }
     }
 
     #[test]

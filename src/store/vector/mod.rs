@@ -8,6 +8,7 @@ pub mod lexical;
 pub mod payload;
 pub mod qdrant;
 pub mod state_points;
+pub mod term_counts;
 
 use std::collections::HashSet;
 
@@ -104,6 +105,9 @@ pub trait VectorStore: Send + Sync + 'static {
     async fn flush(&self) -> StoreResult<()>;
     /// Builds indexes if worthwhile; may take minutes. Returns whether anything changed.
     async fn optimize(&self) -> StoreResult<bool>;
+    /// Starts, in the background, what makes searches cheaper (the embedded store counts its lexical
+    /// terms); for a process about to serve searches. The default does nothing.
+    fn prepare_search(&self) {}
 }
 
 /// How an approximate search was answered.

@@ -158,9 +158,19 @@ impl ContextGraph for Neo4jGraphStore {
         })
     }
 
-    async fn context_versions(&self, id: Uuid) -> StoreResult<Vec<ContextVersion>> {
+    async fn context_versions(
+        &self,
+        id: Uuid,
+        before: Option<i64>,
+        limit: Option<usize>,
+    ) -> StoreResult<Vec<ContextVersion>> {
+        let limit = limit.map_or(i64::MAX, |n| n.min(i64::MAX as usize) as i64);
         read!(self, |txn| {
-            let found = rows(txn, query(cypher::CONTEXT_VERSIONS).param("id", id.to_string())).await?;
+            let statement = query(cypher::CONTEXT_VERSIONS)
+                .param("id", id.to_string())
+                .param("before", before.unwrap_or(i64::MAX))
+                .param("limit", limit);
+            let found = rows(txn, statement).await?;
             found
                 .iter()
                 .map(|row| {

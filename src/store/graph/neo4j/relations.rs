@@ -47,7 +47,8 @@ impl RelationGraph for Neo4jGraphStore {
                 let statement = query(cypher::RELATION_STEP)
                     .param("ids", walk.frontier().iter().map(Uuid::to_string).collect::<Vec<_>>())
                     .param("both", both_directions)
-                    .param("relation", relation.map(str::to_string));
+                    .param("relation", relation.map(str::to_string))
+                    .param("limit", walk.edge_budget() as i64);
                 let edges = rows(txn, statement)
                     .await?
                     .iter()

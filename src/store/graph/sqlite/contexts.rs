@@ -180,13 +180,20 @@ impl ContextGraph for SqliteGraphStore {
         .await
     }
 
-    async fn context_versions(&self, id: Uuid) -> StoreResult<Vec<ContextVersion>> {
+    async fn context_versions(
+        &self,
+        id: Uuid,
+        before: Option<i64>,
+        limit: Option<usize>,
+    ) -> StoreResult<Vec<ContextVersion>> {
+        let before = before.unwrap_or(i64::MAX);
+        let limit = limit.map_or(-1, |n| n.min(i64::MAX as usize) as i64);
         self.read(move |conn| {
             let mut statement = conn.prepare_cached(
                 "SELECT version, type, content, tags, metadata, visibility, updated_at FROM context_versions \
-                 WHERE context_id = ?1 ORDER BY version DESC",
+                 WHERE context_id = ?1 AND version < ?2 ORDER BY version DESC LIMIT ?3",
             )?;
-            let rows = statement.query_map(params![id.to_string()], |row| {
+            let rows = statement.query_map(params![id.to_string(), before, limit], |row| {
                 Ok(ContextVersion {
                     id,
                     version: row.get(0)?,

@@ -71,10 +71,11 @@ impl RelationGraph for SqliteGraphStore {
                 let sql = match &relation {
                     Some(name) => {
                         values.push(name.clone().into());
-                        format!("SELECT * FROM ({sql}) WHERE relation = ? ORDER BY 2")
+                        format!("SELECT * FROM ({sql}) WHERE relation = ? ORDER BY 2 LIMIT ?")
                     }
-                    None => format!("SELECT * FROM ({sql}) ORDER BY 2"),
+                    None => format!("SELECT * FROM ({sql}) ORDER BY 2 LIMIT ?"),
                 };
+                values.push((walk.edge_budget() as i64).into());
                 let mut statement = conn.prepare(&sql)?;
                 let edges = statement
                     .query_map(params_from_iter(values.iter()), |row| {
