@@ -252,7 +252,7 @@ tool_table! {
     store_context(StoreContextRequest) -> StoreContextResponse, CREATE,
         "Remember a piece of text (a context) in a session, with type, tags, metadata and visibility. Identical content in the same session returns the existing context (deduplicated: true).";
     get_context(GetContextRequest) -> GetContextResponse, READ,
-        "Get a context by id, optionally with its previous versions.";
+        "Get a context by id, optionally with its previous versions (newest first, 20 a page: versions_limit, versions_before).";
     update_context(UpdateContextRequest) -> crate::domain::Context, REPLACE,
         "Change a context you authored. Pass expected_version to fail with conflict instead of overwriting a newer change. The previous version is kept.";
     delete_context(DeleteContextRequest) -> DeleteContextResponse, REMOVE,

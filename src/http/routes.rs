@@ -249,12 +249,17 @@ const OPEN_BODY_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5
 /// one of the slots that readiness probes and token exchanges share.
 pub async fn shed_open_load(State(state): State<HttpState>, request: Request, next: Next) -> Response {
     let (parts, body) = request.into_parts();
+    let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > OPEN_BODY_BYTES as u64) {
+        let message = format!("the body is over {OPEN_BODY_BYTES} bytes");
+        return error_response(StatusCode::PAYLOAD_TOO_LARGE, &ToolError { code: ErrorCode::PayloadTooLarge, message });
+    }
     let body = match tokio::time::timeout(OPEN_BODY_DEADLINE, axum::body::to_bytes(body, OPEN_BODY_BYTES)).await {
         Ok(Ok(body)) => body,
         Ok(Err(_)) => {
-            let message = format!("the body is over {OPEN_BODY_BYTES} bytes or broke off");
-            let error = ToolError { code: ErrorCode::PayloadTooLarge, message };
-            return error_response(StatusCode::PAYLOAD_TOO_LARGE, &error);
+            let message = format!("the body broke off or is over {OPEN_BODY_BYTES} bytes");
+            let error = ToolError { code: ErrorCode::InvalidArgument, message };
+            return error_response(StatusCode::BAD_REQUEST, &error);
         }
         Err(_) => {
             let message = format!("the body took longer than {} s to arrive", OPEN_BODY_DEADLINE.as_secs());

@@ -88,7 +88,7 @@ pub struct StoreContextResponse {
 pub struct GetContextRequest {
     /// The context id (UUID).
     pub id: String,
-    /// Also return previous versions, newest first.
+    /// Also return previous versions, newest first: the 20 newest unless `versions_limit` says otherwise.
     #[serde(default)]
     pub include_versions: bool,
     /// How many previous versions (default 20, at most 100).

@@ -410,6 +410,20 @@ async fn relations_traverse_breadth_first(store: Store) {
     let around_e: Vec<String> =
         store.neighbours(&[e.id], 1, &alice).await.unwrap().into_iter().map(|(_, r)| r.context.content).collect();
     assert_eq!(around_e, ["node f"], "the visible neighbour is found even with per_node 1");
+
+    // Many edges to the same nodes (three relations each) still reach max_nodes distinct nodes.
+    let spoke_hub = public_context("spoke hub", "s", "alice");
+    insert(&store, &spoke_hub).await;
+    for n in 0..8 {
+        let spoke = public_context(&format!("spoke {n}"), "s", "alice");
+        insert(&store, &spoke).await;
+        for relation in ["cites", "blocks", "mentions"] {
+            store.link(&link(&spoke_hub, &spoke, relation)).await.unwrap();
+        }
+    }
+    let spokes = store.related(spoke_hub.id, 1, None, false, 5, &everything).await.unwrap();
+    let distinct: std::collections::HashSet<Uuid> = spokes.iter().map(|r| r.context.id).collect();
+    assert_eq!((spokes.len(), distinct.len()), (5, 5), "five distinct spokes");
 }
 
 async fn agent_state_compare_and_set_ttl_and_prefixes(store: Store) {

@@ -442,8 +442,8 @@ async fn each_agent_is_rate_limited_with_429_and_retry_after() {
     app.stop().await;
 }
 
-/// A client that starts a request and never finishes its headers (slowloris) is cut off after
-/// `server.header_read_timeout_ms`, while a prompt request on another connection is served.
+/// Token exchanges whose bodies arrive slowly hold their own connections, not the slots that readiness
+/// probes share with them; a body that never completes is answered 408.
 #[tokio::test]
 async fn slow_token_bodies_do_not_take_the_readiness_slots() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -470,6 +470,8 @@ async fn slow_token_bodies_do_not_take_the_readiness_slots() {
     app.stop().await;
 }
 
+/// A client that starts a request and never finishes its headers (slowloris) is cut off after
+/// `server.header_read_timeout_ms`, while a prompt request on another connection is served.
 #[tokio::test]
 async fn a_connection_that_never_finishes_its_headers_is_closed() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -95,11 +95,12 @@ impl RelatedWalk {
         }
     }
 
-    /// How many edges the next level reads at most, in the order they are reached: enough for every node
-    /// the walk may still take, and for as many edges back to nodes already seen, so that a node with
-    /// millions of edges costs a bounded read.
+    /// How many edges the next level takes at most, one per node reached, in the order they are reached:
+    /// every node the walk may still take plus every node already seen, so nothing the walk would take is
+    /// left out, and a node with millions of edges hands over a bounded answer (the store still reads
+    /// its edges to order them).
     pub fn edge_budget(&self) -> usize {
-        4 * self.max_nodes.saturating_sub(self.reached.len()) + self.seen.len()
+        self.max_nodes.saturating_sub(self.reached.len()) + self.seen.len()
     }
 
     /// The nodes the last `absorb` reached, whose contexts `settle` needs.

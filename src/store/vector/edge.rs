@@ -40,6 +40,8 @@ pub struct EdgeVectorStore {
     terms: Arc<TermCounts>,
     /// A query term in more points than this is common (`lexical.common_term_points`; 0: none is).
     common_term_points: u32,
+    /// Filters matching fewer points than this leave every term walked (`PLAIN_SEARCH_POINTS`).
+    plain_search_points: usize,
     /// Searches and scrolls are CPU-bound: one lane per core, the rest wait as tasks, not threads.
     query_lanes: BlockingLanes,
     /// An exclusive lock on `<dir>/.lock` for as long as the store is open (the kernel drops it when the
@@ -91,6 +93,13 @@ fn search_params(hnsw_ef: usize, exact: bool, quantization: Option<QuantizationS
     SearchParams { hnsw_ef: Some(hnsw_ef), exact, quantization, ..SearchParams::default() }
 }
 
+/// Below this many points a filtered sparse search scores each point instead of walking posting lists
+/// (qdrant-edge's default sparse `full_scan_threshold`).
+const PLAIN_SEARCH_POINTS: usize = 5_000;
+
+/// How many more candidates than asked for the rare terms of a planned lexical query find.
+const RARE_OVERSAMPLING: usize = 4;
+
 fn edge_error(err: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(format!("qdrant-edge: {err}"))
 }
@@ -137,6 +146,7 @@ impl EdgeVectorStore {
             lexical,
             terms: Arc::default(),
             common_term_points,
+            plain_search_points: PLAIN_SEARCH_POINTS,
             query_lanes: BlockingLanes::per_core(),
             _process_lock: Arc::new(lock),
         })
@@ -357,6 +367,7 @@ impl EdgeVectorStore {
             false => WithVector::Bool(false),
         };
         let in_full = known.is_empty() && walk == Walk::All;
+        let plain_search_points = self.plain_search_points;
         self.query(move |shard| {
             let search = |query: SparseVector, filter: Filter, limit: usize, in_full: bool| {
                 let request = SearchRequest {
@@ -374,19 +385,33 @@ impl EdgeVectorStore {
                 };
                 shard.search(request).map_err(edge_error)
             };
+            // Over fewer than `PLAIN_SEARCH_POINTS` points the engine scores each one instead of walking
+            // posting lists, so a narrow filter (one session) gains nothing from leaving terms out.
+            let narrow = || -> StoreResult<bool> {
+                let estimate = shard.count(CountRequest { filter: Some(filter.clone()), exact: false });
+                Ok(estimate.map_err(edge_error)? < plain_search_points)
+            };
+            let walk = match walk {
+                Walk::All => Walk::All,
+                _ if narrow()? => Walk::All,
+                walk => walk,
+            };
             let scored = match (walk, rare) {
-                (Walk::Rare(_), Some(rare)) => {
-                    let found = search(rare, filter.clone(), limit, false)?;
+                (Walk::All, _) | (Walk::Rare(_), None) => search(sparse, filter, limit, in_full)?,
+                (planned, rare) => {
+                    // The rare terms find candidates (more than asked for, as the common terms may still
+                    // reorder them); the whole query scores those and the known ones, and the best `limit`
+                    // are kept, as a full walk keeps its best `limit`.
                     let mut ids: HashSet<PointId> = known.iter().copied().map(point_id).collect();
-                    ids.extend(found.into_iter().map(|point| point.id));
-                    let n = ids.len();
-                    search(sparse, filter.merge_owned(has_id(ids)?), n, false)?
+                    if let (Walk::Rare(_), Some(rare)) = (planned, rare) {
+                        let found = search(rare, filter.clone(), RARE_OVERSAMPLING * limit, false)?;
+                        ids.extend(found.into_iter().map(|point| point.id));
+                    }
+                    if ids.is_empty() {
+                        return Ok(Some(LexicalHits::default()));
+                    }
+                    search(sparse, filter.merge_owned(has_id(ids)?), limit, false)?
                 }
-                (Walk::None, _) => {
-                    let ids: HashSet<PointId> = known.iter().copied().map(point_id).collect();
-                    search(sparse, filter.merge_owned(has_id(ids)?), known.len(), false)?
-                }
-                _ => search(sparse, filter, limit, in_full)?,
             };
             let mut hits = LexicalHits::default();
             if in_full {
@@ -435,21 +460,44 @@ impl EdgeVectorStore {
             let started = std::time::Instant::now();
             match count_terms(&shard, &gate, &terms, &name) {
                 Ok(points) => {
-                    terms.counted();
-                    tracing::info!(points, ms = started.elapsed().as_millis() as u64, "lexical terms counted");
+                    tracing::info!(points, ms = started.elapsed().as_millis() as u64, "lexical terms counted")
                 }
                 Err(err) => {
-                    terms.uncounted();
+                    terms.hold().failed();
                     tracing::warn!(error = %err, "counting the lexical terms failed; every term is walked");
                 }
             }
         });
     }
 
-    /// The term counts and the sparse vector's name, when writes must keep the counts current.
-    fn term_tracking(&self) -> Option<(Arc<TermCounts>, String)> {
-        let lexical = self.lexical.as_ref().filter(|_| self.terms.tracking())?;
+    /// The term counts and the sparse vector's name, when the store plans lexical queries with them.
+    fn term_counting(&self) -> Option<(Arc<TermCounts>, String)> {
+        let lexical = self.lexical.as_ref().filter(|_| self.common_term_points > 0)?;
         Some((self.terms.clone(), lexical.name.clone()))
+    }
+
+    /// Runs a write of the points `ids` (`write`) and keeps the term counts: the terms they held before
+    /// are taken away and `written` (their new terms, empty for a delete) added, for the points the counts
+    /// track (see `TermCounts`).
+    fn counted_write(
+        shard: &EdgeShard,
+        counting: Option<(&TermCounts, &str)>,
+        ids: &[Uuid],
+        written: &[Vec<u32>],
+        write: impl FnOnce() -> StoreResult<()>,
+    ) -> StoreResult<()> {
+        let Some((terms, name)) = counting else { return write() };
+        let hold = terms.hold();
+        let tracked: Vec<usize> = (0..ids.len()).filter(|&i| hold.tracks(ids[i])).collect();
+        let points: Vec<PointId> = tracked.iter().map(|&i| point_id(ids[i])).collect();
+        let before = match points.is_empty() {
+            true => Vec::new(),
+            false => stored_terms(shard, &points, name)?,
+        };
+        write()?;
+        hold.remove(before.iter().map(Vec::as_slice));
+        hold.add(tracked.iter().filter_map(|&i| written.get(i)).map(Vec::as_slice));
+        Ok(())
     }
 }
 
@@ -460,14 +508,16 @@ fn stored_terms(shard: &EdgeShard, ids: &[PointId], name: &str) -> StoreResult<V
     Ok(records.into_iter().filter_map(|record| record.vector.and_then(|v| sparse_of(v, name))).collect())
 }
 
-/// Counts the lexical terms of every point in the shard into `terms`, a page at a time (each page holds the
-/// update gate shared, as a write does); returns how many points were read.
+/// Counts the lexical terms of every point in the shard into `terms`, a page at a time in id order (each
+/// page holds the update gate shared, as a write does, and the counts); returns how many points were read.
 fn count_terms(shard: &EdgeShard, gate: &RwLock<()>, terms: &TermCounts, name: &str) -> StoreResult<usize> {
     const PAGE: usize = 4096;
     let (mut offset, mut points) = (None, 0);
     loop {
+        // The gate first, then the counts: the order a write takes them in.
+        let _guard = gate.read().unwrap_or_else(|e| e.into_inner());
+        let mut hold = terms.hold();
         let (records, next) = {
-            let _guard = gate.read().unwrap_or_else(|e| e.into_inner());
             shard
                 .scroll(ScrollRequest {
                     offset,
@@ -482,7 +532,11 @@ fn count_terms(shard: &EdgeShard, gate: &RwLock<()>, terms: &TermCounts, name: &
         points += records.len();
         let page: Vec<Vec<u32>> =
             records.into_iter().filter_map(|record| record.vector.and_then(|v| sparse_of(v, name))).collect();
-        terms.add(page.iter().map(Vec::as_slice));
+        hold.add(page.iter().map(Vec::as_slice));
+        hold.scanned(next.map(|next| match next {
+            PointId::Uuid(id) => id,
+            PointId::NumId(_) => Uuid::nil(),
+        }));
         match next {
             Some(next) => offset = Some(next),
             None => return Ok(points),
@@ -524,8 +578,7 @@ impl VectorStore for EdgeVectorStore {
     }
 
     async fn upsert(&self, points: Vec<VectorPoint>) -> StoreResult<()> {
-        let tracking = self.term_tracking();
-        let (mut ids, mut written) = (Vec::new(), Vec::new());
+        let (mut ids, mut written) = (Vec::with_capacity(points.len()), Vec::with_capacity(points.len()));
         let points = points
             .into_iter()
             .map(|p| {
@@ -533,10 +586,8 @@ impl VectorStore for EdgeVectorStore {
                     Some(lexical) => {
                         let (indices, values) = lexical.document(&p.context.content);
                         let mut named = vec![(String::new(), Vector::new_dense(p.vector))];
-                        if tracking.is_some() {
-                            ids.push(point_id(p.context.id));
-                            written.push(indices.clone());
-                        }
+                        ids.push(p.context.id);
+                        written.push(indices.clone());
                         if !indices.is_empty() {
                             named
                                 .push((lexical.name.clone(), Vector::new_sparse(indices, values).map_err(edge_error)?));
@@ -548,38 +599,31 @@ impl VectorStore for EdgeVectorStore {
                 Ok(PointStruct::new(point_id(p.context.id), vectors, to_payload(&p.context)).into())
             })
             .collect::<StoreResult<Vec<_>>>()?;
+        let counting = self.term_counting();
         self.blocking(false, move |shard| {
-            let replaced = match &tracking {
-                Some((_, name)) => stored_terms(shard, &ids, name)?,
-                None => Vec::new(),
-            };
-            shard
-                .update(UpdateOperation::PointOperation(PointOperations::UpsertPoints(
-                    PointInsertOperations::PointsList(points),
-                )))
-                .map_err(edge_error)?;
-            if let Some((terms, _)) = tracking {
-                terms.remove(replaced.iter().map(Vec::as_slice));
-                terms.add(written.iter().map(Vec::as_slice));
-            }
-            Ok(())
+            let counting = counting.as_ref().map(|(terms, name)| (terms.as_ref(), name.as_str()));
+            Self::counted_write(shard, counting, &ids, &written, || {
+                shard
+                    .update(UpdateOperation::PointOperation(PointOperations::UpsertPoints(
+                        PointInsertOperations::PointsList(points),
+                    )))
+                    .map_err(edge_error)
+            })
         })
         .await
     }
 
     async fn delete(&self, ids: &[Uuid]) -> StoreResult<()> {
-        let tracking = self.term_tracking();
-        let ids: Vec<PointId> = ids.iter().copied().map(point_id).collect();
+        let counting = self.term_counting();
+        let ids = ids.to_vec();
         self.blocking(false, move |shard| {
-            let deleted = match &tracking {
-                Some((_, name)) => stored_terms(shard, &ids, name)?,
-                None => Vec::new(),
-            };
-            shard.update(UpdateOperation::PointOperation(PointOperations::DeletePoints { ids })).map_err(edge_error)?;
-            if let Some((terms, _)) = tracking {
-                terms.remove(deleted.iter().map(Vec::as_slice));
-            }
-            Ok(())
+            let counting = counting.as_ref().map(|(terms, name)| (terms.as_ref(), name.as_str()));
+            let points: Vec<PointId> = ids.iter().copied().map(point_id).collect();
+            Self::counted_write(shard, counting, &ids, &[], || {
+                shard
+                    .update(UpdateOperation::PointOperation(PointOperations::DeletePoints { ids: points }))
+                    .map_err(edge_error)
+            })
         })
         .await
     }
@@ -788,7 +832,8 @@ mod tests {
 
     /// Once the terms are counted, a common term's posting list is not walked: the rare terms find the
     /// candidates and the whole query scores them, and the known candidates, as a full walk would; a query
-    /// of common terms only scores the known candidates. Writes keep the counts equal to a fresh count.
+    /// of common terms only scores the known candidates. A narrow filter walks every term. Writes keep the
+    /// counts equal to a fresh count.
     #[tokio::test]
     async fn common_terms_only_score_what_rare_terms_and_known_candidates_found() {
         let dir = tempfile::tempdir().unwrap();
@@ -796,12 +841,17 @@ mod tests {
         spec.lexical.as_mut().unwrap().common_term_points = 20;
         let mut store = EdgeVectorStore::open(dir.path(), &spec).await.unwrap();
         let mut rng = fastrand::Rng::with_seed(11);
+        // harbor: 100 points, lantern: 47, kettle: 50 (common); zeppelin: 5 (rare), two of them longer and
+        // with lantern too, so that lantern reorders what zeppelin alone would rank first.
         let points: Vec<VectorPoint> = (0..100)
             .map(|n| {
                 let mut point = point(&mut rng);
-                let rare = if n % 20 == 0 { " zeppelin" } else { "" };
-                let lantern = if n % 2 == 0 { " lantern lantern" } else { " kettle" };
-                point.context.content = format!("harbor{lantern}{rare} note {n}");
+                point.context.content = match n {
+                    0 | 20 => format!("zeppelin lantern lantern harbor note {n} extra words"),
+                    40 | 60 | 80 => format!("zeppelin harbor note {n}"),
+                    n if n % 2 == 0 => format!("harbor lantern lantern note {n}"),
+                    n => format!("harbor kettle note {n}"),
+                };
                 point
             })
             .collect();
@@ -820,28 +870,43 @@ mod tests {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
         assert_eq!((store.terms.points_with(harbor), store.terms.points_with(zeppelin)), (Some(100), Some(5)));
+        assert_eq!(store.terms.points_with(term("lantern")), Some(47));
 
-        let scores = |hits: &LexicalHits| -> HashMap<Uuid, f32> {
-            hits.hits.iter().map(|h| (h.context.id, h.score)).chain(hits.known.iter().copied()).collect()
+        let ranked = |hits: LexicalHits| -> Vec<(Uuid, f32)> {
+            let mut all: Vec<(Uuid, f32)> =
+                hits.hits.iter().map(|h| (h.context.id, h.score)).chain(hits.known.iter().copied()).collect();
+            all.sort_by(|a, b| b.1.total_cmp(&a.1));
+            all
         };
         let none = HashSet::new();
-        let query = "zeppelin harbor lantern";
-        // A full walk would fill all 8 places; the rare term alone finds its 5 points.
-        let planned = scores(&store.lexical(query, &filter, 8, false, none.clone()).await.unwrap().unwrap());
+        let id = |n: usize| points[n].context.id;
+        // 100 points are a narrow filter: every term is walked, as without counts.
+        let narrow = ranked(store.lexical("zeppelin lantern", &filter, 8, false, none.clone()).await.unwrap().unwrap());
+        assert_eq!(narrow.len(), 8);
+        store.plain_search_points = 0;
+        let planned =
+            ranked(store.lexical("zeppelin lantern", &filter, 8, false, none.clone()).await.unwrap().unwrap());
+        let top2 = ranked(store.lexical("zeppelin lantern", &filter, 2, false, none.clone()).await.unwrap().unwrap());
         store.common_term_points = 0;
-        let walked = scores(&store.lexical(query, &filter, 100, false, none.clone()).await.unwrap().unwrap());
-        let rare: HashSet<Uuid> = points.iter().step_by(20).map(|p| p.context.id).collect();
-        assert_eq!(planned.keys().copied().collect::<HashSet<_>>(), rare, "the rare term's points");
+        let walked =
+            ranked(store.lexical("zeppelin lantern", &filter, 100, false, none.clone()).await.unwrap().unwrap());
+        let walked_score: HashMap<Uuid, f32> = walked.iter().copied().collect();
+        let rare: HashSet<Uuid> = [0, 20, 40, 60, 80].into_iter().map(id).collect();
+        assert_eq!(planned.iter().map(|h| h.0).collect::<HashSet<_>>(), rare, "the rare term's points, not 8");
         for (id, score) in &planned {
-            assert!((score - walked[id]).abs() <= 1e-4 * walked[id], "{score} vs a full walk's {}", walked[id]);
+            let walked = walked_score[id];
+            assert!((score - walked).abs() <= 1e-4 * walked, "{score} vs a full walk's {walked}");
         }
+        let best = |hits: &[(Uuid, f32)]| hits.iter().take(2).map(|h| h.0).collect::<HashSet<_>>();
+        assert_eq!(best(&walked), [id(0), id(20)].into(), "lantern lifts the longer zeppelin points");
+        assert_eq!(best(&top2), best(&walked), "the best 2 of the rare candidates under the whole query");
 
-        let known: HashSet<Uuid> = points[1..4].iter().map(|p| p.context.id).collect();
+        let known: HashSet<Uuid> = [1, 2, 3].into_iter().map(id).collect();
         let walked_common = store.lexical("harbor lantern", &filter, 100, false, known.clone()).await.unwrap().unwrap();
         store.common_term_points = 20;
         let common = store.lexical("harbor lantern", &filter, 100, false, known.clone()).await.unwrap().unwrap();
         assert!(common.hits.is_empty() && common.known.len() == 3, "only the known candidates: {common:?}");
-        let walked_common = scores(&walked_common);
+        let walked_common: HashMap<Uuid, f32> = ranked(walked_common).into_iter().collect();
         for (id, score) in &common.known {
             assert!((score - walked_common[id]).abs() <= 1e-4 * walked_common[id]);
         }
@@ -857,8 +922,7 @@ mod tests {
         let recount = TermCounts::default();
         assert!(recount.claim_count());
         assert_eq!(count_terms(&store.shard, &store.gate, &recount, &lexical.name).unwrap(), 98);
-        recount.counted();
-        for word in ["harbor", "lantern", "kettle", "zeppelin", "note"] {
+        for word in ["harbor", "lantern", "kettle", "zeppelin", "note", "extra"] {
             assert_eq!(store.terms.points_with(term(word)), recount.points_with(term(word)), "{word}");
         }
     }

@@ -69,7 +69,8 @@ pub trait VectorStore: Send + Sync + 'static {
     ) -> StoreResult<Vec<VectorHit>>;
     /// The `limit` points that pass `filter` with the best BM25 score for `query` (only points sharing a
     /// term with it), with their dense vectors when `with_dense`; None when the collection has no lexical
-    /// index (made before there was one: `reindex --recreate` adds it).
+    /// index (made before there was one: `reindex --recreate` adds it). The embedded store leaves common
+    /// terms out of the walk (`term_counts`): the best among the points its rare terms find.
     async fn lexical_search(
         &self,
         query: &str,

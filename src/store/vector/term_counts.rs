@@ -6,23 +6,41 @@
 //! into the top. A term in more than `common_term_points` points is therefore not walked; it still scores
 //! the candidates that the rarer terms and the vector stage found (the common-terms split of Lucene and
 //! Elasticsearch). The engine computes document frequencies per query but does not expose them, so the
-//! store keeps its own: counted by one scan of the shard when a server starts (or on a process's first
-//! lexical search), then kept current by every upsert and delete. The counts only choose which lists are
-//! walked (the engine's own IDF still scores), so they may be slightly off without changing a score: a
-//! point written while the scan runs can be counted twice or not at all until the next start.
+//! store keeps its own: counted by one scan of the shard, in id order, when a server starts (or on a
+//! process's first lexical search), then kept by every upsert and delete.
+//!
+//! A write and a page of the scan never overlap (`Progress`): while the scan runs, a write counts only the
+//! points the scan has already passed, and the scan reads the others as they are by then, so each point is
+//! counted once. The counts only choose which lists are walked; the engine's own IDF still scores.
 
 use std::collections::HashMap;
-use std::sync::RwLock;
 use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant};
+
+use uuid::Uuid;
 
 const NOT_COUNTED: u8 = 0;
 const COUNTING: u8 = 1;
 const COUNTED: u8 = 2;
 
+/// How long after a failed scan the next one may start.
+const RETRY_AFTER: Duration = Duration::from_secs(60);
+
 #[derive(Default)]
 pub struct TermCounts {
     state: AtomicU8,
     points: RwLock<HashMap<u32, u32>>,
+    progress: Mutex<Progress>,
+}
+
+/// Where the scan is, and when it last failed; held by a write from reading the terms it replaces to
+/// changing the counts, and by the scan for each page.
+#[derive(Default)]
+struct Progress {
+    /// The scan has read every point below this id (None: none yet).
+    scanned_below: Option<Uuid>,
+    failed_at: Option<Instant>,
 }
 
 /// Which posting lists a lexical query walks.
@@ -37,21 +55,26 @@ pub enum Walk {
     None,
 }
 
-impl TermCounts {
-    /// Claims the scan that counts the terms: true for exactly one caller, the one that must run it. Until
-    /// it has run, every query walks every term.
-    pub fn claim_count(&self) -> bool {
-        self.state.compare_exchange(NOT_COUNTED, COUNTING, Ordering::AcqRel, Ordering::Acquire).is_ok()
-    }
+/// A write's or a scan page's hold on the counts (see the module comment).
+pub struct Hold<'a> {
+    counts: &'a TermCounts,
+    progress: MutexGuard<'a, Progress>,
+}
 
-    /// Whether writes must keep the counts current (from the moment the scan starts).
-    pub fn tracking(&self) -> bool {
-        self.state.load(Ordering::Acquire) != NOT_COUNTED
+impl Hold<'_> {
+    /// Whether a write of the point `id` must change the counts: once counted, always; while counting, when
+    /// the scan has passed it.
+    pub fn tracks(&self, id: Uuid) -> bool {
+        match self.counts.state.load(Ordering::Acquire) {
+            COUNTED => true,
+            COUNTING => self.progress.scanned_below.is_some_and(|below| id < below),
+            _ => false,
+        }
     }
 
     /// Adds the terms of points the scan read, or of points just written.
-    pub fn add<'a>(&self, points: impl IntoIterator<Item = &'a [u32]>) {
-        let mut counts = self.points.write().unwrap_or_else(|e| e.into_inner());
+    pub fn add<'t>(&self, points: impl IntoIterator<Item = &'t [u32]>) {
+        let mut counts = self.counts.points.write().unwrap_or_else(|e| e.into_inner());
         for terms in points {
             for term in terms {
                 *counts.entry(*term).or_default() += 1;
@@ -60,8 +83,8 @@ impl TermCounts {
     }
 
     /// Takes away the terms of points replaced or deleted.
-    pub fn remove<'a>(&self, points: impl IntoIterator<Item = &'a [u32]>) {
-        let mut counts = self.points.write().unwrap_or_else(|e| e.into_inner());
+    pub fn remove<'t>(&self, points: impl IntoIterator<Item = &'t [u32]>) {
+        let mut counts = self.counts.points.write().unwrap_or_else(|e| e.into_inner());
         for terms in points {
             for term in terms {
                 if let Some(n) = counts.get_mut(term) {
@@ -74,15 +97,41 @@ impl TermCounts {
         }
     }
 
-    /// Marks the scan done: from now on queries are planned with the counts.
-    pub fn counted(&self) {
-        self.state.store(COUNTED, Ordering::Release);
+    /// The scan has read every point below `next`; None: every point, the counts are ready.
+    pub fn scanned(&mut self, next: Option<Uuid>) {
+        match next {
+            Some(next) => self.progress.scanned_below = Some(next),
+            None => self.counts.state.store(COUNTED, Ordering::Release),
+        }
     }
 
-    /// Gives the scan back after it failed, for the next search to try again.
-    pub fn uncounted(&self) {
-        self.points.write().unwrap_or_else(|e| e.into_inner()).clear();
-        self.state.store(NOT_COUNTED, Ordering::Release);
+    /// Gives the scan up after it failed: the counts are dropped, and a search at least `RETRY_AFTER`
+    /// later starts another.
+    pub fn failed(&mut self) {
+        self.counts.points.write().unwrap_or_else(|e| e.into_inner()).clear();
+        self.progress.scanned_below = None;
+        self.progress.failed_at = Some(Instant::now());
+        self.counts.state.store(NOT_COUNTED, Ordering::Release);
+    }
+}
+
+impl TermCounts {
+    /// Claims the scan that counts the terms: true for exactly one caller, the one that must run it (not
+    /// within `RETRY_AFTER` of a failed one). Until it has run, every query walks every term.
+    pub fn claim_count(&self) -> bool {
+        if self.state.load(Ordering::Acquire) != NOT_COUNTED {
+            return false;
+        }
+        let progress = self.progress.lock().unwrap_or_else(|e| e.into_inner());
+        if progress.failed_at.is_some_and(|at| at.elapsed() < RETRY_AFTER) {
+            return false;
+        }
+        self.state.compare_exchange(NOT_COUNTED, COUNTING, Ordering::AcqRel, Ordering::Acquire).is_ok()
+    }
+
+    /// Holds the counts for one write or one page of the scan.
+    pub fn hold(&self) -> Hold<'_> {
+        Hold { counts: self, progress: self.progress.lock().unwrap_or_else(|e| e.into_inner()) }
     }
 
     /// How many points hold `term`, once counted.
@@ -117,13 +166,20 @@ mod tests {
     fn queries_walk_every_term_until_counted_then_only_the_rare_ones() {
         let counts = TermCounts::default();
         let points: Vec<Vec<u32>> = (0..10u32).map(|n| if n < 2 { vec![1, 2, 3] } else { vec![1, 2] }).collect();
-        assert!(!counts.tracking());
+        let id = |n: u128| Uuid::from_u128(n);
+        assert!(!counts.hold().tracks(id(1)), "nothing to keep before the scan");
         assert!(counts.claim_count() && !counts.claim_count(), "one scan");
-        assert!(counts.tracking());
-        counts.add(points.iter().map(Vec::as_slice));
+        {
+            let mut page = counts.hold();
+            assert!(!page.tracks(id(1)), "not scanned yet: the scan reads it");
+            page.add(points.iter().map(Vec::as_slice));
+            page.scanned(Some(id(50)));
+            assert!(page.tracks(id(49)) && !page.tracks(id(50)), "behind the scan, writes count");
+        }
         assert_eq!(counts.plan(&[1, 3], 5), Walk::All, "not counted yet");
         assert_eq!(counts.points_with(1), None);
-        counts.counted();
+        counts.hold().scanned(None);
+        assert!(counts.hold().tracks(id(u128::MAX)));
         assert_eq!(counts.points_with(1), Some(10));
         assert_eq!(counts.points_with(9), Some(0));
         assert_eq!(counts.plan(&[1, 3], 5), Walk::Rare(vec![3]));
@@ -131,13 +187,15 @@ mod tests {
         assert_eq!(counts.plan(&[1, 2], 5), Walk::None);
         assert_eq!(counts.plan(&[1, 2], 10), Walk::All, "at the bound a term is still walked");
         assert_eq!(counts.plan(&[1, 2], 0), Walk::All, "0 walks every term");
-        counts.remove(points[..6].iter().map(Vec::as_slice));
+        counts.hold().remove(points[..6].iter().map(Vec::as_slice));
         assert_eq!((counts.points_with(1), counts.points_with(3)), (Some(4), Some(0)));
         assert_eq!(counts.plan(&[1, 2], 5), Walk::All);
-        counts.remove([[3u32].as_slice()]);
+        counts.hold().remove([[3u32].as_slice()]);
         assert_eq!(counts.points_with(3), Some(0), "never below zero");
-        counts.uncounted();
-        assert!(!counts.tracking() && counts.points_with(1).is_none());
-        assert!(counts.claim_count(), "a failed scan can be claimed again");
+        counts.hold().failed();
+        assert!(counts.points_with(1).is_none() && !counts.hold().tracks(id(1)));
+        assert!(!counts.claim_count(), "not again right after a failure");
+        counts.progress.lock().unwrap().failed_at = Instant::now().checked_sub(RETRY_AFTER);
+        assert!(counts.claim_count(), "a failed scan is tried again later");
     }
 }

@@ -71,9 +71,9 @@ impl RelationGraph for SqliteGraphStore {
                 let sql = match &relation {
                     Some(name) => {
                         values.push(name.clone().into());
-                        format!("SELECT * FROM ({sql}) WHERE relation = ? ORDER BY 2 LIMIT ?")
+                        format!("SELECT * FROM ({sql}) WHERE relation = ? GROUP BY 2 ORDER BY 2 LIMIT ?")
                     }
-                    None => format!("SELECT * FROM ({sql}) ORDER BY 2 LIMIT ?"),
+                    None => format!("SELECT * FROM ({sql}) GROUP BY 2 ORDER BY 2 LIMIT ?"),
                 };
                 values.push((walk.edge_budget() as i64).into());
                 let mut statement = conn.prepare(&sql)?;
