@@ -98,7 +98,7 @@ fn search_params(hnsw_ef: usize, exact: bool, quantization: Option<QuantizationS
 const PLAIN_SEARCH_POINTS: usize = 5_000;
 
 /// How many more candidates than asked for the rare terms of a planned lexical query find.
-const RARE_OVERSAMPLING: usize = 4;
+const RARE_OVERSAMPLING: usize = 2;
 
 fn edge_error(err: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(format!("qdrant-edge: {err}"))
@@ -331,8 +331,8 @@ impl EdgeVectorStore {
     /// with them it returns scores only, and only the hits outside `known` are read afterwards.
     ///
     /// Once the terms are counted, common terms' posting lists are not walked (`TermCounts`): the rare
-    /// terms find the candidates, and the whole query then scores those and the `known` ones, by the same
-    /// BM25 as a full walk. A query of common terms only scores the `known` candidates.
+    /// terms find twice `limit` candidates, the whole query scores them by the same BM25 as a full walk,
+    /// and the best `limit` are kept. A query of common terms only scores the `known` candidates.
     async fn lexical(
         &self,
         query: &str,
@@ -400,13 +400,16 @@ impl EdgeVectorStore {
                 (Walk::All, _) | (Walk::Rare(_), None) => search(sparse, filter, limit, in_full)?,
                 (planned, rare) => {
                     // The rare terms find candidates (more than asked for, as the common terms may still
-                    // reorder them); the whole query scores those and the known ones, and the best `limit`
-                    // are kept, as a full walk keeps its best `limit`.
-                    let mut ids: HashSet<PointId> = known.iter().copied().map(point_id).collect();
-                    if let (Walk::Rare(_), Some(rare)) = (planned, rare) {
-                        let found = search(rare, filter.clone(), RARE_OVERSAMPLING * limit, false)?;
-                        ids.extend(found.into_iter().map(|point| point.id));
-                    }
+                    // reorder them), the whole query scores them, and the best `limit` are kept, as a full
+                    // walk keeps its best `limit`. Without rare terms, the whole query scores the known
+                    // candidates. (Each id costs the engine a lookup per segment: few are asked.)
+                    let ids: HashSet<PointId> = match (planned, rare) {
+                        (Walk::Rare(_), Some(rare)) => {
+                            let found = search(rare, filter.clone(), RARE_OVERSAMPLING * limit, false)?;
+                            found.into_iter().map(|point| point.id).collect()
+                        }
+                        _ => known.iter().copied().map(point_id).collect(),
+                    };
                     if ids.is_empty() {
                         return Ok(Some(LexicalHits::default()));
                     }
@@ -831,8 +834,8 @@ mod tests {
     }
 
     /// Once the terms are counted, a common term's posting list is not walked: the rare terms find the
-    /// candidates and the whole query scores them, and the known candidates, as a full walk would; a query
-    /// of common terms only scores the known candidates. A narrow filter walks every term. Writes keep the
+    /// candidates and the whole query scores them as a full walk would; a query of common terms only scores
+    /// the known candidates. A narrow filter walks every term. Writes keep the
     /// counts equal to a fresh count.
     #[tokio::test]
     async fn common_terms_only_score_what_rare_terms_and_known_candidates_found() {
@@ -886,7 +889,7 @@ mod tests {
         store.plain_search_points = 0;
         let planned =
             ranked(store.lexical("zeppelin lantern", &filter, 8, false, none.clone()).await.unwrap().unwrap());
-        let top2 = ranked(store.lexical("zeppelin lantern", &filter, 2, false, none.clone()).await.unwrap().unwrap());
+        let top3 = ranked(store.lexical("zeppelin lantern", &filter, 3, false, none.clone()).await.unwrap().unwrap());
         store.common_term_points = 0;
         let walked =
             ranked(store.lexical("zeppelin lantern", &filter, 100, false, none.clone()).await.unwrap().unwrap());
@@ -899,7 +902,7 @@ mod tests {
         }
         let best = |hits: &[(Uuid, f32)]| hits.iter().take(2).map(|h| h.0).collect::<HashSet<_>>();
         assert_eq!(best(&walked), [id(0), id(20)].into(), "lantern lifts the longer zeppelin points");
-        assert_eq!(best(&top2), best(&walked), "the best 2 of the rare candidates under the whole query");
+        assert_eq!(best(&top3), best(&walked), "the best of the rare candidates under the whole query");
 
         let known: HashSet<Uuid> = [1, 2, 3].into_iter().map(id).collect();
         let walked_common = store.lexical("harbor lantern", &filter, 100, false, known.clone()).await.unwrap().unwrap();
