@@ -294,11 +294,12 @@ async fn start_target(options: &LoadOptions, scenario: Scenario) -> anyhow::Resu
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     if bulk_loaded.is_some() {
-        // Until the store has counted its lexical terms (a background scan at start), searches walk every
-        // term and the scan takes a core: the measured rounds start after it.
-        while !std::fs::read_to_string(&log_path).unwrap_or_default().contains("lexical terms counted points=")
-            && started.elapsed() < Duration::from_secs(180)
-        {
+        // Until the stores have counted their lexical terms (a background scan at start, one line each from
+        // the contexts' and the agent state's store), searches walk every term and the scan takes a core:
+        // the measured rounds start after both.
+        let counted =
+            || std::fs::read_to_string(&log_path).unwrap_or_default().matches("lexical terms counted").count();
+        while counted() < 2 && started.elapsed() < Duration::from_secs(180) {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }

@@ -520,18 +520,16 @@ fn count_terms(shard: &EdgeShard, gate: &RwLock<()>, terms: &TermCounts, name: &
         // The gate first, then the counts: the order a write takes them in.
         let _guard = gate.read().unwrap_or_else(|e| e.into_inner());
         let mut hold = terms.hold();
-        let (records, next) = {
-            shard
-                .scroll(ScrollRequest {
-                    offset,
-                    limit: Some(PAGE),
-                    filter: None,
-                    with_payload: Some(WithPayloadInterface::Bool(false)),
-                    with_vector: WithVector::Selector(vec![name.to_string()]),
-                    order_by: None,
-                })
-                .map_err(edge_error)?
-        };
+        let (records, next) = shard
+            .scroll(ScrollRequest {
+                offset,
+                limit: Some(PAGE),
+                filter: None,
+                with_payload: Some(WithPayloadInterface::Bool(false)),
+                with_vector: WithVector::Selector(vec![name.to_string()]),
+                order_by: None,
+            })
+            .map_err(edge_error)?;
         points += records.len();
         let page: Vec<Vec<u32>> =
             records.into_iter().filter_map(|record| record.vector.and_then(|v| sparse_of(v, name))).collect();
@@ -835,8 +833,8 @@ mod tests {
 
     /// Once the terms are counted, a common term's posting list is not walked: the rare terms find the
     /// candidates and the whole query scores them as a full walk would; a query of common terms only scores
-    /// the known candidates. A narrow filter walks every term. Writes keep the
-    /// counts equal to a fresh count.
+    /// the known candidates. A narrow filter walks every term. Writes keep the counts equal to a fresh
+    /// count.
     #[tokio::test]
     async fn common_terms_only_score_what_rare_terms_and_known_candidates_found() {
         let dir = tempfile::tempdir().unwrap();
