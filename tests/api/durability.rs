@@ -212,6 +212,13 @@ async fn every_acknowledged_write_survives_kill_9_under_concurrent_writers() {
             )
             .await
             .unwrap();
-        assert!(hits.hits.iter().any(|h| h.context.id == *id), "{content} not found by search");
+        let found: Vec<(&str, f64)> =
+            hits.hits.iter().map(|h| (h.context.content.as_str(), h.scores.final_score)).collect();
+        assert!(
+            hits.hits.iter().any(|h| h.context.id == *id),
+            "{content} not found by search ({:?}, {:?}); its best 10: {found:?}",
+            hits.mode,
+            hits.degraded_reason
+        );
     }
 }
