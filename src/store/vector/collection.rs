@@ -80,9 +80,9 @@ pub struct LexicalSpec {
     pub b: f64,
     /// The document length, in tokens, that `b` normalises to.
     pub avg_len: f64,
-    /// A query term held by more points than this is common: it scores the candidates the rarer terms and
-    /// the vector stage found, but its posting list is not walked (0: every term is walked). Read by the
-    /// embedded store; a Qdrant server walks every term.
+    /// A query term held by more points than this is common: its posting list is not walked, it only scores
+    /// the candidates the rarer terms found (or, when every term is common, the vector stage's); 0: every
+    /// term is walked. Read by the embedded store; a Qdrant server walks every term.
     #[serde(default = "default_common_term_points")]
     pub common_term_points: u32,
 }

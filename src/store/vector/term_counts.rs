@@ -4,8 +4,8 @@
 //! qdrant-edge walks every query term's posting list to the end unless its max-score pruning can skip it,
 //! and a term held by a large share of the points never can: each of its entries could still lift a point
 //! into the top. A term in more than `common_term_points` points is therefore not walked; it still scores
-//! the candidates that the rarer terms and the vector stage found (the common-terms split of Lucene and
-//! Elasticsearch). The engine computes document frequencies per query but does not expose them, so the
+//! the candidates the rarer terms found, or the vector stage's when every term is common (the
+//! common-terms split of Lucene and Elasticsearch). The engine computes document frequencies per query but does not expose them, so the
 //! store keeps its own: counted by one scan of the shard, in id order, when a server starts (or on a
 //! process's first lexical search), then kept by every upsert and delete.
 //!
@@ -48,8 +48,7 @@ struct Progress {
 pub enum Walk {
     /// Every term's (no term is common, or the counts are not ready yet).
     All,
-    /// Only these terms' (the query's rare terms); every term then scores what they and the vector stage
-    /// found.
+    /// Only these terms' (the query's rare terms); every term then scores what they found.
     Rare(Vec<u32>),
     /// None: every term is common, so the query only scores the candidates the vector stage found.
     None,
