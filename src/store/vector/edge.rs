@@ -14,8 +14,8 @@ use qdrant_edge::{
     CountRequest, CreateIndex, Distance, EdgeConfigBuilder, EdgeOptimizersConfig, EdgeShard, EdgeSparseVectorParams,
     EdgeVectorParams, FieldIndexOperations, Filter, HnswIndexConfig, JsonPath, Modifier, NamedQuery,
     PayloadFieldSchema, PointId, PointInsertOperations, PointOperations, PointStruct, QuantizationConfig,
-    QuantizationSearchParams, QueryEnum, ScrollRequest, SearchParams, SearchRequest, SparseVector, UpdateOperation,
-    Vector, VectorInternal, VectorStructInternal, Vectors, WithPayloadInterface, WithVector,
+    QuantizationSearchParams, QueryEnum, Record, ScrollRequest, SearchParams, SearchRequest, SparseVector,
+    UpdateOperation, Vector, VectorInternal, VectorStructInternal, Vectors, WithPayloadInterface, WithVector,
 };
 use uuid::Uuid;
 
@@ -327,8 +327,8 @@ fn to_context(payload: Option<qdrant_edge::Payload>) -> StoreResult<Context> {
 }
 
 impl EdgeVectorStore {
-    /// The lexical stage. Without `known` ids the search reads each hit's payload (and vector) itself;
-    /// with them it returns scores only, and only the hits outside `known` are read afterwards.
+    /// The lexical stage. Hits in `known` come back as scores only; the others are read (payload, and the
+    /// dense vector with `with_dense`) once the segments' hits are merged.
     ///
     /// Once the terms are counted, common terms' posting lists are not walked (`TermCounts`): the rare
     /// terms find twice `limit` candidates, the whole query scores them by the same BM25 as a full walk,
@@ -362,14 +362,13 @@ impl EdgeVectorStore {
         };
         let sparse = sparse_query(indices, values)?;
         let (filter, using) = (qdrant_filter(filter)?, lexical.name.clone());
-        let with_vector = move || match with_dense {
+        let with_vector = match with_dense {
             true => WithVector::Selector(vec![String::new()]),
             false => WithVector::Bool(false),
         };
-        let in_full = known.is_empty() && walk == Walk::All;
         let plain_search_points = self.plain_search_points;
         self.query(move |shard| {
-            let search = |query: SparseVector, filter: Filter, limit: usize, in_full: bool| {
+            let search = |query: SparseVector, filter: Filter, limit: usize| {
                 let request = SearchRequest {
                     query: QueryEnum::Nearest(NamedQuery {
                         query: VectorInternal::Sparse(query),
@@ -379,8 +378,9 @@ impl EdgeVectorStore {
                     params: None,
                     limit,
                     offset: 0,
-                    with_payload: Some(WithPayloadInterface::Bool(in_full)),
-                    with_vector: Some(if in_full { with_vector() } else { WithVector::Bool(false) }),
+                    // Payloads are read once the segments' hits are merged (see `search`).
+                    with_payload: Some(WithPayloadInterface::Bool(false)),
+                    with_vector: Some(WithVector::Bool(false)),
                     score_threshold: None,
                 };
                 shard.search(request).map_err(edge_error)
@@ -397,7 +397,7 @@ impl EdgeVectorStore {
                 walk => walk,
             };
             let scored = match (walk, rare) {
-                (Walk::All, _) | (Walk::Rare(_), None) => search(sparse, filter, limit, in_full)?,
+                (Walk::All, _) | (Walk::Rare(_), None) => search(sparse, filter, limit)?,
                 (planned, rare) => {
                     // The rare terms find candidates (more than asked for, as the common terms may still
                     // reorder them), the whole query scores them, and the best `limit` are kept, as a full
@@ -405,7 +405,7 @@ impl EdgeVectorStore {
                     // candidates. (Each id costs the engine a lookup per segment: few are asked.)
                     let ids: HashSet<PointId> = match (planned, rare) {
                         (Walk::Rare(_), Some(rare)) => {
-                            let found = search(rare, filter.clone(), RARE_OVERSAMPLING * limit, false)?;
+                            let found = search(rare, filter.clone(), RARE_OVERSAMPLING * limit)?;
                             found.into_iter().map(|point| point.id).collect()
                         }
                         _ => known.iter().copied().map(point_id).collect(),
@@ -413,17 +413,10 @@ impl EdgeVectorStore {
                     if ids.is_empty() {
                         return Ok(Some(LexicalHits::default()));
                     }
-                    search(sparse, filter.merge_owned(has_id(ids)?), limit, false)?
+                    search(sparse, filter.merge_owned(has_id(ids)?), limit)?
                 }
             };
             let mut hits = LexicalHits::default();
-            if in_full {
-                for point in scored {
-                    let dense = point.vector.and_then(dense_of);
-                    hits.hits.push(LexicalHit { score: point.score, context: to_context(point.payload)?, dense });
-                }
-                return Ok(Some(hits));
-            }
             let mut unread = Vec::new();
             for point in scored {
                 match point.id {
@@ -432,12 +425,7 @@ impl EdgeVectorStore {
                 }
             }
             let ids: Vec<PointId> = unread.iter().map(|(id, _)| *id).collect();
-            let mut records: HashMap<PointId, _> = shard
-                .retrieve(&ids, Some(WithPayloadInterface::Bool(true)), Some(with_vector()))
-                .map_err(edge_error)?
-                .into_iter()
-                .map(|record| (record.id, record))
-                .collect();
+            let mut records = read_points(shard, &ids, with_vector)?;
             // In score order; a point deleted between the search and the read is left out.
             for (id, score) in unread {
                 if let Some(record) = records.remove(&id) {
@@ -546,6 +534,12 @@ fn count_terms(shard: &EdgeShard, gate: &RwLock<()>, terms: &TermCounts, name: &
 }
 
 /// The terms of a point's sparse vector `name`.
+/// The payloads (and `with_vector`) of `ids` by id; ids without a point are absent.
+fn read_points(shard: &EdgeShard, ids: &[PointId], with_vector: WithVector) -> StoreResult<HashMap<PointId, Record>> {
+    let records = shard.retrieve(ids, Some(WithPayloadInterface::Bool(true)), Some(with_vector));
+    Ok(records.map_err(edge_error)?.into_iter().map(|record| (record.id, record)).collect())
+}
+
 fn sparse_of(vectors: VectorStructInternal, name: &str) -> Option<Vec<u32>> {
     match vectors {
         VectorStructInternal::Named(mut named) => match named.remove(name) {
@@ -645,16 +639,22 @@ impl VectorStore for EdgeVectorStore {
                 params: Some(params),
                 limit,
                 offset: 0,
-                with_payload: Some(WithPayloadInterface::Bool(true)),
+                // Each segment would read the payloads of its own best `limit` before they are merged.
+                with_payload: Some(WithPayloadInterface::Bool(false)),
                 with_vector: Some(WithVector::Bool(false)),
                 score_threshold: None,
             };
-            shard
-                .search(request)
-                .map_err(edge_error)?
-                .into_iter()
-                .map(|point| Ok(VectorHit { score: point.score, context: to_context(point.payload)? }))
-                .collect()
+            let scored = shard.search(request).map_err(edge_error)?;
+            let ids: Vec<PointId> = scored.iter().map(|point| point.id).collect();
+            let mut records = read_points(shard, &ids, WithVector::Bool(false))?;
+            let mut hits = Vec::with_capacity(scored.len());
+            for point in scored {
+                // A point deleted between the search and the read is left out.
+                if let Some(record) = records.remove(&point.id) {
+                    hits.push(VectorHit { score: point.score, context: to_context(record.payload)? });
+                }
+            }
+            Ok(hits)
         })
         .await
     }

@@ -128,13 +128,37 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
         )?;
     }
     conn.execute_batch("CREATE INDEX IF NOT EXISTS agent_state_by_point ON agent_state(point_id)")?;
-    Ok(())
+    count_live_contexts(conn)
+}
+
+/// Keeps the number of live contexts in `live_counts`, by triggers on `contexts`: counting them scans the
+/// table (0.8 s at a million rows), and the item gauges are refreshed every 30 s and on every `/metrics`
+/// scrape. A database without the row is counted once, in the transaction that adds the triggers.
+fn count_live_contexts(conn: &Connection) -> rusqlite::Result<()> {
+    let counted: bool =
+        conn.query_row("SELECT COUNT(*) > 0 FROM live_counts WHERE name = 'contexts'", [], |row| row.get(0))?;
+    if counted {
+        return Ok(());
+    }
+    conn.execute_batch(
+        "BEGIN IMMEDIATE;
+         CREATE TRIGGER IF NOT EXISTS contexts_counted_on_insert AFTER INSERT ON contexts WHEN new.deleted = 0
+         BEGIN UPDATE live_counts SET n = n + 1 WHERE name = 'contexts'; END;
+         CREATE TRIGGER IF NOT EXISTS contexts_counted_on_delete AFTER DELETE ON contexts WHEN old.deleted = 0
+         BEGIN UPDATE live_counts SET n = n - 1 WHERE name = 'contexts'; END;
+         CREATE TRIGGER IF NOT EXISTS contexts_counted_on_update AFTER UPDATE OF deleted ON contexts
+         WHEN old.deleted <> new.deleted
+         BEGIN UPDATE live_counts SET n = n + old.deleted - new.deleted WHERE name = 'contexts'; END;
+         INSERT INTO live_counts (name, n) SELECT 'contexts', COUNT(*) FROM contexts WHERE deleted = 0;
+         COMMIT;",
+    )
 }
 
 fn describe_tables(conn: &Connection) -> rusqlite::Result<String> {
     let mut tables = conn.prepare(
         "SELECT m.name, group_concat(p.name || ' ' || p.type, ', ') FROM sqlite_master m \
          JOIN pragma_table_info(m.name) p WHERE m.type IN ('table', 'view') AND m.name NOT LIKE 'sqlite_%' \
+         AND m.name <> 'live_counts' \
          GROUP BY m.name ORDER BY m.name",
     )?;
     let described = tables
@@ -164,7 +188,7 @@ impl GraphBackend for SqliteGraphStore {
             };
             Ok(StoreCounts {
                 sessions: count("SELECT COUNT(*) FROM sessions")?,
-                contexts: count("SELECT COUNT(*) FROM contexts WHERE deleted = 0")?,
+                contexts: count("SELECT n FROM live_counts WHERE name = 'contexts'")?,
                 agent_states: count("SELECT COUNT(*) FROM agent_state")?,
                 pending_index: count("SELECT COUNT(*) FROM index_journal")?,
             })
@@ -209,5 +233,51 @@ mod tests {
         }
         let statement = conn.prepare_cached(&bound).unwrap();
         assert_eq!(statement.get_status(rusqlite::StatementStatus::RePrepare), 3, "{bound}");
+    }
+
+    /// The triggers' count equals a scan through inserts, upserts, soft deletes, restores, hard deletes and
+    /// a rolled-back write, and a database made before the count gets it, counted, when it opens.
+    #[test]
+    fn live_context_count_follows_every_kind_of_write() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(SCHEMA).unwrap(); // the table, but no triggers yet: a database made before them
+        let insert = |id: &str, deleted: i64| {
+            conn.execute(
+                "INSERT INTO contexts (id, session_id, agent_id, type, content, tags, metadata, visibility, \
+                 created_at, updated_at, version, content_hash, embedding, deleted) \
+                 VALUES (?1, 's', 'a', 'note', 'text', '[]', '{}', 'public', 1, 1, 1, 'h', x'00', ?2) \
+                 ON CONFLICT(id) DO UPDATE SET deleted = 0",
+                rusqlite::params![id, deleted],
+            )
+            .unwrap()
+        };
+        conn.execute_batch("PRAGMA foreign_keys = OFF;").unwrap();
+        for id in ["a", "b", "c"] {
+            insert(id, 0);
+        }
+        insert("gone", 1);
+        migrate(&conn).unwrap();
+        let counted = || -> (i64, i64) {
+            let counted = conn.query_row("SELECT n FROM live_counts WHERE name = 'contexts'", [], |r| r.get(0));
+            let scanned = conn.query_row("SELECT COUNT(*) FROM contexts WHERE deleted = 0", [], |r| r.get(0));
+            (counted.unwrap(), scanned.unwrap())
+        };
+        assert_eq!(counted(), (3, 3), "counted when the database opened");
+        migrate(&conn).unwrap();
+        assert_eq!(counted(), (3, 3), "not counted again");
+
+        insert("d", 0);
+        insert("a", 0); // an upsert of a live row
+        insert("gone", 0); // an upsert that revives a deleted row
+        assert_eq!(counted(), (5, 5));
+        conn.execute("UPDATE contexts SET deleted = 1 WHERE id IN ('a', 'b')", []).unwrap();
+        conn.execute("UPDATE contexts SET deleted = 1 WHERE id = 'a'", []).unwrap();
+        conn.execute("UPDATE contexts SET content = 'new' WHERE id = 'c'", []).unwrap();
+        assert_eq!(counted(), (3, 3));
+        conn.execute("UPDATE contexts SET deleted = 0 WHERE id = 'b'", []).unwrap();
+        conn.execute("DELETE FROM contexts WHERE id IN ('a', 'c')", []).unwrap();
+        assert_eq!(counted(), (3, 3));
+        conn.execute_batch("SAVEPOINT w; DELETE FROM contexts; ROLLBACK TO w; RELEASE w;").unwrap();
+        assert_eq!(counted(), (3, 3), "a rolled-back write leaves the count");
     }
 }

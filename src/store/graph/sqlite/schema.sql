@@ -91,6 +91,12 @@ CREATE TABLE IF NOT EXISTS context_recalls (
 CREATE INDEX IF NOT EXISTS context_recalls_by_count ON context_recalls(recall_count, context_id);
 CREATE INDEX IF NOT EXISTS context_recalls_by_time ON context_recalls(last_recalled_at, context_id);
 
+-- Live row counts kept by triggers (see `count_live_contexts`): 'contexts' counts rows with deleted = 0.
+CREATE TABLE IF NOT EXISTS live_counts (
+    name  TEXT PRIMARY KEY,
+    n     INTEGER NOT NULL
+) WITHOUT ROWID;
+
 -- Vector-side changes not yet known durable; replayed at start-up.
 CREATE TABLE IF NOT EXISTS index_journal (
     seq         INTEGER PRIMARY KEY AUTOINCREMENT,
