@@ -116,6 +116,28 @@ async fn filters_agree_with_the_in_memory_oracle(store: &dyn VectorStore) {
         let hits = store.search(random_vector(&mut rng), &filter, 1000, true).await.unwrap();
         assert_eq!(hits.len(), expected.len(), "round {round}: search applies the same filter");
     }
+    // A context whose visibility changes is seen by its new scope only.
+    let mut changed: Vec<VectorPoint> = points.iter().step_by(3).cloned().collect();
+    for point in &mut changed {
+        point.context.visibility = match point.context.visibility {
+            Visibility::Public => Visibility::Private,
+            Visibility::Private => Visibility::AdminOnly,
+            Visibility::AdminOnly => Visibility::Public,
+        };
+    }
+    store.upsert(changed.clone()).await.unwrap();
+    let points: Vec<VectorPoint> =
+        points.iter().map(|p| changed.iter().find(|c| c.context.id == p.context.id).unwrap_or(p).clone()).collect();
+    for agent_id in ["alice", "bob"] {
+        let scope = ReadScope { agent_id: agent_id.into(), admin: false, sessions: None };
+        let filter = ContextFilter::parse(ContextFilterArgs::default(), scope, now).unwrap();
+        let mut expected: Vec<Uuid> =
+            points.iter().filter(|p| filter.matches(&p.context)).map(|p| p.context.id).collect();
+        expected.sort();
+        let mut got: Vec<Uuid> = store.scroll(&filter, 1000).await.unwrap().into_iter().map(|c| c.id).collect();
+        got.sort();
+        assert_eq!(got, expected, "{agent_id} after visibility changes");
+    }
 }
 
 async fn payload_round_trips_and_deletes_remove_points(store: &dyn VectorStore) {

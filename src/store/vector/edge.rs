@@ -928,6 +928,53 @@ mod tests {
         }
     }
 
+    /// Points written before the payload carried `public` are still seen by the scopes their `visibility`
+    /// allows.
+    #[tokio::test]
+    async fn points_without_the_public_flag_match_by_visibility() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EdgeVectorStore::open(dir.path(), &CollectionSpec::builtin()).await.unwrap();
+        let mut rng = fastrand::Rng::with_seed(3);
+        let mut written = Vec::new();
+        for (n, (visibility, author)) in [
+            (Visibility::Public, "alice"),
+            (Visibility::Private, "bob"),
+            (Visibility::Private, "alice"),
+            (Visibility::AdminOnly, "bob"),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let mut point = point(&mut rng);
+            (point.context.visibility, point.context.agent_id) = (visibility, author.into());
+            let mut payload = to_payload(&point.context);
+            if n < 3 {
+                payload.as_object_mut().unwrap().remove("public");
+            }
+            let vectors = Vectors::new_named(vec![(String::new(), Vector::new_dense(point.vector.clone()))]);
+            let operation = PointInsertOperations::PointsList(vec![
+                PointStruct::new(point_id(point.context.id), vectors, payload).into(),
+            ]);
+            store.shard.update(UpdateOperation::PointOperation(PointOperations::UpsertPoints(operation))).unwrap();
+            written.push(point);
+        }
+        let mut fresh = point(&mut rng);
+        fresh.context.visibility = Visibility::Public;
+        store.upsert(vec![fresh.clone()]).await.unwrap();
+
+        let scope = ReadScope { agent_id: "bob".into(), admin: false, sessions: None };
+        let filter = ContextFilter::parse(ContextFilterArgs::default(), scope, Timestamp(2)).unwrap();
+        let mut expected = vec![written[0].context.id, written[1].context.id, fresh.context.id];
+        expected.sort();
+        let mut seen: Vec<Uuid> = store.scroll(&filter, 10).await.unwrap().into_iter().map(|c| c.id).collect();
+        seen.sort();
+        assert_eq!(seen, expected);
+        let hits = store.search(written[2].vector.clone(), &filter, 10, true).await.unwrap();
+        let mut found: Vec<Uuid> = hits.into_iter().map(|hit| hit.context.id).collect();
+        found.sort();
+        assert_eq!(found, expected);
+    }
+
     #[test]
     fn wal_truncation_keeps_the_newest_closed_and_every_open_segment() {
         let dir = tempfile::tempdir().unwrap();

@@ -20,6 +20,8 @@ pub fn to_payload(context: &Context) -> Value {
         "tags": context.tags,
         "metadata": context.metadata,
         "visibility": context.visibility.as_str(),
+        // Indexed as a bitmap: the read-scope filter checks it first on every point a search visits.
+        "public": context.visibility == Visibility::Public,
         "created_at": context.created_at.millis(),
         "updated_at": context.updated_at.millis(),
         "version": context.version,

@@ -517,6 +517,7 @@ impl QdrantVectorStore {
             let kind = schema.get("type").and_then(Value::as_str).or(schema.as_str()).unwrap_or("keyword");
             let mut request = match kind {
                 "integer" => CreateFieldIndexCollectionBuilder::new(&self.collection, field, FieldType::Integer),
+                "bool" => CreateFieldIndexCollectionBuilder::new(&self.collection, field, FieldType::Bool),
                 _ => CreateFieldIndexCollectionBuilder::new(&self.collection, field, FieldType::Keyword),
             };
             if kind == "keyword" && schema.get("is_tenant").and_then(Value::as_bool) == Some(true) {
