@@ -15,3 +15,4 @@ CREATE CONSTRAINT key_store_lock IF NOT EXISTS FOR (l:KeyStoreLock) REQUIRE l.na
 CREATE INDEX context_session_id IF NOT EXISTS FOR (c:Context) ON (c.session_id, c.id);
 CREATE INDEX agent_state_point IF NOT EXISTS FOR (s:AgentState) ON (s.point_id);
 CREATE CONSTRAINT context_recall_id IF NOT EXISTS FOR (r:ContextRecall) REQUIRE r.context_id IS UNIQUE;
+CREATE INDEX context_deleted IF NOT EXISTS FOR (c:Context) ON (c.deleted);

@@ -107,11 +107,7 @@ async fn filters_agree_with_the_in_memory_oracle(store: &dyn VectorStore) {
     assert_eq!(store.count().await.unwrap(), 300);
     for round in 0..60 {
         let filter = random_filter(&mut rng, now);
-        let mut expected: Vec<Uuid> =
-            points.iter().filter(|p| filter.matches(&p.context)).map(|p| p.context.id).collect();
-        expected.sort();
-        let mut got: Vec<Uuid> = store.scroll(&filter, 1000).await.unwrap().into_iter().map(|c| c.id).collect();
-        got.sort();
+        let (got, expected) = scrolled_and_expected(store, &points, &filter).await;
         assert_eq!(got, expected, "round {round}: filter {filter:?}");
         let hits = store.search(random_vector(&mut rng), &filter, 1000, true).await.unwrap();
         assert_eq!(hits.len(), expected.len(), "round {round}: search applies the same filter");
@@ -131,13 +127,22 @@ async fn filters_agree_with_the_in_memory_oracle(store: &dyn VectorStore) {
     for agent_id in ["alice", "bob"] {
         let scope = ReadScope { agent_id: agent_id.into(), admin: false, sessions: None };
         let filter = ContextFilter::parse(ContextFilterArgs::default(), scope, now).unwrap();
-        let mut expected: Vec<Uuid> =
-            points.iter().filter(|p| filter.matches(&p.context)).map(|p| p.context.id).collect();
-        expected.sort();
-        let mut got: Vec<Uuid> = store.scroll(&filter, 1000).await.unwrap().into_iter().map(|c| c.id).collect();
-        got.sort();
+        let (got, expected) = scrolled_and_expected(store, &points, &filter).await;
         assert_eq!(got, expected, "{agent_id} after visibility changes");
     }
+}
+
+/// The ids the store's scroll returns for `filter` and those the oracle says it should, both sorted.
+async fn scrolled_and_expected(
+    store: &dyn VectorStore,
+    points: &[VectorPoint],
+    filter: &ContextFilter,
+) -> (Vec<Uuid>, Vec<Uuid>) {
+    let mut expected: Vec<Uuid> = points.iter().filter(|p| filter.matches(&p.context)).map(|p| p.context.id).collect();
+    expected.sort();
+    let mut got: Vec<Uuid> = store.scroll(filter, 1000).await.unwrap().into_iter().map(|c| c.id).collect();
+    got.sort();
+    (got, expected)
 }
 
 async fn payload_round_trips_and_deletes_remove_points(store: &dyn VectorStore) {
