@@ -129,6 +129,10 @@ async fn filters_agree_with_the_in_memory_oracle(store: &dyn VectorStore) {
         let filter = ContextFilter::parse(ContextFilterArgs::default(), scope, now).unwrap();
         let (got, expected) = scrolled_and_expected(store, &points, &filter).await;
         assert_eq!(got, expected, "{agent_id} after visibility changes");
+        let hits = store.search(random_vector(&mut rng), &filter, 1000, true).await.unwrap();
+        let mut found: Vec<Uuid> = hits.into_iter().map(|hit| hit.context.id).collect();
+        found.sort();
+        assert_eq!(found, expected, "{agent_id}: search after visibility changes");
     }
 }
 
@@ -348,6 +352,22 @@ async fn qdrant_server_collection_follows_the_definitions_quantization() {
     let context = crate::helpers::public_context("a note kept across the change", "s", "alice");
     store.upsert(vec![VectorPoint { context, vector: random_vector(&mut fastrand::Rng::with_seed(3)) }]).await.unwrap();
     drop(store);
+    // The payload indexes carry the definition's `enable_hnsw` (false for fields that only filter).
+    let client = qdrant_client::Qdrant::from_url(&url).skip_compatibility_check().build().unwrap();
+    let schema = client.collection_info(&collection).await.unwrap().result.unwrap().payload_schema;
+    let enable_hnsw = |field: &str| {
+        use qdrant_client::qdrant::payload_index_params::IndexParams;
+        match schema[field].params.as_ref().and_then(|p| p.index_params.clone()) {
+            Some(IndexParams::KeywordIndexParams(params)) => params.enable_hnsw,
+            Some(IndexParams::IntegerIndexParams(params)) => params.enable_hnsw,
+            Some(IndexParams::BoolIndexParams(params)) => params.enable_hnsw,
+            other => panic!("{field}: unexpected index params {other:?}"),
+        }
+    };
+    assert_eq!(enable_hnsw("agent_id"), Some(false));
+    assert_eq!(enable_hnsw("created_at"), Some(false));
+    assert_eq!(enable_hnsw("public"), Some(false));
+    assert_ne!(enable_hnsw("session_id"), Some(false), "the tenant field keeps its HNSW links");
     assert_eq!(quantization().await, None, "made without quantization");
     assert_eq!(max_segment().await, Some(50_000));
     assert_eq!(on_disk().await, plain.vectors.on_disk);

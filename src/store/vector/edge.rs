@@ -361,7 +361,7 @@ impl EdgeVectorStore {
             _ => None,
         };
         let sparse = sparse_query(indices, values)?;
-        let (filter, using) = (qdrant_filter(filter)?, lexical.name.clone());
+        let (scope, filter, using) = (filter.clone(), qdrant_filter(filter)?, lexical.name.clone());
         let with_vector = match with_dense {
             true => WithVector::Selector(vec![String::new()]),
             false => WithVector::Bool(false),
@@ -426,11 +426,14 @@ impl EdgeVectorStore {
             }
             let ids: Vec<PointId> = unread.iter().map(|(id, _)| *id).collect();
             let mut records = read_points(shard, &ids, with_vector)?;
-            // In score order; a point deleted between the search and the read is left out.
+            // In score order; a point deleted, or changed past the filter, between the search and the read
+            // is left out.
             for (id, score) in unread {
                 if let Some(record) = records.remove(&id) {
-                    let dense = record.vector.and_then(dense_of);
-                    hits.hits.push(LexicalHit { score, context: to_context(record.payload)?, dense });
+                    let context = to_context(record.payload)?;
+                    if scope.matches(&context) {
+                        hits.hits.push(LexicalHit { score, context, dense: record.vector.and_then(dense_of) });
+                    }
                 }
             }
             Ok(Some(hits))
@@ -533,13 +536,13 @@ fn count_terms(shard: &EdgeShard, gate: &RwLock<()>, terms: &TermCounts, name: &
     }
 }
 
-/// The terms of a point's sparse vector `name`.
 /// The payloads (and `with_vector`) of `ids` by id; ids without a point are absent.
 fn read_points(shard: &EdgeShard, ids: &[PointId], with_vector: WithVector) -> StoreResult<HashMap<PointId, Record>> {
     let records = shard.retrieve(ids, Some(WithPayloadInterface::Bool(true)), Some(with_vector));
     Ok(records.map_err(edge_error)?.into_iter().map(|record| (record.id, record)).collect())
 }
 
+/// The terms of a point's sparse vector `name`.
 fn sparse_of(vectors: VectorStructInternal, name: &str) -> Option<Vec<u32>> {
     match vectors {
         VectorStructInternal::Named(mut named) => match named.remove(name) {
@@ -630,7 +633,7 @@ impl VectorStore for EdgeVectorStore {
         limit: usize,
         exact: bool,
     ) -> StoreResult<Vec<VectorHit>> {
-        let filter = qdrant_filter(filter)?;
+        let (scope, filter) = (filter.clone(), qdrant_filter(filter)?);
         let params = search_params(self.hnsw_ef.max(limit), exact, self.quantization);
         self.query(move |shard| {
             let request = SearchRequest {
@@ -649,9 +652,12 @@ impl VectorStore for EdgeVectorStore {
             let mut records = read_points(shard, &ids, WithVector::Bool(false))?;
             let mut hits = Vec::with_capacity(scored.len());
             for point in scored {
-                // A point deleted between the search and the read is left out.
+                // A point deleted, or changed past the filter, between the search and the read is left out.
                 if let Some(record) = records.remove(&point.id) {
-                    hits.push(VectorHit { score: point.score, context: to_context(record.payload)? });
+                    let context = to_context(record.payload)?;
+                    if scope.matches(&context) {
+                        hits.push(VectorHit { score: point.score, context });
+                    }
                 }
             }
             Ok(hits)

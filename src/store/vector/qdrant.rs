@@ -15,13 +15,13 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use qdrant_client::Qdrant;
 use qdrant_client::qdrant::{
-    Condition, CountPointsBuilder, CreateCollectionBuilder, CreateFieldIndexCollectionBuilder, DeletePointsBuilder,
-    Distance, FieldType, Filter, GetPointsBuilder, HnswConfigDiffBuilder, KeywordIndexParamsBuilder, Modifier,
-    NamedVectors, OptimizersConfigDiffBuilder, PointId, PointStruct, PointsIdsList, QuantizationSearchParamsBuilder,
-    QuantizationType, Query, QueryPointsBuilder, Range, ScalarQuantizationBuilder, ScrollPointsBuilder, SearchParams,
-    SearchParamsBuilder, SparseVectorParamsBuilder, SparseVectorsConfigBuilder, UpdateCollectionBuilder,
-    UpsertPointsBuilder, Vector, VectorInput, VectorParamsBuilder, VectorsSelector, WriteOrdering, WriteOrderingType,
-    r#match::MatchValue, point_id::PointIdOptions, vector_output,
+    BoolIndexParamsBuilder, Condition, CountPointsBuilder, CreateCollectionBuilder, CreateFieldIndexCollectionBuilder,
+    DeletePointsBuilder, Distance, FieldType, Filter, GetPointsBuilder, HnswConfigDiffBuilder,
+    IntegerIndexParamsBuilder, KeywordIndexParamsBuilder, Modifier, NamedVectors, OptimizersConfigDiffBuilder, PointId,
+    PointStruct, PointsIdsList, QuantizationSearchParamsBuilder, QuantizationType, Query, QueryPointsBuilder, Range,
+    ScalarQuantizationBuilder, ScrollPointsBuilder, SearchParams, SearchParamsBuilder, SparseVectorParamsBuilder,
+    SparseVectorsConfigBuilder, UpdateCollectionBuilder, UpsertPointsBuilder, Vector, VectorInput, VectorParamsBuilder,
+    VectorsSelector, WriteOrdering, WriteOrderingType, r#match::MatchValue, point_id::PointIdOptions, vector_output,
 };
 use serde_json::{Map, Value};
 use uuid::Uuid;
@@ -515,14 +515,38 @@ impl QdrantVectorStore {
                 continue;
             }
             let kind = schema.get("type").and_then(Value::as_str).or(schema.as_str()).unwrap_or("keyword");
-            let mut request = match kind {
-                "integer" => CreateFieldIndexCollectionBuilder::new(&self.collection, field, FieldType::Integer),
-                "bool" => CreateFieldIndexCollectionBuilder::new(&self.collection, field, FieldType::Bool),
-                _ => CreateFieldIndexCollectionBuilder::new(&self.collection, field, FieldType::Keyword),
+            let flag = |name: &str| schema.get(name).and_then(Value::as_bool);
+            // `enable_hnsw: false` keeps the server from building HNSW links per value of a field that only
+            // filters (with `payload_m` set, it builds them for every indexed field by default).
+            let request = match kind {
+                "integer" => {
+                    let mut params = IntegerIndexParamsBuilder::new(true, true);
+                    if let Some(enable) = flag("enable_hnsw") {
+                        params = params.enable_hnsw(enable);
+                    }
+                    CreateFieldIndexCollectionBuilder::new(&self.collection, field, FieldType::Integer)
+                        .field_index_params(params)
+                }
+                "bool" => {
+                    let mut params = BoolIndexParamsBuilder::default();
+                    if let Some(enable) = flag("enable_hnsw") {
+                        params = params.enable_hnsw(enable);
+                    }
+                    CreateFieldIndexCollectionBuilder::new(&self.collection, field, FieldType::Bool)
+                        .field_index_params(params.build())
+                }
+                _ => {
+                    let mut params = KeywordIndexParamsBuilder::default();
+                    if let Some(tenant) = flag("is_tenant") {
+                        params = params.is_tenant(tenant);
+                    }
+                    if let Some(enable) = flag("enable_hnsw") {
+                        params = params.enable_hnsw(enable);
+                    }
+                    CreateFieldIndexCollectionBuilder::new(&self.collection, field, FieldType::Keyword)
+                        .field_index_params(params)
+                }
             };
-            if kind == "keyword" && schema.get("is_tenant").and_then(Value::as_bool) == Some(true) {
-                request = request.field_index_params(KeywordIndexParamsBuilder::default().is_tenant(true));
-            }
             // On a collection just made (empty) the index is there when the call answers; on one that holds
             // points it is built in the background (filters work meanwhile, unindexed), so a start does not
             // wait out, and time out on, a large build.

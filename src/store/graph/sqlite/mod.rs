@@ -133,7 +133,8 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
 
 /// Keeps the number of live contexts in `live_counts`, by triggers on `contexts`: counting them scans the
 /// table (0.8 s at a million rows), and the item gauges are refreshed every 30 s and on every `/metrics`
-/// scrape. A database without the row is counted once, in the transaction that adds the triggers.
+/// scrape. A database without the row is counted once, in the transaction that adds the triggers (a second
+/// process opening it at the same moment counts again, under the same write lock, and keeps the first row).
 fn count_live_contexts(conn: &Connection) -> rusqlite::Result<()> {
     let counted: bool =
         conn.query_row("SELECT COUNT(*) > 0 FROM live_counts WHERE name = 'contexts'", [], |row| row.get(0))?;
@@ -149,7 +150,7 @@ fn count_live_contexts(conn: &Connection) -> rusqlite::Result<()> {
          CREATE TRIGGER IF NOT EXISTS contexts_counted_on_update AFTER UPDATE OF deleted ON contexts
          WHEN old.deleted <> new.deleted
          BEGIN UPDATE live_counts SET n = n + old.deleted - new.deleted WHERE name = 'contexts'; END;
-         INSERT INTO live_counts (name, n) SELECT 'contexts', COUNT(*) FROM contexts WHERE deleted = 0;
+         INSERT OR IGNORE INTO live_counts (name, n) SELECT 'contexts', COUNT(*) FROM contexts WHERE deleted = 0;
          COMMIT;",
     )
 }
