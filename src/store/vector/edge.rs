@@ -424,17 +424,8 @@ impl EdgeVectorStore {
                     id => unread.push((id, point.score)),
                 }
             }
-            let ids: Vec<PointId> = unread.iter().map(|(id, _)| *id).collect();
-            let mut records = read_points(shard, &ids, with_vector)?;
-            // In score order; a point deleted, or changed past the filter, between the search and the read
-            // is left out.
-            for (id, score) in unread {
-                if let Some(record) = records.remove(&id) {
-                    let context = to_context(record.payload)?;
-                    if scope.matches(&context) {
-                        hits.hits.push(LexicalHit { score, context, dense: record.vector.and_then(dense_of) });
-                    }
-                }
+            for (score, context, vector) in read_hits(shard, unread, with_vector, &scope)? {
+                hits.hits.push(LexicalHit { score, context, dense: vector.and_then(dense_of) });
             }
             Ok(Some(hits))
         })
@@ -536,10 +527,28 @@ fn count_terms(shard: &EdgeShard, gate: &RwLock<()>, terms: &TermCounts, name: &
     }
 }
 
-/// The payloads (and `with_vector`) of `ids` by id; ids without a point are absent.
-fn read_points(shard: &EdgeShard, ids: &[PointId], with_vector: WithVector) -> StoreResult<HashMap<PointId, Record>> {
-    let records = shard.retrieve(ids, Some(WithPayloadInterface::Bool(true)), Some(with_vector));
-    Ok(records.map_err(edge_error)?.into_iter().map(|record| (record.id, record)).collect())
+/// Reads the contexts (and `with_vector`) of scored ids, in their order. A point deleted, or changed past
+/// `scope`, between the search and the read is left out.
+fn read_hits(
+    shard: &EdgeShard,
+    scored: Vec<(PointId, f32)>,
+    with_vector: WithVector,
+    scope: &ContextFilter,
+) -> StoreResult<Vec<(f32, Context, Option<VectorStructInternal>)>> {
+    let ids: Vec<PointId> = scored.iter().map(|(id, _)| *id).collect();
+    let records = shard.retrieve(&ids, Some(WithPayloadInterface::Bool(true)), Some(with_vector));
+    let mut records: HashMap<PointId, Record> =
+        records.map_err(edge_error)?.into_iter().map(|record| (record.id, record)).collect();
+    let mut hits = Vec::with_capacity(scored.len());
+    for (id, score) in scored {
+        if let Some(record) = records.remove(&id) {
+            let context = to_context(record.payload)?;
+            if scope.matches(&context) {
+                hits.push((score, context, record.vector));
+            }
+        }
+    }
+    Ok(hits)
 }
 
 /// The terms of a point's sparse vector `name`.
@@ -647,20 +656,9 @@ impl VectorStore for EdgeVectorStore {
                 with_vector: Some(WithVector::Bool(false)),
                 score_threshold: None,
             };
-            let scored = shard.search(request).map_err(edge_error)?;
-            let ids: Vec<PointId> = scored.iter().map(|point| point.id).collect();
-            let mut records = read_points(shard, &ids, WithVector::Bool(false))?;
-            let mut hits = Vec::with_capacity(scored.len());
-            for point in scored {
-                // A point deleted, or changed past the filter, between the search and the read is left out.
-                if let Some(record) = records.remove(&point.id) {
-                    let context = to_context(record.payload)?;
-                    if scope.matches(&context) {
-                        hits.push(VectorHit { score: point.score, context });
-                    }
-                }
-            }
-            Ok(hits)
+            let scored = shard.search(request).map_err(edge_error)?.into_iter().map(|p| (p.id, p.score)).collect();
+            let hits = read_hits(shard, scored, WithVector::Bool(false), &scope)?;
+            Ok(hits.into_iter().map(|(score, context, _)| VectorHit { score, context }).collect())
         })
         .await
     }
