@@ -331,8 +331,9 @@ impl EdgeVectorStore {
     /// dense vector with `with_dense`) once the segments' hits are merged.
     ///
     /// Once the terms are counted, common terms' posting lists are not walked (`TermCounts`): the rare
-    /// terms find twice `limit` candidates, the whole query scores them by the same BM25 as a full walk,
-    /// and the best `limit` are kept. A query of common terms only scores the `known` candidates.
+    /// terms find twice `limit` candidates (with their term weights), the store scores them by the whole
+    /// query with the engine's BM25 and its own document frequencies, and keeps the best `limit`. A query of
+    /// common terms only scores the `known` candidates.
     async fn lexical(
         &self,
         query: &str,
@@ -347,19 +348,26 @@ impl EdgeVectorStore {
             return Ok(Some(LexicalHits::default()));
         }
         self.count_terms_once();
-        let walk = match self.terms.plan(&indices, self.common_term_points) {
+        let planned = match self.terms.plan(&indices, self.common_term_points) {
+            Walk::All => None,
             // Without candidates from elsewhere there is nothing to score but what a walk finds.
-            Walk::None if known.is_empty() => Walk::All,
-            walk => walk,
-        };
-        let rare = match &walk {
+            Walk::None if known.is_empty() => None,
+            Walk::None => Some(Candidates::Known),
             Walk::Rare(rare) => {
                 let (indices, values) =
                     indices.iter().zip(&values).filter(|(term, _)| rare.contains(term)).map(|(t, v)| (*t, *v)).unzip();
-                Some(sparse_query(indices, values)?)
+                Some(Candidates::Rare(sparse_query(indices, values)?))
             }
-            _ => None,
         };
+        // The query's terms, each weighed by its IDF, to score the planned candidates.
+        let planned = planned.zip(self.terms.idf(&indices)).map(|(candidates, idf)| {
+            let terms = indices
+                .iter()
+                .zip(values.iter().zip(idf))
+                .map(|(t, (v, idf))| (*t, v * idf))
+                .collect::<Vec<(u32, f32)>>();
+            (candidates, terms)
+        });
         let sparse = sparse_query(indices, values)?;
         let (scope, filter, using) = (filter.clone(), qdrant_filter(filter)?, lexical.name.clone());
         let with_vector = match with_dense {
@@ -368,7 +376,7 @@ impl EdgeVectorStore {
         };
         let plain_search_points = self.plain_search_points;
         self.query(move |shard| {
-            let search = |query: SparseVector, filter: Filter, limit: usize| {
+            let search = |query: SparseVector, filter: Filter, limit: usize, with_terms: bool| {
                 let request = SearchRequest {
                     query: QueryEnum::Nearest(NamedQuery {
                         query: VectorInternal::Sparse(query),
@@ -380,7 +388,10 @@ impl EdgeVectorStore {
                     offset: 0,
                     // Payloads are read once the segments' hits are merged (see `search`).
                     with_payload: Some(WithPayloadInterface::Bool(false)),
-                    with_vector: Some(WithVector::Bool(false)),
+                    with_vector: Some(match with_terms {
+                        true => WithVector::Selector(vec![using.clone()]),
+                        false => WithVector::Bool(false),
+                    }),
                     score_threshold: None,
                 };
                 shard.search(request).map_err(edge_error)
@@ -391,37 +402,47 @@ impl EdgeVectorStore {
                 let estimate = shard.count(CountRequest { filter: Some(filter.clone()), exact: false });
                 Ok(estimate.map_err(edge_error)? < plain_search_points)
             };
-            let walk = match walk {
-                Walk::All => Walk::All,
-                _ if narrow()? => Walk::All,
-                walk => walk,
+            let planned = match planned {
+                Some(_) if narrow()? => None,
+                planned => planned,
             };
-            let scored = match (walk, rare) {
-                (Walk::All, _) | (Walk::Rare(_), None) => search(sparse, filter, limit)?,
-                (planned, rare) => {
+            let scored: Vec<(PointId, f32)> = match planned {
+                None => search(sparse, filter, limit, false)?.into_iter().map(|p| (p.id, p.score)).collect(),
+                Some((candidates, terms)) => {
                     // The rare terms find candidates (more than asked for, as the common terms may still
                     // reorder them), the whole query scores them, and the best `limit` are kept, as a full
                     // walk keeps its best `limit`. Without rare terms, the whole query scores the known
-                    // candidates. (Each id costs the engine a lookup per segment: few are asked.)
-                    let ids: HashSet<PointId> = match (planned, rare) {
-                        (Walk::Rare(_), Some(rare)) => {
-                            let found = search(rare, filter.clone(), RARE_OVERSAMPLING * limit)?;
-                            found.into_iter().map(|point| point.id).collect()
+                    // candidates.
+                    let found: Vec<(PointId, Option<VectorStructInternal>)> = match candidates {
+                        Candidates::Rare(rare) => search(rare, filter, RARE_OVERSAMPLING * limit, true)?
+                            .into_iter()
+                            .map(|point| (point.id, point.vector))
+                            .collect(),
+                        Candidates::Known => {
+                            let ids: Vec<PointId> = known.iter().copied().map(point_id).collect();
+                            let selector = Some(WithVector::Selector(vec![using.clone()]));
+                            let records = shard.retrieve(&ids, Some(WithPayloadInterface::Bool(false)), selector);
+                            records.map_err(edge_error)?.into_iter().map(|record| (record.id, record.vector)).collect()
                         }
-                        _ => known.iter().copied().map(point_id).collect(),
                     };
-                    if ids.is_empty() {
-                        return Ok(Some(LexicalHits::default()));
-                    }
-                    search(sparse, filter.merge_owned(has_id(ids)?), limit)?
+                    let mut scored: Vec<(PointId, f32)> = found
+                        .into_iter()
+                        .filter_map(|(id, vectors)| {
+                            let weights = vectors.and_then(|v| sparse_of(v, &using))?;
+                            Some((id, bm25(&terms, &weights)?))
+                        })
+                        .collect();
+                    scored.sort_unstable_by(|a, b| b.1.total_cmp(&a.1));
+                    scored.truncate(limit);
+                    scored
                 }
             };
             let mut hits = LexicalHits::default();
             let mut unread = Vec::new();
-            for point in scored {
-                match point.id {
-                    PointId::Uuid(id) if known.contains(&id) => hits.known.push((id, point.score)),
-                    id => unread.push((id, point.score)),
+            for (id, score) in scored {
+                match id {
+                    PointId::Uuid(id) if known.contains(&id) => hits.known.push((id, score)),
+                    id => unread.push((id, score)),
                 }
             }
             for (score, context, vector) in read_hits(shard, unread, with_vector, &scope)? {
@@ -490,7 +511,10 @@ impl EdgeVectorStore {
 fn stored_terms(shard: &EdgeShard, ids: &[PointId], name: &str) -> StoreResult<Vec<Vec<u32>>> {
     let selector = WithVector::Selector(vec![name.to_string()]);
     let records = shard.retrieve(ids, Some(WithPayloadInterface::Bool(false)), Some(selector)).map_err(edge_error)?;
-    Ok(records.into_iter().filter_map(|record| record.vector.and_then(|v| sparse_of(v, name))).collect())
+    Ok(records
+        .into_iter()
+        .filter_map(|record| record.vector.and_then(|v| sparse_of(v, name)).map(|v| v.indices))
+        .collect())
 }
 
 /// Counts the lexical terms of every point in the shard into `terms`, a page at a time in id order (each
@@ -513,8 +537,10 @@ fn count_terms(shard: &EdgeShard, gate: &RwLock<()>, terms: &TermCounts, name: &
             })
             .map_err(edge_error)?;
         points += records.len();
-        let page: Vec<Vec<u32>> =
-            records.into_iter().filter_map(|record| record.vector.and_then(|v| sparse_of(v, name))).collect();
+        let page: Vec<Vec<u32>> = records
+            .into_iter()
+            .filter_map(|record| record.vector.and_then(|v| sparse_of(v, name)).map(|v| v.indices))
+            .collect();
         hold.add(page.iter().map(Vec::as_slice));
         hold.scanned(next.map(|next| match next {
             PointId::Uuid(id) => id,
@@ -551,31 +577,40 @@ fn read_hits(
     Ok(hits)
 }
 
-/// The terms of a point's sparse vector `name`.
-fn sparse_of(vectors: VectorStructInternal, name: &str) -> Option<Vec<u32>> {
+/// A point's sparse vector `name`: its terms and their weights.
+fn sparse_of(vectors: VectorStructInternal, name: &str) -> Option<SparseVector> {
     match vectors {
         VectorStructInternal::Named(mut named) => match named.remove(name) {
-            Some(VectorInternal::Sparse(sparse)) => Some(sparse.indices),
+            Some(VectorInternal::Sparse(sparse)) => Some(sparse),
             _ => None,
         },
         _ => None,
     }
 }
 
-fn sparse_query(indices: Vec<u32>, values: Vec<f32>) -> StoreResult<SparseVector> {
-    SparseVector::new(indices, values).map_err(|e| edge_error(format!("query terms: {e}")))
+/// Where the candidates of a planned lexical query come from.
+enum Candidates {
+    /// A walk of the rare terms' posting lists.
+    Rare(SparseVector),
+    /// The candidates the vector stage found (every term is common).
+    Known,
 }
 
-/// A filter that admits only the points `ids`.
-fn has_id(ids: HashSet<PointId>) -> StoreResult<Filter> {
-    let ids: Vec<String> = ids
-        .into_iter()
-        .filter_map(|id| match id {
-            PointId::Uuid(id) => Some(id.to_string()),
-            PointId::NumId(_) => None,
-        })
-        .collect();
-    serde_json::from_value(serde_json::json!({"must": [{"has_id": ids}]})).map_err(|e| edge_error(format!("ids: {e}")))
+/// A point's BM25 score under query `terms` (each with its query weight times its IDF): the sum over the
+/// terms it holds of that weight times its own weight for the term, as the engine's `idf` modifier scores.
+/// None when it holds none, as the engine leaves such a point out.
+fn bm25(terms: &[(u32, f32)], point: &SparseVector) -> Option<f32> {
+    let mut score = None;
+    for (term, weight) in terms {
+        if let Some(at) = point.indices.iter().position(|t| t == term) {
+            *score.get_or_insert(0.0) += weight * point.values[at];
+        }
+    }
+    score
+}
+
+fn sparse_query(indices: Vec<u32>, values: Vec<f32>) -> StoreResult<SparseVector> {
+    SparseVector::new(indices, values).map_err(|e| edge_error(format!("query terms: {e}")))
 }
 
 #[async_trait]

@@ -1,13 +1,15 @@
 //! How many points hold each lexical term: the planning statistic that lets the embedded store's lexical
-//! stage skip the posting lists of common terms.
+//! stage skip the posting lists of common terms, and the document frequencies that score what it finds.
 //!
 //! qdrant-edge walks every query term's posting list to the end unless its max-score pruning can skip it,
 //! and a term held by a large share of the points never can: each of its entries could still lift a point
 //! into the top. A term in more than `common_term_points` points is therefore not walked; it still scores
 //! the candidates the rarer terms found, or the vector stage's when every term is common (the
-//! common-terms split of Lucene and Elasticsearch). The engine computes document frequencies per query but does not expose them, so the
-//! store keeps its own: counted by one scan of the shard, in id order, when a server starts (or on a
-//! process's first lexical search), then kept by every upsert and delete.
+//! common-terms split of Lucene and Elasticsearch). The engine computes document frequencies per query but
+//! does not expose them, so the store keeps its own: counted by one scan of the shard, in id order, when a
+//! server starts (or on a process's first lexical search), then kept by every upsert and delete. With them
+//! the store scores those candidates itself (`idf`), by the engine's formula: asking the engine to score a
+//! list of ids walks each term's compressed posting list to every id, a chunk decompressed per id and term.
 //!
 //! A write and a page of the scan never overlap (`Progress`): while the scan runs, a write counts only the
 //! points the scan has already passed, and the scan reads the others as they are by then, so each point is
@@ -30,8 +32,16 @@ const RETRY_AFTER: Duration = Duration::from_secs(60);
 #[derive(Default)]
 pub struct TermCounts {
     state: AtomicU8,
-    points: RwLock<HashMap<u32, u32>>,
+    counts: RwLock<Counts>,
     progress: Mutex<Progress>,
+}
+
+#[derive(Default)]
+struct Counts {
+    /// Points holding each term.
+    per_term: HashMap<u32, u32>,
+    /// Points holding any term: the collection size of the IDF, as the engine's sparse index counts it.
+    points: u64,
 }
 
 /// Where the scan is, and when it last failed; held by a write from reading the terms it replaces to
@@ -73,23 +83,25 @@ impl Hold<'_> {
 
     /// Adds the terms of points the scan read, or of points just written.
     pub fn add<'t>(&self, points: impl IntoIterator<Item = &'t [u32]>) {
-        let mut counts = self.counts.points.write().unwrap_or_else(|e| e.into_inner());
+        let mut counts = self.counts.counts.write().unwrap_or_else(|e| e.into_inner());
         for terms in points {
+            counts.points += u64::from(!terms.is_empty());
             for term in terms {
-                *counts.entry(*term).or_default() += 1;
+                *counts.per_term.entry(*term).or_default() += 1;
             }
         }
     }
 
     /// Takes away the terms of points replaced or deleted.
     pub fn remove<'t>(&self, points: impl IntoIterator<Item = &'t [u32]>) {
-        let mut counts = self.counts.points.write().unwrap_or_else(|e| e.into_inner());
+        let mut counts = self.counts.counts.write().unwrap_or_else(|e| e.into_inner());
         for terms in points {
+            counts.points = counts.points.saturating_sub(u64::from(!terms.is_empty()));
             for term in terms {
-                if let Some(n) = counts.get_mut(term) {
+                if let Some(n) = counts.per_term.get_mut(term) {
                     *n -= 1;
                     if *n == 0 {
-                        counts.remove(term);
+                        counts.per_term.remove(term);
                     }
                 }
             }
@@ -107,7 +119,7 @@ impl Hold<'_> {
     /// Gives the scan up after it failed: the counts are dropped, and a search at least `RETRY_AFTER`
     /// later starts another.
     pub fn failed(&mut self) {
-        self.counts.points.write().unwrap_or_else(|e| e.into_inner()).clear();
+        *self.counts.counts.write().unwrap_or_else(|e| e.into_inner()) = Counts::default();
         self.progress.scanned_below = None;
         self.progress.failed_at = Some(Instant::now());
         self.counts.state.store(NOT_COUNTED, Ordering::Release);
@@ -138,7 +150,24 @@ impl TermCounts {
         if self.state.load(Ordering::Acquire) != COUNTED {
             return None;
         }
-        Some(self.points.read().unwrap_or_else(|e| e.into_inner()).get(&term).copied().unwrap_or(0))
+        Some(self.counts.read().unwrap_or_else(|e| e.into_inner()).per_term.get(&term).copied().unwrap_or(0))
+    }
+
+    /// Each of `terms`' inverse document frequency, once counted: the engine's `idf` modifier, ln(1 + (N -
+    /// df + 0.5) / (df + 0.5)) over the N points that hold any term, df of them holding the term. The
+    /// engine's own N and df also count points deleted from a segment that has not been rebuilt since, so
+    /// after deletes the two differ by the share of such points.
+    pub fn idf(&self, terms: &[u32]) -> Option<Vec<f32>> {
+        if self.state.load(Ordering::Acquire) != COUNTED {
+            return None;
+        }
+        let counts = self.counts.read().unwrap_or_else(|e| e.into_inner());
+        let n = counts.points as f32;
+        let idf = |term| {
+            let df = counts.per_term.get(term).copied().unwrap_or(0) as f32;
+            ((n - df + 0.5) / (df + 0.5) + 1.0).ln()
+        };
+        Some(terms.iter().map(idf).collect())
     }
 
     /// The walk for a query's `terms`: a term held by more than `common_above` points is common (0: none is).
@@ -146,9 +175,9 @@ impl TermCounts {
         if common_above == 0 || self.state.load(Ordering::Acquire) != COUNTED {
             return Walk::All;
         }
-        let counts = self.points.read().unwrap_or_else(|e| e.into_inner());
+        let counts = self.counts.read().unwrap_or_else(|e| e.into_inner());
         let rare: Vec<u32> =
-            terms.iter().copied().filter(|t| counts.get(t).copied().unwrap_or(0) <= common_above).collect();
+            terms.iter().copied().filter(|t| counts.per_term.get(t).copied().unwrap_or(0) <= common_above).collect();
         match rare.len() {
             n if n == terms.len() => Walk::All,
             0 => Walk::None,
@@ -176,7 +205,7 @@ mod tests {
             assert!(page.tracks(id(49)) && !page.tracks(id(50)), "behind the scan, writes count");
         }
         assert_eq!(counts.plan(&[1, 3], 5), Walk::All, "not counted yet");
-        assert_eq!(counts.points_with(1), None);
+        assert_eq!((counts.points_with(1), counts.idf(&[1])), (None, None));
         counts.hold().scanned(None);
         assert!(counts.hold().tracks(id(u128::MAX)));
         assert_eq!(counts.points_with(1), Some(10));
@@ -186,13 +215,21 @@ mod tests {
         assert_eq!(counts.plan(&[1, 2], 5), Walk::None);
         assert_eq!(counts.plan(&[1, 2], 10), Walk::All, "at the bound a term is still walked");
         assert_eq!(counts.plan(&[1, 2], 0), Walk::All, "0 walks every term");
+        counts.hold().add([[].as_slice()]);
+        let idf = |n: f32, df: f32| ((n - df + 0.5) / (df + 0.5) + 1.0).ln();
+        assert_eq!(
+            counts.idf(&[1, 3, 9]),
+            Some(vec![idf(10.0, 10.0), idf(10.0, 2.0), idf(10.0, 0.0)]),
+            "N: points with terms"
+        );
         counts.hold().remove(points[..6].iter().map(Vec::as_slice));
         assert_eq!((counts.points_with(1), counts.points_with(3)), (Some(4), Some(0)));
         assert_eq!(counts.plan(&[1, 2], 5), Walk::All);
+        assert_eq!(counts.idf(&[1]), Some(vec![idf(4.0, 4.0)]));
         counts.hold().remove([[3u32].as_slice()]);
         assert_eq!(counts.points_with(3), Some(0), "never below zero");
         counts.hold().failed();
-        assert!(counts.points_with(1).is_none() && !counts.hold().tracks(id(1)));
+        assert!(counts.points_with(1).is_none() && counts.idf(&[1]).is_none() && !counts.hold().tracks(id(1)));
         assert!(!counts.claim_count(), "not again right after a failure");
         counts.progress.lock().unwrap().failed_at = Instant::now().checked_sub(RETRY_AFTER);
         assert!(counts.claim_count(), "a failed scan is tried again later");
