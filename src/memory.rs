@@ -1,4 +1,5 @@
-//! Keeping the resident set close to the live data under glibc's allocator.
+//! Keeping the resident set close to the live data under glibc's allocator, which serves the C and C++
+//! libraries (SQLite, ONNX Runtime); the binary gives Rust's own allocations to mimalloc.
 //!
 //! glibc gives threads that allocate at the same moment separate arenas (up to eight per core), and memory
 //! freed into an arena mostly stays mapped. This server allocates from many threads at once (tokio workers,
