@@ -323,7 +323,7 @@ fn dense_of(vectors: VectorStructInternal) -> Option<Vec<f32>> {
 
 fn to_context(payload: Option<qdrant_edge::Payload>) -> StoreResult<Context> {
     let payload = payload.ok_or_else(|| edge_error("point without payload"))?;
-    from_payload(&payload.0)
+    from_payload(payload.0)
 }
 
 impl EdgeVectorStore {

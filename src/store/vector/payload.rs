@@ -33,46 +33,61 @@ pub fn to_payload(context: &Context) -> Value {
     payload
 }
 
-fn field<'a>(payload: &'a Map<String, Value>, key: &str) -> StoreResult<&'a Value> {
-    payload.get(key).ok_or_else(|| StoreError::Backend(format!("point payload lacks '{key}'")))
+fn lacks(key: &str) -> StoreError {
+    StoreError::Backend(format!("point payload lacks '{key}'"))
 }
 
-fn text(payload: &Map<String, Value>, key: &str) -> StoreResult<String> {
-    field(payload, key)?
-        .as_str()
-        .map(str::to_string)
-        .ok_or_else(|| StoreError::Backend(format!("point payload '{key}' is not a string")))
+fn text(payload: &mut Map<String, Value>, key: &str) -> StoreResult<String> {
+    match payload.remove(key) {
+        Some(Value::String(text)) => Ok(text),
+        Some(_) => Err(StoreError::Backend(format!("point payload '{key}' is not a string"))),
+        None => Err(lacks(key)),
+    }
 }
 
 fn integer(payload: &Map<String, Value>, key: &str) -> StoreResult<i64> {
-    field(payload, key)?.as_i64().ok_or_else(|| StoreError::Backend(format!("point payload '{key}' is not an integer")))
+    payload
+        .get(key)
+        .ok_or_else(|| lacks(key))?
+        .as_i64()
+        .ok_or_else(|| StoreError::Backend(format!("point payload '{key}' is not an integer")))
 }
 
-pub fn from_payload(payload: &Map<String, Value>) -> StoreResult<Context> {
-    let id = Uuid::parse_str(&text(payload, "id")?)
+/// The context a payload holds; its strings, tags and metadata are moved out, not copied.
+pub fn from_payload(mut payload: Map<String, Value>) -> StoreResult<Context> {
+    let id = Uuid::parse_str(&text(&mut payload, "id")?)
         .map_err(|_| StoreError::Backend("point payload id is not a UUID".into()))?;
-    let visibility = Visibility::parse(&text(payload, "visibility")?)
+    let visibility = Visibility::parse(&text(&mut payload, "visibility")?)
         .ok_or_else(|| StoreError::Backend("point payload visibility is unknown".into()))?;
-    let tags = field(payload, "tags")?
-        .as_array()
-        .map(|tags| tags.iter().filter_map(|t| t.as_str().map(str::to_string)).collect())
-        .unwrap_or_default();
-    let metadata = field(payload, "metadata")?.as_object().cloned().unwrap_or_default();
+    let tags = match payload.remove("tags").ok_or_else(|| lacks("tags"))? {
+        Value::Array(tags) => tags
+            .into_iter()
+            .filter_map(|tag| match tag {
+                Value::String(tag) => Some(tag),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    let metadata = match payload.remove("metadata").ok_or_else(|| lacks("metadata"))? {
+        Value::Object(metadata) => metadata,
+        _ => Map::new(),
+    };
     let expires_at = payload.get("expires_at").and_then(Value::as_i64).map(Timestamp);
     Ok(Context {
         id,
-        session_id: text(payload, "session_id")?,
-        agent_id: text(payload, "agent_id")?,
-        context_type: text(payload, "type")?,
-        content: text(payload, "content")?,
+        session_id: text(&mut payload, "session_id")?,
+        agent_id: text(&mut payload, "agent_id")?,
+        context_type: text(&mut payload, "type")?,
+        content: text(&mut payload, "content")?,
         tags,
         metadata,
         visibility,
-        created_at: Timestamp(integer(payload, "created_at")?),
-        updated_at: Timestamp(integer(payload, "updated_at")?),
-        version: integer(payload, "version")?,
+        created_at: Timestamp(integer(&payload, "created_at")?),
+        updated_at: Timestamp(integer(&payload, "updated_at")?),
+        version: integer(&payload, "version")?,
         expires_at,
-        content_hash: text(payload, "content_hash")?,
+        content_hash: text(&mut payload, "content_hash")?,
     })
 }
 
@@ -101,6 +116,6 @@ mod tests {
             content_hash: content_hash("hello"),
         };
         let payload = to_payload(&context);
-        assert_eq!(from_payload(payload.as_object().unwrap()).unwrap(), context);
+        assert_eq!(from_payload(payload.as_object().unwrap().clone()).unwrap(), context);
     }
 }

@@ -736,7 +736,7 @@ impl VectorStore for QdrantVectorStore {
                     vector_output::Vector::Dense(dense) => Some(dense.data),
                     _ => None,
                 });
-                Ok(LexicalHit { context: from_payload(&payload_json(hit.payload))?, score: hit.score, dense })
+                Ok(LexicalHit { context: from_payload(payload_json(hit.payload))?, score: hit.score, dense })
             })
             .collect::<StoreResult<Vec<_>>>()
             .map(Some)
@@ -774,7 +774,7 @@ impl VectorStore for QdrantVectorStore {
         self.query(request)
             .await?
             .into_iter()
-            .map(|hit| Ok(VectorHit { context: from_payload(&payload_json(hit.payload))?, score: hit.score }))
+            .map(|hit| Ok(VectorHit { context: from_payload(payload_json(hit.payload))?, score: hit.score }))
             .collect()
     }
 
@@ -791,7 +791,7 @@ impl VectorStore for QdrantVectorStore {
                 async move { client.scroll(request).await }
             }))
             .await?;
-        response.result.into_iter().map(|point| from_payload(&payload_json(point.payload))).collect()
+        response.result.into_iter().map(|point| from_payload(payload_json(point.payload))).collect()
     }
 
     async fn existing_ids(&self, ids: &[Uuid]) -> StoreResult<Vec<Uuid>> {
