@@ -2,9 +2,9 @@
 //! libraries (SQLite, ONNX Runtime); the binary gives Rust's own allocations to mimalloc.
 //!
 //! glibc gives threads that allocate at the same moment separate arenas (up to eight per core), and memory
-//! freed into an arena mostly stays mapped. This server allocates from many threads at once (tokio workers,
-//! the blocking pool that runs SQLite and qdrant-edge calls, ONNX Runtime), so without a limit its RSS grew
-//! far beyond what it held. `limit_arenas` caps them, `trim` hands free pages back after heavy work
+//! freed into an arena mostly stays mapped. This server allocates from many threads at once (SQLite on
+//! the blocking pool, ONNX Runtime's sessions; before mimalloc, all of Rust's allocations too), so without a
+//! limit its RSS grew far beyond what it held. `limit_arenas` caps them, `trim` hands free pages back after heavy work
 //! (the maintenance loop calls it after optimising and flushing). Both do nothing on other platforms.
 
 /// Arenas when `MALLOC_ARENA_MAX` is not set in the environment.

@@ -418,6 +418,9 @@ impl EdgeVectorStore {
                             .into_iter()
                             .map(|point| (point.id, point.vector))
                             .collect(),
+                        // The vector stage found these under the same filter and read their contexts; a
+                        // point changed since then is scored by its new terms beside the context read then
+                        // (the rerank checks the filter on that context).
                         Candidates::Known => {
                             let ids: Vec<PointId> = known.iter().copied().map(point_id).collect();
                             let selector = Some(WithVector::Selector(vec![using.clone()]));
@@ -501,8 +504,10 @@ impl EdgeVectorStore {
             false => stored_terms(shard, &points, name)?,
         };
         write()?;
-        hold.remove(before.iter().map(Vec::as_slice));
-        hold.add(tracked.iter().filter_map(|&i| written.get(i)).map(Vec::as_slice));
+        hold.replace(
+            before.iter().map(Vec::as_slice),
+            tracked.iter().filter_map(|&i| written.get(i)).map(Vec::as_slice),
+        );
         Ok(())
     }
 }
@@ -965,6 +970,8 @@ mod tests {
         for word in ["harbor", "lantern", "kettle", "zeppelin", "note", "extra"] {
             assert_eq!(store.terms.points_with(term(word)), recount.points_with(term(word)), "{word}");
         }
+        let idf = |counts: &TermCounts| counts.idf(&[harbor, zeppelin, term("kettle")]);
+        assert!(idf(&store.terms).is_some() && idf(&store.terms) == idf(&recount), "N and df as a fresh count");
     }
 
     /// Points written before the payload carried `public` are still seen by the scopes their `visibility`

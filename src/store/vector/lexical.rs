@@ -32,7 +32,8 @@ impl Lexical {
         (indices, values)
     }
 
-    /// A query's terms, each of weight 1 (the engine multiplies in the IDF).
+    /// A query's terms, each of weight 1 (the engine multiplies in the IDF; the embedded store does, for the
+    /// candidates it scores itself).
     pub fn query(&self, text: &str) -> (Vec<u32>, Vec<f32>) {
         let SparseVector { indices, values } = self.bm25.embed_query(text);
         (indices, values)

@@ -83,19 +83,20 @@ impl Hold<'_> {
 
     /// Adds the terms of points the scan read, or of points just written.
     pub fn add<'t>(&self, points: impl IntoIterator<Item = &'t [u32]>) {
+        self.replace([], points);
+    }
+
+    /// Takes away the terms of points replaced or deleted and adds those of the points written, in one step:
+    /// a search never sees the counts between the two.
+    pub fn replace<'t>(&self, before: impl IntoIterator<Item = &'t [u32]>, after: impl IntoIterator<Item = &'t [u32]>) {
         let mut counts = self.counts.counts.write().unwrap_or_else(|e| e.into_inner());
-        for terms in points {
+        for terms in after {
             counts.points += u64::from(!terms.is_empty());
             for term in terms {
                 *counts.per_term.entry(*term).or_default() += 1;
             }
         }
-    }
-
-    /// Takes away the terms of points replaced or deleted.
-    pub fn remove<'t>(&self, points: impl IntoIterator<Item = &'t [u32]>) {
-        let mut counts = self.counts.counts.write().unwrap_or_else(|e| e.into_inner());
-        for terms in points {
+        for terms in before {
             counts.points = counts.points.saturating_sub(u64::from(!terms.is_empty()));
             for term in terms {
                 if let Some(n) = counts.per_term.get_mut(term) {
@@ -155,8 +156,8 @@ impl TermCounts {
 
     /// Each of `terms`' inverse document frequency, once counted: the engine's `idf` modifier, ln(1 + (N -
     /// df + 0.5) / (df + 0.5)) over the N points that hold any term, df of them holding the term. The
-    /// engine's own N and df also count points deleted from a segment that has not been rebuilt since, so
-    /// after deletes the two differ by the share of such points.
+    /// engine's own N and df also count points deleted or replaced in a segment that has not been rebuilt
+    /// since, so after deletes and updates the two differ by the share of such points.
     pub fn idf(&self, terms: &[u32]) -> Option<Vec<f32>> {
         if self.state.load(Ordering::Acquire) != COUNTED {
             return None;
@@ -222,11 +223,11 @@ mod tests {
             Some(vec![idf(10.0, 10.0), idf(10.0, 2.0), idf(10.0, 0.0)]),
             "N: points with terms"
         );
-        counts.hold().remove(points[..6].iter().map(Vec::as_slice));
+        counts.hold().replace(points[..6].iter().map(Vec::as_slice), []);
         assert_eq!((counts.points_with(1), counts.points_with(3)), (Some(4), Some(0)));
         assert_eq!(counts.plan(&[1, 2], 5), Walk::All);
         assert_eq!(counts.idf(&[1]), Some(vec![idf(4.0, 4.0)]));
-        counts.hold().remove([[3u32].as_slice()]);
+        counts.hold().replace([[3u32].as_slice()], []);
         assert_eq!(counts.points_with(3), Some(0), "never below zero");
         counts.hold().failed();
         assert!(counts.points_with(1).is_none() && counts.idf(&[1]).is_none() && !counts.hold().tracks(id(1)));
