@@ -84,9 +84,11 @@ pub fn check_filter(selector: u8, args: ContextFilterArgs) {
         Err(other) => panic!("a filter was refused with {other:?}, not as invalid input"),
     };
     let json = to_qdrant_json(&filter);
-    if let Err(err) = edge::qdrant_filter(&filter) {
-        panic!("qdrant-edge refuses the filter {json}: {err}");
-    }
+    let typed =
+        edge::qdrant_filter(&filter).unwrap_or_else(|err| panic!("qdrant-edge refuses the filter {json}: {err}"));
+    let read: qdrant_edge::Filter =
+        serde_json::from_value(json.clone()).unwrap_or_else(|err| panic!("qdrant-edge cannot read {json}: {err}"));
+    assert_eq!(typed, read, "the filter built in qdrant-edge's types differs from {json}");
     if let Err(err) = qdrant::filter(&json) {
         panic!("the gRPC conversion refuses the filter {json}: {err}");
     }

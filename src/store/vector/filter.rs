@@ -73,20 +73,22 @@ pub fn to_qdrant_json(filter: &ContextFilter) -> Value {
         must.push(match_any("visibility", &names));
     }
     for (key, value) in &filter.metadata {
-        // Quoted: metadata keys may hold `:`, `@` and `/`, which Qdrant's JSON path syntax only takes quoted
-        // (keys never contain `"` or a backslash: parse_metadata refuses them). Found by `cargo fuzz`.
-        let path = format!("metadata.\"{key}\"");
-        let condition = match value.as_f64() {
-            // Exact matches take 64-bit signed integers only; other numbers (fractions, integers above
-            // i64::MAX) are compared as a closed range of one point, as SQLite compares them as reals.
-            Some(number) if !value.is_i64() => {
-                json!({"key": path, "range": {"gte": number, "lte": number}})
-            }
-            _ => match_value(&path, value.clone()),
-        };
-        must.push(condition);
+        must.push(metadata_condition(key, value));
     }
     json!({ "must": must })
+}
+
+/// The condition on one metadata key, in Qdrant REST JSON.
+pub fn metadata_condition(key: &str, value: &Value) -> Value {
+    // Quoted: metadata keys may hold `:`, `@` and `/`, which Qdrant's JSON path syntax only takes quoted
+    // (keys never contain `"` or a backslash: parse_metadata refuses them). Found by `cargo fuzz`.
+    let path = format!("metadata.\"{key}\"");
+    match value.as_f64() {
+        // Exact matches take 64-bit signed integers only; other numbers (fractions, integers above
+        // i64::MAX) are compared as a closed range of one point, as SQLite compares them as reals.
+        Some(number) if !value.is_i64() => json!({"key": path, "range": {"gte": number, "lte": number}}),
+        _ => match_value(&path, value.clone()),
+    }
 }
 
 #[cfg(test)]
