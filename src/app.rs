@@ -175,8 +175,14 @@ impl Core {
             crate::auth::Authenticator::open(&settings.auth_settings(), keys)
                 .map_err(|e| StoreError::Backend(format!("authentication store: {e}")))?,
         );
-        let service =
-            Arc::new(ContextService::new(graph, vectors, state_vectors, embedder, metrics, settings.service_options()));
+        let service = Arc::new(ContextService::new(
+            graph,
+            vectors,
+            state_vectors,
+            embedder,
+            metrics,
+            settings.service_options(),
+        )?);
         let repaired = service.repair_pending().await.map_err(|e| StoreError::Backend(e.to_string()))?;
         if repaired > 0 {
             tracing::info!(repaired, "re-indexed journaled items left by an unclean stop");

@@ -107,13 +107,13 @@ impl ContextService {
         embedder: Arc<dyn Embedder>,
         metrics: Arc<Metrics>,
         options: ServiceOptions,
-    ) -> Self {
+    ) -> crate::error::StoreResult<Self> {
         let search_cache = Cache::builder()
             .max_capacity(options.search_cache_entries)
             .weigher(|_, answer: &Arc<SearchResponse>| search::cache_weight(answer))
             .time_to_live(options.search_cache_ttl)
             .build();
-        Self {
+        Ok(Self {
             graph,
             vectors,
             state_vectors,
@@ -126,11 +126,11 @@ impl ContextService {
             seen_pending: Mutex::new(Default::default()),
             item_locks: (0..ITEM_LOCKS).map(|_| tokio::sync::Mutex::new(())).collect(),
             analyst_slots: Arc::new(tokio::sync::Semaphore::new(analytics::MAX_CONCURRENT_QUERIES)),
-            rerank_lanes: crate::store::lanes::BlockingLanes::per_core(),
+            rerank_lanes: crate::store::lanes::BlockingLanes::per_core("rerank")?,
             write_slots: Arc::new(tokio::sync::Semaphore::new(MAX_RUNNING_WRITES)),
             changes: changes::ChangeFeed::new(changes::FEED_CAPACITY),
             recalls: Default::default(),
-        }
+        })
     }
 
     /// The change feed (see `changes`).

@@ -1,57 +1,70 @@
-//! Bounded hand-off of synchronous engine calls to tokio's blocking pool.
+//! Bounded hand-off of synchronous, CPU-bound engine calls (searches, the rerank) to dedicated threads.
 //!
-//! `spawn_blocking` alone starts a thread per concurrent call: 128 concurrent reads became 128 threads, of
-//! which 8 held a pooled SQLite connection and 120 slept on the pool's condition variable, and 128 concurrent
-//! vector searches ran as 128 threads on two cores. A lane is a permit taken asynchronously *before* the
-//! hand-off, so at most `lanes` calls occupy blocking threads at once and the rest wait as cheap tasks.
-//! The permit is released by the blocking thread when the work ends, so a caller that gives up (a request
-//! timeout) does not free a lane its work still occupies.
+//! `spawn_blocking` alone starts a thread per concurrent call: 128 concurrent vector searches ran as 128
+//! threads on two cores. A set of lanes is a rayon pool of `lanes` threads fed in arrival order: at most
+//! `lanes` calls run at once and the rest wait in the pool's queue. A lane that finishes a call takes the
+//! next queued one itself. (An earlier form took a semaphore permit on the async side and then handed the
+//! call to tokio's blocking pool: every call then waited for a task wake-up and a thread wake-up while its
+//! lane sat idle, and at 1M contexts with 8 connections the two lanes kept the two cores only ~70% busy.)
+//!
+//! Lanes are for work whose answer is its only effect: a call whose caller has given up (a request timeout,
+//! a closed connection) before a lane takes it is dropped unrun. A call already running keeps its lane
+//! until it ends.
 
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
-
-use tokio::sync::Semaphore;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::error::{StoreError, StoreResult};
 
 #[derive(Clone)]
 pub struct BlockingLanes {
-    permits: Arc<Semaphore>,
-    lanes: usize,
+    pool: Arc<rayon::ThreadPool>,
+    running: Arc<AtomicUsize>,
 }
 
 impl BlockingLanes {
-    pub fn new(lanes: usize) -> Self {
-        let lanes = lanes.max(1);
-        Self { permits: Arc::new(Semaphore::new(lanes)), lanes }
+    /// `lanes` threads named `name-N`.
+    pub fn new(name: &'static str, lanes: usize) -> StoreResult<Self> {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(lanes.max(1))
+            .thread_name(move |i| format!("{name}-{i}"))
+            .build()
+            .map_err(|e| StoreError::Backend(format!("cannot start the {name} threads: {e}")))?;
+        Ok(Self { pool: Arc::new(pool), running: Arc::default() })
     }
 
     /// One lane per core, for CPU-bound work such as vector search.
-    pub fn per_core() -> Self {
-        Self::new(std::thread::available_parallelism().map_or(2, usize::from))
+    pub fn per_core(name: &'static str) -> StoreResult<Self> {
+        Self::new(name, std::thread::available_parallelism().map_or(2, usize::from))
     }
 
-    /// Lanes in use right now.
+    /// Calls running right now.
     pub fn busy(&self) -> usize {
-        self.lanes - self.permits.available_permits()
+        self.running.load(Ordering::SeqCst)
     }
 
-    /// Runs `work` on a blocking thread once a lane is free.
+    /// Runs `work` on a lane once one is free, after the calls queued before it.
     pub async fn run<T, F>(&self, work: F) -> StoreResult<T>
     where
         T: Send + 'static,
         F: FnOnce() -> StoreResult<T> + Send + 'static,
     {
-        let permit = self
-            .permits
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| StoreError::Backend("blocking lanes closed".into()))?;
-        tokio::task::spawn_blocking(move || {
-            let _lane = permit;
-            work()
-        })
-        .await?
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let running = self.running.clone();
+        self.pool.spawn_fifo(move || {
+            if answer.is_closed() {
+                return;
+            }
+            running.fetch_add(1, Ordering::SeqCst);
+            // A panic is the caller's error, as a panicking `spawn_blocking` task is; it must not reach
+            // rayon, which aborts the process on a panic in a spawned job.
+            let result = catch_unwind(AssertUnwindSafe(work))
+                .unwrap_or_else(|_| Err(StoreError::Backend("a blocking call panicked".into())));
+            running.fetch_sub(1, Ordering::SeqCst);
+            let _ = answer.send(result);
+        });
+        answered.await.map_err(|_| StoreError::Backend("a blocking call ended without an answer".into()))?
     }
 }
 
@@ -62,7 +75,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn at_most_lanes_calls_run_at_once() {
-        let lanes = BlockingLanes::new(3);
+        let lanes = BlockingLanes::new("test", 3).unwrap();
         let running = Arc::new(AtomicUsize::new(0));
         let most = Arc::new(AtomicUsize::new(0));
         let calls = (0..40).map(|i| {
@@ -90,7 +103,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_abandoned_call_keeps_its_lane_until_the_work_ends() {
-        let lanes = BlockingLanes::new(1);
+        let lanes = BlockingLanes::new("test", 1).unwrap();
         let (release, wait) = std::sync::mpsc::channel::<()>();
         let call = tokio::spawn({
             let lanes = lanes.clone();
@@ -105,5 +118,40 @@ mod tests {
         release.send(()).unwrap();
         let next = lanes.run(|| Ok(5)).await.unwrap();
         assert_eq!(next, 5);
+    }
+
+    #[tokio::test]
+    async fn a_call_abandoned_while_queued_is_not_run() {
+        let lanes = BlockingLanes::new("test", 1).unwrap();
+        let (release, wait) = std::sync::mpsc::channel::<()>();
+        let first = tokio::spawn({
+            let lanes = lanes.clone();
+            async move { lanes.run(move || Ok(wait.recv().is_ok())).await }
+        });
+        while lanes.busy() == 0 {
+            tokio::task::yield_now().await;
+        }
+        let ran = Arc::new(AtomicUsize::new(0));
+        let queued = tokio::spawn({
+            let (lanes, ran) = (lanes.clone(), ran.clone());
+            async move { lanes.run(move || Ok(ran.fetch_add(1, Ordering::SeqCst))).await }
+        });
+        // Let the queued call reach the pool's queue before its caller gives up.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        queued.abort();
+        let _ = queued.await;
+        release.send(()).unwrap();
+        assert!(first.await.unwrap().unwrap());
+        assert_eq!(lanes.run(|| Ok(7)).await.unwrap(), 7, "the lane serves the next call");
+        assert_eq!(ran.load(Ordering::SeqCst), 0, "the abandoned call never ran");
+    }
+
+    #[tokio::test]
+    async fn a_panicking_call_is_an_error_and_the_lane_lives_on() {
+        let lanes = BlockingLanes::new("test", 1).unwrap();
+        let failed = lanes.run(|| -> StoreResult<()> { panic!("boom") }).await;
+        assert!(matches!(failed, Err(StoreError::Backend(ref m)) if m.contains("panicked")), "{failed:?}");
+        assert_eq!(lanes.run(|| Ok(3)).await.unwrap(), 3);
+        assert_eq!(lanes.busy(), 0);
     }
 }

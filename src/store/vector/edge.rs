@@ -209,7 +209,7 @@ impl EdgeVectorStore {
             terms: Arc::default(),
             common_term_points,
             plain_search_points: PLAIN_SEARCH_POINTS,
-            query_lanes: BlockingLanes::per_core(),
+            query_lanes: BlockingLanes::per_core("vector-query")?,
             _process_lock: Arc::new(lock),
         })
     }
