@@ -7,6 +7,10 @@
 //! call to tokio's blocking pool: every call then waited for a task wake-up and a thread wake-up while its
 //! lane sat idle, and at 1M contexts with 8 connections the two lanes kept the two cores only ~70% busy.)
 //!
+//! The work must not use rayon itself (`par_iter`, `join`): a lane waiting on it would run other queued
+//! calls on the same thread, re-entering whatever locks the waiting call holds. qdrant-edge's read paths
+//! (search, retrieve, scroll, count) do not; its index builds do, and run in `spawn_blocking`.
+//!
 //! Lanes are for work whose answer is its only effect: a call whose caller has given up (a request timeout,
 //! a closed connection) before a lane takes it is dropped unrun. A call already running keeps its lane
 //! until it ends.
@@ -53,16 +57,25 @@ impl BlockingLanes {
         let (answer, answered) = tokio::sync::oneshot::channel();
         let running = self.running.clone();
         self.pool.spawn_fifo(move || {
-            if answer.is_closed() {
-                return;
-            }
-            running.fetch_add(1, Ordering::SeqCst);
-            // A panic is the caller's error, as a panicking `spawn_blocking` task is; it must not reach
-            // rayon, which aborts the process on a panic in a spawned job.
-            let result = catch_unwind(AssertUnwindSafe(work))
-                .unwrap_or_else(|_| Err(StoreError::Backend("a blocking call panicked".into())));
-            running.fetch_sub(1, Ordering::SeqCst);
-            let _ = answer.send(result);
+            // Nothing may unwind out of here: rayon aborts the process on a panic in a spawned job. Dropping
+            // an unrun `work` can run code too (the last reference to a store flushes it).
+            let _ = catch_unwind(AssertUnwindSafe(move || {
+                if answer.is_closed() {
+                    return;
+                }
+                running.fetch_add(1, Ordering::SeqCst);
+                // A panic in the work is the caller's error, as a panicking `spawn_blocking` task is.
+                let result = catch_unwind(AssertUnwindSafe(work)).unwrap_or_else(|panic| {
+                    let message = panic
+                        .downcast_ref::<&str>()
+                        .map(|m| m.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_default();
+                    Err(StoreError::Backend(format!("a blocking call panicked: {message}")))
+                });
+                running.fetch_sub(1, Ordering::SeqCst);
+                let _ = answer.send(result);
+            }));
         });
         answered.await.map_err(|_| StoreError::Backend("a blocking call ended without an answer".into()))?
     }
@@ -71,6 +84,7 @@ impl BlockingLanes {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures::FutureExt;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -132,14 +146,12 @@ mod tests {
             tokio::task::yield_now().await;
         }
         let ran = Arc::new(AtomicUsize::new(0));
-        let queued = tokio::spawn({
-            let (lanes, ran) = (lanes.clone(), ran.clone());
-            async move { lanes.run(move || Ok(ran.fetch_add(1, Ordering::SeqCst))).await }
-        });
-        // Let the queued call reach the pool's queue before its caller gives up.
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        queued.abort();
-        let _ = queued.await;
+        // Polled once, the call is in the pool's queue; then its caller gives up.
+        let queued = {
+            let ran = ran.clone();
+            lanes.run(move || Ok(ran.fetch_add(1, Ordering::SeqCst))).now_or_never()
+        };
+        assert!(queued.is_none(), "the call waits behind the busy lane");
         release.send(()).unwrap();
         assert!(first.await.unwrap().unwrap());
         assert_eq!(lanes.run(|| Ok(7)).await.unwrap(), 7, "the lane serves the next call");

@@ -1,7 +1,7 @@
 //! The embedded vector store: Qdrant's engine in-process (qdrant-edge), one shard in the data directory.
 //!
-//! qdrant-edge has a synchronous `&self` API, so every call runs in `spawn_blocking`. It runs nothing in the
-//! background: `optimize` (HNSW build) and `flush` are called by the service's maintenance task.
+//! qdrant-edge has a synchronous `&self` API, so every call runs off the async workers: reads on the store's
+//! query lanes (`BlockingLanes`), writes in `spawn_blocking`. It runs nothing in the background: `optimize` (HNSW build) and `flush` are called by the service's maintenance task.
 //! `EdgeShard::flush` panics if an update holds the WAL at that moment, so updates take `gate` shared and
 //! flush takes it exclusively.
 
@@ -44,7 +44,7 @@ pub struct EdgeVectorStore {
     common_term_points: u32,
     /// Filters matching fewer points than this leave every term walked (`PLAIN_SEARCH_POINTS`).
     plain_search_points: usize,
-    /// Searches and scrolls are CPU-bound: one lane per core, the rest wait as tasks, not threads.
+    /// Searches and scrolls are CPU-bound: one lane (thread) per core, the rest wait in its queue.
     query_lanes: BlockingLanes,
     /// An exclusive lock on `<dir>/.lock` for as long as the store is open (the kernel drops it when the
     /// process dies). qdrant-edge has no lock of its own, and two processes on one shard (a server and an
