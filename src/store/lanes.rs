@@ -85,7 +85,6 @@ impl BlockingLanes {
 mod tests {
     use super::*;
     use futures::FutureExt;
-    use std::sync::atomic::{AtomicUsize, Ordering};
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn at_most_lanes_calls_run_at_once() {
@@ -115,9 +114,10 @@ mod tests {
         assert_eq!(lanes.busy(), 0);
     }
 
-    #[tokio::test]
-    async fn an_abandoned_call_keeps_its_lane_until_the_work_ends() {
-        let lanes = BlockingLanes::new("test", 1).unwrap();
+    /// Occupies the only lane of `lanes` until the returned sender sends (or is dropped).
+    async fn occupy(
+        lanes: &BlockingLanes,
+    ) -> (tokio::task::JoinHandle<StoreResult<bool>>, std::sync::mpsc::Sender<()>) {
         let (release, wait) = std::sync::mpsc::channel::<()>();
         let call = tokio::spawn({
             let lanes = lanes.clone();
@@ -126,6 +126,13 @@ mod tests {
         while lanes.busy() == 0 {
             tokio::task::yield_now().await;
         }
+        (call, release)
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_call_keeps_its_lane_until_the_work_ends() {
+        let lanes = BlockingLanes::new("test", 1).unwrap();
+        let (call, release) = occupy(&lanes).await;
         call.abort();
         let _ = call.await;
         assert_eq!(lanes.busy(), 1, "the work still runs");
@@ -137,14 +144,7 @@ mod tests {
     #[tokio::test]
     async fn a_call_abandoned_while_queued_is_not_run() {
         let lanes = BlockingLanes::new("test", 1).unwrap();
-        let (release, wait) = std::sync::mpsc::channel::<()>();
-        let first = tokio::spawn({
-            let lanes = lanes.clone();
-            async move { lanes.run(move || Ok(wait.recv().is_ok())).await }
-        });
-        while lanes.busy() == 0 {
-            tokio::task::yield_now().await;
-        }
+        let (first, release) = occupy(&lanes).await;
         let ran = Arc::new(AtomicUsize::new(0));
         // Polled once, the call is in the pool's queue; then its caller gives up.
         let queued = {

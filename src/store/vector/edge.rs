@@ -1,7 +1,8 @@
 //! The embedded vector store: Qdrant's engine in-process (qdrant-edge), one shard in the data directory.
 //!
 //! qdrant-edge has a synchronous `&self` API, so every call runs off the async workers: reads on the store's
-//! query lanes (`BlockingLanes`), writes in `spawn_blocking`. It runs nothing in the background: `optimize` (HNSW build) and `flush` are called by the service's maintenance task.
+//! query lanes (`BlockingLanes`), writes in `spawn_blocking`. It runs nothing in the background: `optimize`
+//! (HNSW build) and `flush` are called by the service's maintenance task.
 //! `EdgeShard::flush` panics if an update holds the WAL at that moment, so updates take `gate` shared and
 //! flush takes it exclusively.
 
