@@ -27,6 +27,8 @@ const RECENCY_HALF_LIFE_MS: f64 = 7.0 * 24.0 * 3600.0 * 1000.0;
 #[derive(Default)]
 pub(super) struct RecallLog {
     pending: Mutex<HashMap<Uuid, (u64, Timestamp)>>,
+    /// Held by a flush from taking the tallies until they are written.
+    flushing: tokio::sync::Mutex<()>,
 }
 
 impl RecallLog {
@@ -82,7 +84,11 @@ pub fn recall_score(stats: Option<&RecallStats>) -> f64 {
 
 impl ContextService {
     /// Writes the recalls counted since the last call to the graph; on failure they are kept for the next.
+    /// Flushes run one at a time: when this returns, every recall counted before the call is in the graph,
+    /// also those a flush already under way (the maintenance loop's) had taken. Returns how many contexts'
+    /// tallies this call wrote.
     pub async fn flush_recalls(&self) -> ServiceResult<usize> {
+        let _one_at_a_time = self.recalls.flushing.lock().await;
         let mut tallies = self.recalls.take();
         let total = tallies.len();
         while !tallies.is_empty() {
