@@ -1,51 +1,116 @@
-//! Bounded hand-off of synchronous, CPU-bound engine calls (searches, the rerank) to dedicated threads.
+//! Synchronous, CPU-bound engine calls (SQLite reads, searches, the rerank) on threads of their own, fed by
+//! one queue.
 //!
 //! `spawn_blocking` alone starts a thread per concurrent call: 128 concurrent vector searches ran as 128
-//! threads on two cores. A set of lanes is a rayon pool of `lanes` threads fed in arrival order: at most
-//! `lanes` calls run at once and the rest wait in the pool's queue. A lane that finishes a call takes the
-//! next queued one itself. (An earlier form took a semaphore permit on the async side and then handed the
-//! call to tokio's blocking pool: every call then waited for a task wake-up and a thread wake-up while its
-//! lane sat idle, and at 1M contexts with 8 connections the two lanes kept the two cores only ~70% busy.)
+//! threads on two cores. `WorkerThreads` are a fixed set of threads, each owning a state (a SQLite
+//! connection, or nothing), taking calls from one channel in arrival order: at most `threads` calls run at
+//! once, the rest wait in the queue, and under load a thread goes from one call to the next without
+//! sleeping, so the only hand-off per call is the answer waking its task. Handing each call to
+//! `spawn_blocking` instead woke a blocking thread per call: for SQLite reads at 128 connections about a
+//! fifth of the server's CPU went to those hand-offs (`BENCHMARKS.md`, 2026-11-26); for searches, where a
+//! semaphore permit was taken on the async side before the hand-off, each call also waited for a task
+//! wake-up with its lane idle, and at 1M contexts with 8 connections two lanes kept two cores ~70% busy.
+//! Hand-written rather than a crate: r2d2 lends connections to the caller's thread, and rayon's pool (tried
+//! for the lanes first, no faster) aborts the process on a panic in a job and runs other queued jobs on a thread that
+//! waits inside one.
 //!
-//! The work must not use rayon itself (`par_iter`, `join`): a lane waiting on it would run other queued
-//! calls on the same thread, re-entering whatever locks the waiting call holds. qdrant-edge's read paths
-//! (search, retrieve, scroll, count) do not; its index builds do, and run in `spawn_blocking`.
-//!
-//! Lanes are for work whose answer is its only effect: a call whose caller has given up (a request timeout,
-//! a closed connection) before a lane takes it is dropped unrun. A call already running keeps its lane
-//! until it ends.
+//! Calls are for work whose answer is its only effect: a call whose caller has given up (a request timeout,
+//! a closed connection) before a thread takes it is dropped unrun. A call already running keeps its thread
+//! until it ends. A panicking call fails alone (its caller gets an error); the thread stays.
 
-use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use tokio::sync::oneshot;
+
 use crate::error::{StoreError, StoreResult};
 
-#[derive(Clone)]
-pub struct BlockingLanes {
-    pool: Arc<rayon::ThreadPool>,
-    running: Arc<AtomicUsize>,
+type Job<S> = Box<dyn FnOnce(&S) + Send>;
+
+pub struct WorkerThreads<S> {
+    name: &'static str,
+    jobs: crossbeam_channel::Sender<Job<S>>,
+    threads: usize,
+    /// Calls taken by a thread and not yet answered.
+    busy: Arc<AtomicUsize>,
 }
+
+impl<S: 'static> WorkerThreads<S> {
+    /// Makes `threads` states with `open` and starts a thread named `name-N` for each. The threads end when
+    /// the `WorkerThreads` is dropped and the queued calls are done.
+    pub fn start(name: &'static str, threads: usize, open: impl Fn() -> StoreResult<S>) -> StoreResult<Self>
+    where
+        S: Send,
+    {
+        let (jobs, receiver) = crossbeam_channel::unbounded::<Job<S>>();
+        let busy = Arc::new(AtomicUsize::new(0));
+        let threads = threads.max(1);
+        for n in 0..threads {
+            let state = open()?;
+            let (receiver, busy) = (receiver.clone(), busy.clone());
+            std::thread::Builder::new()
+                .name(format!("{name}-{n}"))
+                .spawn(move || {
+                    for job in receiver {
+                        busy.fetch_add(1, Ordering::Relaxed);
+                        // A panicking call drops its answer channel (its caller gets an error); the thread
+                        // and its state stay.
+                        let _ = std::panic::catch_unwind(AssertUnwindSafe(|| job(&state)));
+                        busy.fetch_sub(1, Ordering::Relaxed);
+                    }
+                })
+                .map_err(|e| StoreError::Backend(format!("cannot start a {name} thread: {e}")))?;
+        }
+        Ok(Self { name, jobs, threads, busy })
+    }
+
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    /// Threads running a call right now.
+    pub fn busy(&self) -> usize {
+        self.busy.load(Ordering::Relaxed)
+    }
+
+    /// Runs `work` on the next free thread, after the calls queued before it.
+    pub async fn run<T, F>(&self, work: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&S) -> StoreResult<T> + Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel::<StoreResult<T>>();
+        let job: Job<S> = Box::new(move |state| {
+            // The caller may have given up; then nobody waits for the answer.
+            if !reply.is_closed() {
+                let _ = reply.send(work(state));
+            }
+        });
+        let name = self.name;
+        self.jobs.send(job).map_err(|_| StoreError::Backend(format!("the {name} threads have stopped")))?;
+        answer.await.map_err(|_| StoreError::Backend(format!("a {name} call panicked")))?
+    }
+}
+
+/// Worker threads without a state of their own, one per core, for CPU-bound work such as vector search.
+#[derive(Clone)]
+pub struct BlockingLanes(Arc<WorkerThreads<()>>);
 
 impl BlockingLanes {
     /// `lanes` threads named `name-N`.
     pub fn new(name: &'static str, lanes: usize) -> StoreResult<Self> {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(lanes.max(1))
-            .thread_name(move |i| format!("{name}-{i}"))
-            .build()
-            .map_err(|e| StoreError::Backend(format!("cannot start the {name} threads: {e}")))?;
-        Ok(Self { pool: Arc::new(pool), running: Arc::default() })
+        Ok(Self(Arc::new(WorkerThreads::start(name, lanes, || Ok(()))?)))
     }
 
-    /// One lane per core, for CPU-bound work such as vector search.
+    /// One lane per core.
     pub fn per_core(name: &'static str) -> StoreResult<Self> {
         Self::new(name, std::thread::available_parallelism().map_or(2, usize::from))
     }
 
     /// Calls running right now.
     pub fn busy(&self) -> usize {
-        self.running.load(Ordering::SeqCst)
+        self.0.busy()
     }
 
     /// Runs `work` on a lane once one is free, after the calls queued before it.
@@ -54,30 +119,7 @@ impl BlockingLanes {
         T: Send + 'static,
         F: FnOnce() -> StoreResult<T> + Send + 'static,
     {
-        let (answer, answered) = tokio::sync::oneshot::channel();
-        let running = self.running.clone();
-        self.pool.spawn_fifo(move || {
-            // Nothing may unwind out of here: rayon aborts the process on a panic in a spawned job. Dropping
-            // an unrun `work` can run code too (the last reference to a store flushes it).
-            let _ = catch_unwind(AssertUnwindSafe(move || {
-                if answer.is_closed() {
-                    return;
-                }
-                running.fetch_add(1, Ordering::SeqCst);
-                // A panic in the work is the caller's error, as a panicking `spawn_blocking` task is.
-                let result = catch_unwind(AssertUnwindSafe(work)).unwrap_or_else(|panic| {
-                    let message = panic
-                        .downcast_ref::<&str>()
-                        .map(|m| m.to_string())
-                        .or_else(|| panic.downcast_ref::<String>().cloned())
-                        .unwrap_or_default();
-                    Err(StoreError::Backend(format!("a blocking call panicked: {message}")))
-                });
-                running.fetch_sub(1, Ordering::SeqCst);
-                let _ = answer.send(result);
-            }));
-        });
-        answered.await.map_err(|_| StoreError::Backend("a blocking call ended without an answer".into()))?
+        self.0.run(move |_| work()).await
     }
 }
 

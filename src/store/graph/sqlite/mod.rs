@@ -71,7 +71,7 @@ impl SqliteGraphStore {
         writer.execute_batch(SCHEMA)?;
         migrate(&writer)?;
         writer.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
-        let readers = ReaderThreads::start(options.readers as usize, || {
+        let readers = ReaderThreads::start("sqlite-reader", options.readers as usize, || {
             let conn = Connection::open(&options.path)?;
             conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
             conn.execute_batch("PRAGMA query_only = 1; PRAGMA busy_timeout = 5000;")?;
@@ -100,7 +100,7 @@ impl SqliteGraphStore {
         T: Send + 'static,
         F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
     {
-        self.readers.read(work).await
+        self.readers.run(work).await
     }
 }
 
