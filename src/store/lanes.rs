@@ -7,9 +7,9 @@
 //! once, the rest wait in the queue, and under load a thread goes from one call to the next without
 //! sleeping, so the only hand-off per call is the answer waking its task. Handing each call to
 //! `spawn_blocking` instead woke a blocking thread per call: for SQLite reads at 128 connections about a
-//! fifth of the server's CPU went to those hand-offs (`BENCHMARKS.md`, 2026-11-26); for searches, where a
-//! semaphore permit was taken on the async side before the hand-off, each call also waited for a task
-//! wake-up with its lane idle, and at 1M contexts with 8 connections two lanes kept two cores ~70% busy.
+//! fifth of the server's CPU went to those hand-offs (`BENCHMARKS.md`, "Results at d745065"); for searches,
+//! where a semaphore permit was taken on the async side before the hand-off, each call also waited for a
+//! task wake-up with its lane idle, and at 1M contexts with 8 connections two lanes kept two cores ~70% busy.
 //! Hand-written rather than a crate: r2d2 lends connections to the caller's thread, and rayon's pool (tried
 //! for the lanes first, no faster) aborts the process on a panic in a job and runs other queued jobs on a thread that
 //! waits inside one.
