@@ -26,7 +26,8 @@ use tokio::sync::oneshot;
 
 use crate::error::{StoreError, StoreResult};
 
-type Job<S> = Box<dyn FnOnce(&S) + Send>;
+/// A queued call, given the thread's state and the busy count.
+type Job<S> = Box<dyn FnOnce(&S, &AtomicUsize) + Send>;
 
 pub struct WorkerThreads<S> {
     name: &'static str,
@@ -53,11 +54,9 @@ impl<S: 'static> WorkerThreads<S> {
                 .name(format!("{name}-{n}"))
                 .spawn(move || {
                     for job in receiver {
-                        busy.fetch_add(1, Ordering::Relaxed);
-                        // A panicking call drops its answer channel (its caller gets an error); the thread
-                        // and its state stay.
-                        let _ = std::panic::catch_unwind(AssertUnwindSafe(|| job(&state)));
-                        busy.fetch_sub(1, Ordering::Relaxed);
+                        // A job catches its call's panic itself; this catches one from dropping a call that
+                        // is not run. Either way the thread and its state stay.
+                        let _ = std::panic::catch_unwind(AssertUnwindSafe(|| job(&state, &busy)));
                     }
                 })
                 .map_err(|e| StoreError::Backend(format!("cannot start a {name} thread: {e}")))?;
@@ -80,17 +79,33 @@ impl<S: 'static> WorkerThreads<S> {
         T: Send + 'static,
         F: FnOnce(&S) -> StoreResult<T> + Send + 'static,
     {
-        let (reply, answer) = oneshot::channel::<StoreResult<T>>();
-        let job: Job<S> = Box::new(move |state| {
-            // The caller may have given up; then nobody waits for the answer.
-            if !reply.is_closed() {
-                let _ = reply.send(work(state));
-            }
-        });
         let name = self.name;
+        let (reply, answer) = oneshot::channel::<StoreResult<T>>();
+        let job: Job<S> = Box::new(move |state, busy| {
+            // The caller may have given up; then nobody waits for the answer.
+            if reply.is_closed() {
+                return;
+            }
+            busy.fetch_add(1, Ordering::Relaxed);
+            let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| work(state))).unwrap_or_else(|panic| {
+                Err(StoreError::Backend(format!("a {name} call panicked: {}", panic_message(&*panic))))
+            });
+            // Free before answering, so a caller that has its answer sees the thread free.
+            busy.fetch_sub(1, Ordering::Relaxed);
+            let _ = reply.send(outcome);
+        });
         self.jobs.send(job).map_err(|_| StoreError::Backend(format!("the {name} threads have stopped")))?;
-        answer.await.map_err(|_| StoreError::Backend(format!("a {name} call panicked")))?
+        answer.await.map_err(|_| StoreError::Backend(format!("a {name} call was dropped unanswered")))?
     }
+}
+
+/// The text a panic was raised with, when it has one.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("no message")
 }
 
 /// Worker threads without a state of their own, one per core, for CPU-bound work such as vector search.
@@ -204,7 +219,7 @@ mod tests {
     async fn a_panicking_call_is_an_error_and_the_lane_lives_on() {
         let lanes = BlockingLanes::new("test", 1).unwrap();
         let failed = lanes.run(|| -> StoreResult<()> { panic!("boom") }).await;
-        assert!(matches!(failed, Err(StoreError::Backend(ref m)) if m.contains("panicked")), "{failed:?}");
+        assert!(matches!(failed, Err(StoreError::Backend(ref m)) if m.contains("panicked: boom")), "{failed:?}");
         assert_eq!(lanes.run(|| Ok(3)).await.unwrap(), 3);
         assert_eq!(lanes.busy(), 0);
     }
