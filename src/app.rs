@@ -292,8 +292,11 @@ impl App {
         let stop = CancellationToken::new();
         let state = crate::http::HttpState::new(core.service.clone(), core.auth.clone(), &settings);
         let router = crate::http::router(state, &settings.server, stop.clone());
-        let listener =
-            crate::http::CountingListener { inner: listener, gauge: core.service.metrics().active_connections.clone() };
+        let listener = crate::http::CountingListener {
+            inner: listener,
+            gauge: core.service.metrics().active_connections.clone(),
+            refused: core.service.metrics().connections_refused.clone(),
+        };
         let graceful = {
             let stop = stop.clone();
             async move {
@@ -301,8 +304,11 @@ impl App {
                 stop.cancel();
             }
         };
-        let header_read_timeout = std::time::Duration::from_millis(settings.server.header_read_timeout_ms.max(1));
-        crate::http::serve(listener, router, header_read_timeout, graceful).await;
+        let limits = crate::http::ConnectionLimits {
+            idle_timeout: std::time::Duration::from_millis(settings.server.header_read_timeout_ms.max(1)),
+            max_connections: settings.server.max_connections.max(1),
+        };
+        crate::http::serve(listener, router, limits, graceful).await;
         core.shutdown().await;
         Ok(())
     }

@@ -34,6 +34,8 @@ pub struct ServerSettings {
     /// A client must send a request's headers within this long of starting it (or, on a kept-alive
     /// connection, of the previous answer): slow or idle connections are closed instead of held open.
     pub header_read_timeout_ms: u64,
+    /// Connections open at once; past this a new one is closed on arrival.
+    pub max_connections: usize,
     pub body_limit_bytes: usize,
     /// Requests served at once; more are shed with 503 + Retry-After.
     pub max_concurrency: usize,
@@ -284,6 +286,7 @@ impl Default for ServerSettings {
             port: 8080,
             request_timeout_ms: 30_000,
             header_read_timeout_ms: 30_000,
+            max_connections: 4096,
             body_limit_bytes: 1024 * 1024,
             max_concurrency: 512,
             allowed_hosts: vec!["localhost".into(), "127.0.0.1".into(), "::1".into()],

@@ -24,6 +24,8 @@ pub struct Metrics {
     pub backend_latency: HistogramVec,
     pub items: IntGaugeVec,
     pub active_connections: IntGauge,
+    /// Connections closed on arrival because `server.max_connections` were open.
+    pub connections_refused: IntCounter,
     /// Connection pool occupancy per backend: state = max | in_use.
     pub pool_connections: IntGaugeVec,
     /// 1 while a backend is reported down by the readiness check or its circuit breaker.
@@ -153,6 +155,10 @@ impl Metrics {
             active_connections: register(
                 &registry,
                 IntGauge::new("active_connections", "Open HTTP connections").unwrap(),
+            ),
+            connections_refused: register(
+                &registry,
+                IntCounter::new("connections_refused_total", "Connections closed on arrival: too many open").unwrap(),
             ),
             pool_connections: register(
                 &registry,

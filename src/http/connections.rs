@@ -3,13 +3,15 @@
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use prometheus::IntGauge;
+use prometheus::{IntCounter, IntGauge};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
 pub struct CountingListener {
     pub inner: TcpListener,
     pub gauge: IntGauge,
+    /// Connections closed on arrival because too many were open.
+    pub refused: IntCounter,
 }
 
 /// A connection that decrements the gauge when closed.

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use connections::CountingListener;
 pub use guards::ClientAddr;
-pub use serve::serve;
+pub use serve::{ConnectionLimits, serve};
 
 use std::num::NonZeroU32;
 

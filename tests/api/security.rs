@@ -490,3 +490,112 @@ async fn a_connection_that_never_finishes_its_headers_is_closed() {
     assert_eq!(health.status().as_u16(), 200);
     app.stop().await;
 }
+
+/// Reads from `stream` until the server closes it; the time that took, or None when it stayed open for `limit`.
+async fn closed_within(stream: &mut tokio::net::TcpStream, limit: std::time::Duration) -> Option<std::time::Duration> {
+    use tokio::io::AsyncReadExt;
+    let started = std::time::Instant::now();
+    let mut sink = [0u8; 4096];
+    tokio::time::timeout(limit, async { while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {} })
+        .await
+        .ok()
+        .map(|()| started.elapsed())
+}
+
+/// A connection that never sends a byte, and an HTTP/2 connection kept busy with pings but no request, are
+/// closed after `server.header_read_timeout_ms` without a request; a request that runs longer than that
+/// (an event stream) keeps its connection.
+#[tokio::test]
+async fn connections_without_a_request_are_closed_and_a_long_request_is_not() {
+    use tokio::io::AsyncWriteExt;
+    let app = spawn_app_with(|settings| settings.server.header_read_timeout_ms = 400).await;
+    let host = app.address.trim_start_matches("http://").to_string();
+    let limit = std::time::Duration::from_secs(20);
+
+    let mut silent = tokio::net::TcpStream::connect(&host).await.unwrap();
+    let took = closed_within(&mut silent, limit).await.expect("a silent connection was open after 20 s");
+    assert!(took >= std::time::Duration::from_millis(300), "closed before the timeout: {took:?}");
+
+    // HTTP/2 with prior knowledge: the preface, empty SETTINGS, then a PING every 100 ms and never a stream.
+    let h2 = tokio::net::TcpStream::connect(&host).await.unwrap();
+    let (mut reader, mut writer) = h2.into_split();
+    writer.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00").await.unwrap();
+    let pinger = tokio::spawn(async move {
+        for n in 0u8..200 {
+            let ping = [0, 0, 8, 6, 0, 0, 0, 0, 0, n, 0, 0, 0, 0, 0, 0, 0];
+            if writer.write_all(&ping).await.is_err() {
+                return n;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        200
+    });
+    let read_to_end = async {
+        use tokio::io::AsyncReadExt;
+        let mut sink = [0u8; 4096];
+        while matches!(reader.read(&mut sink).await, Ok(n) if n > 0) {}
+    };
+    assert!(tokio::time::timeout(limit, read_to_end).await.is_ok(), "an HTTP/2 connection with only pings stayed open");
+    let pings = pinger.await.unwrap();
+    assert!(pings < 200, "the server still took pings after it closed the connection");
+
+    // An event stream outlives the idle timeout several times over and still delivers.
+    let mut events = app.http.get(format!("{}/events", app.address)).bearer_auth(&app.key).send().await.unwrap();
+    assert_eq!(events.status().as_u16(), 200);
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let (status, body) =
+        app.call_tool_as(Some(&app.key), "create_session", json!({"id": "quiet", "purpose": "idle test"})).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = app
+        .call_tool_as(Some(&app.key), "store_context", json!({"session_id": "quiet", "content": "after a quiet while"}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let mut seen = String::new();
+    while !seen.contains("event:") {
+        let chunk = tokio::time::timeout(limit, events.chunk()).await.expect("an event within 20 s").unwrap();
+        seen.push_str(&String::from_utf8_lossy(&chunk.expect("the stream is still open")));
+    }
+    app.stop().await;
+}
+
+/// Past `server.max_connections` open connections a new one is closed on arrival (and counted); once some
+/// close, connections are served again.
+#[tokio::test]
+async fn connections_past_the_cap_are_closed_on_arrival() {
+    let app = spawn_app_with(|settings| {
+        settings.server.max_connections = 3;
+        settings.server.header_read_timeout_ms = 60_000;
+    })
+    .await;
+    let host = app.address.trim_start_matches("http://").to_string();
+    // The test client's own pooled connections may hold some of the three; open until one is refused.
+    let mut held = Vec::new();
+    let refused = loop {
+        assert!(held.len() <= 3, "more than 3 connections were held open");
+        let mut next = tokio::net::TcpStream::connect(&host).await.unwrap();
+        match closed_within(&mut next, std::time::Duration::from_millis(1500)).await {
+            Some(took) => break took,
+            None => held.push(next),
+        }
+    };
+    assert!(refused < std::time::Duration::from_millis(1500));
+    drop(held);
+    // The held connections' close reaches the server soon; then a new client is served.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let metrics = loop {
+        let fresh = reqwest::Client::new();
+        if let Ok(response) = fresh.get(format!("{}/metrics", app.address)).bearer_auth(&app.admin_key).send().await {
+            break response.text().await.unwrap();
+        }
+        assert!(std::time::Instant::now() < deadline, "no connection was served again within 10 s");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    let refused_total = metrics
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .find_map(|line| line.split_once("connections_refused_total ").map(|(_, value)| value.to_string()))
+        .and_then(|value| value.trim().parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("connections_refused_total in /metrics: {metrics}"));
+    assert!(refused_total >= 1.0, "{refused_total}");
+    app.stop().await;
+}
