@@ -304,6 +304,22 @@ async fn analyst_queries_cannot_change_exhaust_or_outlive_their_request() {
         many.limit = Some(10_000);
         let err = service.query_graph(&admin, many).await.unwrap_err();
         assert_eq!(err.code(), ErrorCode::PayloadTooLarge, "{err}");
+        // So is the working memory of one statement: an endless sort of large rows (which once spilled to
+        // temporary files at hundreds of MB/s) stops on memory, long before its timeout.
+        let endless_sort = "WITH RECURSIVE r(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM r) \
+                            SELECT x, printf('%.*c', 200000, 'a') FROM r ORDER BY x DESC";
+        let mut sort = request(endless_sort.into(), json!({}));
+        sort.timeout_ms = Some(60_000);
+        let err = service.query_graph(&admin, sort).await.unwrap_err();
+        assert_eq!(err.code(), ErrorCode::InvalidArgument, "{err}");
+        assert!(err.to_string().contains("working memory"), "{err}");
+        // The answer cap counts bytes as JSON writes them: a control character takes six.
+        let escaped = "WITH RECURSIVE r(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM r WHERE i < 80) \
+                       SELECT printf('%.*c', 200000, char(1)) FROM r";
+        let mut escaped = request(escaped.into(), json!({}));
+        escaped.limit = Some(10_000);
+        let err = service.query_graph(&admin, escaped).await.unwrap_err();
+        assert_eq!(err.code(), ErrorCode::PayloadTooLarge, "{err}");
     }
 
     // A query whose request is dropped stops: its work ends long before its own 60 s timeout.

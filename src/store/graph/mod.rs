@@ -213,13 +213,15 @@ pub struct AnalystRequest<'a> {
 /// An analyst query's whole answer, as JSON, at most.
 pub const MAX_ANSWER_BYTES: usize = 16 * 1024 * 1024;
 
-/// The running size of an answer as JSON (close enough to bound memory): refuses past `MAX_ANSWER_BYTES`.
+/// The running size of an answer as JSON, escapes included: refuses past `MAX_ANSWER_BYTES`.
 #[derive(Debug, Default)]
 pub struct AnswerSize(usize);
 
 impl AnswerSize {
     pub fn add(&mut self, row: &[serde_json::Value]) -> StoreResult<()> {
-        self.0 += row.iter().map(json_size).sum::<usize>() + 2;
+        let mut written = ByteCount(0);
+        serde_json::to_writer(&mut written, row).map_err(|err| crate::error::StoreError::Backend(err.to_string()))?;
+        self.0 += written.0 + 1;
         if self.0 > MAX_ANSWER_BYTES {
             return Err(crate::error::StoreError::TooLarge(format!(
                 "the answer is larger than {MAX_ANSWER_BYTES} bytes; select fewer rows or columns"
@@ -229,13 +231,17 @@ impl AnswerSize {
     }
 }
 
-fn json_size(value: &serde_json::Value) -> usize {
-    match value {
-        serde_json::Value::Null | serde_json::Value::Bool(_) => 5,
-        serde_json::Value::Number(_) => 24,
-        serde_json::Value::String(text) => text.len() + 2,
-        serde_json::Value::Array(items) => items.iter().map(json_size).sum::<usize>() + items.len() + 2,
-        serde_json::Value::Object(map) => map.iter().map(|(k, v)| k.len() + 3 + json_size(v)).sum::<usize>() + 2,
+/// A writer that keeps only the count of bytes written to it.
+struct ByteCount(usize);
+
+impl std::io::Write for ByteCount {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0 += bytes.len();
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 

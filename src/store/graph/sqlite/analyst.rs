@@ -15,8 +15,10 @@
 //!   `load_extension`, `fts3_tokenizer`, `zeroblob`, `randomblob`). For a caller who is not an admin a table
 //!   of `main` may be read only through one of the views, so `main.contexts` or `index_journal` are refused.
 //! - Per-connection limits cap the size of one value (`SQLITE_LIMIT_LENGTH`) and the columns of a row, the
-//!   answer is capped in bytes, and a progress handler stops the statement at its deadline or as soon as the
-//!   request that started it is gone.
+//!   answer is capped in bytes, and a progress handler stops the statement at its deadline, as soon as the
+//!   request that started it is gone, or once its working memory passes `MAX_WORKING_BYTES`. Sorts and
+//!   temporary tables are kept in memory (`temp_store = MEMORY`), where that check sees them: spilled to
+//!   temporary files, one `ORDER BY` over generated rows wrote 1.6 GB to disk in 3 s.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -41,10 +43,15 @@ use crate::store::graph::{AnalystGraph, AnalystRequest, AnswerSize, QueryRows};
 const MAX_VALUE_BYTES: i32 = 256 * 1024;
 /// Columns of one result row (the widest table has 15).
 const MAX_COLUMNS: i32 = 100;
-/// Page cache of the analyst connection (negative = KiB); sorts beyond it spill to temporary files.
+/// Page cache of the analyst connection (negative = KiB).
 const CACHE_KIB: i64 = 8 * 1024;
-/// How many virtual-machine steps pass between checks of the deadline and of cancellation.
-const PROGRESS_STEPS: i32 = 1000;
+/// Memory one statement may add to SQLite's heap (its sorts, temporary tables and values) before it is
+/// stopped. Four analyst queries run at once at most, so they add at most four times this.
+const MAX_WORKING_BYTES: i64 = 128 * 1024 * 1024;
+/// How many virtual-machine steps pass between checks of the deadline, cancellation and memory (one step
+/// builds a value of at most `MAX_VALUE_BYTES`, so a statement overshoots the memory bound by at most
+/// this many of them).
+const PROGRESS_STEPS: i32 = 200;
 
 /// The tables an analyst query reads (for admins, as they are; for others, through the scoped views).
 const TABLES: &[&str] =
@@ -363,7 +370,9 @@ fn open(path: &Path, query: &AnalystQuery, deadline: Instant, refusal: &Refusal)
     conn.set_limit(Limit::SQLITE_LIMIT_LENGTH, MAX_VALUE_BYTES)?;
     conn.set_limit(Limit::SQLITE_LIMIT_COLUMN, MAX_COLUMNS)?;
     conn.set_limit(Limit::SQLITE_LIMIT_ATTACHED, 0)?;
-    conn.execute_batch(&format!("PRAGMA busy_timeout = 2000; PRAGMA cache_size = -{CACHE_KIB};"))?;
+    conn.execute_batch(&format!(
+        "PRAGMA busy_timeout = 2000; PRAGMA cache_size = -{CACHE_KIB}; PRAGMA temp_store = MEMORY;"
+    ))?;
     let prefix = (!query.scope.admin).then(secret_prefix);
     if let Some(prefix) = &prefix {
         conn.execute_batch(&scoped_views(&query.scope, Timestamp::now(), prefix))?;
@@ -377,12 +386,30 @@ fn open(path: &Path, query: &AnalystQuery, deadline: Instant, refusal: &Refusal)
     conn.execute_batch("PRAGMA query_only = 1;")?;
     let (refused, confinement) = (refusal.clone(), Confinement { prefix, unnamed });
     conn.authorizer(Some(move |context: AuthContext<'_>| authorize(&confinement, &context, &refused)))?;
-    let cancelled = query.cancelled.clone();
+    let (cancelled, refused) = (query.cancelled.clone(), refusal.clone());
+    let heap_limit = sqlite_heap_bytes().saturating_add(MAX_WORKING_BYTES);
     conn.progress_handler(
         PROGRESS_STEPS,
-        Some(move || cancelled.load(Ordering::Relaxed) || Instant::now() >= deadline),
+        Some(move || {
+            if sqlite_heap_bytes() > heap_limit {
+                let mut first = refused.lock().unwrap_or_else(|e| e.into_inner());
+                first.get_or_insert(format!(
+                    "the query needs more than {} MiB of working memory (sorts, groups, temporary results), the \
+                     analyst limit: aggregate or filter before sorting",
+                    MAX_WORKING_BYTES >> 20
+                ));
+                return true;
+            }
+            cancelled.load(Ordering::Relaxed) || Instant::now() >= deadline
+        }),
     )?;
     Ok(conn)
+}
+
+/// Bytes SQLite has allocated, over every connection of the process.
+fn sqlite_heap_bytes() -> i64 {
+    // SAFETY: a read of SQLite's own memory statistics: no arguments, callable from any thread.
+    unsafe { rusqlite::ffi::sqlite3_memory_used() }
 }
 
 /// Runs one analyst query (blocking).

@@ -50,6 +50,8 @@ pub struct SqliteGraphStore {
 /// Prepared statements kept per connection: the filter shapes of `list_contexts` and page sizes differ in
 /// their SQL text, so the default 16 would evict hot statements.
 const STATEMENT_CACHE: usize = 128;
+/// Bytes the WAL file is cut back to after a checkpoint that empties it.
+const WAL_SIZE_LIMIT: i64 = 64 * 1024 * 1024;
 
 impl SqliteGraphStore {
     pub fn open(options: &SqliteOptions) -> StoreResult<Self> {
@@ -64,9 +66,11 @@ impl SqliteGraphStore {
             Synchronous::Normal => "NORMAL",
             Synchronous::Full => "FULL",
         };
+        // The WAL grows while a long read (an analyst query) keeps it from starting over; the size limit
+        // shrinks it back at the next checkpoint after that.
         writer.execute_batch(&format!(
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = {synchronous}; PRAGMA foreign_keys = ON; \
-             PRAGMA busy_timeout = 5000;"
+             PRAGMA busy_timeout = 5000; PRAGMA journal_size_limit = {WAL_SIZE_LIMIT};"
         ))?;
         writer.execute_batch(SCHEMA)?;
         migrate(&writer)?;
