@@ -190,9 +190,15 @@ impl Metrics {
     }
 
     /// The registry in Prometheus text format.
-    pub fn render(&self) -> String {
+    /// The text exposition; `with_items` adds the store-wide item counts (for admins: they count data a
+    /// scoped caller may not see).
+    pub fn render(&self, with_items: bool) -> String {
+        let mut families = self.registry.gather();
+        if !with_items {
+            families.retain(|family| family.name() != "context_store_items");
+        }
         let mut buffer = Vec::new();
-        TextEncoder::new().encode(&self.registry.gather(), &mut buffer).expect("text encoding cannot fail");
+        TextEncoder::new().encode(&families, &mut buffer).expect("text encoding cannot fail");
         let mut text = String::from_utf8(buffer).expect("prometheus text is UTF-8");
         text.push_str(&format!(
             "# HELP context_store_embed_cache_hit_ratio Embedding cache hit ratio\n\

@@ -55,7 +55,8 @@ pub async fn events(
     if let Some(session) = &query.session_id
         && !scope.may_see_session(session)
     {
-        return refused(StatusCode::FORBIDDEN, ErrorCode::PermissionDenied, "this key may not use that session");
+        // As everywhere, a session outside the caller's scope is not found (it may or may not exist).
+        return refused(StatusCode::NOT_FOUND, ErrorCode::NotFound, "no such session");
     }
     let subscriber = match state.service.changes().subscribe(&principal) {
         Ok(subscriber) => subscriber,

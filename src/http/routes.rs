@@ -111,7 +111,8 @@ pub async fn ready(State(state): State<HttpState>) -> Response {
     (status, Json(body)).into_response()
 }
 
-/// Prometheus text; with authentication on, the caller needs the query (analyst) permission.
+/// Prometheus text; with authentication on, the caller needs the query (analyst) permission, and only
+/// admins get the store-wide item counts (`items{kind}`), as in `get_metrics`.
 pub async fn metrics(
     State(state): State<HttpState>,
     axum::Extension(principal): axum::Extension<Principal>,
@@ -119,8 +120,11 @@ pub async fn metrics(
     if let Err(err) = principal.require(crate::auth::Permission::Query) {
         return error_response(StatusCode::FORBIDDEN, &err.into());
     }
-    let _ = state.service.refresh_item_metrics().await;
-    let body = state.service.metrics().render();
+    let admin = principal.permissions.admin;
+    if admin {
+        let _ = state.service.refresh_item_metrics().await;
+    }
+    let body = state.service.metrics().render(admin);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 

@@ -21,12 +21,28 @@ const MAX_SCORED_WORDS: usize = 1024;
 
 /// Lower-cases and keeps letters and digits, with single spaces between words.
 pub fn normalise(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
+    normalise_head(text, usize::MAX)
+}
+
+/// The first `max_chars` characters of `normalise(text)`, reading no more of `text` than they take.
+fn normalise_head(text: &str, max_chars: usize) -> String {
+    let mut out = String::with_capacity(text.len().min(max_chars.saturating_mul(2)));
+    let mut room = max_chars;
     for word in text.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()) {
         if !out.is_empty() {
+            if room == 0 {
+                break;
+            }
             out.push(' ');
+            room -= 1;
         }
-        out.extend(word.chars().flat_map(char::to_lowercase));
+        for c in word.chars().flat_map(char::to_lowercase) {
+            if room == 0 {
+                return out;
+            }
+            out.push(c);
+            room -= 1;
+        }
     }
     out
 }
@@ -48,6 +64,12 @@ impl FuzzyQuery {
             .collect();
         let total_weight = tokens.iter().map(|(t, _)| t.chars().count() as f64).sum();
         Self { tokens, total_weight }
+    }
+
+    /// Similarity in [0, 1] of the query to a text as stored: only its scored head is normalised, so a
+    /// 64 KiB text costs no more than a 4 KiB one.
+    pub fn score_text(&self, text: &str) -> f64 {
+        self.score(&normalise_head(text, MAX_SCORED_CHARS))
     }
 
     /// Similarity in [0, 1] of the query to a normalised text.
@@ -129,6 +151,12 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn the_normalised_head_is_the_head_of_the_normalised_text(text in "(?s).{0,300}", max in 0usize..200) {
+            let whole: String = normalise(&text).chars().take(max).collect();
+            prop_assert_eq!(normalise_head(&text, max), whole);
+        }
+
         #[test]
         fn fuzzy_score_is_within_unit_interval(query in "[a-z ]{0,40}", text in "[a-z ]{0,200}") {
             let score = FuzzyQuery::new(&normalise(&query)).score(&normalise(&text));

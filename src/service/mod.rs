@@ -110,7 +110,7 @@ impl ContextService {
     ) -> crate::error::StoreResult<Self> {
         let search_cache = Cache::builder()
             .max_capacity(options.search_cache_entries)
-            .weigher(|_, answer: &Arc<SearchResponse>| search::cache_weight(answer))
+            .weigher(|key: &String, answer: &Arc<SearchResponse>| search::cache_weight(key, answer))
             .time_to_live(options.search_cache_ttl)
             .build();
         Ok(Self {
@@ -211,7 +211,9 @@ impl ContextService {
     /// Process-wide cache counters for analysts (query) and admins; store-wide item counts only for admins
     /// (they describe data the caller may not see).
     pub async fn metrics_summary(&self, principal: &crate::auth::Principal) -> ServiceResult<MetricsSummary> {
-        principal.require(crate::auth::Permission::Read)?;
+        if principal.require(crate::auth::Permission::Read).is_err() {
+            principal.require(crate::auth::Permission::Query)?;
+        }
         let metrics = &self.metrics;
         let items = if principal.permissions.admin {
             let counts = self.graph.counts().await?;

@@ -38,13 +38,15 @@ const RELATED_PREVIEW_CHARS: usize = 500;
 /// `search.cache_entries` bounds the cache's memory and not only its count of answers.
 const CACHE_ENTRY_BYTES: usize = 4096;
 
-/// The result cache's weight of an answer: its hits' and related contexts' text, in `CACHE_ENTRY_BYTES`.
-pub(super) fn cache_weight(answer: &SearchResponse) -> u32 {
-    let text: usize = answer
-        .hits
-        .iter()
-        .map(|hit| hit.context.content.len() + hit.related.iter().map(|r| r.content.len()).sum::<usize>())
-        .sum();
+/// The result cache's weight of an answer: its key (the query and filter, up to tens of kB) and its hits'
+/// and related contexts' text, in `CACHE_ENTRY_BYTES`.
+pub(super) fn cache_weight(key: &str, answer: &SearchResponse) -> u32 {
+    let text: usize = key.len()
+        + answer
+            .hits
+            .iter()
+            .map(|hit| hit.context.content.len() + hit.related.iter().map(|r| r.content.len()).sum::<usize>())
+            .sum::<usize>();
     u32::try_from(1 + text / CACHE_ENTRY_BYTES).unwrap_or(u32::MAX)
 }
 
@@ -498,7 +500,7 @@ fn rerank_pruned(
             break;
         }
         let context = candidate.context;
-        let fuzzy_score = fuzzy.as_ref().map_or(0.0, |f| f.score(&normalise(&context.content)));
+        let fuzzy_score = fuzzy.as_ref().map_or(0.0, |f| f.score_text(&context.content));
         if fuzzy.is_some() && fuzzy_score < plan.fuzzy_threshold {
             continue;
         }
@@ -675,9 +677,11 @@ mod tests {
             candidates: contents.len(),
             cached: false,
         };
-        assert_eq!(cache_weight(&answer(&[])), 1);
-        assert_eq!(cache_weight(&answer(&[100, 200])), 1);
-        assert_eq!(cache_weight(&answer(&[64 * 1024; 200])), 1 + 200 * 16);
+        assert_eq!(cache_weight("q", &answer(&[])), 1);
+        assert_eq!(cache_weight("q", &answer(&[100, 200])), 1);
+        assert_eq!(cache_weight("q", &answer(&[64 * 1024; 200])), 1 + 200 * 16);
+        // A large key weighs like the text it is, even with no hit.
+        assert_eq!(cache_weight(&"k".repeat(64 * 1024), &answer(&[])), 1 + 16);
     }
 
     #[test]

@@ -71,7 +71,7 @@ async fn server_sent_events_tell_each_change_in_order_and_only_within_scope() {
         tool(&app, &app.key, "create_session", json!({"id": session, "purpose": "feed"})).await;
     }
     let outsider = create_key(&app.auth, "outsider", "read,write", Some(vec!["beta".into()])).await;
-    assert_eq!(Events::open(&app, &outsider, "?session_id=alpha").await.err(), Some(403), "not its session");
+    assert_eq!(Events::open(&app, &outsider, "?session_id=alpha").await.err(), Some(404), "not its session");
     assert_eq!(Events::open(&app, &app.key, "?context_id=nope").await.err(), Some(400));
     let mut alpha = Events::open(&app, &app.key, "?session_id=alpha").await.unwrap();
     let mut everything_outsider_may_see = Events::open(&app, &outsider, "").await.unwrap();

@@ -88,8 +88,17 @@ async fn health_readiness_and_metrics_answer_and_counters_move() {
     assert!(after.contains("context_store_tool_latency_seconds_bucket{tool=\"search_context\""));
     assert!(after.contains("context_store_embed_batch_size_count"));
     assert!(after.contains("context_store_search_cache_misses_total 1"));
-    assert!(line(&after, "context_store_items{kind=\"contexts\"}").unwrap().ends_with(" 1"));
     assert!(after.contains("context_store_embed_cache_hit_ratio"));
+    // Store-wide item counts describe data a scoped caller may not see: only admins get them.
+    assert!(!after.contains("context_store_items"), "{after}");
+    let admin = app.http.get(format!("{}/metrics", app.address)).bearer_auth(&app.admin_key).send().await.unwrap();
+    let admin = admin.text().await.unwrap();
+    assert!(line(&admin, "context_store_items{kind=\"contexts\"}").unwrap().ends_with(" 1"));
+    // An analyst key (query only, one session) reads the process-wide counters of get_metrics, not the items.
+    let analyst = crate::helpers::create_key(&app.auth, "analyst", "query", Some(vec!["m1".into()])).await;
+    let (status, summary) = app.call_tool_as(Some(&analyst), "get_metrics", json!({})).await;
+    assert_eq!(status, 200, "{summary}");
+    assert!(summary["search_cache_misses"].is_u64() && summary["items"].is_null(), "{summary}");
     app.stop().await;
 }
 
