@@ -87,10 +87,18 @@ impl ContextService {
         self.reapply_states(ids).await
     }
 
+    /// Settles the context points of `ids`, then purges those of them left deleted in the graph (a delete
+    /// whose purge did not run or failed).
     async fn reapply_contexts(&self, ids: &[Uuid]) -> ServiceResult<()> {
         let entries = self.graph.index_entries(ids).await?;
+        let live: std::collections::HashSet<Uuid> = entries.iter().map(|e| e.context.id).collect();
         let points = entries.into_iter().map(|e| VectorPoint { context: e.context, vector: e.embedding }).collect();
-        settle_points(self.vectors.as_ref(), ids, points).await
+        settle_points(self.vectors.as_ref(), ids, points).await?;
+        // A state point's id (a UUIDv8) has no context to purge.
+        for id in ids.iter().filter(|id| id.get_version_num() != 8 && !live.contains(id)) {
+            self.graph.purge_context(*id).await?;
+        }
+        Ok(())
     }
 
     /// Repairs, while serving, the journal entries that no running write will finish (a write cancelled

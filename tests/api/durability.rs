@@ -222,3 +222,33 @@ async fn every_acknowledged_write_survives_kill_9_under_concurrent_writers() {
         );
     }
 }
+
+/// A delete that stopped after its graph tombstone (a crash, or a purge that failed) is finished by the
+/// repair: the vector point goes and the tombstone is purged, so no deleted text stays in the store.
+#[tokio::test]
+async fn the_repair_purges_a_delete_that_stopped_at_its_tombstone() {
+    let app = TestCore::start().await;
+    app.session("s1").await;
+    let gone = app.store("s1", "alice", "a note that is deleted").await;
+    app.store("s1", "alice", "a note that stays").await;
+    app.service().graph().delete_context(gone.context.id, None).await.unwrap();
+    let admin = context_store::auth::Principal::admin("ops");
+    let rows = || async {
+        let query = if app.service().graph().query_language() == "sql" {
+            "SELECT count(*) AS n FROM contexts"
+        } else {
+            "MATCH (c:Context) RETURN count(c) AS n"
+        };
+        let request =
+            context_store::service::analytics::QueryGraphRequest { query: query.into(), ..Default::default() };
+        let answer = app.service().query_graph(&admin, request).await.unwrap();
+        answer.result.rows[0][0].as_u64().unwrap()
+    };
+    assert_eq!(rows().await, 2, "the tombstone is still a row");
+    app.service().flush().await.unwrap();
+    app.service().repair_stale().await.unwrap();
+    app.service().repair_stale().await.unwrap();
+    assert_eq!(app.service().graph().counts().await.unwrap().pending_index, 0);
+    assert_eq!(app.service().vectors().count().await.unwrap(), 1, "the deleted context's point is gone");
+    assert_eq!(rows().await, 1, "the tombstone is purged");
+}

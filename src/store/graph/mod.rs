@@ -471,7 +471,8 @@ pub trait StateGraph: Send + Sync + 'static {
 /// the same transaction, and the journal entry is cleared once the vector side matches.
 #[async_trait]
 pub trait JournalGraph: Send + Sync + 'static {
-    /// Removes a deleted context for good, with its versions, tags and relations.
+    /// Removes a deleted context for good, with its versions, tags and relations; nothing when `id` is not
+    /// a deleted context (live, or gone already).
     async fn purge_context(&self, id: Uuid) -> StoreResult<()>;
     /// Undo of `insert_context` after a failed vector write. The change's journal entry stays pending: a
     /// vector write that failed may still have been applied (a timeout), so the vector side is made to

@@ -4,7 +4,7 @@ use crate::domain::{Context, Timestamp};
 use crate::error::StoreResult;
 use crate::store::graph::{IndexEntry, JournalGraph, PendingIndex};
 use async_trait::async_trait;
-use rusqlite::{Transaction, params, params_from_iter};
+use rusqlite::{OptionalExtension, Transaction, params, params_from_iter};
 use uuid::Uuid;
 
 pub(super) fn record(tx: &Transaction<'_>, id: Uuid, op: &str) -> rusqlite::Result<i64> {
@@ -20,6 +20,13 @@ impl JournalGraph for SqliteGraphStore {
     async fn purge_context(&self, id: Uuid) -> StoreResult<()> {
         self.write(move |tx| {
             let id = id.to_string();
+            let deleted = tx
+                .query_row("SELECT deleted FROM contexts WHERE id = ?1", params![id], |row| row.get::<_, i64>(0))
+                .optional()?;
+            if deleted != Some(1) {
+                // Live (a delete undone since) or gone: nothing of it is to be removed.
+                return Ok(());
+            }
             tx.execute("DELETE FROM context_tags WHERE context_id = ?1", params![id])?;
             tx.execute("DELETE FROM context_versions WHERE context_id = ?1", params![id])?;
             tx.execute("DELETE FROM relations WHERE from_id = ?1 OR to_id = ?1", params![id])?;
