@@ -1,24 +1,26 @@
 //! The accept loop: each connection served by hyper with a timer, the client address attached to each
-//! request, and two bounds on what a client that sends nothing can hold:
+//! request, and two bounds on what a client can hold without doing anything:
 //!
-//! - a connection with no request in flight for `server.header_read_timeout_ms` (since it opened, or since
-//!   its last answer ended) is closed. hyper's own HTTP/1 header timeout covers a request whose headers
-//!   trickle in; this covers a connection that never sends a byte (the HTTP version is read from the first
-//!   bytes, before any HTTP/1 timer runs) and an HTTP/2 connection kept open by pings with no stream. A
-//!   request being served (a long analyst query, an event stream) keeps its connection however long it runs.
+//! - a connection on which the server has nothing to do for `server.header_read_timeout_ms` is closed.
+//!   Nothing to do: no request is being handled and no answer body is waiting for its next frame; every
+//!   request is either done or has an answer the client is not taking (an HTTP/2 window left at zero).
+//!   hyper's own HTTP/1 header timeout covers a request whose headers trickle in; this covers a connection
+//!   that never sends a byte (the HTTP version is read from the first bytes, before any HTTP/1 timer runs),
+//!   an HTTP/2 connection kept up by pings with no stream, and a stream whose answer is never read. A long
+//!   request (an analyst query) or an event stream waiting for its next event keeps its connection.
 //! - at most `server.max_connections` are open at once; past that a new connection is closed as soon as it
 //!   is accepted, and counted in `connections_refused_total`.
 //!
 //! `axum::serve` sets neither (nor any timer, which leaves hyper's header timeout off).
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
@@ -68,13 +70,7 @@ pub async fn serve(
                 request.extensions_mut().insert(ConnectInfo(ClientAddr(address)));
                 async move {
                     let response = router.oneshot(request).await?;
-                    // The request counts as in flight until its answer's body is done (or dropped).
-                    Ok::<_, std::convert::Infallible>(response.map(|body| {
-                        Body::new(body.map_frame(move |frame| {
-                            let _ = &serving;
-                            frame
-                        }))
-                    }))
+                    Ok::<_, std::convert::Infallible>(response.map(|body| Body::new(Tracked::new(body, serving))))
                 }
             })
         };
@@ -90,51 +86,121 @@ pub async fn serve(
         });
     }
     drop(listener);
-    graceful.shutdown().await;
+    // A client that never takes its answer must not hold the process open.
+    if tokio::time::timeout(limits.idle_timeout, graceful.shutdown()).await.is_err() {
+        tracing::warn!("connections still open at shutdown were dropped");
+    }
 }
 
-/// Requests a connection is serving, and when it last had none.
+/// What a connection's server side is doing: requests being handled or streaming, and answers waiting for
+/// the client to take their next frame.
 struct Activity {
-    opened: Instant,
-    in_flight: AtomicUsize,
-    /// Milliseconds from `opened` to the end of the last request (0 before the first ends).
-    idle_since_ms: AtomicU64,
+    state: Mutex<ActivityState>,
+}
+
+struct ActivityState {
+    /// Requests started and not yet done (their answer body not dropped).
+    in_flight: usize,
+    /// Of those, the ones whose answer waits for hyper to take a frame (hyper waits for the client).
+    waiting: usize,
+    /// When any of the above last changed, or an answer was polled.
+    changed: Instant,
 }
 
 impl Activity {
     fn new() -> Self {
-        Self { opened: Instant::now(), in_flight: AtomicUsize::new(0), idle_since_ms: AtomicU64::new(0) }
+        Self { state: Mutex::new(ActivityState { in_flight: 0, waiting: 0, changed: Instant::now() }) }
     }
 
-    /// Resolves once the connection has had no request in flight for `timeout`.
+    fn update(&self, change: impl FnOnce(&mut ActivityState)) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        change(&mut state);
+        state.changed = Instant::now();
+    }
+
+    /// Resolves once the server has had nothing to do on the connection for `timeout`.
     async fn idle_for(&self, timeout: Duration) {
         loop {
-            let idle_since = self.opened + Duration::from_millis(self.idle_since_ms.load(Ordering::SeqCst));
-            if self.in_flight.load(Ordering::SeqCst) == 0 && idle_since.elapsed() >= timeout {
+            let (idle, changed) = {
+                let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+                (state.waiting == state.in_flight, state.changed)
+            };
+            if idle && changed.elapsed() >= timeout {
                 return;
             }
-            // A request in flight is looked at again a timeout later: it may have ended by then.
-            tokio::time::sleep_until((idle_since + timeout).max(Instant::now() + timeout / 8)).await;
+            let next = if idle { changed + timeout } else { Instant::now() + timeout / 4 };
+            tokio::time::sleep_until(next).await;
         }
     }
 }
 
-/// One request in flight on a connection, for as long as it lives.
-struct Serving(Arc<Activity>);
+/// One request on a connection, from the call of the service until its answer body is dropped.
+struct Serving {
+    activity: Arc<Activity>,
+    /// Whether its answer waits for hyper to take the next frame.
+    waiting: bool,
+}
 
 impl Serving {
     fn start(activity: &Arc<Activity>) -> Self {
-        activity.in_flight.fetch_add(1, Ordering::SeqCst);
-        Self(activity.clone())
+        activity.update(|state| state.in_flight += 1);
+        Self { activity: activity.clone(), waiting: false }
+    }
+
+    fn set_waiting(&mut self, waiting: bool) {
+        if self.waiting != waiting {
+            self.waiting = waiting;
+            self.activity.update(|state| if waiting { state.waiting += 1 } else { state.waiting -= 1 });
+        } else if !waiting {
+            self.activity.update(|_| {});
+        }
     }
 }
 
 impl Drop for Serving {
     fn drop(&mut self) {
-        // The idle time is set before the count drops, so a watcher that sees no request in flight also
-        // sees when the last one ended.
-        let ms = u64::try_from(self.0.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.0.idle_since_ms.store(ms, Ordering::SeqCst);
-        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+        let waiting = self.waiting;
+        self.activity.update(|state| {
+            state.in_flight -= 1;
+            state.waiting -= usize::from(waiting);
+        });
+    }
+}
+
+/// An answer body that tells its connection's `Activity` when it waits for the client, forwarding the
+/// body's own length so `Content-Length` is still sent.
+struct Tracked {
+    body: Body,
+    serving: Serving,
+}
+
+impl Tracked {
+    fn new(body: Body, mut serving: Serving) -> Self {
+        serving.set_waiting(true);
+        Self { body, serving }
+    }
+}
+
+impl hyper::body::Body for Tracked {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        // A frame handed over waits for the client until hyper asks for the next one.
+        this.serving.set_waiting(matches!(polled, Poll::Ready(Some(Ok(_)))));
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
     }
 }

@@ -491,53 +491,103 @@ async fn a_connection_that_never_finishes_its_headers_is_closed() {
     app.stop().await;
 }
 
-/// Reads from `stream` until the server closes it; the time that took, or None when it stayed open for `limit`.
-async fn closed_within(stream: &mut tokio::net::TcpStream, limit: std::time::Duration) -> Option<std::time::Duration> {
+/// Reads from `reader` until the server closes the connection: what it sent, or None when it stayed open for
+/// `limit`.
+async fn read_until_closed(
+    reader: &mut (impl tokio::io::AsyncRead + Unpin),
+    limit: std::time::Duration,
+) -> Option<Vec<u8>> {
     use tokio::io::AsyncReadExt;
-    let started = std::time::Instant::now();
-    let mut sink = [0u8; 4096];
-    tokio::time::timeout(limit, async { while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {} })
-        .await
-        .ok()
-        .map(|()| started.elapsed())
+    let mut received = Vec::new();
+    let mut chunk = [0u8; 4096];
+    tokio::time::timeout(limit, async {
+        while let Ok(n @ 1..) = reader.read(&mut chunk).await {
+            received.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await
+    .ok()
+    .map(|()| received)
 }
 
-/// A connection that never sends a byte, and an HTTP/2 connection kept busy with pings but no request, are
-/// closed after `server.header_read_timeout_ms` without a request; a request that runs longer than that
-/// (an event stream) keeps its connection.
+/// An HTTP/2 frame: the 9-byte header and `payload`.
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let length = u32::try_from(payload.len()).unwrap().to_be_bytes();
+    let mut frame = vec![length[1], length[2], length[3], kind, flags];
+    frame.extend_from_slice(&stream.to_be_bytes());
+    frame.extend_from_slice(payload);
+    frame
+}
+
+/// Whether `received` holds a frame of `kind` with every bit of `flags` set (frames are read in order).
+fn has_h2_frame(received: &[u8], kind: u8, flags: u8) -> bool {
+    // The server's frames start right away (no preface from a server).
+    let mut at = 0;
+    while at + 9 <= received.len() {
+        let length =
+            usize::from(received[at]) << 16 | usize::from(received[at + 1]) << 8 | usize::from(received[at + 2]);
+        if received[at + 3] == kind && received[at + 4] & flags == flags {
+            return true;
+        }
+        at += 9 + length;
+    }
+    false
+}
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// A connection that never sends a byte, an HTTP/2 connection kept up by pings with no stream, and an
+/// HTTP/2 stream whose answer the client never takes (a zero window) are closed once the server has had
+/// nothing to do for `server.header_read_timeout_ms`; a request that runs longer than that (an event
+/// stream) keeps its connection.
 #[tokio::test]
-async fn connections_without_a_request_are_closed_and_a_long_request_is_not() {
+async fn connections_the_server_has_nothing_to_do_on_are_closed_and_a_long_request_is_not() {
     use tokio::io::AsyncWriteExt;
     let app = spawn_app_with(|settings| settings.server.header_read_timeout_ms = 400).await;
     let host = app.address.trim_start_matches("http://").to_string();
     let limit = std::time::Duration::from_secs(20);
+    let at_least = std::time::Duration::from_millis(400);
 
+    let started = std::time::Instant::now();
     let mut silent = tokio::net::TcpStream::connect(&host).await.unwrap();
-    let took = closed_within(&mut silent, limit).await.expect("a silent connection was open after 20 s");
-    assert!(took >= std::time::Duration::from_millis(300), "closed before the timeout: {took:?}");
+    read_until_closed(&mut silent, limit).await.expect("a silent connection was open after 20 s");
+    assert!(started.elapsed() >= at_least, "closed before the timeout: {:?}", started.elapsed());
 
     // HTTP/2 with prior knowledge: the preface, empty SETTINGS, then a PING every 100 ms and never a stream.
-    let h2 = tokio::net::TcpStream::connect(&host).await.unwrap();
-    let (mut reader, mut writer) = h2.into_split();
-    writer.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00").await.unwrap();
+    let started = std::time::Instant::now();
+    let (mut reader, mut writer) = tokio::net::TcpStream::connect(&host).await.unwrap().into_split();
+    writer.write_all(&[H2_PREFACE, &h2_frame(4, 0, 0, &[])].concat()).await.unwrap();
     let pinger = tokio::spawn(async move {
         for n in 0u8..200 {
-            let ping = [0, 0, 8, 6, 0, 0, 0, 0, 0, n, 0, 0, 0, 0, 0, 0, 0];
-            if writer.write_all(&ping).await.is_err() {
-                return n;
+            if writer.write_all(&h2_frame(6, 0, 0, &[n, 0, 0, 0, 0, 0, 0, 0])).await.is_err() {
+                return;
             }
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
-        200
     });
-    let read_to_end = async {
-        use tokio::io::AsyncReadExt;
-        let mut sink = [0u8; 4096];
-        while matches!(reader.read(&mut sink).await, Ok(n) if n > 0) {}
-    };
-    assert!(tokio::time::timeout(limit, read_to_end).await.is_ok(), "an HTTP/2 connection with only pings stayed open");
-    let pings = pinger.await.unwrap();
-    assert!(pings < 200, "the server still took pings after it closed the connection");
+    let received =
+        read_until_closed(&mut reader, limit).await.expect("an HTTP/2 connection with only pings stayed open");
+    assert!(started.elapsed() >= at_least, "closed before the timeout: {:?}", started.elapsed());
+    assert!(has_h2_frame(&received, 6, 1), "the server answered the pings (ACK) before it closed");
+    pinger.abort();
+
+    // HTTP/2 with a zero initial window: the answer's headers come, its body can never be sent.
+    let started = std::time::Instant::now();
+    let (mut reader, mut writer) = tokio::net::TcpStream::connect(&host).await.unwrap().into_split();
+    let zero_window = h2_frame(4, 0, 0, &[0, 4, 0, 0, 0, 0]);
+    // HPACK: :method GET, :scheme http, :path /health and :authority as literals.
+    let mut headers = vec![0x82, 0x86, 0x44, 7];
+    headers.extend_from_slice(b"/health");
+    headers.extend_from_slice(&[0x41, u8::try_from(host.len()).unwrap()]);
+    headers.extend_from_slice(host.as_bytes());
+    let request = h2_frame(1, 0x4 | 0x1, 1, &headers);
+    writer.write_all(&[H2_PREFACE, &zero_window, &request].concat()).await.unwrap();
+    let received =
+        read_until_closed(&mut reader, limit).await.expect("a stream whose answer is never taken held its connection");
+    assert!(started.elapsed() >= at_least, "closed before the timeout: {:?}", started.elapsed());
+    assert!(has_h2_frame(&received, 1, 0x4), "the request was answered (HEADERS) before the close");
+    assert!(!has_h2_frame(&received, 0, 0), "no body could be sent through a zero window");
+    drop(writer);
 
     // An event stream outlives the idle timeout several times over and still delivers.
     let mut events = app.http.get(format!("{}/events", app.address)).bearer_auth(&app.key).send().await.unwrap();
@@ -555,6 +605,9 @@ async fn connections_without_a_request_are_closed_and_a_long_request_is_not() {
         let chunk = tokio::time::timeout(limit, events.chunk()).await.expect("an event within 20 s").unwrap();
         seen.push_str(&String::from_utf8_lossy(&chunk.expect("the stream is still open")));
     }
+    // Answers keep their length: the tracking of answers does not turn them into chunked ones.
+    let health = app.http.get(format!("{}/health", app.address)).send().await.unwrap();
+    assert!(health.content_length().is_some_and(|n| n > 0), "{:?}", health.headers());
     app.stop().await;
 }
 
@@ -573,12 +626,13 @@ async fn connections_past_the_cap_are_closed_on_arrival() {
     let refused = loop {
         assert!(held.len() <= 3, "more than 3 connections were held open");
         let mut next = tokio::net::TcpStream::connect(&host).await.unwrap();
-        match closed_within(&mut next, std::time::Duration::from_millis(1500)).await {
-            Some(took) => break took,
+        // The idle timeout is a minute: a close within 1.5 s is the cap's.
+        match read_until_closed(&mut next, std::time::Duration::from_millis(1500)).await {
+            Some(received) => break received,
             None => held.push(next),
         }
     };
-    assert!(refused < std::time::Duration::from_millis(1500));
+    assert!(refused.is_empty(), "the refused connection was sent nothing");
     drop(held);
     // The held connections' close reaches the server soon; then a new client is served.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);

@@ -16,7 +16,8 @@
 //!   of `main` may be read only through one of the views, so `main.contexts` or `index_journal` are refused.
 //! - Per-connection limits cap the size of one value (`SQLITE_LIMIT_LENGTH`) and the columns of a row, the
 //!   answer is capped in bytes, and a progress handler stops the statement at its deadline, as soon as the
-//!   request that started it is gone, or once its working memory passes `MAX_WORKING_BYTES`. Sorts and
+//!   request that started it is gone, or once its working memory passes `MAX_WORKING_BYTES` (or all
+//!   analyst queries' together pass `HEAP_CEILING_BYTES`). Sorts and
 //!   temporary tables are kept in memory (`temp_store = MEMORY`), where that check sees them: spilled to
 //!   temporary files, one `ORDER BY` over generated rows wrote 1.6 GB to disk in 3 s.
 
@@ -45,13 +46,19 @@ const MAX_VALUE_BYTES: i32 = 256 * 1024;
 const MAX_COLUMNS: i32 = 100;
 /// Page cache of the analyst connection (negative = KiB).
 const CACHE_KIB: i64 = 8 * 1024;
-/// Memory one statement may add to SQLite's heap (its sorts, temporary tables and values) before it is
-/// stopped. Four analyst queries run at once at most, so they add at most four times this.
+/// Memory a statement may add to SQLite's heap (its sorts, temporary tables and values) from when it starts.
+/// SQLite counts its heap for the whole process, not per connection, so a statement is also stopped when
+/// the heap passes `HEAP_CEILING_BYTES` above what it was at the first analyst query: otherwise each query
+/// could start from the memory its predecessors still hold. The price is that a query may be stopped by
+/// the memory of others running beside it.
 const MAX_WORKING_BYTES: i64 = 128 * 1024 * 1024;
+/// What all analyst statements (at most four at once, the service's limit) and the store's own page caches
+/// may add to SQLite's heap together.
+const HEAP_CEILING_BYTES: i64 = 4 * MAX_WORKING_BYTES + 64 * 1024 * 1024;
 /// How many virtual-machine steps pass between checks of the deadline, cancellation and memory (one step
 /// builds a value of at most `MAX_VALUE_BYTES`, so a statement overshoots the memory bound by at most
 /// this many of them).
-const PROGRESS_STEPS: i32 = 200;
+const PROGRESS_STEPS: i32 = 100;
 
 /// The tables an analyst query reads (for admins, as they are; for others, through the scoped views).
 const TABLES: &[&str] =
@@ -387,16 +394,19 @@ fn open(path: &Path, query: &AnalystQuery, deadline: Instant, refusal: &Refusal)
     let (refused, confinement) = (refusal.clone(), Confinement { prefix, unnamed });
     conn.authorizer(Some(move |context: AuthContext<'_>| authorize(&confinement, &context, &refused)))?;
     let (cancelled, refused) = (query.cancelled.clone(), refusal.clone());
-    let heap_limit = sqlite_heap_bytes().saturating_add(MAX_WORKING_BYTES);
+    static HEAP_BASE: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    let ceiling = HEAP_BASE.get_or_init(sqlite_heap_bytes).saturating_add(HEAP_CEILING_BYTES);
+    let heap_limit = sqlite_heap_bytes().saturating_add(MAX_WORKING_BYTES).min(ceiling);
     conn.progress_handler(
         PROGRESS_STEPS,
         Some(move || {
             if sqlite_heap_bytes() > heap_limit {
                 let mut first = refused.lock().unwrap_or_else(|e| e.into_inner());
                 first.get_or_insert(format!(
-                    "the query needs more than {} MiB of working memory (sorts, groups, temporary results), the \
-                     analyst limit: aggregate or filter before sorting",
-                    MAX_WORKING_BYTES >> 20
+                    "the query needs more working memory (sorts, groups, temporary results) than analyst queries \
+                     may use: {} MiB each, {} MiB for all running at once; aggregate or filter before sorting",
+                    MAX_WORKING_BYTES >> 20,
+                    HEAP_CEILING_BYTES >> 20
                 ));
                 return true;
             }
