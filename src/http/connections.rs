@@ -59,3 +59,65 @@ impl AsyncWrite for CountedStream {
         Pin::new(&mut self.stream).poll_shutdown(cx)
     }
 }
+
+/// File descriptors kept for everything but client connections: the stores' files (Qdrant segments, SQLite
+/// and its WAL), backend connections, the model.
+const RESERVED_FILES: u64 = 1024;
+
+/// Raises the process's open-file limit as far as `max_connections` needs and the hard limit allows, and
+/// returns the connection cap that fits in it: a cap above the limit would never engage (accepting would
+/// fail first, and so would the stores' own file opens).
+pub fn fit_open_files(max_connections: usize) -> usize {
+    let wanted = max_connections as u64 + RESERVED_FILES;
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit only read or write the struct passed and the process's own limit.
+    let soft = unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return max_connections;
+        }
+        if limit.rlim_cur < wanted && limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit { rlim_cur: wanted.min(limit.rlim_max), rlim_max: limit.rlim_max };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit.rlim_cur = raised.rlim_cur;
+            }
+        }
+        limit.rlim_cur
+    };
+    let fits = usize::try_from(soft.saturating_sub(RESERVED_FILES)).unwrap_or(usize::MAX).max(1);
+    if fits < max_connections {
+        tracing::warn!(
+            max_connections,
+            open_files = soft,
+            serving = fits,
+            "the open-file limit is below server.max_connections; fewer connections are accepted"
+        );
+    }
+    fits.min(max_connections)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open_files() -> (u64, u64) {
+        let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: reads the process's own limit into the struct.
+        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) }, 0);
+        (limit.rlim_cur, limit.rlim_max)
+    }
+
+    #[test]
+    fn the_open_file_limit_is_raised_to_fit_the_cap_or_the_cap_to_fit_the_limit() {
+        let cap = fit_open_files(3000);
+        let (soft, hard) = open_files();
+        if hard >= 3000 + RESERVED_FILES {
+            assert_eq!(cap, 3000);
+            assert!(soft >= 3000 + RESERVED_FILES, "soft limit {soft}");
+        } else {
+            assert_eq!(cap as u64, soft.saturating_sub(RESERVED_FILES).max(1));
+        }
+        // A cap the limit already fits leaves both as they are.
+        assert_eq!(fit_open_files(10), 10);
+        assert_eq!(open_files(), (soft, hard));
+    }
+}

@@ -21,7 +21,7 @@ use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, Stream
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-pub use connections::CountingListener;
+pub use connections::{CountingListener, fit_open_files};
 pub use guards::ClientAddr;
 pub use serve::{ConnectionLimits, serve};
 

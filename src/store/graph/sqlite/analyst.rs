@@ -456,6 +456,10 @@ pub(super) fn run(path: &Path, query: &AnalystQuery) -> StoreResult<QueryRows> {
     if !statement.readonly() {
         return Err(StoreError::InvalidQuery("only read-only statements (SELECT) are allowed".into()));
     }
+    // SQLite compiles nothing from a text of only comments, semicolons and spaces.
+    if statement.column_count() == 0 {
+        return Err(StoreError::InvalidQuery("the query holds no SQL statement that returns rows".into()));
+    }
     for index in 1..=statement.parameter_count() {
         let name = statement.parameter_name(index).unwrap_or("?");
         let value = query
