@@ -307,6 +307,9 @@ impl App {
         let limits = crate::http::ConnectionLimits {
             idle_timeout: std::time::Duration::from_millis(settings.server.header_read_timeout_ms.max(1)),
             max_connections: crate::http::fit_open_files(settings.server.max_connections.max(1)),
+            shutdown_grace: std::time::Duration::from_millis(
+                settings.server.request_timeout_ms.max(settings.server.header_read_timeout_ms),
+            ),
         };
         crate::http::serve(listener, router, limits, graceful).await;
         core.shutdown().await;

@@ -60,30 +60,37 @@ impl AsyncWrite for CountedStream {
     }
 }
 
-/// File descriptors kept for everything but client connections: the stores' files (Qdrant segments, SQLite
-/// and its WAL), backend connections, the model.
+/// File descriptors kept for everything but client connections (the stores' files: Qdrant segments,
+/// SQLite and its WAL; backend connections; the model): at most this many, and at most a quarter of the
+/// limit.
 const RESERVED_FILES: u64 = 1024;
+/// The fewest connections served whatever the limit says.
+const MIN_CONNECTIONS: usize = 64;
 
-/// Raises the process's open-file limit as far as `max_connections` needs and the hard limit allows, and
-/// returns the connection cap that fits in it: a cap above the limit would never engage (accepting would
-/// fail first, and so would the stores' own file opens).
+/// Raises the process's open-file soft limit as far as `max_connections` needs and the hard limit allows,
+/// and returns the connection cap that fits in it: a cap above the limit would never engage (accepting
+/// would fail first, and so would the stores' own file opens). The raised limit is the whole process's
+/// (child processes inherit it).
 pub fn fit_open_files(max_connections: usize) -> usize {
-    let wanted = max_connections as u64 + RESERVED_FILES;
+    let wanted = (max_connections as u64).saturating_add(RESERVED_FILES);
     let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit/setrlimit only read or write the struct passed and the process's own limit.
-    let soft = unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
-            return max_connections;
+    // SAFETY: getrlimit only writes the struct passed.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return max_connections;
+    }
+    if limit.rlim_cur < wanted && limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit { rlim_cur: wanted.min(limit.rlim_max), rlim_max: limit.rlim_max };
+        // SAFETY: setrlimit only reads the struct passed; it changes this process's own limit.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            limit.rlim_cur = raised.rlim_cur;
+        } else {
+            let error = std::io::Error::last_os_error();
+            tracing::warn!(wanted = raised.rlim_cur, %error, "cannot raise the open-file limit");
         }
-        if limit.rlim_cur < wanted && limit.rlim_cur < limit.rlim_max {
-            let raised = libc::rlimit { rlim_cur: wanted.min(limit.rlim_max), rlim_max: limit.rlim_max };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
-                limit.rlim_cur = raised.rlim_cur;
-            }
-        }
-        limit.rlim_cur
-    };
-    let fits = usize::try_from(soft.saturating_sub(RESERVED_FILES)).unwrap_or(usize::MAX).max(1);
+    }
+    let soft = limit.rlim_cur;
+    let fits = soft.saturating_sub(RESERVED_FILES.min(soft / 4));
+    let fits = usize::try_from(fits).unwrap_or(usize::MAX).max(MIN_CONNECTIONS);
     if fits < max_connections {
         tracing::warn!(
             max_connections,
@@ -114,7 +121,8 @@ mod tests {
             assert_eq!(cap, 3000);
             assert!(soft >= 3000 + RESERVED_FILES, "soft limit {soft}");
         } else {
-            assert_eq!(cap as u64, soft.saturating_sub(RESERVED_FILES).max(1));
+            let fits = soft.saturating_sub(RESERVED_FILES.min(soft / 4)).max(MIN_CONNECTIONS as u64);
+            assert_eq!(cap as u64, fits.min(3000));
         }
         // A cap the limit already fits leaves both as they are.
         assert_eq!(fit_open_files(10), 10);

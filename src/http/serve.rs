@@ -7,7 +7,10 @@
 //!   hyper's own HTTP/1 header timeout covers a request whose headers trickle in; this covers a connection
 //!   that never sends a byte (the HTTP version is read from the first bytes, before any HTTP/1 timer runs),
 //!   an HTTP/2 connection kept up by pings with no stream, and a stream whose answer is never read. A long
-//!   request (an analyst query) or an event stream waiting for its next event keeps its connection.
+//!   request (an analyst query) or an event stream waiting for its next event keeps its connection. The
+//!   price: hyper takes an answer's frames before it has written them, so a client must read each frame
+//!   (a whole JSON answer is one, up to 16 MiB for `query_graph`) within the timeout, i.e. at 0.5 MB/s or
+//!   more at the default 30 s.
 //! - at most `server.max_connections` are open at once; past that a new connection is closed as soon as it
 //!   is accepted, and counted in `connections_refused_total`.
 //!
@@ -31,11 +34,13 @@ use tower::ServiceExt;
 
 use super::{ClientAddr, CountingListener};
 
-/// How long a connection may sit without a request, and how many may be open.
+/// How long a connection may sit with nothing to do, how many may be open, and how long shutdown waits
+/// for the requests in flight.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnectionLimits {
     pub idle_timeout: Duration,
     pub max_connections: usize,
+    pub shutdown_grace: Duration,
 }
 
 /// Serves `router` on every connection `listener` accepts until `shutdown` resolves, then lets the
@@ -86,9 +91,9 @@ pub async fn serve(
         });
     }
     drop(listener);
-    // A client that never takes its answer must not hold the process open.
-    if tokio::time::timeout(limits.idle_timeout, graceful.shutdown()).await.is_err() {
-        tracing::warn!("connections still open at shutdown were dropped");
+    // A client that never takes its answer must not hold shutdown up.
+    if tokio::time::timeout(limits.shutdown_grace, graceful.shutdown()).await.is_err() {
+        tracing::warn!("connections still open after the shutdown grace are left to end with the process");
     }
 }
 
@@ -147,13 +152,13 @@ impl Serving {
         Self { activity: activity.clone(), waiting: false }
     }
 
+    /// Records a poll of the answer (progress, whatever it returned) and whether it now waits.
     fn set_waiting(&mut self, waiting: bool) {
-        if self.waiting != waiting {
-            self.waiting = waiting;
-            self.activity.update(|state| if waiting { state.waiting += 1 } else { state.waiting -= 1 });
-        } else if !waiting {
-            self.activity.update(|_| {});
-        }
+        let was = std::mem::replace(&mut self.waiting, waiting);
+        self.activity.update(|state| {
+            state.waiting += usize::from(waiting);
+            state.waiting -= usize::from(was);
+        });
     }
 }
 

@@ -122,12 +122,17 @@ impl ContextService {
         let mut ids: Vec<Uuid> = stale.iter().map(|p| p.id).collect();
         ids.sort();
         ids.dedup();
+        // An id that fails keeps its entries pending for the next pass; the others are settled meanwhile.
+        let mut failed = std::collections::HashSet::new();
         for id in &ids {
             let _ordered = self.item_lock(*id).lock().await;
-            self.reapply(std::slice::from_ref(id)).await?;
+            if let Err(err) = self.reapply(std::slice::from_ref(id)).await {
+                tracing::warn!(%id, error = %err, "repair left for the next pass");
+                failed.insert(*id);
+            }
         }
         self.flush_vectors().await?;
-        let seqs: Vec<i64> = stale.iter().map(|p| p.seq).collect();
+        let seqs: Vec<i64> = stale.iter().filter(|p| !failed.contains(&p.id)).map(|p| p.seq).collect();
         self.graph.clear_pending(&seqs).await?;
         self.seen_pending.lock().unwrap_or_else(|e| e.into_inner()).retain(|seq| !seqs.contains(seq));
         self.generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst);

@@ -199,6 +199,8 @@ impl ContextService {
         }
         let everything = ReadScope { agent_id: String::new(), admin: true, sessions: None };
         let _ordered = self.item_lock(context.id).lock().await;
+        // A deleted context whose purge has not run yet must not come back with its old versions and links.
+        self.graph.purge_context(context.id).await?;
         match self.graph.insert_context(&context, &embedding, &everything).await? {
             InsertOutcome::Duplicate(_) => Ok(None),
             InsertOutcome::Inserted { journal_seq } => {

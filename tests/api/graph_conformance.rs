@@ -247,7 +247,8 @@ async fn concurrent_updates_of_one_version_let_one_win(store: Store) {
 
 async fn deletes_hide_roll_back_and_purge(store: Store) {
     store.create_session(&session("s")).await.unwrap();
-    let kept = public_context("kept", "s", "alice");
+    let mut kept = public_context("kept", "s", "alice");
+    kept.tags = vec!["keep".into()];
     let gone = public_context("gone", "s", "alice");
     insert(&store, &kept).await;
     insert(&store, &gone).await;
@@ -262,6 +263,9 @@ async fn deletes_hide_roll_back_and_purge(store: Store) {
     assert!(store.pending_index(100).await.unwrap().iter().any(|p| p.seq == seq), "the entry stays");
     assert_eq!(store.get_context(gone.id).await.unwrap(), Some(gone.clone()));
 
+    // A purge removes nothing of a context that is not deleted (the repair purges every id it settles).
+    store.purge_context(kept.id).await.unwrap();
+    assert_eq!(store.get_context(kept.id).await.unwrap(), Some(kept.clone()));
     let (seq, _) = store.delete_context(gone.id, None).await.unwrap();
     store.clear_pending(&[seq]).await.unwrap();
     store.purge_context(gone.id).await.unwrap();
