@@ -122,13 +122,18 @@ impl ContextService {
         let mut ids: Vec<Uuid> = stale.iter().map(|p| p.id).collect();
         ids.sort();
         ids.dedup();
-        // An id that fails keeps its entries pending for the next pass; the others are settled meanwhile.
+        // An id that fails keeps its entries pending for the next pass and the others are settled meanwhile;
+        // a backend that is down ends the pass (every id would wait for it).
         let mut failed = std::collections::HashSet::new();
         for id in &ids {
             let _ordered = self.item_lock(*id).lock().await;
-            if let Err(err) = self.reapply(std::slice::from_ref(id)).await {
-                tracing::warn!(%id, error = %err, "repair left for the next pass");
-                failed.insert(*id);
+            match self.reapply(std::slice::from_ref(id)).await {
+                Ok(()) => {}
+                Err(err @ crate::error::ServiceError::Unavailable(_)) => return Err(err),
+                Err(err) => {
+                    tracing::warn!(%id, error = %err, "repair left for the next pass");
+                    failed.insert(*id);
+                }
             }
         }
         self.flush_vectors().await?;
