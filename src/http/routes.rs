@@ -117,15 +117,13 @@ pub async fn metrics(
     State(state): State<HttpState>,
     axum::Extension(principal): axum::Extension<Principal>,
 ) -> Response {
-    if let Err(err) = principal.require(crate::auth::Permission::Query) {
-        return error_response(StatusCode::FORBIDDEN, &err.into());
+    match state.service.prometheus_text(&principal).await {
+        Ok(body) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response(),
+        Err(err) => {
+            let error = crate::tools::ToolError::from(err);
+            error_response(status_of(error.code), &error)
+        }
     }
-    let admin = principal.permissions.admin;
-    if admin {
-        let _ = state.service.refresh_item_metrics().await;
-    }
-    let body = state.service.metrics().render(admin);
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 
 pub async fn openapi() -> Json<Value> {

@@ -237,6 +237,17 @@ impl ContextService {
         Ok(MetricsSummary { items, caches })
     }
 
+    /// The Prometheus text of `/metrics` (permission `query`): the store-wide item counts, refreshed now, for
+    /// admins only.
+    pub async fn prometheus_text(&self, principal: &crate::auth::Principal) -> ServiceResult<String> {
+        principal.require(crate::auth::Permission::Query)?;
+        let admin = principal.permissions.admin;
+        if admin {
+            let _ = self.refresh_item_metrics().await;
+        }
+        Ok(self.metrics.render(admin))
+    }
+
     /// Refreshes the item-count and pool gauges.
     pub async fn refresh_item_metrics(&self) -> ServiceResult<()> {
         if let Some(pool) = self.graph.pool_status() {
